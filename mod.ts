@@ -1,0 +1,81 @@
+/**
+ * dbx: a PostgreSQL cluster client for Deno and Bun.
+ *
+ * One {@linkcode Cluster} fronts a primary and its read replicas: write
+ * methods (`exec`, `query`, `queryRow`) go to the node that currently is
+ * primary, `read*` methods go to a healthy replica and fall back to the
+ * primary. Failures are retried across nodes with backoff and jitter — a
+ * write only when it provably never reached a server — and a background
+ * checker follows each node's health and role.
+ *
+ * @example Quick start
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({
+ *   master: "postgres://app@db1:5432/app",
+ *   replicas: ["postgres://app@db2:5432/app"],
+ * });
+ * const users = await cluster.readQuery<{ id: number; name: string }>(
+ *   "select id, name from users where org = $1",
+ *   [42],
+ * );
+ * ```
+ *
+ * @module
+ */
+
+export { Cluster, connect } from "./src/cluster.ts";
+export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster.ts";
+export type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./src/executor.ts";
+export {
+  HEALTH_CHECK_DEFAULTS,
+  POOL_DEFAULTS,
+  redactUrl,
+  resolveConfig,
+  RETRY_DEFAULTS,
+} from "./src/config.ts";
+export type {
+  ClusterConfig,
+  HealthCheckConfig,
+  NodeConfig,
+  PoolConfig,
+  ResolvedConfig,
+  ResolvedNode,
+  RetryConfig,
+} from "./src/config.ts";
+export { leastInFlight, random, roundRobin } from "./src/balancer.ts";
+export type { Balancer, BalancerNode } from "./src/balancer.ts";
+export {
+  ClusterClosedError,
+  ConfigError,
+  DbxError,
+  handleError,
+  isConnectionError,
+  isConstraintViolation,
+  isRetryable,
+  isSerializationFailure,
+  NoHealthyNodeError,
+  NoRowsError,
+  pgErrorCode,
+  RetryExhaustedError,
+} from "./src/errors.ts";
+export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
+export { backoffDelay, delay } from "./src/retry.ts";
+export type { BackoffOptions } from "./src/retry.ts";
+export { currentExecutor, withExecutor } from "./src/context.ts";
+export { noopLogger } from "./src/observe.ts";
+export type {
+  Logger,
+  MetricsHook,
+  NodeEvent,
+  NodeRole,
+  QueryEndEvent,
+  QueryEvent,
+  ReplicaFallbackEvent,
+  RetryEvent,
+  RoleChangeEvent,
+  TraceQueryInfo,
+  TraceQueryOutcome,
+  Tracer,
+} from "./src/observe.ts";

@@ -1,0 +1,101 @@
+/**
+ * The small interfaces repositories depend on. A {@linkcode Cluster}, a
+ * transaction and a single node all satisfy {@linkcode Executor}, so data
+ * access code can run against any of them.
+ *
+ * @module
+ */
+
+/** A result row: column name to parsed value. */
+export type Row = Record<string, unknown>;
+
+/** What a statement did. */
+export interface CommandResult {
+  /** The command tag's verb: `"INSERT"`, `"UPDATE"`, `"SELECT"`, ... */
+  readonly command: string;
+  /** Rows inserted, updated, deleted, copied or returned. */
+  readonly rowCount: number;
+}
+
+/** Per-call options of every statement method. */
+export interface QueryOptions {
+  /**
+   * Aborting cancels the call: a wait for a connection or a backoff ends at
+   * once, and a running statement is cancelled on the server (SQLSTATE 57014).
+   * The call rejects with a `DbxError` of kind `"canceled"`.
+   * @default undefined
+   */
+  signal?: AbortSignal;
+  /**
+   * Deadline for the whole call, retries and backoff included. When it
+   * passes, a running statement is cancelled on the server and the call
+   * rejects with a `DbxError` of kind `"timeout"`.
+   * @default undefined (no deadline)
+   */
+  timeoutMs?: number;
+}
+
+/** Options of `readQuery` / `readQueryRow`. */
+export interface ReadOptions extends QueryOptions {
+  /**
+   * Skip replicas whose replay lag is above this many milliseconds; the
+   * primary answers when none qualifies.
+   * @default undefined (any healthy replica)
+   */
+  maxLagMs?: number;
+  /**
+   * A token from `cluster.writeToken()`: only replicas that have replayed
+   * at least that WAL position are used, else the primary (read-your-writes).
+   * @default undefined
+   */
+  consistentWith?: string;
+}
+
+/**
+ * The interface repositories depend on (Go's `Querier`).
+ *
+ * @example A repository that works on a cluster or inside a transaction
+ * ```ts
+ * import type { Executor } from "@codelab/dbx";
+ *
+ * interface User { id: number; name: string }
+ *
+ * export function usersRepo(db: Executor) {
+ *   return {
+ *     byId: (id: number) => db.queryRow<User>("select id, name from users where id = $1", [id]),
+ *     rename: (id: number, name: string) =>
+ *       db.exec("update users set name = $2 where id = $1", [id, name]),
+ *   };
+ * }
+ * ```
+ */
+export interface Executor {
+  /**
+   * Runs a statement for its effect.
+   *
+   * @param sql Statement text with `$1`, `$2` ... placeholders.
+   * @param args Values for the placeholders.
+   * @param options Cancellation and deadline.
+   * @returns The command tag and row count.
+   */
+  exec(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<CommandResult>;
+  /**
+   * Runs a statement and returns its rows.
+   *
+   * @param sql Statement text with `$1`, `$2` ... placeholders.
+   * @param args Values for the placeholders.
+   * @param options Cancellation and deadline.
+   * @returns Every row, in order.
+   */
+  query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]>;
+  /**
+   * Runs a statement and returns its first row.
+   *
+   * @param sql Statement text with `$1`, `$2` ... placeholders.
+   * @param args Values for the placeholders.
+   * @param options Cancellation and deadline.
+   * @returns The first row.
+   * @throws {NoRowsError} when the statement returned no row.
+   */
+  queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T>;
+}

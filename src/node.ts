@@ -1,0 +1,238 @@
+/**
+ * One server behind the cluster: its `pg.Pool`, name, role, health state and
+ * counters, and the single-attempt execution of a statement on it (acquire,
+ * send, cancel, release). Routing and retries live in `cluster.ts`.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import type { BalancerNode } from "./balancer.ts";
+import type { ResolvedNode } from "./config.ts";
+import { DbxError } from "./errors.ts";
+import type { NodeRole, Tracer } from "./observe.ts";
+
+/** Errors raised before a statement was handed to a connection: safe to re-send anywhere. */
+const notSent = new WeakSet<object>();
+
+/**
+ * Whether `err` was raised before the statement could reach any server
+ * (pool acquire, connect refused, startup rejected, aborted while waiting).
+ *
+ * @param err An error thrown by {@linkcode Node.run}.
+ * @returns `true` when re-sending cannot double the statement.
+ */
+export function wasNotSent(err: unknown): boolean {
+  return typeof err === "object" && err !== null && notSent.has(err);
+}
+
+function markNotSent(err: unknown): unknown {
+  if (typeof err === "object" && err !== null) notSent.add(err);
+  return err;
+}
+
+/** Prefix of pg's error for a statement refused before sending on a dead client. */
+const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
+
+/** The parts of pg's client used for cancellation that its types leave out. */
+interface BackendKey {
+  processID: number | null;
+  secretKey: number | null;
+}
+
+/**
+ * Cancels the statement running on a backend by sending a CancelRequest on
+ * a fresh connection, as libpq's PQcancel does. node-postgres has no public
+ * API for this. Resolves once the server has closed the cancel connection.
+ */
+async function sendCancel(host: string, port: number, key: BackendKey): Promise<void> {
+  if (key.processID === null || key.secretKey === null) return;
+  const { connect } = await import("node:net");
+  const message = new DataView(new ArrayBuffer(16));
+  message.setInt32(0, 16);
+  message.setInt32(4, 80877102); // CancelRequest code: 1234 << 16 | 5678
+  message.setInt32(8, key.processID);
+  message.setInt32(12, key.secretKey);
+  await new Promise<void>((resolve) => {
+    const socket = connect({ host, port }, () => {
+      socket.end(new Uint8Array(message.buffer));
+    });
+    // The server never answers a CancelRequest; it just closes. Errors only
+    // mean the cancel could not be delivered, and the statement's own
+    // outcome will tell the caller what happened.
+    socket.on("error", () => {});
+    socket.on("close", () => resolve());
+  });
+}
+
+/** Waits for a pooled client, giving up (and returning the client later) when `signal` aborts. */
+function acquire(pool: pg.Pool, signal: AbortSignal): Promise<pg.PoolClient> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    let abandoned = false;
+    const onAbort = () => {
+      abandoned = true;
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    pool.connect().then(
+      (client) => {
+        signal.removeEventListener("abort", onAbort);
+        if (abandoned) client.release();
+        else resolve(client);
+      },
+      (err) => {
+        signal.removeEventListener("abort", onAbort);
+        if (!abandoned) reject(err);
+      },
+    );
+  });
+}
+
+/** Last successful probe of a node. */
+export interface ProbeSample {
+  /** Role the server reported. */
+  readonly role: NodeRole;
+  /** Round trip of the probe in ms. */
+  readonly latencyMs: number;
+  /** WAL position: current insert LSN on a primary, last replayed LSN on a replica. */
+  readonly lsn: bigint | undefined;
+  /** `now() - pg_last_xact_replay_timestamp()` on a replica, in ms. */
+  readonly replayAgeMs: number | undefined;
+  /** When the probe finished (performance.now()). */
+  readonly at: number;
+}
+
+/**
+ * A node of the cluster. Internal: users see nodes through `stats()` and
+ * `health()`.
+ */
+export class Node implements BalancerNode {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly url: string;
+  readonly redactedUrl: string;
+  readonly configuredRole: NodeRole;
+  readonly maxConns: number;
+  readonly tracer: Tracer | undefined;
+  readonly pool: pg.Pool;
+
+  /** Role as last reported by the server (the config's until the first probe). */
+  role: NodeRole;
+  /** Whether queries may be routed here. */
+  healthy = true;
+  /** Consecutive failed probes. */
+  probeFailures = 0;
+  /** Last successful probe. */
+  lastProbe: ProbeSample | undefined;
+  /** The error that took the node down, cleared when it comes back. */
+  lastError: unknown;
+
+  queries = 0;
+  errors = 0;
+  retries = 0;
+  inFlight = 0;
+
+  /**
+   * Creates the node and its pool (no connection is opened yet).
+   *
+   * @param config Resolved node settings.
+   * @param onPoolError Called when an idle pooled connection dies.
+   */
+  constructor(config: ResolvedNode, onPoolError: (node: Node, err: Error) => void) {
+    this.name = config.name;
+    this.host = config.host;
+    this.port = config.port;
+    this.url = config.url;
+    this.redactedUrl = config.redactedUrl;
+    this.configuredRole = config.configuredRole;
+    this.role = config.configuredRole;
+    this.maxConns = config.pool.max;
+    this.tracer = config.tracer;
+    this.pool = new pg.Pool({
+      connectionString: config.url,
+      max: config.pool.max,
+      min: config.pool.min,
+      idleTimeoutMillis: config.pool.idleTimeoutMs,
+      maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
+      connectionTimeoutMillis: config.pool.connectTimeoutMs,
+      fallback_application_name: "dbx",
+    });
+    // Without a listener, an idle connection dying (server restart, network
+    // drop) emits an unhandled 'error' and takes the whole process down.
+    this.pool.on("error", (err) => onPoolError(this, err));
+  }
+
+  /**
+   * Runs one statement once on this node. Errors raised before the statement
+   * was handed to a connection are marked so {@linkcode wasNotSent} is true.
+   * With a `signal`, aborting cancels the statement on the server.
+   *
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param signal Cancels the wait for a connection, or the running statement.
+   * @returns The driver's result.
+   */
+  async run(sql: string, args: readonly unknown[] | undefined, signal?: AbortSignal): Promise<pg.QueryResult> {
+    let client: pg.PoolClient;
+    try {
+      client = signal === undefined ? await this.pool.connect() : await acquire(this.pool, signal);
+    } catch (err) {
+      throw markNotSent(err);
+    }
+    let failed: unknown;
+    let cancel: Promise<void> | undefined;
+    try {
+      if (signal === undefined) return await client.query(sql, args as unknown[] | undefined);
+      if (signal.aborted) throw markNotSent(signal.reason);
+      const onAbort = () => {
+        cancel = sendCancel(this.host, this.port, client as unknown as BackendKey);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        return await client.query(sql, args as unknown[] | undefined);
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+      }
+    } catch (err) {
+      failed = err;
+      // pg refuses, without writing anything, a statement on a client whose
+      // socket already failed: such a statement can be re-sent safely.
+      if (err instanceof Error && err.message.startsWith(UNQUERYABLE)) markNotSent(err);
+      throw err;
+    } finally {
+      if (cancel !== undefined) await cancel.catch(() => {});
+      // A connection is pooled again only when it is idle: not inside a
+      // transaction a statement opened, not broken, and with no cancel that
+      // could still land on the next user's statement (a cancel is consumed
+      // only when the statement failed with 57014).
+      const reuse = client.getTransactionStatus() === "I" &&
+        (cancel === undefined || (failed as { code?: unknown } | undefined)?.code === "57014");
+      client.release(reuse ? undefined : true);
+    }
+  }
+
+  /**
+   * Wraps a driver error raised on this node into a {@linkcode DbxError}
+   * naming the node, keeping the driver error as `cause`.
+   *
+   * @param err The driver error.
+   * @returns A DbxError for the caller.
+   */
+  wrap(err: unknown): DbxError {
+    if (err instanceof DbxError) return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new DbxError(`${message} (node ${this.name})`, { cause: err, node: this.name });
+  }
+
+  /** Pool counts for stats. */
+  poolCounts(): { total: number; idle: number; waiting: number } {
+    return {
+      total: this.pool.totalCount,
+      idle: this.pool.idleCount,
+      waiting: this.pool.waitingCount,
+    };
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * Observability contracts: a structural {@linkcode Logger}, optional
+ * {@linkcode MetricsHook} callbacks and a {@linkcode Tracer}. Every hook is
+ * optional, and a hook that throws is caught and logged: observing a query
+ * never breaks it.
+ *
+ * @module
+ */
+
+/** Role of a node as last reported by the server (or the config before the first probe). */
+export type NodeRole = "primary" | "replica";
+
+/**
+ * Structured logger. `console` satisfies it as is; so do thin adapters over
+ * pino, winston or `@std/log`.
+ *
+ * @example Log to the console
+ * ```ts
+ * import type { Logger } from "@codelab/dbx";
+ *
+ * const logger: Logger = console;
+ * logger.warn("slow query", { node: "db1:5432", durationMs: 812 });
+ * ```
+ */
+export interface Logger {
+  /** Verbose diagnostics. */
+  debug(msg: string, attrs?: Record<string, unknown>): void;
+  /** Notable events: a node coming back, a role change. */
+  info(msg: string, attrs?: Record<string, unknown>): void;
+  /** Degradations: a node down, a slow query, a retry. */
+  warn(msg: string, attrs?: Record<string, unknown>): void;
+  /** Failures that need attention. */
+  error(msg: string, attrs?: Record<string, unknown>): void;
+}
+
+/** A logger that drops everything: the default. */
+export const noopLogger: Logger = Object.freeze({
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+});
+
+/** What a query hook is told about one attempt of a statement. */
+export interface QueryEvent {
+  /** Node name (password-free). */
+  readonly node: string;
+  /** Role of the node at the time of the attempt. */
+  readonly role: NodeRole;
+  /** The SQL text. */
+  readonly sql: string;
+  /** Number of arguments bound (never their values). */
+  readonly argCount: number;
+  /** 1 for the first attempt, 2 for the first retry, ... */
+  readonly attempt: number;
+}
+
+/** A finished attempt. */
+export interface QueryEndEvent extends QueryEvent {
+  /** Wall time of the attempt in milliseconds. */
+  readonly durationMs: number;
+  /** The failure, when the attempt failed. */
+  readonly error?: unknown;
+}
+
+/** A retry about to happen. */
+export interface RetryEvent {
+  /** The attempt that just failed (1-based). */
+  readonly attempt: number;
+  /** The node it failed on, when one was picked. */
+  readonly node: string | undefined;
+  /** Backoff before the next attempt, 0 when moving straight to another node. */
+  readonly delayMs: number;
+  /** Why the attempt failed. */
+  readonly error: unknown;
+}
+
+/** A node's health changed. */
+export interface NodeEvent {
+  /** Node name. */
+  readonly node: string;
+  /** Role of the node. */
+  readonly role: NodeRole;
+  /** Why it went down (only for `onNodeDown`). */
+  readonly error?: unknown;
+}
+
+/** A node's role changed (promotion or demotion). */
+export interface RoleChangeEvent {
+  /** Node name. */
+  readonly node: string;
+  /** Previous role. */
+  readonly from: NodeRole;
+  /** New role. */
+  readonly to: NodeRole;
+}
+
+/** A read went to the primary because no replica was eligible. */
+export interface ReplicaFallbackEvent {
+  /** Why no replica was used. */
+  readonly reason: "no_healthy_replica" | "lagging" | "not_caught_up";
+}
+
+/**
+ * Optional metrics callbacks. Each may be left out; each is called
+ * synchronously and a throw is caught and logged.
+ *
+ * @example Count queries per node
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const counts = new Map<string, number>();
+ * const metrics: MetricsHook = {
+ *   onQueryEnd: (e) => counts.set(e.node, (counts.get(e.node) ?? 0) + 1),
+ * };
+ * ```
+ */
+export interface MetricsHook {
+  /** An attempt is about to be sent. */
+  onQueryStart?(event: QueryEvent): void;
+  /** An attempt finished (successfully or not). */
+  onQueryEnd?(event: QueryEndEvent): void;
+  /** A failed attempt will be retried. */
+  onRetry?(event: RetryEvent): void;
+  /** A node was marked down. */
+  onNodeDown?(event: NodeEvent): void;
+  /** A node came back after a successful probe. */
+  onNodeUp?(event: NodeEvent): void;
+  /** A read fell back to the primary. */
+  onReplicaFallback?(event: ReplicaFallbackEvent): void;
+  /** A node changed role. */
+  onRoleChange?(event: RoleChangeEvent): void;
+}
+
+/** What a tracer is told when an attempt starts. */
+export interface TraceQueryInfo extends QueryEvent {
+  /** Host the node listens on. */
+  readonly host: string;
+  /** Port the node listens on. */
+  readonly port: number;
+}
+
+/** How an attempt ended, for {@linkcode Tracer.queryEnd}. */
+export interface TraceQueryOutcome {
+  /** Rows affected or returned, on success. */
+  readonly rowCount?: number;
+  /** The failure, when the attempt failed. */
+  readonly error?: unknown;
+}
+
+/**
+ * Tracer pass-through (pgx's QueryTracer): `queryStart` returns a handle that
+ * is given back to `queryEnd`.
+ *
+ * @example Time every attempt
+ * ```ts
+ * import type { Tracer } from "@codelab/dbx";
+ *
+ * const tracer: Tracer = {
+ *   queryStart: () => performance.now(),
+ *   queryEnd: (start, outcome) => console.log(performance.now() - (start as number), outcome.error),
+ * };
+ * ```
+ */
+export interface Tracer {
+  /** Called before an attempt is sent; the result is passed to `queryEnd`. */
+  queryStart(info: TraceQueryInfo): unknown;
+  /** Called when the attempt finished. */
+  queryEnd(handle: unknown, outcome: TraceQueryOutcome): void;
+}
+
+/**
+ * Calls one metrics hook, catching and logging anything it throws so that a
+ * faulty hook never breaks a query.
+ *
+ * @param logger Where a throwing hook is reported.
+ * @param hooks The hooks object (may be undefined).
+ * @param name Which hook to call.
+ * @param event Its argument.
+ */
+export function callHook<K extends keyof MetricsHook>(
+  logger: Logger,
+  hooks: MetricsHook | undefined,
+  name: K,
+  event: Parameters<NonNullable<MetricsHook[K]>>[0],
+): void {
+  const fn = hooks?.[name] as ((this: MetricsHook, e: typeof event) => void) | undefined;
+  if (fn === undefined) return;
+  try {
+    fn.call(hooks!, event);
+  } catch (error) {
+    try {
+      logger.error("dbx: metrics hook threw", { hook: name, error });
+    } catch {
+      // A logger that throws has nowhere left to report to.
+    }
+  }
+}

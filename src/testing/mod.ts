@@ -1,0 +1,26 @@
+/**
+ * Test helpers for code built on dbx: a throwaway local primary + replicas
+ * cluster from the PostgreSQL binaries on the machine (no Docker), a test
+ * cluster from the environment, database tests that are ignored with a
+ * reason when no database is reachable, and a recording logger.
+ *
+ * @example A database test
+ * ```ts
+ * import { dbTest } from "@codelab/dbx/testing";
+ * import assert from "node:assert/strict";
+ *
+ * dbTest("reads go to a replica", async (cluster) => {
+ *   const [row] = await cluster.readQuery<{ r: boolean }>("select pg_is_in_recovery() as r");
+ *   assert.equal(row?.r, true);
+ * });
+ * ```
+ *
+ * @module
+ */
+
+export { dbTest, testCluster } from "./db_test.ts";
+export type { DbTestOptions } from "./db_test.ts";
+export { testLogger } from "./test_logger.ts";
+export type { LogEntry, TestLogger } from "./test_logger.ts";
+export { findPgBinDir, startLocalCluster } from "./local_cluster.ts";
+export type { LocalCluster, LocalClusterOptions, LocalNode } from "./local_cluster.ts";
