@@ -44,14 +44,14 @@ export interface Balancer {
   pick<N extends BalancerNode>(nodes: readonly N[]): N | undefined;
 }
 
-/** First healthy node scanning from `start`, wrapping around. */
-function scanFrom<N extends BalancerNode>(nodes: readonly N[], start: number): N | undefined {
+/** Index of the first healthy node scanning from `start`, wrapping around; -1 when none. */
+function scanFrom(nodes: readonly BalancerNode[], start: number): number {
   const n = nodes.length;
   for (let i = 0; i < n; i++) {
-    const node = nodes[(start + i) % n]!;
-    if (node.healthy) return node;
+    const j = (start + i) % n;
+    if (nodes[j]!.healthy) return j;
   }
-  return undefined;
+  return -1;
 }
 
 /**
@@ -74,9 +74,12 @@ export function roundRobin(): Balancer {
   return {
     pick<N extends BalancerNode>(nodes: readonly N[]): N | undefined {
       if (nodes.length === 0) return undefined;
-      const start = next % nodes.length;
-      next = (start + 1) % nodes.length;
-      return scanFrom(nodes, start);
+      const j = scanFrom(nodes, next % nodes.length);
+      if (j < 0) return undefined;
+      // Continue after the node picked, so a down node's turn is not handed
+      // to its neighbour on top of the neighbour's own turn.
+      next = j + 1;
+      return nodes[j];
     },
   };
 }
@@ -135,13 +138,15 @@ export function leastInFlight(): Balancer {
       const n = nodes.length;
       if (n === 0) return undefined;
       const start = next % n;
-      next = (start + 1) % n;
-      let best: N | undefined;
+      let best = -1;
       for (let i = 0; i < n; i++) {
-        const node = nodes[(start + i) % n]!;
-        if (node.healthy && (best === undefined || node.inFlight < best.inFlight)) best = node;
+        const j = (start + i) % n;
+        const node = nodes[j]!;
+        if (node.healthy && (best < 0 || node.inFlight < nodes[best]!.inFlight)) best = j;
       }
-      return best;
+      if (best < 0) return undefined;
+      next = best + 1;
+      return nodes[best];
     },
   };
 }

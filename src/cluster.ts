@@ -29,7 +29,7 @@ import type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./
 import { HealthChecker, parseLsn, type Topology } from "./health.ts";
 import { Node, wasNotSent } from "./node.ts";
 import { callHook, type NodeRole, type QueryEvent } from "./observe.ts";
-import { backoffDelay, delay } from "./retry.ts";
+import { backoffDelay, CallSignal, delay } from "./retry.ts";
 
 /** Counters and pool numbers of one node. A plain snapshot. */
 export interface NodeStats {
@@ -100,6 +100,22 @@ export interface HealthReport {
   readonly nodes: readonly NodeHealth[];
 }
 
+/** What a call does, for routing and for the retry contract. */
+const enum Route {
+  /** A `read*` method: any healthy replica, then the primary; may be re-sent. */
+  Read,
+  /** A write method: the primary; re-sent only when it provably never arrived. */
+  Write,
+  /** `begin()`: the primary; BEGIN alone changes nothing, so it may be re-sent. */
+  Begin,
+}
+
+/** A connection pinned to a transaction by `begin()`. */
+export interface Pinned {
+  readonly node: Node;
+  readonly client: pg.PoolClient;
+}
+
 /** Grace given to running statements by close() before their connections are cut. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -158,30 +174,6 @@ function checkOptions(method: string, options: ReadOptions): void {
 
 function commandResult(r: pg.QueryResult): CommandResult {
   return { command: r.command, rowCount: r.rowCount ?? 0 };
-}
-
-/** Combines the caller's signal and a deadline into one signal, with a disposer for the timer. */
-class CallSignal {
-  readonly signal: AbortSignal;
-  readonly #timer: ReturnType<typeof setTimeout> | undefined;
-
-  constructor(options: QueryOptions) {
-    const { signal, timeoutMs } = options;
-    if (timeoutMs === undefined) {
-      this.signal = signal!;
-      return;
-    }
-    const deadline = new AbortController();
-    this.#timer = setTimeout(
-      () => deadline.abort(new DOMException(`timed out after ${timeoutMs} ms`, "TimeoutError")),
-      timeoutMs,
-    );
-    this.signal = signal === undefined ? deadline.signal : AbortSignal.any([signal, deadline.signal]);
-  }
-
-  dispose(): void {
-    clearTimeout(this.#timer);
-  }
 }
 
 /**
@@ -290,8 +282,12 @@ export class Cluster implements Executor, AsyncDisposable {
    * const { rowCount } = await cluster.exec("delete from sessions where expires_at < now()");
    * ```
    */
-  async exec(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<CommandResult> {
-    return commandResult(await this.#execute("exec", false, sql, args, options));
+  async exec(
+    sql: string,
+    args?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<CommandResult> {
+    return commandResult(await this.#execute("exec", Route.Write, sql, args, options));
   }
 
   /**
@@ -311,8 +307,12 @@ export class Cluster implements Executor, AsyncDisposable {
    * const ids = await cluster.query<{ id: number }>("insert into t(v) values ($1), ($2) returning id", [1, 2]);
    * ```
    */
-  async query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]> {
-    return (await this.#execute("query", false, sql, args, options)).rows as T[];
+  async query<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<T[]> {
+    return (await this.#execute("query", Route.Write, sql, args, options)).rows as T[];
   }
 
   /**
@@ -332,8 +332,12 @@ export class Cluster implements Executor, AsyncDisposable {
    * const { id } = await cluster.queryRow<{ id: number }>("insert into t(v) values ($1) returning id", [1]);
    * ```
    */
-  async queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T> {
-    const { rows } = await this.#execute("queryRow", false, sql, args, options);
+  async queryRow<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: QueryOptions,
+  ): Promise<T> {
+    const { rows } = await this.#execute("queryRow", Route.Write, sql, args, options);
     if (rows.length === 0) throw new NoRowsError();
     return rows[0] as T;
   }
@@ -360,8 +364,12 @@ export class Cluster implements Executor, AsyncDisposable {
    * const users = await cluster.readQuery<{ id: number }>("select id from users where org = $1", [7]);
    * ```
    */
-  async readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]> {
-    return (await this.#execute("readQuery", true, sql, args, options)).rows as T[];
+  async readQuery<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: ReadOptions,
+  ): Promise<T[]> {
+    return (await this.#execute("readQuery", Route.Read, sql, args, options)).rows as T[];
   }
 
   /**
@@ -381,8 +389,12 @@ export class Cluster implements Executor, AsyncDisposable {
    * const { n } = await cluster.readQueryRow<{ n: number }>("select count(*)::int as n from users");
    * ```
    */
-  async readQueryRow<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T> {
-    const { rows } = await this.#execute("readQueryRow", true, sql, args, options);
+  async readQueryRow<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: ReadOptions,
+  ): Promise<T> {
+    const { rows } = await this.#execute("readQueryRow", Route.Read, sql, args, options);
     if (rows.length === 0) throw new NoRowsError();
     return rows[0] as T;
   }
@@ -453,7 +465,8 @@ export class Cluster implements Executor, AsyncDisposable {
       throw new AggregateError(
         failed,
         `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
-          failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`).join(", ")
+          failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
+            .join(", ")
         }`,
       );
     }
@@ -616,11 +629,17 @@ export class Cluster implements Executor, AsyncDisposable {
   }
 
   /** Chooses the node for an attempt, or undefined when none is eligible. */
-  #pick(read: boolean, tried: Node[] | undefined, options: ReadOptions | undefined): Node | undefined {
+  #pick(
+    read: boolean,
+    tried: Node[] | undefined,
+    options: ReadOptions | undefined,
+  ): Node | undefined {
     const topology = this.#checker.topology;
     const primary = topology.primary;
     if (!read) {
-      return primary !== undefined && primary.healthy && !tried?.includes(primary) ? primary : undefined;
+      return primary !== undefined && primary.healthy && !tried?.includes(primary)
+        ? primary
+        : undefined;
     }
     let candidates = topology.replicas;
     const maxLagMs = options?.maxLagMs;
@@ -659,7 +678,7 @@ export class Cluster implements Executor, AsyncDisposable {
 
   async #execute(
     method: string,
-    read: boolean,
+    route: Route,
     sql: string,
     args: readonly unknown[] | undefined,
     options: ReadOptions | undefined,
@@ -667,14 +686,16 @@ export class Cluster implements Executor, AsyncDisposable {
     this.#assertOpen();
     checkSql(method, sql);
     checkArgs(method, args);
-    if (options === undefined || (options.signal === undefined && options.timeoutMs === undefined)) {
+    if (
+      options === undefined || (options.signal === undefined && options.timeoutMs === undefined)
+    ) {
       if (options !== undefined) checkOptions(method, options);
-      return this.#withRetry(read, sql, args, options, undefined);
+      return this.#withRetry(route, sql, args, options, undefined) as Promise<pg.QueryResult>;
     }
     checkOptions(method, options);
     const call = new CallSignal(options);
     try {
-      return await this.#withRetry(read, sql, args, options, call.signal);
+      return await this.#withRetry(route, sql, args, options, call.signal) as pg.QueryResult;
     } finally {
       call.dispose();
     }
@@ -687,12 +708,13 @@ export class Cluster implements Executor, AsyncDisposable {
    * reached a server, or the server refused it as read-only (25006).
    */
   async #withRetry(
-    read: boolean,
+    route: Route,
     sql: string,
     args: readonly unknown[] | undefined,
     options: ReadOptions | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult> {
+  ): Promise<pg.QueryResult | Pinned> {
+    const read = route === Route.Read;
     const { maxAttempts, baseDelayMs, maxDelayMs, retryable } = this.#config.retry;
     const { logger, metrics } = this.#config;
     let tried: Node[] | undefined;
@@ -714,22 +736,33 @@ export class Cluster implements Executor, AsyncDisposable {
       }
       if (node === undefined) {
         const err = read
-          ? new NoHealthyNodeError("no healthy node for reads: every replica and the primary are down")
+          ? new NoHealthyNodeError(
+            "no healthy node for reads: every replica and the primary are down",
+          )
           : this.#noPrimary(this.#checker.topology);
         (errors ??= []).push(err);
-        if (attempt >= maxAttempts) throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+        if (attempt >= maxAttempts) {
+          throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+        }
         callHook(logger, metrics, "onRetry", { attempt, node: undefined, delayMs: 0, error: err });
         continue;
       }
       try {
-        return await this.#attempt(node, sql, args, signal, attempt);
+        if (route !== Route.Begin) {
+          return await this.#attempt(node, undefined, sql, args, signal, attempt);
+        }
+        return await this.#pin(node, sql, signal, attempt);
       } catch (raw) {
         if (signal?.aborted) throw this.#aborted(signal.reason, errors, raw, node);
         const err = node.wrap(raw);
         const connectionLost = isConnectionError(raw);
         if (connectionLost) this.#checker.markDown(node, err);
         const readOnly = pgErrorCode(raw) === "25006";
-        const safe = read || wasNotSent(raw) || readOnly;
+        // A read may be re-sent anywhere, except when the server refused it
+        // as read-only: then it writes, and must not drift to the primary.
+        // A write is re-sent only when it never reached a server, or the
+        // server refused it for being a replica (nothing was applied).
+        const safe = read ? !readOnly : route === Route.Begin || wasNotSent(raw) || readOnly;
         if (!safe || !retryable(raw)) {
           if (connectionLost && !read && errors === undefined) {
             throw new DbxError(
@@ -742,7 +775,9 @@ export class Cluster implements Executor, AsyncDisposable {
           throw new RetryExhaustedError(errors);
         }
         (errors ??= []).push(err);
-        if (attempt >= maxAttempts) throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+        if (attempt >= maxAttempts) {
+          throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+        }
         node.retries++;
         (tried ??= []).push(node);
         logger.debug("dbx: retrying", { attempt, node: node.name, error: err.message });
@@ -758,7 +793,9 @@ export class Cluster implements Executor, AsyncDisposable {
   #aborted(reason: unknown, errors: unknown[] | undefined, raw?: unknown, node?: Node): DbxError {
     const timeout = reason instanceof DOMException && reason.name === "TimeoutError";
     const what = timeout ? (reason as DOMException).message : "canceled by the caller's signal";
-    const attempts = errors === undefined ? "" : ` after ${errors.length + (raw === undefined ? 0 : 1)} attempts`;
+    const attempts = errors === undefined
+      ? ""
+      : ` after ${errors.length + (raw === undefined ? 0 : 1)} attempts`;
     return new DbxError(`statement ${what}${attempts}${node ? ` (node ${node.name})` : ""}`, {
       kind: timeout ? "timeout" : "canceled",
       code: pgErrorCode(raw),
@@ -767,18 +804,43 @@ export class Cluster implements Executor, AsyncDisposable {
     });
   }
 
+  /** Takes a connection and opens a transaction on it (`sql` is the BEGIN statement). */
+  async #pin(
+    node: Node,
+    sql: string,
+    signal: AbortSignal | undefined,
+    attempt: number,
+  ): Promise<Pinned> {
+    const client = await node.acquire(signal);
+    try {
+      await this.#attempt(node, client, sql, undefined, signal, attempt);
+    } catch (err) {
+      node.release(client, true);
+      throw err;
+    }
+    return { node, client };
+  }
+
+  /**
+   * One attempt of one statement: on a pooled connection, or on `client`
+   * when given (a transaction's). Counts it, and observes it when hooks, a
+   * tracer or the slow-query log are configured.
+   */
   async #attempt(
     node: Node,
+    client: pg.PoolClient | undefined,
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
     attempt: number,
   ): Promise<pg.QueryResult> {
-    if (this.#observed) return this.#observedAttempt(node, sql, args, signal, attempt);
+    if (this.#observed) return this.#observedAttempt(node, client, sql, args, signal, attempt);
     node.queries++;
     node.inFlight++;
     try {
-      return await node.run(sql, args, signal);
+      return await (client === undefined
+        ? node.run(sql, args, signal)
+        : node.runOn(client, sql, args, signal));
     } catch (err) {
       node.errors++;
       throw err;
@@ -790,13 +852,20 @@ export class Cluster implements Executor, AsyncDisposable {
   /** The attempt with hooks, tracer and slow-query logging (kept off the plain path). */
   async #observedAttempt(
     node: Node,
+    client: pg.PoolClient | undefined,
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
     attempt: number,
   ): Promise<pg.QueryResult> {
     const { logger, metrics, slowQueryThresholdMs } = this.#config;
-    const event: QueryEvent = { node: node.name, role: node.role, sql, argCount: args?.length ?? 0, attempt };
+    const event: QueryEvent = {
+      node: node.name,
+      role: node.role,
+      sql,
+      argCount: args?.length ?? 0,
+      attempt,
+    };
     callHook(logger, metrics, "onQueryStart", event);
     const tracer = node.tracer;
     let handle: unknown;
@@ -813,7 +882,9 @@ export class Cluster implements Executor, AsyncDisposable {
     let result: pg.QueryResult | undefined;
     let error: unknown;
     try {
-      result = await node.run(sql, args, signal);
+      result = await (client === undefined
+        ? node.run(sql, args, signal)
+        : node.runOn(client, sql, args, signal));
       return result;
     } catch (err) {
       node.errors++;
@@ -822,14 +893,22 @@ export class Cluster implements Executor, AsyncDisposable {
     } finally {
       node.inFlight--;
       const durationMs = performance.now() - start;
-      callHook(logger, metrics, "onQueryEnd", error === undefined ? { ...event, durationMs } : {
-        ...event,
-        durationMs,
-        error,
-      });
+      callHook(
+        logger,
+        metrics,
+        "onQueryEnd",
+        error === undefined ? { ...event, durationMs } : {
+          ...event,
+          durationMs,
+          error,
+        },
+      );
       if (tracer !== undefined) {
         try {
-          tracer.queryEnd(handle, error === undefined ? { rowCount: result?.rowCount ?? 0 } : { error });
+          tracer.queryEnd(
+            handle,
+            error === undefined ? { rowCount: result?.rowCount ?? 0 } : { error },
+          );
         } catch (err) {
           logger.error("dbx: tracer threw", { error: err });
         }
@@ -859,8 +938,9 @@ async function endPool(pool: pg.Pool): Promise<void> {
   if (forced) {
     // pg-pool has no public way to abort busy clients; its client list is
     // the only handle on them.
-    const clients = (pool as unknown as { _clients: { connection: { stream: { destroy(): void } } }[] })
-      ._clients;
+    const clients =
+      (pool as unknown as { _clients: { connection: { stream: { destroy(): void } } }[] })
+        ._clients;
     for (const c of clients) c.connection.stream.destroy();
     await ended;
   }

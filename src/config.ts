@@ -89,26 +89,39 @@ export interface ClusterConfig {
 
 /** A node's settings after validation and defaults. */
 export interface ResolvedNode {
+  /** Display name (never contains a password). */
   readonly name: string;
   /** The URL as given (with its password): only ever handed to the driver. */
   readonly url: string;
   /** The URL with the password replaced by `***`, for display. */
   readonly redactedUrl: string;
+  /** Host name or address (IPv6 without brackets). */
   readonly host: string;
+  /** TCP port. */
   readonly port: number;
+  /** Role given by the config (the server's answer wins once probed). */
   readonly configuredRole: "primary" | "replica";
+  /** Pool settings with defaults and cluster-wide values applied. */
   readonly pool: Required<PoolConfig>;
+  /** The node's tracer, else the cluster's. */
   readonly tracer: Tracer | undefined;
 }
 
 /** The whole config after validation and defaults. */
 export interface ResolvedConfig {
+  /** Master first, then replicas in config order. */
   readonly nodes: readonly ResolvedNode[];
+  /** Retry policy with defaults. */
   readonly retry: Required<RetryConfig>;
+  /** Health checking with defaults. */
   readonly healthCheck: Required<HealthCheckConfig>;
+  /** Replica selection. */
   readonly balancer: Balancer;
+  /** Logger (silent by default). */
   readonly logger: Logger;
+  /** Metrics callbacks, if any. */
   readonly metrics: MetricsHook | undefined;
+  /** Slow-query threshold, if set. */
   readonly slowQueryThresholdMs: number | undefined;
 }
 
@@ -151,19 +164,21 @@ export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> 
  * ```
  */
 export function redactUrl(url: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:/i.exec(url)?.[0] ?? "";
+  // Without an authority ("//"), where a password could sit is anyone's
+  // guess: keep only the scheme rather than echo it.
+  if (!url.startsWith("//", scheme.length)) return `${scheme}<redacted>`;
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    // Keep only what cannot be a password: the scheme, if any.
-    const scheme = /^[a-z][a-z0-9+.-]*:/i.exec(url)?.[0] ?? "";
     return `${scheme}<unparsable url>`;
   }
   if (parsed.password !== "") parsed.password = "***";
   for (const key of [...parsed.searchParams.keys()]) {
-    if (key.toLowerCase() === "password") parsed.searchParams.set(key, "***");
+    if (/password$/i.test(key)) parsed.searchParams.set(key, "***");
   }
-  return parsed.href.replace("%2A%2A%2A", "***");
+  return parsed.href.replaceAll("%2A%2A%2A", "***");
 }
 
 function fail(field: string, rule: string, value: unknown): never {
@@ -174,7 +189,10 @@ function fail(field: string, rule: string, value: unknown): never {
 }
 
 function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
+  // Any string that could be a connection string is shown redacted.
+  if (typeof value === "string") {
+    return JSON.stringify(/^[a-z][a-z0-9+.-]*:/i.test(value) ? redactUrl(value) : value);
+  }
   if (typeof value === "number" || typeof value === "boolean" || value == null) {
     return String(value);
   }
@@ -185,7 +203,9 @@ function describe(value: unknown): string {
 
 function duration(field: string, value: unknown, fallback: number, positive = false): number {
   if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || (positive && value === 0)) {
+  if (
+    typeof value !== "number" || !Number.isFinite(value) || value < 0 || (positive && value === 0)
+  ) {
     fail(field, `must be a ${positive ? "positive" : "non-negative"} finite number of ms`, value);
   }
   return value;
@@ -194,7 +214,11 @@ function duration(field: string, value: unknown, fallback: number, positive = fa
 function integer(field: string, value: unknown, fallback: number, min: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
-    fail(field, min === 0 ? "must be a non-negative integer" : `must be an integer >= ${min}`, value);
+    fail(
+      field,
+      min === 0 ? "must be a non-negative integer" : `must be an integer >= ${min}`,
+      value,
+    );
   }
   return value;
 }
@@ -207,7 +231,11 @@ function plainObject(field: string, value: unknown): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function resolvePool(field: string, raw: unknown, base: Required<PoolConfig>): Required<PoolConfig> {
+function resolvePool(
+  field: string,
+  raw: unknown,
+  base: Required<PoolConfig>,
+): Required<PoolConfig> {
   const p = plainObject(field, raw);
   const max = integer(`${field}.max`, p.max, base.max, 1);
   const min = integer(`${field}.min`, p.min, base.min, 0);
@@ -233,8 +261,12 @@ function resolveNode(
   pool: Required<PoolConfig>,
   tracer: Tracer | undefined,
 ): ResolvedNode {
-  const spec: Record<string, unknown> = typeof raw === "string" ? { url: raw } : plainObject(field, raw);
-  if (raw === undefined || raw === null) fail(field, "must be a connection string or a NodeConfig", raw);
+  const spec: Record<string, unknown> = typeof raw === "string"
+    ? { url: raw }
+    : plainObject(field, raw);
+  if (raw === undefined || raw === null) {
+    fail(field, "must be a connection string or a NodeConfig", raw);
+  }
   const urlField = typeof raw === "string" ? field : `${field}.url`;
   const url = spec.url;
   if (typeof url !== "string" || url.trim() === "") {
@@ -249,11 +281,15 @@ function resolveNode(
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
   }
-  const host = decodeURIComponent(parsed.hostname) || parsed.searchParams.get("host") || "";
+  // URL keeps the brackets of an IPv6 literal; sockets want the bare address.
+  const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
+    parsed.searchParams.get("host") || "";
   if (host === "") fail(urlField, "must name a host", redactUrl(url));
   const port = parsed.port === "" ? 5432 : Number(parsed.port);
   const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
-  if (typeof name !== "string" || name.trim() === "") fail(`${field}.name`, "must be a non-empty string", name);
+  if (typeof name !== "string" || name.trim() === "") {
+    fail(`${field}.name`, "must be a non-empty string", name);
+  }
   const nodeTracer = spec.tracer;
   if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
   return {
@@ -289,7 +325,7 @@ function checkTracer(field: string, value: unknown): void {
 /** Stable identity of a server for duplicate detection: host, port, database and user. */
 function identity(node: ResolvedNode): string {
   const u = new URL(node.url);
-  return `${node.host}:${node.port}/${decodeURIComponent(u.pathname.slice(1))}@${
+  return `${node.host.toLowerCase()}:${node.port}/${decodeURIComponent(u.pathname.slice(1))}@${
     decodeURIComponent(u.username)
   }`;
 }
@@ -315,7 +351,9 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
   const tracer = c.tracer;
   if (tracer !== undefined) checkTracer("tracer", tracer);
   const pool = resolvePool("pool", c.pool, POOL_DEFAULTS);
-  if (c.master === undefined || c.master === "") fail("master", "must be a non-empty postgres:// connection string", c.master);
+  if (c.master === undefined || c.master === "") {
+    fail("master", "must be a non-empty postgres:// connection string", c.master);
+  }
   const nodes = [resolveNode("master", c.master, "primary", pool, tracer)];
   const replicas = c.replicas ?? [];
   if (!Array.isArray(replicas)) fail("replicas", "must be an array", replicas);
@@ -357,8 +395,18 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
       retryable: (r.retryable as RetryConfig["retryable"]) ?? isRetryable,
     },
     healthCheck: {
-      intervalMs: duration("healthCheck.intervalMs", h.intervalMs, HEALTH_CHECK_DEFAULTS.intervalMs, true),
-      timeoutMs: duration("healthCheck.timeoutMs", h.timeoutMs, HEALTH_CHECK_DEFAULTS.timeoutMs, true),
+      intervalMs: duration(
+        "healthCheck.intervalMs",
+        h.intervalMs,
+        HEALTH_CHECK_DEFAULTS.intervalMs,
+        true,
+      ),
+      timeoutMs: duration(
+        "healthCheck.timeoutMs",
+        h.timeoutMs,
+        HEALTH_CHECK_DEFAULTS.timeoutMs,
+        true,
+      ),
       failuresBeforeDown: integer(
         "healthCheck.failuresBeforeDown",
         h.failuresBeforeDown,
@@ -369,6 +417,8 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     balancer: c.balancer ?? roundRobin(),
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
-    slowQueryThresholdMs: slow === undefined ? undefined : duration("slowQueryThresholdMs", slow, 0),
+    slowQueryThresholdMs: slow === undefined
+      ? undefined
+      : duration("slowQueryThresholdMs", slow, 0),
   };
 }

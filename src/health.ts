@@ -14,7 +14,7 @@ import pg from "pg";
 import type { HealthCheckConfig } from "./config.ts";
 import { DbxError } from "./errors.ts";
 import type { Node, ProbeSample } from "./node.ts";
-import { callHook, type Logger, type MetricsHook, type NodeRole } from "./observe.ts";
+import { callHook, type Logger, type MetricsHook } from "./observe.ts";
 
 /**
  * Who is primary and who is a replica, as of the last check round.
@@ -82,22 +82,31 @@ class Prober {
         await c.connect();
       }
       const { rows } = await client.query(PROBE_SQL);
-      const row = rows[0] as { recovery: boolean; lsn: string | null; replay_age_ms: number | null };
+      const row = rows[0] as {
+        recovery: boolean;
+        lsn: string | null;
+        replay_age_ms: number | null;
+      };
       return {
         role: row.recovery ? "replica" : "primary",
         latencyMs: performance.now() - start,
         lsn: parseLsn(row.lsn),
-        replayAgeMs: row.recovery && row.replay_age_ms !== null ? Math.max(0, row.replay_age_ms) : undefined,
+        replayAgeMs: row.recovery && row.replay_age_ms !== null
+          ? Math.max(0, row.replay_age_ms)
+          : undefined,
         at: performance.now(),
       };
     } catch (err) {
       this.#discard();
       if (timedOut) {
-        throw new DbxError(`health probe timed out after ${timeoutMs} ms (node ${this.#node.name})`, {
-          kind: "connection",
-          node: this.#node.name,
-          cause: err,
-        });
+        throw new DbxError(
+          `health probe timed out after ${timeoutMs} ms (node ${this.#node.name})`,
+          {
+            kind: "connection",
+            node: this.#node.name,
+            cause: err,
+          },
+        );
       }
       throw this.#node.wrap(err);
     } finally {
@@ -236,7 +245,11 @@ export class HealthChecker {
       if (node.role !== sample.role) {
         const from = node.role;
         node.role = sample.role;
-        this.#options.logger.info("dbx: node changed role", { node: node.name, from, to: sample.role });
+        this.#options.logger.info("dbx: node changed role", {
+          node: node.name,
+          from,
+          to: sample.role,
+        });
         callHook(this.#options.logger, this.#options.metrics, "onRoleChange", {
           node: node.name,
           from,
@@ -247,7 +260,10 @@ export class HealthChecker {
         node.healthy = true;
         node.lastError = undefined;
         this.#options.logger.info("dbx: node is up", { node: node.name, role: node.role });
-        callHook(this.#options.logger, this.#options.metrics, "onNodeUp", { node: node.name, role: node.role });
+        callHook(this.#options.logger, this.#options.metrics, "onNodeUp", {
+          node: node.name,
+          role: node.role,
+        });
       }
     } catch (err) {
       if (this.#stopped) return;
@@ -288,7 +304,8 @@ export class HealthChecker {
     const cur = this.#topology;
     if (
       next.primary !== cur.primary || next.primaries.length !== cur.primaries.length ||
-      next.replicas.length !== cur.replicas.length || next.replicas.some((n, i) => cur.replicas[i] !== n)
+      next.replicas.length !== cur.replicas.length ||
+      next.replicas.some((n, i) => cur.replicas[i] !== n)
     ) {
       if (next.primaries.length > 1) {
         this.#options.logger.error("dbx: more than one node reports primary; refusing writes", {

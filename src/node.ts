@@ -32,6 +32,9 @@ function markNotSent(err: unknown): unknown {
   return err;
 }
 
+/** Connections on which a cancel was sent that no statement consumed. */
+const strayCancel = new WeakSet<object>();
+
 /** Prefix of pg's error for a statement refused before sending on a dead client. */
 const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
 
@@ -166,23 +169,59 @@ export class Node implements BalancerNode {
   }
 
   /**
-   * Runs one statement once on this node. Errors raised before the statement
-   * was handed to a connection are marked so {@linkcode wasNotSent} is true.
-   * With a `signal`, aborting cancels the statement on the server.
+   * Runs one statement once on this node, on a pooled connection. Errors
+   * raised before the statement was handed to a connection are marked so
+   * {@linkcode wasNotSent} is true. With a `signal`, aborting cancels the
+   * wait for a connection, or the statement on the server.
    *
    * @param sql Statement text.
    * @param args Bind parameters.
    * @param signal Cancels the wait for a connection, or the running statement.
    * @returns The driver's result.
    */
-  async run(sql: string, args: readonly unknown[] | undefined, signal?: AbortSignal): Promise<pg.QueryResult> {
-    let client: pg.PoolClient;
+  async run(
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal?: AbortSignal,
+  ): Promise<pg.QueryResult> {
+    const client = await this.acquire(signal);
     try {
-      client = signal === undefined ? await this.pool.connect() : await acquire(this.pool, signal);
+      return await this.runOn(client, sql, args, signal);
+    } finally {
+      this.release(client);
+    }
+  }
+
+  /**
+   * Takes a connection from the pool. A failure is marked as not sent.
+   *
+   * @param signal Gives up waiting when it aborts.
+   * @returns A pooled client; hand it back with {@linkcode release}.
+   */
+  async acquire(signal?: AbortSignal): Promise<pg.PoolClient> {
+    try {
+      return signal === undefined ? await this.pool.connect() : await acquire(this.pool, signal);
     } catch (err) {
       throw markNotSent(err);
     }
-    let failed: unknown;
+  }
+
+  /**
+   * Runs one statement on a connection already taken from this node's pool
+   * (a pooled attempt or a transaction's pinned connection).
+   *
+   * @param client The connection.
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param signal Aborting cancels the statement on the server.
+   * @returns The driver's result.
+   */
+  async runOn(
+    client: pg.PoolClient,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal?: AbortSignal,
+  ): Promise<pg.QueryResult> {
     let cancel: Promise<void> | undefined;
     try {
       if (signal === undefined) return await client.query(sql, args as unknown[] | undefined);
@@ -197,21 +236,33 @@ export class Node implements BalancerNode {
         signal.removeEventListener("abort", onAbort);
       }
     } catch (err) {
-      failed = err;
       // pg refuses, without writing anything, a statement on a client whose
       // socket already failed: such a statement can be re-sent safely.
       if (err instanceof Error && err.message.startsWith(UNQUERYABLE)) markNotSent(err);
+      // A cancel is consumed by the statement only when it failed with 57014.
+      if (cancel !== undefined && (err as { code?: unknown }).code === "57014") cancel = undefined;
       throw err;
     } finally {
-      if (cancel !== undefined) await cancel.catch(() => {});
-      // A connection is pooled again only when it is idle: not inside a
-      // transaction a statement opened, not broken, and with no cancel that
-      // could still land on the next user's statement (a cancel is consumed
-      // only when the statement failed with 57014).
-      const reuse = client.getTransactionStatus() === "I" &&
-        (cancel === undefined || (failed as { code?: unknown } | undefined)?.code === "57014");
-      client.release(reuse ? undefined : true);
+      if (cancel !== undefined) {
+        // The statement ended some other way: the cancel may still land on a
+        // later statement, so this connection must not be reused.
+        strayCancel.add(client);
+        await cancel.catch(() => {});
+      }
     }
+  }
+
+  /**
+   * Hands a connection back. It is pooled again only when it is idle: not
+   * inside a transaction, not broken, and with no cancel in flight that could
+   * hit the next user's statement. Otherwise it is destroyed.
+   *
+   * @param client A client from {@linkcode acquire}.
+   * @param destroy Destroy it regardless.
+   */
+  release(client: pg.PoolClient, destroy = false): void {
+    const reuse = !destroy && client.getTransactionStatus() === "I" && !strayCancel.has(client);
+    client.release(reuse ? undefined : true);
   }
 
   /**

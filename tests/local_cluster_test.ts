@@ -65,22 +65,36 @@ function scratchDir(label: string): string {
 }
 
 Deno.test("startLocalCluster() rejects invalid options naming the field and value", async () => {
-  const cases: [Parameters<typeof startLocalCluster>[0], string][] = [
-    [{ replicas: -1 }, "'replicas' must be an integer >= 0: current value is -1"],
-    [{ replicas: 1.5 }, "'replicas' must be an integer >= 0: current value is 1.5"],
-    [{ replicas: NaN }, "'replicas' must be an integer >= 0: current value is NaN"],
-    [{ basePort: 0 }, "'basePort' must be an integer from 1 to 65533: current value is 0"],
-    [{ basePort: 65535 }, "'basePort' must be an integer from 1 to 65533: current value is 65535"],
-    [{ dir: "" }, `'dir' must be a non-empty string: current value is ""`],
-    [{ binDir: "" }, `'binDir' must be a non-empty string: current value is ""`],
+  const cases: [Parameters<typeof startLocalCluster>[0], string, string][] = [
+    [{ replicas: -1 }, "RangeError", "'replicas' must be an integer >= 0: current value is -1"],
+    [{ replicas: 1.5 }, "RangeError", "'replicas' must be an integer >= 0: current value is 1.5"],
+    [{ replicas: NaN }, "RangeError", "'replicas' must be an integer >= 0: current value is NaN"],
+    [
+      { replicas: "2" as unknown as number },
+      "TypeError",
+      `'replicas' must be an integer >= 0: current value is "2"`,
+    ],
+    [
+      { basePort: 0 },
+      "RangeError",
+      "'basePort' must be an integer from 1 to 65533: current value is 0",
+    ],
+    [
+      { basePort: 65535 },
+      "RangeError",
+      "'basePort' must be an integer from 1 to 65533: current value is 65535",
+    ],
+    [{ dir: "" }, "TypeError", `'dir' must be a non-empty string: current value is ""`],
+    [{ binDir: "" }, "TypeError", `'binDir' must be a non-empty string: current value is ""`],
     [
       { password: "" },
+      "TypeError",
       "'password' must be a non-empty single-line string: current value is hidden",
     ],
   ];
-  for (const [options, message] of cases) {
+  for (const [options, name, message] of cases) {
     await assert.rejects(startLocalCluster(options), {
-      name: "TypeError",
+      name,
       message: `Cannot start local cluster as ${message}`,
     });
   }

@@ -82,7 +82,9 @@ const unavailable: string | undefined = urls === undefined
  * if (cluster) console.log(await cluster.query("select 1 as one"));
  * ```
  */
-export async function testCluster(config: Partial<ClusterConfig> = {}): Promise<Cluster | undefined> {
+export async function testCluster(
+  config: Partial<ClusterConfig> = {},
+): Promise<Cluster | undefined> {
   const env = testDatabaseUrls();
   if (env === undefined) return undefined;
   try {
@@ -128,7 +130,9 @@ export function dbTest(
     ignore: unavailable !== undefined,
     async fn(t) {
       const cluster = await testCluster(options.config);
-      if (cluster === undefined) throw new Error(`test database became unreachable before "${name}"`);
+      if (cluster === undefined) {
+        throw new Error(`test database became unreachable before "${name}"`);
+      }
       try {
         await fn(cluster, t);
       } finally {
