@@ -587,7 +587,7 @@ export class Cluster implements Executor, AsyncDisposable {
     // probes are not cut mid-flight by a half-closed checker.
     await this.#started?.catch(() => {});
     await this.#checker.stop();
-    await Promise.all(this.#nodes.map((n) => endPool(n.pool)));
+    await Promise.all(this.#nodes.map((n) => n.end(CLOSE_GRACE_MS)));
   }
 
   /** Same as {@linkcode close}, for `await using`. */
@@ -923,26 +923,6 @@ export class Cluster implements Executor, AsyncDisposable {
         });
       }
     }
-  }
-}
-
-/** Ends a pool, cutting connections still busy after the grace period. */
-async function endPool(pool: pg.Pool): Promise<void> {
-  const ended = pool.end().catch(() => {});
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const graceOver = new Promise<boolean>((resolve) => {
-    timer = setTimeout(resolve, CLOSE_GRACE_MS, true);
-  });
-  const forced = await Promise.race([ended.then(() => false), graceOver]);
-  clearTimeout(timer);
-  if (forced) {
-    // pg-pool has no public way to abort busy clients; its client list is
-    // the only handle on them.
-    const clients =
-      (pool as unknown as { _clients: { connection: { stream: { destroy(): void } } }[] })
-        ._clients;
-    for (const c of clients) c.connection.stream.destroy();
-    await ended;
   }
 }
 

@@ -47,6 +47,21 @@ export function parseLsn(text: string | null | undefined): bigint | undefined {
   }
 }
 
+/** The protocol's Terminate message ('X', length 4). */
+const TERMINATE = new Uint8Array([0x58, 0, 0, 0, 4]);
+
+/** The parts of pg's Client that a forced close needs and its types leave out. */
+interface RawClient {
+  _ended: boolean;
+  _connected: boolean;
+  _queryable: boolean;
+  readyForQuery: boolean;
+  connection: {
+    once(event: "end", listener: () => void): void;
+    stream: { write(data: Uint8Array, cb: () => void): void; destroy(): void };
+  };
+}
+
 /** A dedicated, lazily (re)connected probe connection to one node. */
 class Prober {
   readonly #node: Node;
@@ -116,16 +131,22 @@ class Prober {
 
   #ending: Promise<void>[] = [];
 
-  /** Drops the current connection (forcefully if a statement is pending). */
+  /**
+   * Drops the current connection. The socket is cut rather than ended:
+   * pg's `end()` during a pending connect leaves that connect unsettled
+   * forever, and a graceful close waits for a server that may never answer.
+   * An idle connection still gets a Terminate message first.
+   */
   #discard(): void {
-    const c = this.#client;
+    const c = this.#client as unknown as RawClient | undefined;
     if (c === undefined) return;
     this.#client = undefined;
-    const ended = c.end().catch(() => {});
-    // end() only half-closes the socket and waits for the server's close,
-    // which a hung or blackholed host never sends: cut the socket instead.
-    (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-    this.#ending.push(ended);
+    if (c._ended) return;
+    const conn = c.connection;
+    this.#ending.push(new Promise<void>((resolve) => conn.once("end", resolve)));
+    const idle = c._connected && c._queryable && c.readyForQuery === true;
+    if (idle) conn.stream.write(TERMINATE, () => conn.stream.destroy());
+    else conn.stream.destroy();
   }
 
   /** Closes the probe connection and waits for every discarded one to be gone. */

@@ -32,6 +32,8 @@ function markNotSent(err: unknown): unknown {
   return err;
 }
 
+function ignoreError(): void {}
+
 /** Connections on which a cancel was sent that no statement consumed. */
 const strayCancel = new WeakSet<object>();
 
@@ -133,6 +135,9 @@ export class Node implements BalancerNode {
   /** The error that took the node down, cleared when it comes back. */
   lastError: unknown;
 
+  /** Every open client, busy or idle, or being closed: what a forced close must cut. */
+  readonly #clients = new Set<pg.PoolClient>();
+
   queries = 0;
   errors = 0;
   retries = 0;
@@ -166,6 +171,15 @@ export class Node implements BalancerNode {
     // Without a listener, an idle connection dying (server restart, network
     // drop) emits an unhandled 'error' and takes the whole process down.
     this.pool.on("error", (err) => onPoolError(this, err));
+    // pg-pool listens for a client's errors only while it is idle. A client
+    // checked out (a statement or a transaction in progress) that loses its
+    // connection would emit an unhandled 'error'; the statement's own
+    // rejection already reports it, and release() drops the dead client.
+    this.pool.on("connect", (client) => {
+      client.on("error", ignoreError);
+      this.#clients.add(client);
+    });
+    this.pool.on("remove", (client) => this.#clients.delete(client));
   }
 
   /**
@@ -276,6 +290,32 @@ export class Node implements BalancerNode {
     if (err instanceof DbxError) return err;
     const message = err instanceof Error ? err.message : String(err);
     return new DbxError(`${message} (node ${this.name})`, { cause: err, node: this.name });
+  }
+
+  /**
+   * Ends the pool: running statements may finish and idle connections close
+   * gracefully; after `graceMs` every socket still open is cut.
+   *
+   * @param graceMs How long to wait before cutting connections.
+   * @returns Resolves when every connection is closed.
+   */
+  async end(graceMs: number): Promise<void> {
+    const ended = this.pool.end().catch(() => {});
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const graceOver = new Promise<boolean>((resolve) => {
+      timer = setTimeout(resolve, graceMs, true);
+    });
+    const forced = await Promise.race([ended.then(() => false), graceOver]);
+    clearTimeout(timer);
+    if (forced) {
+      // pg-pool has no way to abort busy clients, and a graceful close of an
+      // idle one waits for a server that may never answer (a hung host).
+      for (const c of this.#clients) {
+        (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream
+          .destroy();
+      }
+      await ended;
+    }
   }
 
   /** Pool counts for stats. */

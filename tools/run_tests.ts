@@ -43,10 +43,40 @@ function onSignal(signal: Deno.Signal): void {
   }
 }
 
+/**
+ * Prints one plain summary line from the JUnit report, e.g.
+ * `dbx tests: 208 passed, 0 failed, 0 skipped`, so CI logs state the count
+ * in a form any reader (or tool) understands.
+ */
+async function printSummary(junitPath: string): Promise<void> {
+  let xml: string;
+  try {
+    xml = await Deno.readTextFile(junitPath);
+  } catch {
+    return;
+  }
+  const cases = [...xml.matchAll(/<testcase\b[\s\S]*?(?:\/>|<\/testcase>)/g)].map((m) => m[0]);
+  const skipped = cases.filter((c) => /<skipped/.test(c)).length;
+  const failed = cases.filter((c) => /<failure|<error/.test(c)).length;
+  console.log(
+    `dbx tests: ${cases.length - skipped - failed} passed, ${failed} failed, ${skipped} skipped`,
+  );
+}
+
 async function runTests(env: Record<string, string>): Promise<number> {
   if (interrupted !== undefined) return SIGNAL_EXIT_CODES[interrupted] ?? 1;
+  const junitPath = await Deno.makeTempFile({ prefix: "dbx-junit-", suffix: ".xml" });
+  try {
+    return await runDenoTest(env, junitPath);
+  } finally {
+    await printSummary(junitPath);
+    await Deno.remove(junitPath).catch(() => {});
+  }
+}
+
+async function runDenoTest(env: Record<string, string>, junitPath: string): Promise<number> {
   child = new Deno.Command(Deno.execPath(), {
-    args: ["test", ...PERMISSIONS, ...Deno.args],
+    args: ["test", ...PERMISSIONS, `--junit-path=${junitPath}`, ...Deno.args],
     env,
     stdin: "inherit",
     stdout: "inherit",

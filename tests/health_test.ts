@@ -1,0 +1,159 @@
+import assert from "node:assert/strict";
+import { connect, DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
+import { parseLsn } from "../src/health.ts";
+import { findPgBinDir, startLocalCluster } from "../src/testing/mod.ts";
+
+const ignore = (await findPgBinDir()) === undefined;
+const named = (name: string): string =>
+  ignore ? `${name} [ignored: no PostgreSQL binaries; install PostgreSQL or set DBX_PG_BIN]` : name;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  ms = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await sleep(25);
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+Deno.test("parseLsn() orders WAL positions numerically", () => {
+  assert.equal(parseLsn("0/0"), 0n);
+  assert.equal(parseLsn("16/B374D848"), (0x16n << 32n) | 0xB374D848n);
+  assert.ok(parseLsn("1/0")! > parseLsn("0/FFFFFFFF")!);
+  assert.equal(parseLsn("nonsense"), undefined);
+  assert.equal(parseLsn("x/y"), undefined);
+  assert.equal(parseLsn(null), undefined);
+});
+
+Deno.test({
+  name: named("health checking on a real primary and two streaming replicas"),
+  ignore,
+  async fn(t) {
+    await using local = await startLocalCluster({ replicas: 2 });
+    const replicaPort = (i: number) => local.nodes[i + 1]!.port;
+
+    await t.step(
+      "roles come from the servers: the checker finds which node is primary",
+      async () => {
+        // The config names a replica as master; the probe knows better.
+        await using cluster = await connect({
+          master: local.replicaUrls[0]!,
+          replicas: [local.masterUrl, local.replicaUrls[1]!],
+          healthCheck: { intervalMs: 200, timeoutMs: 1_000 },
+        });
+        assert.deepEqual(cluster.stats().nodes.map((n) => n.role), [
+          "replica",
+          "primary",
+          "replica",
+        ]);
+        const row = await cluster.queryRow<{ p: number }>("select inet_server_port() as p");
+        assert.equal(row.p, local.nodes[0]!.port);
+        const report = await cluster.health();
+        assert.equal(report.writable, true);
+        assert.ok(report.nodes.every((n) => n.healthy && typeof n.latencyMs === "number"));
+      },
+    );
+
+    await t.step("a replica stopped mid-run fails no read", async () => {
+      await using cluster = await connect({
+        master: local.masterUrl,
+        replicas: local.replicaUrls,
+        healthCheck: { intervalMs: 200, timeoutMs: 1_000 },
+      });
+      let reads = 0;
+      const failures: unknown[] = [];
+      const servedBy = new Map<number, number>();
+      let running = true;
+      const reader = async () => {
+        while (running) {
+          try {
+            const row = await cluster.readQueryRow<{ p: number }>("select inet_server_port() as p");
+            servedBy.set(row.p, (servedBy.get(row.p) ?? 0) + 1);
+            reads++;
+          } catch (err) {
+            failures.push(err);
+          }
+        }
+      };
+      const readers = Array.from({ length: 8 }, reader);
+      await until("reads flow", () => reads > 200);
+      await local.stop("replica1");
+      const readsAtStop = reads;
+      await until("reads continue after the stop", () => reads > readsAtStop + 500);
+      running = false;
+      await Promise.all(readers);
+      assert.deepEqual(failures, [], "no read failed");
+      const stats = cluster.stats();
+      assert.equal(stats.nodes[1]!.healthy, false, "the stopped replica is marked down");
+      assert.ok((servedBy.get(replicaPort(1)) ?? 0) > 0, "the other replica kept serving");
+
+      await local.start("replica1");
+      await until(
+        "the restarted replica is back after a probe",
+        () => cluster.stats().nodes[1]!.healthy,
+      );
+      const before = cluster.stats().nodes[1]!.queries;
+      for (let i = 0; i < 4; i++) await cluster.readQuery("select 1");
+      assert.ok(cluster.stats().nodes[1]!.queries > before, "reads go to it again");
+    });
+
+    await t.step(
+      "writes fail fast while the primary is down, and resume when it is back",
+      async () => {
+        await using cluster = await connect({
+          master: local.masterUrl,
+          replicas: local.replicaUrls,
+          retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 },
+          healthCheck: { intervalMs: 200, timeoutMs: 500 },
+        });
+        await cluster.exec("create table if not exists ledger(id int primary key)");
+        await local.stop("primary");
+        const started = performance.now();
+        const err = await cluster.exec("insert into ledger values (1)").then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        const elapsed = performance.now() - started;
+        assert.ok(
+          err instanceof NoHealthyNodeError || err instanceof RetryExhaustedError,
+          `expected NoHealthyNodeError or RetryExhaustedError, got ${err}`,
+        );
+        assert.ok(elapsed < 5_000, `failed within the retry budget (${Math.round(elapsed)} ms)`);
+        // Reads keep working on the replicas meanwhile.
+        assert.equal((await cluster.readQuery("select 1 as one")).length, 1);
+        // A second write is refused before anything is sent.
+        await until("the primary is marked down", () => !cluster.stats().nodes[0]!.healthy);
+        const queriesBefore = cluster.stats().nodes[0]!.queries;
+        await assert.rejects(cluster.exec("insert into ledger values (2)"), DbxError);
+        assert.equal(
+          cluster.stats().nodes[0]!.queries,
+          queriesBefore,
+          "no attempt on a node marked down",
+        );
+
+        await local.start("primary");
+        await until("the primary is back", () => cluster.stats().nodes[0]!.healthy);
+        await cluster.exec("insert into ledger values (3)");
+        const ids = await cluster.query<{ id: number }>("select id from ledger order by id");
+        assert.deepEqual(ids, [{ id: 3 }], "no failed write was applied");
+      },
+    );
+
+    await t.step("nothing keeps running after close(), even with a short interval", async () => {
+      const cluster = await connect({
+        master: local.masterUrl,
+        replicas: local.replicaUrls,
+        healthCheck: { intervalMs: 5, timeoutMs: 500 },
+      });
+      await sleep(100);
+      await cluster.close();
+      // The sanitizers of this test fail it if a probe timer or socket survived.
+    });
+  },
+});
