@@ -64,6 +64,9 @@ export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
 export { backoffDelay, delay } from "./src/retry.ts";
 export type { BackoffOptions } from "./src/retry.ts";
 export { currentExecutor, withExecutor } from "./src/context.ts";
+export type { IsolationLevel, RunTxOptions, Tx, TxOptions } from "./src/tx.ts";
+export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
+export type { CopyRows } from "./src/copy.ts";
 export { noopLogger } from "./src/observe.ts";
 export type {
   Logger,

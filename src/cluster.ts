@@ -13,7 +13,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { currentExecutor } from "./context.ts";
+import { boundExecutor, currentExecutor } from "./context.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import {
   ClusterClosedError,
@@ -27,9 +27,21 @@ import {
 } from "./errors.ts";
 import type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./executor.ts";
 import { HealthChecker, parseLsn, type Topology } from "./health.ts";
+import { type BatchOptions, type BatchQuery, type BatchResult, checkBatch, runBatch } from "./batch.ts";
+import { checkCopyArgs, copyIn, type CopyRows } from "./copy.ts";
 import { Node, wasNotSent } from "./node.ts";
 import { callHook, type NodeRole, type QueryEvent } from "./observe.ts";
 import { backoffDelay, CallSignal, delay } from "./retry.ts";
+import {
+  beginStatement,
+  runTransaction,
+  Savepoint,
+  Transaction,
+  type Tx,
+  type TxOptions,
+  type TxRunner,
+  type RunTxOptions,
+} from "./tx.ts";
 
 /** Counters and pool numbers of one node. A plain snapshot. */
 export interface NodeStats {
@@ -108,6 +120,8 @@ const enum Route {
   Write,
   /** `begin()`: the primary; BEGIN alone changes nothing, so it may be re-sent. */
   Begin,
+  /** A pinned connection to the primary with nothing sent yet (COPY, batches). */
+  Acquire,
 }
 
 /** A connection pinned to a transaction by `begin()`. */
@@ -200,6 +214,9 @@ export class Cluster implements Executor, AsyncDisposable {
   readonly #observed: boolean;
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
+  /** Runs a transaction's statements: counted, observed, errors wrapped. Made once. */
+  readonly #txRunner: TxRunner = (node, client, sql, args, signal) =>
+    this.#txStatement(node, client, sql, args, signal);
 
   /**
    * Builds the cluster without connecting. Use {@linkcode connect}, which
@@ -397,6 +414,184 @@ export class Cluster implements Executor, AsyncDisposable {
     const { rows } = await this.#execute("readQueryRow", Route.Read, sql, args, options);
     if (rows.length === 0) throw new NoRowsError();
     return rows[0] as T;
+  }
+
+  /**
+   * Opens a transaction on one pinned primary connection. Acquiring the
+   * connection and sending BEGIN are retried like a read (BEGIN alone
+   * changes nothing); statements inside the transaction are never retried.
+   *
+   * @param options Isolation level, read-only, deferrable.
+   * @returns The open transaction; commit or roll it back, or dispose of it
+   * (`await using`) to roll back.
+   * @throws {RangeError} for an unknown isolation level.
+   * @throws {DbxError} when no primary could be reached.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * await using tx = await cluster.begin({ isolation: "repeatable read" });
+   * const [{ n }] = await tx.query<{ n: number }>("select count(*)::int as n from orders");
+   * await tx.exec("insert into order_counts(n) values ($1)", [n]);
+   * await tx.commit();
+   * ```
+   */
+  async begin(options?: TxOptions): Promise<Tx> {
+    this.#assertOpen();
+    const sql = beginStatement("begin", options);
+    const pinned = await this.#withRetry(Route.Begin, sql, undefined, undefined, undefined) as Pinned;
+    return new Transaction(this, pinned.node, pinned.client, this.#txRunner);
+  }
+
+  /**
+   * Runs `fn` in a transaction on the primary: commits when it returns, rolls
+   * back when it throws and re-throws the original error (a failed rollback
+   * is attached as its `cause` when it has none). The transaction is bound
+   * to the async context, so `getExecutor()` inside `fn` returns it. Called
+   * inside another `runTx` of this cluster, `fn` runs in a savepoint.
+   * With `retries`, the whole callback is re-run after a serialization
+   * failure (40001) or deadlock (40P01), with backoff.
+   *
+   * @param fn The transaction body.
+   * @param options Isolation level, read-only, deferrable, retries.
+   * @returns What `fn` returned.
+   * @throws Whatever `fn` threw, or the commit's error.
+   *
+   * @example Transfer money atomically
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * await cluster.runTx(async (tx) => {
+   *   await tx.exec("update accounts set balance = balance - $1 where id = $2", [10, 1]);
+   *   await tx.exec("update accounts set balance = balance + $1 where id = $2", [10, 2]);
+   * }, { isolation: "serializable", retries: 3 });
+   * ```
+   */
+  runTx<T>(fn: (tx: Tx) => Promise<T>, options?: RunTxOptions): Promise<T> {
+    try {
+      this.#assertOpen();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const bound = boundExecutor();
+    const root = bound instanceof Transaction || bound instanceof Savepoint ? bound.root : undefined;
+    const parent = root !== undefined && root.owner === this && root.active ? root : undefined;
+    const { baseDelayMs, maxDelayMs } = this.#config.retry;
+    return runTransaction(this, fn, options, parent, { baseDelayMs, maxDelayMs });
+  }
+
+  async #txStatement(
+    node: Node,
+    client: pg.PoolClient,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<pg.QueryResult> {
+    try {
+      return await this.#attempt(node, client, sql, args, signal, 1);
+    } catch (raw) {
+      if (signal?.aborted) throw this.#aborted(signal.reason, undefined, raw, node);
+      if (isConnectionError(raw)) this.#checker.markDown(node, raw);
+      throw node.wrap(raw);
+    }
+  }
+
+  /**
+   * Streams rows into a table with `COPY ... FROM STDIN` on the primary.
+   * Values are escaped for COPY's text format (NULL, tabs, newlines,
+   * backslashes; Dates, JSON and bytes encoded). A row of the wrong width
+   * aborts the COPY, so nothing is committed. Only taking the connection is
+   * retried; the COPY itself is a write and is never re-sent.
+   *
+   * @param table Table name, optionally schema-qualified (`"audit.events"`).
+   * @param columns Column names, in the order of each row's values.
+   * @param rows Arrays of values, from a sync or async iterable (consumed with back-pressure).
+   * @returns Number of rows copied.
+   * @throws {TypeError} / {RangeError} for bad arguments or a row of the wrong width.
+   * @throws {DbxError} when the server rejects the data.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * const n = await cluster.copyFrom("events", ["id", "kind"], [[1, "login"], [2, null]]);
+   * ```
+   */
+  async copyFrom(table: string, columns: readonly string[], rows: CopyRows): Promise<number> {
+    this.#assertOpen();
+    checkCopyArgs("copyFrom", table, columns, rows);
+    const { node, client } = await this.#withRetry(Route.Acquire, "", undefined, undefined, undefined) as Pinned;
+    return await this.#onPinned(node, client, () => copyIn(client, table, columns, rows));
+  }
+
+  /**
+   * Sends statements pipelined on one primary connection (one round trip).
+   * Atomic by default: the batch runs in one transaction, and a failure
+   * rolls everything back and rejects with that statement's `DbxError`,
+   * its position in `batchIndex`. With `{ atomic: false }` each statement
+   * runs on its own and the result is one settled result per statement.
+   *
+   * @param queries The statements, in order.
+   * @param options `atomic` (default `true`).
+   * @returns One result per statement, in order.
+   * @throws {DbxError} with `batchIndex` when an atomic batch fails.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * const [, counted] = await cluster.sendBatch([
+   *   { sql: "insert into events(kind) values ($1)", args: ["login"] },
+   *   { sql: "select count(*)::int as n from events" },
+   * ]);
+   * console.log(counted?.rows[0]);
+   * ```
+   */
+  sendBatch(queries: readonly BatchQuery[], options?: BatchOptions & { atomic?: true }): Promise<BatchResult[]>;
+  /**
+   * Sends statements pipelined, each on its own: one settled result per statement.
+   *
+   * @param queries The statements, in order.
+   * @param options `{ atomic: false }`.
+   * @returns One settled result per statement, in order.
+   */
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options: BatchOptions & { atomic: false },
+  ): Promise<PromiseSettledResult<BatchResult>[]>;
+  async sendBatch(
+    queries: readonly BatchQuery[],
+    options?: BatchOptions,
+  ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+    this.#assertOpen();
+    checkBatch(queries);
+    const atomic = options?.atomic ?? true;
+    if (typeof atomic !== "boolean") {
+      throw new TypeError(`Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${atomic}`);
+    }
+    const { node, client } = await this.#withRetry(Route.Acquire, "", undefined, undefined, undefined) as Pinned;
+    return await this.#onPinned(node, client, () => runBatch(client, queries, atomic, node.name));
+  }
+
+  /** Runs `work` on a pinned connection: counted, errors wrapped, connection handed back. */
+  async #onPinned<R>(node: Node, client: pg.PoolClient, work: () => Promise<R>): Promise<R> {
+    node.queries++;
+    node.inFlight++;
+    try {
+      return await work();
+    } catch (err) {
+      node.errors++;
+      if (isConnectionError(err)) this.#checker.markDown(node, err);
+      throw err instanceof TypeError || err instanceof RangeError ? err : node.wrap(err);
+    } finally {
+      node.inFlight--;
+      node.release(client);
+    }
   }
 
   /**
@@ -762,7 +957,7 @@ export class Cluster implements Executor, AsyncDisposable {
         // as read-only: then it writes, and must not drift to the primary.
         // A write is re-sent only when it never reached a server, or the
         // server refused it for being a replica (nothing was applied).
-        const safe = read ? !readOnly : route === Route.Begin || wasNotSent(raw) || readOnly;
+        const safe = read ? !readOnly : route !== Route.Write || wasNotSent(raw) || readOnly;
         if (!safe || !retryable(raw)) {
           if (connectionLost && !read && errors === undefined) {
             throw new DbxError(

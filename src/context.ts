@@ -52,3 +52,12 @@ export function withExecutor<T>(executor: Executor, fn: () => T): T {
 export function currentExecutor<E extends Executor>(fallback: E): Executor | E {
   return storage.getStore() ?? fallback;
 }
+
+/**
+ * The executor bound to the current async context, if any. Internal.
+ *
+ * @returns The innermost bound executor, or `undefined`.
+ */
+export function boundExecutor(): Executor | undefined {
+  return storage.getStore();
+}

@@ -13,7 +13,7 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import { withExecutor } from "./context.ts";
-import { DbxError, isSerializationFailure, NoRowsError } from "./errors.ts";
+import { DbxError, isConnectionError, isSerializationFailure, NoRowsError } from "./errors.ts";
 import type { CommandResult, Executor, QueryOptions, Row } from "./executor.ts";
 import type { Node } from "./node.ts";
 import { backoffDelay, CallSignal, delay } from "./retry.ts";
@@ -240,6 +240,11 @@ export class Transaction extends TxBase {
   /** The cluster that opened it: nested `runTx` on that cluster uses a savepoint. */
   readonly owner: object;
 
+  /** The top-level transaction (itself). */
+  get root(): Transaction {
+    return this;
+  }
+
   /**
    * @param owner The cluster that opened it.
    * @param node The primary it runs on.
@@ -263,9 +268,7 @@ export class Transaction extends TxBase {
       return await this.#run(this.#node, this.#client, sql, args, signal);
     } catch (err) {
       // A lost connection ends the transaction: the server rolls it back.
-      if (!this.#client.getTransactionStatus || this.#client.getTransactionStatus() === null) {
-        this.#finish("failed");
-      }
+      if (isConnectionError(err)) this.#finish("failed");
       throw err;
     }
   }
@@ -332,7 +335,7 @@ export class Transaction extends TxBase {
 }
 
 /** A savepoint inside a {@linkcode Transaction}. */
-class Savepoint extends TxBase {
+export class Savepoint extends TxBase {
   readonly #parent: Transaction;
   readonly #name: string;
 
@@ -340,6 +343,11 @@ class Savepoint extends TxBase {
     super();
     this.#parent = parent;
     this.#name = name;
+  }
+
+  /** The top-level transaction this savepoint lives in. */
+  get root(): Transaction {
+    return this.#parent;
   }
 
   protected send(): Promise<pg.QueryResult> {

@@ -20,6 +20,7 @@
 
 export { dbTest, testCluster } from "./db_test.ts";
 export type { DbTestOptions } from "./db_test.ts";
+export { runInTx } from "./run_in_tx.ts";
 export { testLogger } from "./test_logger.ts";
 export type { LogEntry, TestLogger } from "./test_logger.ts";
 export { findPgBinDir, startLocalCluster } from "./local_cluster.ts";

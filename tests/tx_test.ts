@@ -1,0 +1,274 @@
+import assert from "node:assert/strict";
+import type { Cluster } from "../mod.ts";
+import { DbxError, isSerializationFailure, type Tx } from "../mod.ts";
+import { dbTest, runInTx } from "../src/testing/mod.ts";
+
+/** Every connection of the primary's pool is back and idle. */
+function assertPoolIdle(cluster: Cluster): void {
+  const primary = cluster.stats().nodes[0]!;
+  assert.equal(primary.idleConns, primary.totalConns, "every connection went back idle");
+  assert.equal(primary.inFlight, 0);
+}
+
+async function freshTable(cluster: Cluster, name: string): Promise<void> {
+  await cluster.exec(`drop table if exists ${name}`);
+  await cluster.exec(`create table ${name}(id int primary key, v int not null default 0)`);
+}
+
+dbTest("begin() applies the isolation level, read-only and deferrable", async (cluster) => {
+  for (const isolation of ["read committed", "repeatable read", "serializable"] as const) {
+    const tx = await cluster.begin({ isolation });
+    const row = await tx.queryRow<{ iso: string }>("select current_setting('transaction_isolation') as iso");
+    assert.equal(row.iso, isolation);
+    await tx.rollback();
+  }
+  const tx = await cluster.begin({ isolation: "serializable", readOnly: true, deferrable: true });
+  const row = await tx.queryRow<{ ro: string; d: string }>(
+    "select current_setting('transaction_read_only') as ro, current_setting('transaction_deferrable') as d",
+  );
+  assert.deepEqual(row, { ro: "on", d: "on" });
+  await tx.commit();
+  assertPoolIdle(cluster);
+});
+
+dbTest("begin() rejects an unknown isolation level before touching the server", async (cluster) => {
+  await assert.rejects(
+    cluster.begin({ isolation: "snapshot" as "serializable" }),
+    (err) =>
+      err instanceof RangeError && /'options.isolation'.*"snapshot"/.test(err.message) &&
+      err.message.includes('"serializable"'),
+  );
+  assert.equal(cluster.stats().nodes[0]!.queries, 0);
+});
+
+dbTest("a write in a read-only transaction fails with 25006 and is not retried", async (cluster) => {
+  await freshTable(cluster, "tx_ro");
+  const before = cluster.stats().nodes[0]!.queries;
+  await assert.rejects(
+    cluster.runTx((tx) => tx.exec("insert into tx_ro(id) values (1)"), { readOnly: true }),
+    (err) => err instanceof DbxError && err.code === "25006" && err.kind === "read_only",
+  );
+  // begin, insert, rollback: three statements, no retry.
+  assert.equal(cluster.stats().nodes[0]!.queries - before, 3);
+  assert.deepEqual(await cluster.query("select * from tx_ro"), []);
+  assertPoolIdle(cluster);
+});
+
+dbTest("runTx() commits on return and returns the callback's value", async (cluster) => {
+  await freshTable(cluster, "tx_commit");
+  const result = await cluster.runTx(async (tx) => {
+    await tx.exec("insert into tx_commit(id) values (1), (2)");
+    return (await tx.query<{ id: number }>("select id from tx_commit order by id")).map((r) => r.id);
+  });
+  assert.deepEqual(result, [1, 2]);
+  assert.equal((await cluster.query("select * from tx_commit")).length, 2);
+  assertPoolIdle(cluster);
+});
+
+dbTest("runTx() rolls back on throw and re-throws the original error", async (cluster) => {
+  await freshTable(cluster, "tx_throw");
+  const original = new Error("boom");
+  const thrown = await cluster.runTx(async (tx) => {
+    await tx.exec("insert into tx_throw(id) values (1)");
+    throw original;
+  }).catch((e: unknown) => e);
+  assert.equal(thrown, original, "the very same error object");
+  assert.equal(original.cause, undefined, "a successful rollback attaches nothing");
+  assert.deepEqual(await cluster.query("select * from tx_throw"), []);
+  assertPoolIdle(cluster);
+});
+
+dbTest("commit() of a transaction broken by a failed statement throws and keeps nothing", async (cluster) => {
+  await freshTable(cluster, "tx_broken");
+  const tx = await cluster.begin();
+  await tx.exec("insert into tx_broken(id) values (1)");
+  await assert.rejects(tx.exec("insert into tx_broken(id) values (1)"), (e) => e instanceof DbxError && e.code === "23505");
+  await assert.rejects(tx.commit(), /rolled back by the server/);
+  assert.equal(tx.active, false);
+  await assert.rejects(tx.exec("select 1"), /already rolled back/);
+  assert.deepEqual(await cluster.query("select * from tx_broken"), []);
+  assertPoolIdle(cluster);
+});
+
+dbTest("await using rolls back a transaction that was not committed", async (cluster) => {
+  await freshTable(cluster, "tx_dispose");
+  {
+    await using tx = await cluster.begin();
+    await tx.exec("insert into tx_dispose(id) values (1)");
+  }
+  assert.deepEqual(await cluster.query("select * from tx_dispose"), []);
+  {
+    await using tx = await cluster.begin();
+    await tx.exec("insert into tx_dispose(id) values (2)");
+    await tx.commit();
+  }
+  assert.deepEqual(await cluster.query("select id from tx_dispose"), [{ id: 2 }]);
+  assertPoolIdle(cluster);
+});
+
+dbTest("calls after commit or rollback throw a clear error", async (cluster) => {
+  const tx = await cluster.begin();
+  await tx.commit();
+  await assert.rejects(tx.query("select 1"), /Cannot run query\(\) as the transaction is already committed/);
+  await assert.rejects(tx.commit(), /Cannot run commit\(\) as the transaction is already committed/);
+  await assert.rejects(tx.rollback(), /already committed/);
+  await tx[Symbol.asyncDispose](); // no-op, no throw
+  const tx2 = await cluster.begin();
+  await tx2.rollback();
+  await assert.rejects(tx2.exec("select 1"), /already rolled back/);
+  assertPoolIdle(cluster);
+});
+
+dbTest("statements inside runTx run in order on one connection", async (cluster) => {
+  const pids = await cluster.runTx(async (tx) => {
+    // Fired without awaiting in between: still one backend, in order.
+    const all = await Promise.all(
+      Array.from({ length: 5 }, (_, i) => tx.queryRow<{ pid: number; i: number }>("select pg_backend_pid() as pid, $1::int as i", [i])),
+    );
+    return all;
+  });
+  assert.equal(new Set(pids.map((p) => p.pid)).size, 1);
+  assert.deepEqual(pids.map((p) => p.i), [0, 1, 2, 3, 4]);
+});
+
+dbTest("getExecutor() returns the runTx transaction inside the callback, across awaits", async (cluster) => {
+  assert.equal(cluster.getExecutor(), cluster);
+  await cluster.runTx(async (tx) => {
+    assert.equal(cluster.getExecutor(), tx);
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(cluster.getExecutor(), tx);
+    const inner = await (async () => {
+      await Promise.resolve();
+      return cluster.getExecutor();
+    })();
+    assert.equal(inner, tx);
+    const viaExecutor = await cluster.getExecutor().queryRow<{ id: number }>("select txid_current()::int as id");
+    const viaTx = await tx.queryRow<{ id: number }>("select txid_current()::int as id");
+    assert.equal(viaExecutor.id, viaTx.id, "service code joined the same transaction");
+  });
+  assert.equal(cluster.getExecutor(), cluster);
+});
+
+dbTest("concurrent runTx calls each see only their own transaction", async (cluster) => {
+  await freshTable(cluster, "tx_concurrent");
+  const seen = await Promise.all([1, 2, 3, 4].map((id) =>
+    cluster.runTx(async (tx) => {
+      await tx.exec("insert into tx_concurrent(id) values ($1)", [id]);
+      await new Promise((r) => setTimeout(r, 20 * (5 - id)));
+      assert.equal(cluster.getExecutor(), tx);
+      const rows = await cluster.getExecutor().query<{ id: number }>("select id from tx_concurrent order by id");
+      return rows.map((r) => r.id);
+    })
+  ));
+  // Each transaction sees its own uncommitted row, and committed rows of
+  // transactions that finished earlier, never another's uncommitted one.
+  seen.forEach((ids, i) => assert.ok(ids.includes(i + 1), `tx ${i + 1} sees its own row`));
+  assert.deepEqual(seen[3], [4], "the first to finish saw only its own row");
+  assert.equal((await cluster.query("select * from tx_concurrent")).length, 4);
+  assertPoolIdle(cluster);
+});
+
+dbTest("nested runTx uses a savepoint: the inner rollback keeps the outer work", async (cluster) => {
+  await freshTable(cluster, "tx_nested");
+  await cluster.runTx(async (outer) => {
+    await outer.exec("insert into tx_nested(id) values (1)");
+    await assert.rejects(
+      cluster.runTx(async (inner) => {
+        assert.notEqual(inner, outer);
+        await inner.exec("insert into tx_nested(id) values (2)");
+        throw new Error("inner fails");
+      }),
+      /inner fails/,
+    );
+    const value = await cluster.runTx(async (inner) => {
+      await inner.exec("insert into tx_nested(id) values (3)");
+      return "kept";
+    });
+    assert.equal(value, "kept");
+  });
+  const ids = await cluster.query<{ id: number }>("select id from tx_nested order by id");
+  assert.deepEqual(ids.map((r) => r.id), [1, 3]);
+  assertPoolIdle(cluster);
+});
+
+dbTest("runTx({ retries }) re-runs the callback after a serialization failure", async (cluster) => {
+  await freshTable(cluster, "tx_serial");
+  await cluster.exec("insert into tx_serial(id, v) values (1, 0), (2, 0)");
+  // Two serializable transactions each read both rows and write one: the
+  // second to commit must fail with 40001, and its retry then succeeds.
+  let runs = 0;
+  let release!: () => void;
+  const bothRead = new Promise<void>((r) => (release = r));
+  let reads = 0;
+  const work = (id: number) =>
+    cluster.runTx(async (tx) => {
+      runs++;
+      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [{ s: number }];
+      if (++reads === 2) release();
+      await bothRead;
+      await tx.exec("update tx_serial set v = $1 where id = $2", [s + 1, id]);
+      return s;
+    }, { isolation: "serializable", retries: 3 });
+  const results = await Promise.all([work(1), work(2)]);
+  assert.equal(runs, 3, "one of the two ran twice");
+  assert.deepEqual([...results].sort(), [0, 1], "the retried one saw the other's commit");
+  assertPoolIdle(cluster);
+
+  // Without retries the failure surfaces as a serialization failure.
+  reads = 0;
+  let release2!: () => void;
+  const bothRead2 = new Promise<void>((r) => (release2 = r));
+  const once = (id: number) =>
+    cluster.runTx(async (tx) => {
+      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [{ s: number }];
+      if (++reads === 2) release2();
+      await bothRead2;
+      await tx.exec("update tx_serial set v = $1 where id = $2", [s + 1, id]);
+    }, { isolation: "serializable" });
+  const settled = await Promise.allSettled([once(1), once(2)]);
+  const failures = settled.filter((r) => r.status === "rejected");
+  assert.equal(failures.length, 1);
+  assert.ok(isSerializationFailure((failures[0] as PromiseRejectedResult).reason));
+  assert.equal(((failures[0] as PromiseRejectedResult).reason as DbxError).kind, "serialization_failure");
+});
+
+dbTest("runTx() rejects bad options and arguments without opening a transaction", async (cluster) => {
+  await assert.rejects(cluster.runTx(async () => {}, { retries: -1 }), /'options.retries'.*-1/);
+  await assert.rejects(
+    cluster.runTx(42 as unknown as (tx: Tx) => Promise<void>),
+    (e) => e instanceof TypeError && /'fn' must be a function/.test(e.message),
+  );
+  await assert.rejects(
+    cluster.runTx(async (tx) => {
+      await tx.query(7 as unknown as string);
+    }),
+    (e) => e instanceof TypeError && /'sql' must be a string/.test(e.message),
+  );
+  assert.equal(cluster.stats().nodes[0]!.totalConns, cluster.stats().nodes[0]!.idleConns);
+});
+
+dbTest("a statement timeout inside a transaction cancels it on the server", async (cluster) => {
+  const err = await cluster.runTx(async (tx) => {
+    await tx.query("select pg_sleep(5)", [], { timeoutMs: 100 });
+  }).catch((e: unknown) => e);
+  assert.ok(err instanceof DbxError);
+  assert.equal(err.kind, "timeout");
+  assert.equal(err.code, "57014");
+  const active = await cluster.queryRow<{ n: number }>(
+    "select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(5)' and state = 'active'",
+  );
+  assert.equal(active.n, 0);
+  assertPoolIdle(cluster);
+});
+
+dbTest("runInTx() always rolls back and binds the transaction", async (cluster) => {
+  await freshTable(cluster, "tx_helper");
+  const n = await runInTx(cluster, async (tx) => {
+    assert.equal(cluster.getExecutor(), tx);
+    await tx.exec("insert into tx_helper(id) values (1)");
+    return (await tx.query("select * from tx_helper")).length;
+  });
+  assert.equal(n, 1);
+  assert.deepEqual(await cluster.query("select * from tx_helper"), []);
+  assertPoolIdle(cluster);
+});
