@@ -27,7 +27,13 @@ import {
 } from "./errors.ts";
 import type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./executor.ts";
 import { HealthChecker, parseLsn, type Topology } from "./health.ts";
-import { type BatchOptions, type BatchQuery, type BatchResult, checkBatch, runBatch } from "./batch.ts";
+import {
+  type BatchOptions,
+  type BatchQuery,
+  type BatchResult,
+  checkBatch,
+  runBatch,
+} from "./batch.ts";
 import { checkCopyArgs, copyIn, type CopyRows } from "./copy.ts";
 import { Node, wasNotSent } from "./node.ts";
 import { callHook, type NodeRole, type QueryEvent } from "./observe.ts";
@@ -35,12 +41,12 @@ import { backoffDelay, CallSignal, delay } from "./retry.ts";
 import {
   beginStatement,
   runTransaction,
+  type RunTxOptions,
   Savepoint,
   Transaction,
   type Tx,
   type TxOptions,
   type TxRunner,
-  type RunTxOptions,
 } from "./tx.ts";
 
 /** Counters and pool numbers of one node. A plain snapshot. */
@@ -441,7 +447,13 @@ export class Cluster implements Executor, AsyncDisposable {
   async begin(options?: TxOptions): Promise<Tx> {
     this.#assertOpen();
     const sql = beginStatement("begin", options);
-    const pinned = await this.#withRetry(Route.Begin, sql, undefined, undefined, undefined) as Pinned;
+    const pinned = await this.#withRetry(
+      Route.Begin,
+      sql,
+      undefined,
+      undefined,
+      undefined,
+    ) as Pinned;
     return new Transaction(this, pinned.node, pinned.client, this.#txRunner);
   }
 
@@ -477,7 +489,9 @@ export class Cluster implements Executor, AsyncDisposable {
       return Promise.reject(err);
     }
     const bound = boundExecutor();
-    const root = bound instanceof Transaction || bound instanceof Savepoint ? bound.root : undefined;
+    const root = bound instanceof Transaction || bound instanceof Savepoint
+      ? bound.root
+      : undefined;
     const parent = root !== undefined && root.owner === this && root.active ? root : undefined;
     const { baseDelayMs, maxDelayMs } = this.#config.retry;
     return runTransaction(this, fn, options, parent, { baseDelayMs, maxDelayMs });
@@ -524,7 +538,13 @@ export class Cluster implements Executor, AsyncDisposable {
   async copyFrom(table: string, columns: readonly string[], rows: CopyRows): Promise<number> {
     this.#assertOpen();
     checkCopyArgs("copyFrom", table, columns, rows);
-    const { node, client } = await this.#withRetry(Route.Acquire, "", undefined, undefined, undefined) as Pinned;
+    const { node, client } = await this.#withRetry(
+      Route.Acquire,
+      "",
+      undefined,
+      undefined,
+      undefined,
+    ) as Pinned;
     return await this.#onPinned(node, client, () => copyIn(client, table, columns, rows));
   }
 
@@ -552,7 +572,10 @@ export class Cluster implements Executor, AsyncDisposable {
    * console.log(counted?.rows[0]);
    * ```
    */
-  sendBatch(queries: readonly BatchQuery[], options?: BatchOptions & { atomic?: true }): Promise<BatchResult[]>;
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options?: BatchOptions & { atomic?: true },
+  ): Promise<BatchResult[]>;
   /**
    * Sends statements pipelined, each on its own: one settled result per statement.
    *
@@ -572,9 +595,17 @@ export class Cluster implements Executor, AsyncDisposable {
     checkBatch(queries);
     const atomic = options?.atomic ?? true;
     if (typeof atomic !== "boolean") {
-      throw new TypeError(`Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${atomic}`);
+      throw new TypeError(
+        `Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${atomic}`,
+      );
     }
-    const { node, client } = await this.#withRetry(Route.Acquire, "", undefined, undefined, undefined) as Pinned;
+    const { node, client } = await this.#withRetry(
+      Route.Acquire,
+      "",
+      undefined,
+      undefined,
+      undefined,
+    ) as Pinned;
     return await this.#onPinned(node, client, () => runBatch(client, queries, atomic, node.name));
   }
 
@@ -592,6 +623,36 @@ export class Cluster implements Executor, AsyncDisposable {
       node.inFlight--;
       node.release(client);
     }
+  }
+
+  /**
+   * A read-your-writes token: the primary's current WAL position. Pass it as
+   * `consistentWith` to a later read (in this process or another one, e.g.
+   * carried in a cookie or a response header) and that read only uses
+   * replicas that have replayed at least this far, else the primary. Take it
+   * after the write (or `runTx`) has returned.
+   *
+   * @returns An opaque token (today the LSN text, e.g. `"0/3000148"`).
+   * @throws {DbxError} when the primary cannot be reached.
+   *
+   * @example Read your own write from a replica
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   replicas: ["postgres://app@db2:5432/app"],
+   * });
+   * await cluster.runTx((tx) => tx.exec("update users set name = $1 where id = $2", ["Ada", 1]));
+   * const token = await cluster.writeToken();
+   * const [user] = await cluster.readQuery("select name from users where id = $1", [1], {
+   *   consistentWith: token,
+   * });
+   * ```
+   */
+  async writeToken(): Promise<string> {
+    const row = await this.queryRow<{ lsn: string }>("select pg_current_wal_lsn()::text as lsn");
+    return row.lsn;
   }
 
   /**
@@ -837,7 +898,7 @@ export class Cluster implements Executor, AsyncDisposable {
         : undefined;
     }
     let candidates = topology.replicas;
-    const maxLagMs = options?.maxLagMs;
+    const maxLagMs = options?.maxLagMs ?? this.#config.maxLagMs;
     const token = options?.consistentWith;
     if (tried !== undefined || maxLagMs !== undefined || token !== undefined) {
       const primaryLsn = primary?.lastProbe?.lsn;
@@ -937,7 +998,9 @@ export class Cluster implements Executor, AsyncDisposable {
           : this.#noPrimary(this.#checker.topology);
         (errors ??= []).push(err);
         if (attempt >= maxAttempts) {
-          throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+          // Never reaching any node is plain unavailability, not a failed retry.
+          const unavailable = errors.every((e) => e instanceof NoHealthyNodeError);
+          throw unavailable ? err : new RetryExhaustedError(errors);
         }
         callHook(logger, metrics, "onRetry", { attempt, node: undefined, delayMs: 0, error: err });
         continue;

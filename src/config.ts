@@ -85,6 +85,12 @@ export interface ClusterConfig {
   tracer?: Tracer;
   /** Log statements slower than this at warn level (undefined = off). @default undefined */
   slowQueryThresholdMs?: number;
+  /**
+   * Default `maxLagMs` for every read: replicas whose replay lag is above it
+   * are skipped (a call's own `maxLagMs` overrides it).
+   * @default undefined (any healthy replica)
+   */
+  maxLagMs?: number;
 }
 
 /** A node's settings after validation and defaults. */
@@ -123,6 +129,8 @@ export interface ResolvedConfig {
   readonly metrics: MetricsHook | undefined;
   /** Slow-query threshold, if set. */
   readonly slowQueryThresholdMs: number | undefined;
+  /** Default replica lag bound for reads, if set. */
+  readonly maxLagMs: number | undefined;
 }
 
 /** Defaults of {@linkcode PoolConfig}. */
@@ -417,6 +425,7 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     balancer: c.balancer ?? roundRobin(),
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
+    maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
     slowQueryThresholdMs: slow === undefined
       ? undefined
       : duration("slowQueryThresholdMs", slow, 0),

@@ -47,6 +47,9 @@ export function parseLsn(text: string | null | undefined): bigint | undefined {
   }
 }
 
+/** A probe that got no answer in time: the host is hung or unreachable, not refusing. */
+class ProbeTimeoutError extends DbxError {}
+
 /** The protocol's Terminate message ('X', length 4). */
 const TERMINATE = new Uint8Array([0x58, 0, 0, 0, 4]);
 
@@ -237,7 +240,12 @@ export class HealthChecker {
    */
   checkAll(): Promise<void> {
     if (this.#stopped) return Promise.resolve();
-    this.#round ??= Promise.all(this.#nodes.map((n) => this.#check(n))).then(() => {
+    const now = performance.now();
+    // A node that keeps failing is probed less and less often (circuit
+    // breaking): no hammering of a dead host every interval.
+    this.#round ??= Promise.all(
+      this.#nodes.map((n) => n.healthy || now >= n.nextProbeAt ? this.#check(n) : undefined),
+    ).then(() => {
       this.#round = undefined;
       this.#refresh();
     });
@@ -289,8 +297,25 @@ export class HealthChecker {
     } catch (err) {
       if (this.#stopped) return;
       node.probeFailures++;
-      if (node.probeFailures >= failuresBeforeDown) this.markDown(node, err, false);
+      node.nextProbeAt = performance.now() + this.#probeBackoff(node.probeFailures);
+      if (node.probeFailures < failuresBeforeDown) return;
+      this.markDown(node, err, false);
+      // A hung host never answers the statements already sent to it either:
+      // cut them, so reads move on to another node instead of waiting.
+      if (err instanceof ProbeTimeoutError) node.cutConnections();
     }
+  }
+
+  /**
+   * Delay before probing a failing node again: doubling per consecutive
+   * failure from one interval, capped at ten intervals (and 30 s), with
+   * equal jitter so many clients do not probe in step.
+   */
+  #probeBackoff(failures: number): number {
+    const { intervalMs } = this.#options.healthCheck;
+    const cap = Math.max(intervalMs, Math.min(intervalMs * 10, 30_000));
+    const ceiling = Math.min(cap, intervalMs * 2 ** Math.min(failures - 1, 30));
+    return ceiling / 2 + (Math.random() * ceiling) / 2;
   }
 
   /**
@@ -316,7 +341,10 @@ export class HealthChecker {
       error: err,
     });
     this.#refresh();
-    if (recheck) this.recheck(node);
+    if (!recheck || this.#stopped) return;
+    // Losing the primary may mean a failover: learn every node's role now.
+    if (node.role === "primary") this.#track(this.checkAll());
+    else this.recheck(node);
   }
 
   /** Swaps the snapshot if roles or primary health changed. */

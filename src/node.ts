@@ -134,6 +134,8 @@ export class Node implements BalancerNode {
   lastProbe: ProbeSample | undefined;
   /** The error that took the node down, cleared when it comes back. */
   lastError: unknown;
+  /** While down: earliest time (performance.now()) for the next probe. */
+  nextProbeAt = 0;
 
   /** Every open client, busy or idle, or being closed: what a forced close must cut. */
   readonly #clients = new Set<pg.PoolClient>();
@@ -315,6 +317,17 @@ export class Node implements BalancerNode {
           .destroy();
       }
       await ended;
+    }
+  }
+
+  /**
+   * Cuts every connection of this node now (busy ones included): their
+   * statements fail with a connection error, and the pool drops them. Used
+   * when the node stopped answering, so nothing waits on it forever.
+   */
+  cutConnections(): void {
+    for (const c of this.#clients) {
+      (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     }
   }
 

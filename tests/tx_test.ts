@@ -18,7 +18,9 @@ async function freshTable(cluster: Cluster, name: string): Promise<void> {
 dbTest("begin() applies the isolation level, read-only and deferrable", async (cluster) => {
   for (const isolation of ["read committed", "repeatable read", "serializable"] as const) {
     const tx = await cluster.begin({ isolation });
-    const row = await tx.queryRow<{ iso: string }>("select current_setting('transaction_isolation') as iso");
+    const row = await tx.queryRow<{ iso: string }>(
+      "select current_setting('transaction_isolation') as iso",
+    );
     assert.equal(row.iso, isolation);
     await tx.rollback();
   }
@@ -41,24 +43,29 @@ dbTest("begin() rejects an unknown isolation level before touching the server", 
   assert.equal(cluster.stats().nodes[0]!.queries, 0);
 });
 
-dbTest("a write in a read-only transaction fails with 25006 and is not retried", async (cluster) => {
-  await freshTable(cluster, "tx_ro");
-  const before = cluster.stats().nodes[0]!.queries;
-  await assert.rejects(
-    cluster.runTx((tx) => tx.exec("insert into tx_ro(id) values (1)"), { readOnly: true }),
-    (err) => err instanceof DbxError && err.code === "25006" && err.kind === "read_only",
-  );
-  // begin, insert, rollback: three statements, no retry.
-  assert.equal(cluster.stats().nodes[0]!.queries - before, 3);
-  assert.deepEqual(await cluster.query("select * from tx_ro"), []);
-  assertPoolIdle(cluster);
-});
+dbTest(
+  "a write in a read-only transaction fails with 25006 and is not retried",
+  async (cluster) => {
+    await freshTable(cluster, "tx_ro");
+    const before = cluster.stats().nodes[0]!.queries;
+    await assert.rejects(
+      cluster.runTx((tx) => tx.exec("insert into tx_ro(id) values (1)"), { readOnly: true }),
+      (err) => err instanceof DbxError && err.code === "25006" && err.kind === "read_only",
+    );
+    // begin, insert, rollback: three statements, no retry.
+    assert.equal(cluster.stats().nodes[0]!.queries - before, 3);
+    assert.deepEqual(await cluster.query("select * from tx_ro"), []);
+    assertPoolIdle(cluster);
+  },
+);
 
 dbTest("runTx() commits on return and returns the callback's value", async (cluster) => {
   await freshTable(cluster, "tx_commit");
   const result = await cluster.runTx(async (tx) => {
     await tx.exec("insert into tx_commit(id) values (1), (2)");
-    return (await tx.query<{ id: number }>("select id from tx_commit order by id")).map((r) => r.id);
+    return (await tx.query<{ id: number }>("select id from tx_commit order by id")).map((r) =>
+      r.id
+    );
   });
   assert.deepEqual(result, [1, 2]);
   assert.equal((await cluster.query("select * from tx_commit")).length, 2);
@@ -78,17 +85,23 @@ dbTest("runTx() rolls back on throw and re-throws the original error", async (cl
   assertPoolIdle(cluster);
 });
 
-dbTest("commit() of a transaction broken by a failed statement throws and keeps nothing", async (cluster) => {
-  await freshTable(cluster, "tx_broken");
-  const tx = await cluster.begin();
-  await tx.exec("insert into tx_broken(id) values (1)");
-  await assert.rejects(tx.exec("insert into tx_broken(id) values (1)"), (e) => e instanceof DbxError && e.code === "23505");
-  await assert.rejects(tx.commit(), /rolled back by the server/);
-  assert.equal(tx.active, false);
-  await assert.rejects(tx.exec("select 1"), /already rolled back/);
-  assert.deepEqual(await cluster.query("select * from tx_broken"), []);
-  assertPoolIdle(cluster);
-});
+dbTest(
+  "commit() of a transaction broken by a failed statement throws and keeps nothing",
+  async (cluster) => {
+    await freshTable(cluster, "tx_broken");
+    const tx = await cluster.begin();
+    await tx.exec("insert into tx_broken(id) values (1)");
+    await assert.rejects(
+      tx.exec("insert into tx_broken(id) values (1)"),
+      (e) => e instanceof DbxError && e.code === "23505",
+    );
+    await assert.rejects(tx.commit(), /rolled back by the server/);
+    assert.equal(tx.active, false);
+    await assert.rejects(tx.exec("select 1"), /already rolled back/);
+    assert.deepEqual(await cluster.query("select * from tx_broken"), []);
+    assertPoolIdle(cluster);
+  },
+);
 
 dbTest("await using rolls back a transaction that was not committed", async (cluster) => {
   await freshTable(cluster, "tx_dispose");
@@ -109,8 +122,14 @@ dbTest("await using rolls back a transaction that was not committed", async (clu
 dbTest("calls after commit or rollback throw a clear error", async (cluster) => {
   const tx = await cluster.begin();
   await tx.commit();
-  await assert.rejects(tx.query("select 1"), /Cannot run query\(\) as the transaction is already committed/);
-  await assert.rejects(tx.commit(), /Cannot run commit\(\) as the transaction is already committed/);
+  await assert.rejects(
+    tx.query("select 1"),
+    /Cannot run query\(\) as the transaction is already committed/,
+  );
+  await assert.rejects(
+    tx.commit(),
+    /Cannot run commit\(\) as the transaction is already committed/,
+  );
   await assert.rejects(tx.rollback(), /already committed/);
   await tx[Symbol.asyncDispose](); // no-op, no throw
   const tx2 = await cluster.begin();
@@ -123,7 +142,13 @@ dbTest("statements inside runTx run in order on one connection", async (cluster)
   const pids = await cluster.runTx(async (tx) => {
     // Fired without awaiting in between: still one backend, in order.
     const all = await Promise.all(
-      Array.from({ length: 5 }, (_, i) => tx.queryRow<{ pid: number; i: number }>("select pg_backend_pid() as pid, $1::int as i", [i])),
+      Array.from(
+        { length: 5 },
+        (_, i) =>
+          tx.queryRow<{ pid: number; i: number }>("select pg_backend_pid() as pid, $1::int as i", [
+            i,
+          ]),
+      ),
     );
     return all;
   });
@@ -131,23 +156,28 @@ dbTest("statements inside runTx run in order on one connection", async (cluster)
   assert.deepEqual(pids.map((p) => p.i), [0, 1, 2, 3, 4]);
 });
 
-dbTest("getExecutor() returns the runTx transaction inside the callback, across awaits", async (cluster) => {
-  assert.equal(cluster.getExecutor(), cluster);
-  await cluster.runTx(async (tx) => {
-    assert.equal(cluster.getExecutor(), tx);
-    await new Promise((r) => setTimeout(r, 5));
-    assert.equal(cluster.getExecutor(), tx);
-    const inner = await (async () => {
-      await Promise.resolve();
-      return cluster.getExecutor();
-    })();
-    assert.equal(inner, tx);
-    const viaExecutor = await cluster.getExecutor().queryRow<{ id: number }>("select txid_current()::int as id");
-    const viaTx = await tx.queryRow<{ id: number }>("select txid_current()::int as id");
-    assert.equal(viaExecutor.id, viaTx.id, "service code joined the same transaction");
-  });
-  assert.equal(cluster.getExecutor(), cluster);
-});
+dbTest(
+  "getExecutor() returns the runTx transaction inside the callback, across awaits",
+  async (cluster) => {
+    assert.equal(cluster.getExecutor(), cluster);
+    await cluster.runTx(async (tx) => {
+      assert.equal(cluster.getExecutor(), tx);
+      await new Promise((r) => setTimeout(r, 5));
+      assert.equal(cluster.getExecutor(), tx);
+      const inner = await (async () => {
+        await Promise.resolve();
+        return cluster.getExecutor();
+      })();
+      assert.equal(inner, tx);
+      const viaExecutor = await cluster.getExecutor().queryRow<{ id: number }>(
+        "select txid_current()::int as id",
+      );
+      const viaTx = await tx.queryRow<{ id: number }>("select txid_current()::int as id");
+      assert.equal(viaExecutor.id, viaTx.id, "service code joined the same transaction");
+    });
+    assert.equal(cluster.getExecutor(), cluster);
+  },
+);
 
 dbTest("concurrent runTx calls each see only their own transaction", async (cluster) => {
   await freshTable(cluster, "tx_concurrent");
@@ -156,7 +186,9 @@ dbTest("concurrent runTx calls each see only their own transaction", async (clus
       await tx.exec("insert into tx_concurrent(id) values ($1)", [id]);
       await new Promise((r) => setTimeout(r, 20 * (5 - id)));
       assert.equal(cluster.getExecutor(), tx);
-      const rows = await cluster.getExecutor().query<{ id: number }>("select id from tx_concurrent order by id");
+      const rows = await cluster.getExecutor().query<{ id: number }>(
+        "select id from tx_concurrent order by id",
+      );
       return rows.map((r) => r.id);
     })
   ));
@@ -168,28 +200,31 @@ dbTest("concurrent runTx calls each see only their own transaction", async (clus
   assertPoolIdle(cluster);
 });
 
-dbTest("nested runTx uses a savepoint: the inner rollback keeps the outer work", async (cluster) => {
-  await freshTable(cluster, "tx_nested");
-  await cluster.runTx(async (outer) => {
-    await outer.exec("insert into tx_nested(id) values (1)");
-    await assert.rejects(
-      cluster.runTx(async (inner) => {
-        assert.notEqual(inner, outer);
-        await inner.exec("insert into tx_nested(id) values (2)");
-        throw new Error("inner fails");
-      }),
-      /inner fails/,
-    );
-    const value = await cluster.runTx(async (inner) => {
-      await inner.exec("insert into tx_nested(id) values (3)");
-      return "kept";
+dbTest(
+  "nested runTx uses a savepoint: the inner rollback keeps the outer work",
+  async (cluster) => {
+    await freshTable(cluster, "tx_nested");
+    await cluster.runTx(async (outer) => {
+      await outer.exec("insert into tx_nested(id) values (1)");
+      await assert.rejects(
+        cluster.runTx(async (inner) => {
+          assert.notEqual(inner, outer);
+          await inner.exec("insert into tx_nested(id) values (2)");
+          throw new Error("inner fails");
+        }),
+        /inner fails/,
+      );
+      const value = await cluster.runTx(async (inner) => {
+        await inner.exec("insert into tx_nested(id) values (3)");
+        return "kept";
+      });
+      assert.equal(value, "kept");
     });
-    assert.equal(value, "kept");
-  });
-  const ids = await cluster.query<{ id: number }>("select id from tx_nested order by id");
-  assert.deepEqual(ids.map((r) => r.id), [1, 3]);
-  assertPoolIdle(cluster);
-});
+    const ids = await cluster.query<{ id: number }>("select id from tx_nested order by id");
+    assert.deepEqual(ids.map((r) => r.id), [1, 3]);
+    assertPoolIdle(cluster);
+  },
+);
 
 dbTest("runTx({ retries }) re-runs the callback after a serialization failure", async (cluster) => {
   await freshTable(cluster, "tx_serial");
@@ -203,7 +238,9 @@ dbTest("runTx({ retries }) re-runs the callback after a serialization failure", 
   const work = (id: number) =>
     cluster.runTx(async (tx) => {
       runs++;
-      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [{ s: number }];
+      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [
+        { s: number },
+      ];
       if (++reads === 2) release();
       await bothRead;
       await tx.exec("update tx_serial set v = $1 where id = $2", [s + 1, id]);
@@ -220,7 +257,9 @@ dbTest("runTx({ retries }) re-runs the callback after a serialization failure", 
   const bothRead2 = new Promise<void>((r) => (release2 = r));
   const once = (id: number) =>
     cluster.runTx(async (tx) => {
-      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [{ s: number }];
+      const [{ s }] = await tx.query<{ s: number }>("select sum(v)::int as s from tx_serial") as [
+        { s: number },
+      ];
       if (++reads === 2) release2();
       await bothRead2;
       await tx.exec("update tx_serial set v = $1 where id = $2", [s + 1, id]);
@@ -229,23 +268,29 @@ dbTest("runTx({ retries }) re-runs the callback after a serialization failure", 
   const failures = settled.filter((r) => r.status === "rejected");
   assert.equal(failures.length, 1);
   assert.ok(isSerializationFailure((failures[0] as PromiseRejectedResult).reason));
-  assert.equal(((failures[0] as PromiseRejectedResult).reason as DbxError).kind, "serialization_failure");
+  assert.equal(
+    ((failures[0] as PromiseRejectedResult).reason as DbxError).kind,
+    "serialization_failure",
+  );
 });
 
-dbTest("runTx() rejects bad options and arguments without opening a transaction", async (cluster) => {
-  await assert.rejects(cluster.runTx(async () => {}, { retries: -1 }), /'options.retries'.*-1/);
-  await assert.rejects(
-    cluster.runTx(42 as unknown as (tx: Tx) => Promise<void>),
-    (e) => e instanceof TypeError && /'fn' must be a function/.test(e.message),
-  );
-  await assert.rejects(
-    cluster.runTx(async (tx) => {
-      await tx.query(7 as unknown as string);
-    }),
-    (e) => e instanceof TypeError && /'sql' must be a string/.test(e.message),
-  );
-  assert.equal(cluster.stats().nodes[0]!.totalConns, cluster.stats().nodes[0]!.idleConns);
-});
+dbTest(
+  "runTx() rejects bad options and arguments without opening a transaction",
+  async (cluster) => {
+    await assert.rejects(cluster.runTx(async () => {}, { retries: -1 }), /'options.retries'.*-1/);
+    await assert.rejects(
+      cluster.runTx(42 as unknown as (tx: Tx) => Promise<void>),
+      (e) => e instanceof TypeError && /'fn' must be a function/.test(e.message),
+    );
+    await assert.rejects(
+      cluster.runTx(async (tx) => {
+        await tx.query(7 as unknown as string);
+      }),
+      (e) => e instanceof TypeError && /'sql' must be a string/.test(e.message),
+    );
+    assert.equal(cluster.stats().nodes[0]!.totalConns, cluster.stats().nodes[0]!.idleConns);
+  },
+);
 
 dbTest("a statement timeout inside a transaction cancels it on the server", async (cluster) => {
   const err = await cluster.runTx(async (tx) => {
