@@ -28,6 +28,7 @@
 export { Cluster, connect } from "./src/cluster.ts";
 export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster.ts";
 export type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./src/executor.ts";
+export type { Client, Component } from "./src/component.ts";
 export {
   HEALTH_CHECK_DEFAULTS,
   POOL_DEFAULTS,

@@ -25,6 +25,7 @@ import {
   pgErrorCode,
   RetryExhaustedError,
 } from "./errors.ts";
+import type { Component } from "./component.ts";
 import type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./executor.ts";
 import { HealthChecker, parseLsn, type Topology } from "./health.ts";
 import {
@@ -73,6 +74,10 @@ export interface NodeStats {
   readonly retries: number;
   /** Statements running on this node now. */
   readonly inFlight: number;
+  /** Median attempt duration over the last 1024 attempts, in ms (absent before any). */
+  readonly latencyP50Ms?: number;
+  /** 99th percentile attempt duration over the last 1024 attempts, in ms. */
+  readonly latencyP99Ms?: number;
 }
 
 /** {@linkcode Cluster.stats} result: one entry per node plus sums. */
@@ -192,6 +197,13 @@ function checkOptions(method: string, options: ReadOptions): void {
   }
 }
 
+const round2 = (ms: number) => Math.round(ms * 100) / 100;
+
+function latencyOf(node: Node): { latencyP50Ms?: number; latencyP99Ms?: number } {
+  const p = node.latencyPercentiles();
+  return p === undefined ? {} : { latencyP50Ms: round2(p.p50), latencyP99Ms: round2(p.p99) };
+}
+
 function commandResult(r: pg.QueryResult): CommandResult {
   return { command: r.command, rowCount: r.rowCount ?? 0 };
 }
@@ -212,7 +224,7 @@ function commandResult(r: pg.QueryResult): CommandResult {
  * const recent = await cluster.readQuery<{ kind: string }>("select kind from events limit 10");
  * ```
  */
-export class Cluster implements Executor, AsyncDisposable {
+export class Cluster implements Component, AsyncDisposable {
   readonly #config: ResolvedConfig;
   readonly #nodes: readonly Node[];
   readonly #checker: HealthChecker;
@@ -756,9 +768,19 @@ export class Cluster implements Executor, AsyncDisposable {
         errors: n.errors,
         retries: n.retries,
         inFlight: n.inFlight,
+        ...latencyOf(n),
       };
     });
-    const sum = (k: keyof NodeStats) => nodes.reduce((acc, n) => acc + (n[k] as number), 0);
+    type Summed =
+      | "totalConns"
+      | "idleConns"
+      | "waitingClients"
+      | "maxConns"
+      | "queries"
+      | "errors"
+      | "retries"
+      | "inFlight";
+    const sum = (k: Summed) => nodes.reduce((acc, n) => acc + n[k], 0);
     return {
       nodes,
       totals: {
@@ -927,6 +949,7 @@ export class Cluster implements Executor, AsyncDisposable {
         : maxLagMs !== undefined
         ? "lagging"
         : "no_healthy_replica";
+      this.#config.logger.debug("dbx: read falls back to the primary", { reason });
       callHook(this.#config.logger, this.#config.metrics, "onReplicaFallback", { reason });
     }
     return primary;
@@ -1095,6 +1118,7 @@ export class Cluster implements Executor, AsyncDisposable {
     if (this.#observed) return this.#observedAttempt(node, client, sql, args, signal, attempt);
     node.queries++;
     node.inFlight++;
+    const start = performance.now();
     try {
       return await (client === undefined
         ? node.run(sql, args, signal)
@@ -1104,6 +1128,7 @@ export class Cluster implements Executor, AsyncDisposable {
       throw err;
     } finally {
       node.inFlight--;
+      node.recordLatency(performance.now() - start);
     }
   }
 
@@ -1151,6 +1176,7 @@ export class Cluster implements Executor, AsyncDisposable {
     } finally {
       node.inFlight--;
       const durationMs = performance.now() - start;
+      node.recordLatency(durationMs);
       callHook(
         logger,
         metrics,

@@ -34,6 +34,9 @@ function markNotSent(err: unknown): unknown {
 
 function ignoreError(): void {}
 
+/** How many recent attempts the latency percentiles of `stats()` cover. */
+export const LATENCY_WINDOW = 1024;
+
 /** Connections on which a cancel was sent that no statement consumed. */
 const strayCancel = new WeakSet<object>();
 
@@ -139,6 +142,10 @@ export class Node implements BalancerNode {
 
   /** Every open client, busy or idle, or being closed: what a forced close must cut. */
   readonly #clients = new Set<pg.PoolClient>();
+
+  /** Durations (ms) of the last {@linkcode LATENCY_WINDOW} attempts, a ring buffer. */
+  readonly #latencies = new Float64Array(LATENCY_WINDOW);
+  #latencyCount = 0;
 
   queries = 0;
   errors = 0;
@@ -329,6 +336,28 @@ export class Node implements BalancerNode {
     for (const c of this.#clients) {
       (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
     }
+  }
+
+  /**
+   * Records the duration of one attempt for the latency percentiles.
+   *
+   * @param ms Duration in milliseconds.
+   */
+  recordLatency(ms: number): void {
+    this.#latencies[this.#latencyCount++ % LATENCY_WINDOW] = ms;
+  }
+
+  /**
+   * Latency percentiles over the recorded window.
+   *
+   * @returns p50 and p99 in ms, or undefined before any attempt.
+   */
+  latencyPercentiles(): { p50: number; p99: number } | undefined {
+    const n = Math.min(this.#latencyCount, LATENCY_WINDOW);
+    if (n === 0) return undefined;
+    const sorted = this.#latencies.slice(0, n).sort();
+    const at = (q: number) => sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
+    return { p50: at(0.5), p99: at(0.99) };
   }
 
   /** Pool counts for stats. */
