@@ -135,8 +135,8 @@ const enum Route {
   Acquire,
 }
 
-/** A connection pinned to a transaction by `begin()`. */
-export interface Pinned {
+/** A connection taken for `begin()`, `copyFrom()` or `sendBatch()`. */
+interface Pinned {
   readonly node: Node;
   readonly client: pg.PoolClient;
 }
@@ -1029,10 +1029,10 @@ export class Cluster implements Component, AsyncDisposable {
         continue;
       }
       try {
-        if (route !== Route.Begin) {
+        if (route === Route.Read || route === Route.Write) {
           return await this.#attempt(node, undefined, sql, args, signal, attempt);
         }
-        return await this.#pin(node, sql, signal, attempt);
+        return await this.#pin(node, route === Route.Begin ? sql : undefined, signal, attempt);
       } catch (raw) {
         if (signal?.aborted) throw this.#aborted(signal.reason, errors, raw, node);
         const err = node.wrap(raw);
@@ -1085,14 +1085,15 @@ export class Cluster implements Component, AsyncDisposable {
     });
   }
 
-  /** Takes a connection and opens a transaction on it (`sql` is the BEGIN statement). */
+  /** Takes a connection and, given a BEGIN statement, opens a transaction on it. */
   async #pin(
     node: Node,
-    sql: string,
+    sql: string | undefined,
     signal: AbortSignal | undefined,
     attempt: number,
   ): Promise<Pinned> {
     const client = await node.acquire(signal);
+    if (sql === undefined) return { node, client };
     try {
       await this.#attempt(node, client, sql, undefined, signal, attempt);
     } catch (err) {
