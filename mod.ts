@@ -66,7 +66,9 @@ export { backoffDelay, delay } from "./src/retry.ts";
 export type { BackoffOptions } from "./src/retry.ts";
 export { currentExecutor, withExecutor } from "./src/context.ts";
 export type { IsolationLevel, RunTxOptions, Tx, TxOptions } from "./src/tx.ts";
+export { BatchError } from "./src/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
+export { encodeCopyValue } from "./src/copy.ts";
 export type { CopyRows } from "./src/copy.ts";
 export { noopLogger } from "./src/observe.ts";
 export type {

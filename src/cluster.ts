@@ -570,7 +570,7 @@ export class Cluster implements Component, AsyncDisposable {
    * @param queries The statements, in order.
    * @param options `atomic` (default `true`).
    * @returns One result per statement, in order.
-   * @throws {DbxError} with `batchIndex` when an atomic batch fails.
+   * @throws {BatchError} (a DbxError with `batchIndex`) when an atomic batch fails.
    *
    * @example
    * ```ts
@@ -611,6 +611,7 @@ export class Cluster implements Component, AsyncDisposable {
         `Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${atomic}`,
       );
     }
+    if (queries.length === 0) return [];
     const { node, client } = await this.#withRetry(
       Route.Acquire,
       "",
@@ -630,7 +631,9 @@ export class Cluster implements Component, AsyncDisposable {
     } catch (err) {
       node.errors++;
       if (isConnectionError(err)) this.#checker.markDown(node, err);
-      throw err instanceof TypeError || err instanceof RangeError ? err : node.wrap(err);
+      // Server and connection errors get the node's name; the caller's own
+      // errors (a throwing row source, a malformed row) pass through as they are.
+      throw isConnectionError(err) || pgErrorCode(err) !== undefined ? node.wrap(err) : err;
     } finally {
       node.inFlight--;
       node.release(client);
