@@ -65,6 +65,13 @@ export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
 export { backoffDelay, delay } from "./src/retry.ts";
 export type { BackoffOptions } from "./src/retry.ts";
 export { currentExecutor, withExecutor } from "./src/context.ts";
+export { collect, collectOne, RowValidationError } from "./src/rows.ts";
+export type {
+  RowMapper,
+  StandardSchemaIssue,
+  StandardSchemaResult,
+  StandardSchemaV1,
+} from "./src/rows.ts";
 export type { IsolationLevel, RunTxOptions, Tx, TxOptions } from "./src/tx.ts";
 export { BatchError } from "./src/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
