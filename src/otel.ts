@@ -28,6 +28,16 @@ import {
 import { pgErrorCode } from "./errors.ts";
 import type { TraceQueryInfo, TraceQueryOutcome, Tracer } from "./observe.ts";
 
+/**
+ * What `otelTracer` needs of a provider: any OpenTelemetry `TracerProvider`
+ * (SDK or API) fits. Declared structurally so dbx's public types do not
+ * depend on the API package's internals.
+ */
+export interface TracerProviderLike {
+  /** Returns a named tracer (`@opentelemetry/api` `TracerProvider.getTracer`). */
+  getTracer(name: string, version?: string): unknown;
+}
+
 const TRACER_NAME = "@codelab/dbx";
 const TRACER_VERSION = "0.1.0";
 
@@ -59,8 +69,11 @@ function operationOf(sql: string): string | undefined {
  * await using cluster = await connect({ master: "postgres://app@db1:5432/app", tracer: otelTracer() });
  * ```
  */
-export function otelTracer(provider?: TracerProvider): Tracer {
-  const tracer = (provider ?? trace.getTracerProvider()).getTracer(TRACER_NAME, TRACER_VERSION);
+export function otelTracer(provider?: TracerProviderLike): Tracer {
+  const tracer = ((provider ?? trace.getTracerProvider()) as TracerProvider).getTracer(
+    TRACER_NAME,
+    TRACER_VERSION,
+  );
   return {
     queryStart(info: TraceQueryInfo): Span {
       const operation = operationOf(info.sql);
