@@ -117,7 +117,7 @@ class Prober {
     } catch (err) {
       this.#discard();
       if (timedOut) {
-        throw new DbxError(
+        throw new ProbeTimeoutError(
           `health probe timed out after ${timeoutMs} ms (node ${this.#node.name})`,
           {
             kind: "connection",

@@ -43,6 +43,9 @@ const strayCancel = new WeakSet<object>();
 /** Prefix of pg's error for a statement refused before sending on a dead client. */
 const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
 
+/** Longest wait for a CancelRequest to be delivered. */
+const CANCEL_TIMEOUT_MS = 2_000;
+
 /** The parts of pg's client used for cancellation that its types leave out. */
 interface BackendKey {
   processID: number | null;
@@ -66,6 +69,9 @@ async function sendCancel(host: string, port: number, key: BackendKey): Promise<
     const socket = connect({ host, port }, () => {
       socket.end(new Uint8Array(message.buffer));
     });
+    // A hung host would keep this connection (and the caller) waiting forever.
+    const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
+    socket.on("close", () => clearTimeout(timer));
     // The server never answers a CancelRequest; it just closes. Errors only
     // mean the cancel could not be delivered, and the statement's own
     // outcome will tell the caller what happened.

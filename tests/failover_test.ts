@@ -12,7 +12,12 @@ import {
   NoHealthyNodeError,
   RetryExhaustedError,
 } from "../mod.ts";
-import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
+import {
+  faultProxy,
+  findPgBinDir,
+  type LocalCluster,
+  startLocalCluster,
+} from "../src/testing/mod.ts";
 
 const ignore = (await findPgBinDir()) === undefined;
 const named = (name: string): string =>
@@ -199,6 +204,56 @@ Deno.test({
       const { acknowledged, present } = await ledger.verify();
       console.log(`scenario 2: ledger ${acknowledged} acknowledged, ${present} present`);
     });
+  },
+});
+
+Deno.test({
+  name: named(
+    "scenario 3: a blackholed replica: reads move on within the deadline; it returns after heal()",
+  ),
+  ignore,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 2 });
+    await using proxy = await faultProxy(local.replicaUrls[0]!);
+    await using cluster = await connect({
+      master: local.masterUrl,
+      replicas: [proxy.url(local.replicaUrls[0]!), local.replicaUrls[1]!],
+      ...FAST,
+    });
+    const ledger = await Ledger.create(cluster);
+    ledger.start(2);
+    let running = true;
+    const failures: unknown[] = [];
+    const durations: number[] = [];
+    const loops = Array.from({ length: 8 }, async () => {
+      while (running) {
+        const start = performance.now();
+        try {
+          await cluster.readQuery("select 1", [], { timeoutMs: 3_000 });
+          durations.push(performance.now() - start);
+        } catch (err) {
+          failures.push(err);
+        }
+      }
+    });
+    await until("reads flow", () => durations.length > 300);
+    proxy.blackhole();
+    const at = durations.length;
+    await until("the hung replica is marked down", () => !cluster.stats().nodes[1]!.healthy);
+    await until("reads go on elsewhere", () => durations.length > at + 500);
+    const slowest = Math.max(...durations.slice(at));
+    proxy.heal();
+    await until("the replica comes back after heal()", () => cluster.stats().nodes[1]!.healthy);
+    running = false;
+    await Promise.all(loops);
+    await ledger.stop();
+    console.log(
+      `scenario 3: ${durations.length} reads, ${failures.length} failed, slowest read after the blackhole ${
+        Math.round(slowest)
+      } ms`,
+    );
+    assert.deepEqual(failures, [], "every read finished within its deadline");
+    await ledger.verify();
   },
 });
 

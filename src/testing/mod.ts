@@ -20,6 +20,8 @@
 
 export { dbTest, testCluster } from "./db_test.ts";
 export type { DbTestOptions } from "./db_test.ts";
+export { faultProxy } from "./fault_proxy.ts";
+export type { FaultProxy, FaultProxyOptions } from "./fault_proxy.ts";
 export { runInTx } from "./run_in_tx.ts";
 export { testLogger } from "./test_logger.ts";
 export type { LogEntry, TestLogger } from "./test_logger.ts";
