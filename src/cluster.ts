@@ -26,7 +26,14 @@ import {
   RetryExhaustedError,
 } from "./errors.ts";
 import type { Component } from "./component.ts";
-import type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./executor.ts";
+import {
+  checkStatement,
+  type CommandResult,
+  type Executor,
+  type QueryOptions,
+  type ReadOptions,
+  type Row,
+} from "./executor.ts";
 import { HealthChecker, parseLsn, type Topology } from "./health.ts";
 import {
   type BatchOptions,
@@ -146,26 +153,6 @@ const CLOSE_GRACE_MS = 5_000;
 
 /** Longest SQL text put in a log entry. */
 const LOG_SQL_MAX = 1_000;
-
-function checkSql(method: string, sql: unknown): void {
-  if (typeof sql !== "string") {
-    throw new TypeError(
-      `Cannot run ${method}() as 'sql' must be a string: current value is ${
-        sql === null ? "null" : typeof sql
-      }`,
-    );
-  }
-}
-
-function checkArgs(method: string, args: unknown): void {
-  if (args !== undefined && !Array.isArray(args)) {
-    throw new TypeError(
-      `Cannot run ${method}() as 'args' must be an array: current value is ${
-        args === null ? "null" : typeof args
-      }`,
-    );
-  }
-}
 
 function checkOptions(method: string, options: ReadOptions): void {
   if (typeof options !== "object" || options === null) {
@@ -966,8 +953,7 @@ export class Cluster implements Component, AsyncDisposable {
     options: ReadOptions | undefined,
   ): Promise<pg.QueryResult> {
     this.#assertOpen();
-    checkSql(method, sql);
-    checkArgs(method, args);
+    checkStatement(method, sql, args);
     if (
       options === undefined || (options.signal === undefined && options.timeoutMs === undefined)
     ) {

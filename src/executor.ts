@@ -38,8 +38,9 @@ export interface QueryOptions {
 /** Options of `readQuery` / `readQueryRow`. */
 export interface ReadOptions extends QueryOptions {
   /**
-   * Skip replicas whose replay lag is above this many milliseconds; the
-   * primary answers when none qualifies.
+   * Skip replicas whose replay lag is above this many milliseconds (or
+   * unknown: a replica behind the primary that has not replayed a
+   * transaction since it started); the primary answers when none qualifies.
    * @default undefined (any healthy replica)
    */
   maxLagMs?: number;
@@ -98,4 +99,30 @@ export interface Executor {
    * @throws {NoRowsError} when the statement returned no row.
    */
   queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T>;
+}
+
+/**
+ * Validates a statement's text and arguments before anything is sent.
+ * Internal.
+ *
+ * @param method The public method, for the message.
+ * @param sql Must be a string.
+ * @param args Must be an array or undefined.
+ * @throws {TypeError} naming the argument and the type it had.
+ */
+export function checkStatement(method: string, sql: unknown, args: unknown): void {
+  if (typeof sql !== "string") {
+    throw new TypeError(
+      `Cannot run ${method}() as 'sql' must be a string: current value is ${
+        sql === null ? "null" : typeof sql
+      }`,
+    );
+  }
+  if (args !== undefined && !Array.isArray(args)) {
+    throw new TypeError(
+      `Cannot run ${method}() as 'args' must be an array: current value is ${
+        args === null ? "null" : typeof args
+      }`,
+    );
+  }
 }

@@ -14,7 +14,13 @@
 import type pg from "pg";
 import { withExecutor } from "./context.ts";
 import { DbxError, isConnectionError, isSerializationFailure, NoRowsError } from "./errors.ts";
-import type { CommandResult, Executor, QueryOptions, Row } from "./executor.ts";
+import {
+  checkStatement,
+  type CommandResult,
+  type Executor,
+  type QueryOptions,
+  type Row,
+} from "./executor.ts";
 import type { Node } from "./node.ts";
 import { backoffDelay, CallSignal, delay } from "./retry.ts";
 
@@ -127,19 +133,6 @@ export type TxRunner = (
 ) => Promise<pg.QueryResult>;
 
 type TxState = "active" | "committed" | "rolled back" | "failed";
-
-function checkStatement(method: string, sql: unknown, args: unknown): void {
-  if (typeof sql !== "string") {
-    throw new TypeError(
-      `Cannot run ${method}() as 'sql' must be a string: current value is ${
-        sql === null ? "null" : typeof sql
-      }`,
-    );
-  }
-  if (args !== undefined && !Array.isArray(args)) {
-    throw new TypeError(`Cannot run ${method}() as 'args' must be an array`);
-  }
-}
 
 /** Base of a top-level transaction and a savepoint: statement methods and state. */
 abstract class TxBase implements Tx {

@@ -1,26 +1,8 @@
 import assert from "node:assert/strict";
 import { connect, DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
 import { parseLsn } from "../src/health.ts";
-import { findPgBinDir, startLocalCluster } from "../src/testing/mod.ts";
-
-const ignore = (await findPgBinDir()) === undefined;
-const named = (name: string): string =>
-  ignore ? `${name} [ignored: no PostgreSQL binaries; install PostgreSQL or set DBX_PG_BIN]` : name;
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  ms = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await sleep(25);
-  }
-  throw new Error(`timed out waiting until ${what}`);
-}
+import { startLocalCluster } from "../src/testing/mod.ts";
+import { named, noPostgres, sleep, until } from "./helpers.ts";
 
 Deno.test("parseLsn() orders WAL positions numerically", () => {
   assert.equal(parseLsn("0/0"), 0n);
@@ -33,7 +15,7 @@ Deno.test("parseLsn() orders WAL positions numerically", () => {
 
 Deno.test({
   name: named("health checking on a real primary and two streaming replicas"),
-  ignore,
+  ignore: noPostgres,
   async fn(t) {
     await using local = await startLocalCluster({ replicas: 2 });
     const replicaPort = (i: number) => local.nodes[i + 1]!.port;
