@@ -10,6 +10,7 @@ import { execFile } from "node:child_process";
 import {
   appendFile,
   chown,
+  copyFile,
   mkdir,
   mkdtemp,
   readdir,
@@ -493,6 +494,37 @@ const CLONE_EMPTIED = [
 ];
 
 /**
+ * Copies a live data directory for a base backup, as pg_basebackup would:
+ * runtime directories are recreated empty, the postmaster's files are left
+ * out, and files that vanish while copying (WAL segments being recycled,
+ * temporary files) are skipped — the backup's WAL replay covers them.
+ */
+async function copyDataDir(from: string, to: string, rel = ""): Promise<void> {
+  await mkdir(to, { mode: 0o700 });
+  for (const entry of await readdir(from, { withFileTypes: true })) {
+    const path = rel === "" ? entry.name : `${rel}/${entry.name}`;
+    const source = join(from, entry.name);
+    const target = join(to, entry.name);
+    if (entry.isDirectory()) {
+      if (CLONE_EMPTIED.includes(path)) {
+        await mkdir(target, { mode: 0o700 });
+        // Recovery needs pg_wal/archive_status to exist.
+        if (path === "pg_wal") await mkdir(join(target, "archive_status"), { mode: 0o700 });
+      } else {
+        await copyDataDir(source, target, path);
+      }
+    } else if (entry.isFile() && !(rel === "" && CLONE_SKIPPED.includes(entry.name))) {
+      await copyFile(source, target).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== "ENOENT") throw error;
+      });
+    }
+  }
+}
+
+/** Files of a running server that a base backup leaves out. */
+const CLONE_SKIPPED = ["postmaster.pid", "postmaster.opts"];
+
+/**
  * A base backup without pg_basebackup (the embedded binaries lack it): a
  * non-exclusive `pg_backup_start` / file copy / `pg_backup_stop` on one
  * session, then `backup_label` and `standby.signal` in the copy. The replica
@@ -504,30 +536,17 @@ async function cloneReplica(primary: LocalNode, replica: LocalNode): Promise<voi
   await client.connect();
   try {
     await client.query("select pg_backup_start('dbx clone', true)");
-    // cp -a keeps the owner (the postgres user when we are root) and modes.
-    await execFileAsync("cp", ["-a", primary.dataDir, replica.dataDir]);
+    await copyDataDir(primary.dataDir, replica.dataDir);
     const { rows } = await client.query<{ labelfile: string; spcmapfile: string }>(
       "select labelfile, spcmapfile from pg_backup_stop(true)",
     );
     const { labelfile, spcmapfile } = rows[0]!;
-    for (const file of ["postmaster.pid", "postmaster.opts"]) {
-      await rm(join(replica.dataDir, file), { force: true });
-    }
-    for (const sub of CLONE_EMPTIED) {
-      const path = join(replica.dataDir, sub);
-      for (const entry of await readdir(path).catch(() => [] as string[])) {
-        // pg_wal/archive_status must exist (empty) for recovery.
-        if (sub === "pg_wal" && entry === "archive_status") continue;
-        await rm(join(path, entry), { recursive: true, force: true });
-      }
-    }
     await writeFile(join(replica.dataDir, "backup_label"), labelfile);
     if (spcmapfile) await writeFile(join(replica.dataDir, "tablespace_map"), spcmapfile);
     await writeFile(join(replica.dataDir, "standby.signal"), "");
+    // Owned like the primary's (the postgres OS user when we are root).
     const owner = await stat(primary.dataDir);
-    for (const file of ["backup_label", "tablespace_map", "standby.signal"]) {
-      await chown(join(replica.dataDir, file), owner.uid, owner.gid).catch(() => {});
-    }
+    await execFileAsync("chown", ["-R", `${owner.uid}:${owner.gid}`, replica.dataDir]);
   } finally {
     await client.end().catch(() => {});
   }
