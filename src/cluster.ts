@@ -658,6 +658,69 @@ export class Cluster implements Component, AsyncDisposable {
   }
 
   /**
+   * An {@linkcode Executor} pinned to one node, whatever its role or health:
+   * for administration, diagnostics or tests (`select pg_is_in_recovery()`
+   * on a given replica). Statements are counted and observed like any other,
+   * but never routed elsewhere and never retried.
+   *
+   * @param name The node's name, as in `stats()` (e.g. `"db2:5432"` or its `NodeConfig.name`).
+   * @returns An executor for that node.
+   * @throws {RangeError} when no node has that name (the message lists them).
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   replicas: [{ name: "replica-a", url: "postgres://app@db2:5432/app" }],
+   * });
+   * const [{ r }] = await cluster.node("replica-a").query<{ r: boolean }>("select pg_is_in_recovery() as r");
+   * ```
+   */
+  node(name: string): Executor {
+    const node = this.#nodes.find((n) => n.name === name);
+    if (node === undefined) {
+      throw new RangeError(
+        `Cannot get node() as 'name' must be one of ${
+          this.#nodes.map((n) => JSON.stringify(n.name)).join(", ")
+        }: current value is ${JSON.stringify(name)}`,
+      );
+    }
+    const run = async (
+      method: string,
+      sql: string,
+      args: readonly unknown[] | undefined,
+      options: QueryOptions | undefined,
+    ): Promise<pg.QueryResult> => {
+      this.#assertOpen();
+      checkStatement(method, sql, args);
+      const call = options?.signal !== undefined || options?.timeoutMs !== undefined
+        ? (checkOptions(method, options), new CallSignal(options))
+        : undefined;
+      try {
+        return await this.#attempt(node, undefined, sql, args, call?.signal, 1);
+      } catch (raw) {
+        if (call?.signal.aborted) throw this.#aborted(call.signal.reason, undefined, raw, node);
+        if (isConnectionError(raw)) this.#checker.markDown(node, raw);
+        throw node.wrap(raw);
+      } finally {
+        call?.dispose();
+      }
+    };
+    return {
+      exec: async (sql, args, options) => commandResult(await run("exec", sql, args, options)),
+      query: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+        (await run("query", sql, args, options)).rows as T[],
+      queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) => {
+        const { rows } = await run("queryRow", sql, args, options);
+        if (rows.length === 0) throw new NoRowsError();
+        return rows[0] as T;
+      },
+    };
+  }
+
+  /**
    * The executor bound to the current async context by the innermost
    * `runTx` / `withExecutor`, else this cluster.
    *

@@ -385,3 +385,22 @@ Deno.test({
     assert.ok(performance.now() - start < 5_000);
   },
 });
+
+dbTest("node(name) runs statements on that node only, whatever its role", async (cluster) => {
+  for (const url of [urls!.master, ...urls!.replicas]) {
+    const name = `127.0.0.1:${port(url)}`;
+    const row = await cluster.node(name).queryRow<{ p: number }>("select inet_server_port() as p");
+    assert.equal(row.p, port(url));
+  }
+  const replica = cluster.node(`127.0.0.1:${replicaPorts[0]}`);
+  await assert.rejects(replica.exec("create table node_handle_x(id int)"), (err) => {
+    assert.ok(err instanceof DbxError);
+    assert.equal(err.code, "25006", "a write on a replica handle is not rerouted");
+    return true;
+  });
+  assert.deepEqual(await replica.query("select 1 as one"), [{ one: 1 }]);
+  assert.throws(
+    () => cluster.node("nope:1"),
+    (err) => err instanceof RangeError && /'name' must be one of .*"nope:1"/.test(err.message),
+  );
+});
