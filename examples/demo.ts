@@ -2,13 +2,18 @@
  * `deno task demo`: dbx in front of a real local primary and two streaming
  * replicas, under a mixed workload, through a replica crash and a failover.
  *
- * 1. starts a throwaway cluster from the PostgreSQL binaries on this machine;
- * 2. runs 6 readers and 2 writers through dbx for ~15 s;
- * 3. at ~5 s kills replica2, at ~9 s stops the primary and promotes replica1;
- * 4. prints per-node routing, errors, retries, the time writes were
- *    unavailable, and checks that every acknowledged write is present once.
+ * 1. starts a throwaway cluster from the PostgreSQL binaries on this machine
+ *    (`startLocalCluster`; the npm embedded binaries when none are installed);
+ * 2. runs 6 readers (`readQuery`) and 2 writers (`exec` inserts into a ledger,
+ *    one id per insert) through dbx for ~15 s, with a progress line;
+ * 3. at ~5 s kills replica2; at ~9 s stops the primary and promotes replica1 —
+ *    dbx moves writes there by itself when its checker sees the promotion;
+ * 4. prints per-node routing, errors, retries, how long writes were unavailable,
+ *    and checks that every acknowledged write is present exactly once.
  *
- * Exits 0 on success, 1 if an acknowledged write is missing or doubled.
+ * Exits 0 on success, 1 when an acknowledged write is missing or doubled or
+ * writes never reached the new primary, 130 when interrupted. Every server it
+ * started is stopped and its directory removed, on errors and Ctrl-C too.
  *
  * @module
  */
@@ -21,158 +26,304 @@ const KILL_AT_MS = 5_000;
 const FAILOVER_AT_MS = 9_000;
 const READERS = 6;
 const WRITERS = 2;
+/** Pause after a failed call, so a writer or reader does not spin while no node is up. */
+const BACKOFF_MS = 25;
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const READ_SQL = "select count(*)::int as n from ledger where id > $1";
+const WRITE_SQL = "insert into ledger(id, writer) values ($1, $2)";
+
+interface Served {
+  reads: number;
+  writes: number;
+  errors: number;
+  /** performance.now() of the first and last successful ledger insert. */
+  firstWriteAt?: number;
+  lastWriteAt?: number;
+}
+
 const tty = Deno.stdout.isTerminal();
+const encoder = new TextEncoder();
+/** Start of the workload: the timeline (and every printed time) counts from here. */
+let started = performance.now();
+const clock = (t = performance.now()) => `${((t - started) / 1000).toFixed(1).padStart(5)}s`;
+let progressShown = false;
 
-console.log("Starting a local PostgreSQL cluster: 1 primary + 2 streaming replicas ...");
-await using local = await startLocalCluster({ replicas: 2 });
-const portName = new Map(local.nodes.map((n) => [`127.0.0.1:${n.port}`, n.name]));
-const label = (node: string) => portName.get(node) ?? node;
+/** Prints a line above the progress line (TTY) or as a plain line (pipes, CI logs). */
+function say(line: string): void {
+  if (tty && progressShown) Deno.stdout.writeSync(encoder.encode("\r\x1b[K"));
+  progressShown = false;
+  console.log(line);
+}
 
-const served = new Map<string, { reads: number; writes: number; errors: number }>();
-const events: string[] = [];
-let retries = 0;
-const started = performance.now();
-const at = () => `${((performance.now() - started) / 1000).toFixed(1)}s`;
-const metrics: MetricsHook = {
-  onQueryEnd(e) {
-    const s = served.get(e.node) ?? { reads: 0, writes: 0, errors: 0 };
-    if (e.error !== undefined) s.errors++;
-    else if (e.sql.startsWith("select")) s.reads++;
-    else s.writes++;
-    served.set(e.node, s);
-  },
-  onRetry: () => void retries++,
-  onNodeDown: (e) => void events.push(`${at()} ${label(e.node)} down`),
-  onNodeUp: (e) => void events.push(`${at()} ${label(e.node)} up`),
-  onRoleChange: (e) => void events.push(`${at()} ${label(e.node)} ${e.from} -> ${e.to}`),
-};
-
-await using cluster = await connect({
-  master: local.masterUrl,
-  replicas: local.replicaUrls,
-  healthCheck: { intervalMs: 500, timeoutMs: 500 },
-  metrics,
-});
-await cluster.exec(
-  "create table ledger(id bigint not null, at timestamptz not null default now())",
-);
-
-let running = true;
-let nextId = 1;
-const acknowledged: number[] = [];
-const ackTimes: number[] = [];
-let failedWrites = 0;
-let failedReads = 0;
-let reads = 0;
-const readErrors = new Map<string, number>();
-
-const writer = async () => {
-  while (running) {
-    const id = nextId++;
-    try {
-      await cluster.exec("insert into ledger(id) values ($1)", [id]);
-      acknowledged.push(id);
-      ackTimes.push(performance.now());
-    } catch {
-      failedWrites++;
-      await sleep(20);
-    }
+function progress(line: string): void {
+  if (tty) {
+    Deno.stdout.writeSync(encoder.encode(`\r\x1b[K${line}`));
+    progressShown = true;
+  } else {
+    console.log(line);
   }
-};
-const reader = async () => {
-  while (running) {
-    try {
-      await cluster.readQuery("select count(*) from ledger where id > $1", [nextId - 50]);
-      reads++;
-    } catch (err) {
-      failedReads++;
-      const msg = `${at()} ${err instanceof Error ? err.message : String(err)}`;
-      readErrors.set(msg, (readErrors.get(msg) ?? 0) + 1);
-      await sleep(20);
-    }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, Math.max(0, ms));
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** A plain-text table: strings left-aligned, numbers right-aligned. */
+function table(headers: string[], rows: (string | number)[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map(String))];
+  const widths = headers.map((_, c) => Math.max(...cells.map((r) => r[c]!.length)));
+  const numeric = headers.map((_, c) => rows.every((r) => /^(-?[\d.]+|-)$/.test(String(r[c]))));
+  const line = (r: string[]) =>
+    r.map((v, c) => numeric[c] ? v.padStart(widths[c]!) : v.padEnd(widths[c]!)).join("  ")
+      .trimEnd();
+  return [line(cells[0]!), widths.map((w) => "-".repeat(w)).join("  "), ...cells.slice(1).map(line)]
+    .map((l) => `  ${l}`).join("\n");
+}
+
+const firstLine = (err: unknown) =>
+  (err instanceof Error ? err.message : String(err)).split("\n")[0]!;
+
+async function main(signal: AbortSignal): Promise<number> {
+  say("Starting a local PostgreSQL cluster: 1 primary + 2 streaming replicas ...");
+  await using local = await startLocalCluster({ replicas: 2, signal });
+  const [primary, replica1, replica2] = local.nodes;
+  if (primary === undefined || replica1 === undefined || replica2 === undefined) {
+    throw new Error("startLocalCluster({ replicas: 2 }) returned fewer than 3 nodes");
   }
+  say(
+    `  ${local.nodes.map((n) => `${n.name} on 127.0.0.1:${n.port}`).join(", ")} (${local.dir})`,
+  );
+
+  const served = new Map<string, Served>(
+    local.nodes.map((n) => [n.name, { reads: 0, writes: 0, errors: 0 }]),
+  );
+  let retries = 0;
+  let promotedSeenAt: number | undefined;
+  const metrics: MetricsHook = {
+    onQueryEnd(e) {
+      const s = served.get(e.node);
+      if (s === undefined) return;
+      if (e.error !== undefined) s.errors++;
+      else if (e.sql === READ_SQL) s.reads++;
+      else if (e.sql === WRITE_SQL) {
+        s.writes++;
+        const now = performance.now();
+        s.firstWriteAt ??= now;
+        s.lastWriteAt = now;
+      }
+    },
+    onRetry: () => void retries++,
+    onNodeDown: (e) => say(`${clock()}  dbx: ${e.node} down (${firstLine(e.error)})`),
+    onNodeUp: (e) => say(`${clock()}  dbx: ${e.node} up`),
+    onRoleChange(e) {
+      if (e.node === replica1.name && e.to === "primary") promotedSeenAt ??= performance.now();
+      say(`${clock()}  dbx: ${e.node} is now ${e.to} (was ${e.from})`);
+    },
+  };
+
+  await using cluster = await connect({
+    master: { name: primary.name, url: primary.url },
+    replicas: [replica1, replica2].map((n) => ({ name: n.name, url: n.url })),
+    healthCheck: { intervalMs: 500, timeoutMs: 500 },
+    metrics,
+  });
+  await cluster.exec("create table ledger(id bigint not null, writer int not null)");
+  // Not unique on purpose: a write applied twice must show up as a duplicate.
+  await cluster.exec("create index on ledger(id)");
+
+  let running = true;
+  let nextId = 1;
+  const acknowledged: number[] = [];
+  let reads = 0;
+  let failedReads = 0;
+  let failedWrites = 0;
+  const failures = new Map<string, number>();
+  const failed = (what: string, err: unknown) => {
+    const key = `${what}: ${firstLine(err).replace(/\d+(\.\d+)?/g, "N")}`;
+    failures.set(key, (failures.get(key) ?? 0) + 1);
+  };
+
+  const writer = async (w: number) => {
+    while (running) {
+      const id = nextId++;
+      try {
+        await cluster.exec(WRITE_SQL, [id, w]);
+        acknowledged.push(id);
+      } catch (err) {
+        // Expected during the failover: counted, and the id is never reused.
+        failedWrites++;
+        failed("write", err);
+        await sleep(BACKOFF_MS, signal).catch(() => {});
+      }
+    }
+  };
+  const reader = async () => {
+    while (running) {
+      try {
+        await cluster.readQuery(READ_SQL, [nextId - 100]);
+        reads++;
+      } catch (err) {
+        failedReads++;
+        failed("read", err);
+        await sleep(BACKOFF_MS, signal).catch(() => {});
+      }
+    }
+  };
+
+  started = performance.now();
+  say(`${clock()}  workload: ${READERS} readers (readQuery), ${WRITERS} writers (exec insert)`);
+  const workers = [
+    ...Array.from({ length: WRITERS }, (_, w) => writer(w + 1)),
+    ...Array.from({ length: READERS }, reader),
+  ];
+  let last = { at: performance.now(), reads: 0, writes: 0 };
+  const ticker = setInterval(() => {
+    const now = performance.now();
+    const secs = (now - last.at) / 1000;
+    const up = cluster.stats().nodes.map((n) => `${n.name}${n.healthy ? "" : "(down)"}`);
+    progress(
+      `${clock(now)}  reads ${reads} (${Math.round((reads - last.reads) / secs)}/s)  ` +
+        `writes ${acknowledged.length} (${
+          Math.round((acknowledged.length - last.writes) / secs)
+        }/s)  failed r/w ${failedReads}/${failedWrites}  retries ${retries}  ` +
+        `nodes ${up.join(" ")}`,
+    );
+    last = { at: now, reads, writes: acknowledged.length };
+  }, 1_000);
+
+  let failoverAt = NaN;
+  let stoppedAt = NaN;
+  let promotedAt = NaN;
+  try {
+    await sleep(started + KILL_AT_MS - performance.now(), signal);
+    say(`${clock()}  chaos: killing ${replica2.name} (pg_ctl stop -m immediate)`);
+    await local.kill(replica2.name);
+    await sleep(started + FAILOVER_AT_MS - performance.now(), signal);
+    failoverAt = performance.now();
+    say(`${clock()}  chaos: stopping ${primary.name} (pg_ctl stop -m fast)`);
+    await local.stop(primary.name);
+    stoppedAt = performance.now();
+    say(`${clock()}  chaos: promoting ${replica1.name} (pg_ctl promote)`);
+    await local.promote(replica1.name);
+    promotedAt = performance.now();
+    say(`${clock()}  chaos: ${replica1.name} accepts writes`);
+    await sleep(started + DURATION_MS - performance.now(), signal);
+  } finally {
+    running = false;
+    clearInterval(ticker);
+    await Promise.all(workers);
+    if (tty && progressShown) say("");
+  }
+
+  // The check runs on whichever node dbx now routes writes to: it must be replica1.
+  const where = await cluster.queryRow<{ port: number }>("select inet_server_port() as port");
+  const rows = await cluster.query<{ id: string; n: number }>(
+    "select id::text, count(*)::int as n from ledger group by id",
+  );
+  const copies = new Map(rows.map((r) => [Number(r.id), r.n]));
+  const present = acknowledged.filter((id) => copies.has(id)).length;
+  const missing = acknowledged.length - present;
+  const duplicated = rows.filter((r) => r.n > 1).length;
+  const ackedSet = new Set(acknowledged);
+  // A write whose connection was cut mid-flight is reported as failed but may have committed.
+  const appliedUnacked = rows.filter((r) => !ackedSet.has(Number(r.id))).length;
+
+  const oldPrimary = served.get(primary.name)!;
+  const newPrimary = served.get(replica1.name)!;
+  const gapMs = newPrimary.firstWriteAt !== undefined && oldPrimary.lastWriteAt !== undefined
+    ? newPrimary.firstWriteAt - oldPrimary.lastWriteAt
+    : undefined;
+
+  const stats = cluster.stats();
+  console.log("\nPer node (role and health as dbx sees them now):");
+  console.log(table(
+    ["node", "role", "healthy", "reads", "writes", "errors", "p50 ms", "p99 ms"],
+    stats.nodes.map((n) => {
+      const s = served.get(n.name)!;
+      return [
+        n.name,
+        n.role,
+        n.healthy ? "yes" : "no",
+        s.reads,
+        s.writes,
+        s.errors,
+        n.latencyP50Ms?.toFixed(2) ?? "-",
+        n.latencyP99Ms?.toFixed(2) ?? "-",
+      ];
+    }),
+  ));
+  console.log(
+    `\ntotals: ${reads} reads, ${acknowledged.length} writes acknowledged; ` +
+      `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes`,
+  );
+  for (const [msg, n] of [...failures].sort((a, b) => b[1] - a[1]).slice(0, 6)) {
+    console.log(`  ${String(n).padStart(5)} × ${msg}`);
+  }
+  const rel = (t: number | undefined) =>
+    t === undefined || Number.isNaN(t) ? "-" : `${Math.round(t - failoverAt)} ms`;
+  if (gapMs === undefined) {
+    console.log(`writes unavailable: no write reached ${replica1.name} after the failover`);
+  } else {
+    console.log(
+      `writes unavailable: ${Math.round(gapMs)} ms ` +
+        `(last write on ${primary.name} to first write on ${replica1.name})`,
+    );
+    console.log(
+      `  from the stop of ${primary.name}: last write on it ${rel(oldPrimary.lastWriteAt)}, ` +
+        `server down ${rel(stoppedAt)}, ${replica1.name} promoted ${rel(promotedAt)}, ` +
+        `dbx saw it ${rel(promotedSeenAt)}, first write there ${rel(newPrimary.firstWriteAt)}`,
+    );
+  }
+  console.log(
+    `ledger: ${acknowledged.length} acknowledged, ${present} present, ${missing} missing, ` +
+      `${duplicated} duplicated` +
+      (appliedUnacked > 0 ? ` (+${appliedUnacked} applied whose acknowledgement was lost)` : ""),
+  );
+
+  const problems: string[] = [];
+  if (missing > 0) problems.push(`${missing} acknowledged writes are missing`);
+  if (duplicated > 0) problems.push(`${duplicated} ids were written more than once`);
+  if (gapMs === undefined) problems.push(`dbx never moved writes to ${replica1.name}`);
+  if (where.port !== replica1.port) {
+    problems.push(`writes go to port ${where.port}, not to ${replica1.name} (${replica1.port})`);
+  }
+  if (problems.length > 0) {
+    console.error(`\nFAIL: ${problems.join("; ")}`);
+    return 1;
+  }
+  console.log("\nOK: writes moved to the promoted replica with no acknowledged write lost");
+  return 0;
+}
+
+// Ctrl-C or a CI timeout must not leave servers behind: abort, let `await using` clean up.
+const interrupt = new AbortController();
+const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+const onSignal = () => {
+  if (interrupt.signal.aborted) return;
+  say("\ninterrupted: stopping the workload and the local cluster ...");
+  interrupt.abort(new Error("interrupted"));
 };
-
-const workers = [
-  ...Array.from({ length: WRITERS }, writer),
-  ...Array.from({ length: READERS }, reader),
-];
-const progress = setInterval(() => {
-  const line = `${at().padStart(6)}  reads ${reads}  writes ${acknowledged.length}  ` +
-    `failed reads ${failedReads}  failed writes ${failedWrites}  retries ${retries}`;
-  if (tty) Deno.stdout.writeSync(new TextEncoder().encode(`\r${line}   `));
-  else console.log(line);
-}, 1_000);
-
-let failoverStarted = 0;
+for (const s of signals) Deno.addSignalListener(s, onSignal);
 try {
-  await sleep(KILL_AT_MS);
-  events.push(`${at()} killing replica2 (immediate shutdown)`);
-  await local.kill("replica2");
-  await sleep(FAILOVER_AT_MS - KILL_AT_MS);
-  events.push(`${at()} stopping the primary and promoting replica1`);
-  failoverStarted = performance.now();
-  await local.stop("primary");
-  await local.promote("replica1");
-  events.push(`${at()} replica1 promoted`);
-  await sleep(Math.max(0, DURATION_MS - (performance.now() - started)));
+  Deno.exitCode = await main(interrupt.signal);
+} catch (err) {
+  if (interrupt.signal.aborted) {
+    Deno.exitCode = 130;
+  } else {
+    console.error("\ndemo failed:", err);
+    Deno.exitCode = 1;
+  }
 } finally {
-  running = false;
-  clearInterval(progress);
-  await Promise.all(workers);
-}
-if (tty) console.log();
-
-// Writes were unavailable for the longest pause between two acknowledged
-// writes from the failover on (the old primary keeps acknowledging while it
-// shuts down, so "last before / first after" would understate it).
-const sorted = ackTimes.filter((t) => t >= failoverStarted - 1_000).sort((a, b) => a - b);
-let gapMs = NaN;
-for (let i = 1; i < sorted.length; i++) {
-  const gap = sorted[i]! - sorted[i - 1]!;
-  if (Number.isNaN(gapMs) || gap > gapMs) gapMs = gap;
-}
-
-const rows = await cluster.query<{ id: string; n: number }>(
-  "select id::text, count(*)::int as n from ledger group by id",
-);
-const counts = new Map(rows.map((r) => [Number(r.id), r.n]));
-const missing = acknowledged.filter((id) => !counts.has(id)).length;
-const duplicated = rows.filter((r) => r.n > 1).length;
-
-console.log("\nEvents:");
-for (const e of events) console.log(`  ${e}`);
-console.log("\nPer node:");
-const stats = cluster.stats();
-console.table(
-  Object.fromEntries(stats.nodes.map((n) => {
-    const s = served.get(n.name) ?? { reads: 0, writes: 0, errors: 0 };
-    return [label(n.name), {
-      role: n.role,
-      healthy: n.healthy,
-      reads: s.reads,
-      writes: s.writes,
-      errors: s.errors,
-      retries: n.retries,
-      "p50 ms": n.latencyP50Ms ?? "-",
-      "p99 ms": n.latencyP99Ms ?? "-",
-    }];
-  })),
-);
-console.log(
-  `Totals: ${reads} reads (${failedReads} failed), ${acknowledged.length} writes acknowledged ` +
-    `(${failedWrites} failed attempts), ${retries} retries`,
-);
-console.log(
-  `Writes unavailable during failover: ${Number.isNaN(gapMs) ? "n/a" : `${Math.round(gapMs)} ms`}`,
-);
-console.log(
-  `Ledger: ${acknowledged.length} acknowledged, ${acknowledged.length - missing} present, ` +
-    `${missing} missing, ${duplicated} duplicated`,
-);
-if (missing > 0 || duplicated > 0) {
-  console.error("FAIL: an acknowledged write was lost or doubled");
-  Deno.exitCode = 1;
+  for (const s of signals) Deno.removeSignalListener(s, onSignal);
 }

@@ -12,7 +12,19 @@ import type pg from "pg";
 import { DbxError } from "./errors.ts";
 import type { Row } from "./executor.ts";
 
-/** One statement of a batch. */
+/**
+ * One statement of a batch.
+ *
+ * @example
+ * ```ts
+ * import type { BatchQuery } from "@codelab/dbx";
+ *
+ * const batch: BatchQuery[] = [
+ *   { sql: "insert into audit(kind) values ($1)", args: ["login"] },
+ *   { sql: "select count(*) from audit" },
+ * ];
+ * ```
+ */
 export interface BatchQuery {
   /** Statement text with `$1`, `$2` ... placeholders. */
   readonly sql: string;

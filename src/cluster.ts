@@ -57,7 +57,18 @@ import {
   type TxRunner,
 } from "./tx.ts";
 
-/** Counters and pool numbers of one node. A plain snapshot. */
+/**
+ * Counters and pool numbers of one node. A plain snapshot.
+ *
+ * @example
+ * ```ts
+ * import { connect, type NodeStats } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const saturated = (n: NodeStats) => n.waitingClients > 0 && n.idleConns === 0;
+ * console.log(cluster.stats().nodes.filter(saturated).map((n) => n.name));
+ * ```
+ */
 export interface NodeStats {
   /** Node name (never contains a password). */
   readonly name: string;
@@ -87,7 +98,18 @@ export interface NodeStats {
   readonly latencyP99Ms?: number;
 }
 
-/** {@linkcode Cluster.stats} result: one entry per node plus sums. */
+/**
+ * {@linkcode Cluster.stats} result: one entry per node plus sums.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const { nodes, totals } = cluster.stats();
+ * console.log(totals.inFlight, nodes.map((n) => `${n.name} ${n.role} p99=${n.latencyP99Ms}`));
+ * ```
+ */
 export interface ClusterStats {
   /** Per node, config order (master first). */
   readonly nodes: readonly NodeStats[];
@@ -104,7 +126,17 @@ export interface ClusterStats {
   };
 }
 
-/** One node in a {@linkcode HealthReport}. */
+/**
+ * One node in a {@linkcode HealthReport}.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * for (const n of (await cluster.health()).nodes) console.log(n.name, n.healthy, n.lagMs ?? "-");
+ * ```
+ */
 export interface NodeHealth {
   /** Node name. */
   readonly name: string;
@@ -122,7 +154,18 @@ export interface NodeHealth {
   readonly error?: string;
 }
 
-/** {@linkcode Cluster.health} result, for readiness endpoints. */
+/**
+ * {@linkcode Cluster.health} result, for readiness endpoints.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const report = await cluster.health();
+ * const status = report.writable ? 200 : 503;
+ * ```
+ */
 export interface HealthReport {
   /** `true` when a single healthy primary accepts writes. */
   readonly writable: boolean;
@@ -438,7 +481,7 @@ export class Cluster implements Component, AsyncDisposable {
    *
    * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
    * await using tx = await cluster.begin({ isolation: "repeatable read" });
-   * const [{ n }] = await tx.query<{ n: number }>("select count(*)::int as n from orders");
+   * const { n } = await tx.queryRow<{ n: number }>("select count(*)::int as n from orders");
    * await tx.exec("insert into order_counts(n) values ($1)", [n]);
    * await tx.commit();
    * ```
@@ -675,7 +718,9 @@ export class Cluster implements Component, AsyncDisposable {
    *   master: "postgres://app@db1:5432/app",
    *   replicas: [{ name: "replica-a", url: "postgres://app@db2:5432/app" }],
    * });
-   * const [{ r }] = await cluster.node("replica-a").query<{ r: boolean }>("select pg_is_in_recovery() as r");
+   * const { r } = await cluster.node("replica-a").queryRow<{ r: boolean }>(
+   *   "select pg_is_in_recovery() as r",
+   * );
    * ```
    */
   node(name: string): Executor {

@@ -11,7 +11,16 @@ import { type Balancer, roundRobin } from "./balancer.ts";
 import { ConfigError, isRetryable } from "./errors.ts";
 import { type Logger, type MetricsHook, noopLogger, type Tracer } from "./observe.ts";
 
-/** Per-node connection pool settings (one `pg.Pool` per node). */
+/**
+ * Per-node connection pool settings (one `pg.Pool` per node).
+ *
+ * @example
+ * ```ts
+ * import type { PoolConfig } from "@codelab/dbx";
+ *
+ * const pool: PoolConfig = { max: 20, min: 2, idleTimeoutMs: 10_000 };
+ * ```
+ */
 export interface PoolConfig {
   /** Most connections open at once. @default 10 */
   max?: number;
@@ -25,7 +34,17 @@ export interface PoolConfig {
   connectTimeoutMs?: number;
 }
 
-/** How failed statements are retried (see the retry contract in the README). */
+/**
+ * How failed statements are retried (see the retry contract in the README).
+ *
+ * @example
+ * ```ts
+ * import { isConnectionError, type RetryConfig } from "@codelab/dbx";
+ *
+ * // Retry only connection failures, a little longer than the default.
+ * const retry: RetryConfig = { maxAttempts: 5, baseDelayMs: 100, retryable: isConnectionError };
+ * ```
+ */
 export interface RetryConfig {
   /** Attempts in total, the first included; 1 disables retries. @default 3 */
   maxAttempts?: number;
@@ -41,7 +60,16 @@ export interface RetryConfig {
   retryable?: (err: unknown) => boolean;
 }
 
-/** Background health checking. */
+/**
+ * Background health checking.
+ *
+ * @example
+ * ```ts
+ * import type { HealthCheckConfig } from "@codelab/dbx";
+ *
+ * const healthCheck: HealthCheckConfig = { intervalMs: 500, timeoutMs: 300, failuresBeforeDown: 2 };
+ * ```
+ */
 export interface HealthCheckConfig {
   /** Time between probe rounds. @default 2_000 */
   intervalMs?: number;
@@ -51,7 +79,16 @@ export interface HealthCheckConfig {
   failuresBeforeDown?: number;
 }
 
-/** One node given as an object, to name it or tune it. */
+/**
+ * One node given as an object, to name it or tune it.
+ *
+ * @example
+ * ```ts
+ * import type { NodeConfig } from "@codelab/dbx";
+ *
+ * const replica: NodeConfig = { name: "eu-replica", url: "postgres://app@db2:5432/app", pool: { max: 4 } };
+ * ```
+ */
 export interface NodeConfig {
   /** Display name in stats, logs and errors. @default "host:port" of the URL */
   name?: string;
@@ -63,7 +100,24 @@ export interface NodeConfig {
   tracer?: Tracer;
 }
 
-/** Everything `connect()` accepts. Only `master` is required. */
+/**
+ * Everything `connect()` accepts. Only `master` is required.
+ *
+ * @example
+ * ```ts
+ * import { connect, leastInFlight, type ClusterConfig } from "@codelab/dbx";
+ *
+ * const config: ClusterConfig = {
+ *   master: "postgres://app@db1:5432/app",
+ *   replicas: [{ name: "db2", url: "postgres://app@db2:5432/app", pool: { max: 20 } }],
+ *   retry: { maxAttempts: 4 },
+ *   healthCheck: { intervalMs: 500 },
+ *   balancer: leastInFlight(),
+ *   maxLagMs: 1_000,
+ * };
+ * await using cluster = await connect(config);
+ * ```
+ */
 export interface ClusterConfig {
   /** The node configured as primary (the servers have the last word on roles). */
   master: string | NodeConfig;

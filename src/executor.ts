@@ -9,7 +9,18 @@
 /** A result row: column name to parsed value. */
 export type Row = Record<string, unknown>;
 
-/** What a statement did. */
+/**
+ * What a statement did.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const { command, rowCount } = await cluster.exec("delete from sessions where expired");
+ * console.log(command, rowCount); // "DELETE" 3
+ * ```
+ */
 export interface CommandResult {
   /** The command tag's verb: `"INSERT"`, `"UPDATE"`, `"SELECT"`, ... */
   readonly command: string;
@@ -17,7 +28,18 @@ export interface CommandResult {
   readonly rowCount: number;
 }
 
-/** Per-call options of every statement method. */
+/**
+ * Per-call options of every statement method.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const ac = new AbortController();
+ * await cluster.query("select * from reports", [], { signal: ac.signal, timeoutMs: 2_000 });
+ * ```
+ */
 export interface QueryOptions {
   /**
    * Aborting cancels the call: a wait for a connection or a backoff ends at
@@ -35,7 +57,20 @@ export interface QueryOptions {
   timeoutMs?: number;
 }
 
-/** Options of `readQuery` / `readQueryRow`. */
+/**
+ * Options of `readQuery` / `readQueryRow`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({
+ *   master: "postgres://app@db1:5432/app",
+ *   replicas: ["postgres://app@db2:5432/app"],
+ * });
+ * await cluster.readQuery("select * from feed", [], { maxLagMs: 500, timeoutMs: 1_000 });
+ * ```
+ */
 export interface ReadOptions extends QueryOptions {
   /**
    * Skip replicas whose replay lag is above this many milliseconds (or

@@ -27,7 +27,17 @@ import { backoffDelay, CallSignal, delay } from "./retry.ts";
 /** Transaction isolation levels PostgreSQL implements. */
 export type IsolationLevel = "read committed" | "repeatable read" | "serializable";
 
-/** Characteristics of a transaction (`BEGIN ...`). */
+/**
+ * Characteristics of a transaction (`BEGIN ...`).
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * await using tx = await cluster.begin({ isolation: "serializable", readOnly: true, deferrable: true });
+ * ```
+ */
 export interface TxOptions {
   /** Isolation level. @default the server's default_transaction_isolation (normally "read committed") */
   isolation?: IsolationLevel;
@@ -37,7 +47,20 @@ export interface TxOptions {
   deferrable?: boolean;
 }
 
-/** Options of `runTx`. */
+/**
+ * Options of `runTx`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * await cluster.runTx((tx) => tx.exec("update counters set n = n + 1"), {
+ *   isolation: "serializable",
+ *   retries: 3,
+ * });
+ * ```
+ */
 export interface RunTxOptions extends TxOptions {
   /**
    * How many times to re-run the whole callback after a serialization

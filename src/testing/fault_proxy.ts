@@ -16,7 +16,18 @@ export interface FaultProxyOptions {
   host?: string;
 }
 
-/** A running proxy. */
+/**
+ * A running proxy.
+ *
+ * @example
+ * ```ts
+ * import { faultProxy } from "@codelab/dbx/testing";
+ *
+ * await using proxy = await faultProxy({ host: "127.0.0.1", port: 5433 });
+ * proxy.delay(200); // every round trip through proxy.url(...) now takes 200 ms longer
+ * proxy.heal();
+ * ```
+ */
 export interface FaultProxy extends AsyncDisposable {
   /** Address it listens on. */
   readonly host: string;

@@ -95,6 +95,15 @@ export interface LocalNode {
  * A running throwaway cluster returned by {@linkcode startLocalCluster}. Dispose it with
  * `await using` or {@linkcode LocalCluster.close}; every node method rejects with an
  * `Error` naming the valid nodes when given an unknown node name.
+ *
+ * @example
+ * ```ts
+ * import { startLocalCluster } from "@codelab/dbx/testing";
+ *
+ * await using local = await startLocalCluster({ replicas: 1 });
+ * await local.pauseReplay("replica1");
+ * await local.resumeReplay("replica1");
+ * ```
  */
 export interface LocalCluster extends AsyncDisposable {
   /** URL of the node that was the primary at startup (`"primary"`). */
