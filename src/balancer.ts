@@ -7,7 +7,17 @@
  * @module
  */
 
-/** What a balancer sees of a node. */
+/**
+ * What a balancer sees of a node.
+ *
+ * @example
+ * ```ts
+ * import { roundRobin, type BalancerNode } from "@codelab/dbx";
+ *
+ * const nodes: BalancerNode[] = [{ name: "a", healthy: false, inFlight: 0 }, { name: "b", healthy: true, inFlight: 2 }];
+ * console.log(roundRobin().pick(nodes)?.name); // "b"
+ * ```
+ */
 export interface BalancerNode {
   /** Node name. */
   readonly name: string;

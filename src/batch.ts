@@ -32,7 +32,18 @@ export interface BatchQuery {
   readonly args?: readonly unknown[];
 }
 
-/** What one statement of a batch returned. */
+/**
+ * What one statement of a batch returned.
+ *
+ * @example
+ * ```ts
+ * import { connect, type BatchResult } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const results: BatchResult[] = await cluster.sendBatch([{ sql: "select 1 as one" }]);
+ * console.log(results[0]?.rows); // [{ one: 1 }]
+ * ```
+ */
 export interface BatchResult<T = Row> {
   /** The command tag's verb. */
   readonly command: string;
@@ -42,7 +53,18 @@ export interface BatchResult<T = Row> {
   readonly rows: T[];
 }
 
-/** Options of `sendBatch`. */
+/**
+ * Options of `sendBatch`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const settled = await cluster.sendBatch([{ sql: "select 1" }, { sql: "select broken" }], { atomic: false });
+ * console.log(settled.map((r) => r.status)); // ["fulfilled", "rejected"]
+ * ```
+ */
 export interface BatchOptions {
   /**
    * Run the batch in one transaction: a failure rolls every statement back

@@ -147,7 +147,17 @@ export interface ClusterConfig {
   maxLagMs?: number;
 }
 
-/** A node's settings after validation and defaults. */
+/**
+ * A node's settings after validation and defaults.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const [master] = resolveConfig({ master: "postgres://app:pw@db1:5433/app" }).nodes;
+ * console.log(master?.name, master?.redactedUrl); // "db1:5433" "postgres://app:***@db1:5433/app"
+ * ```
+ */
 export interface ResolvedNode {
   /** Display name (never contains a password). */
   readonly name: string;
@@ -167,7 +177,17 @@ export interface ResolvedNode {
   readonly tracer: Tracer | undefined;
 }
 
-/** The whole config after validation and defaults. */
+/**
+ * The whole config after validation and defaults.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const resolved = resolveConfig({ master: "postgres://app@db1:5432/app", retry: { maxAttempts: 5 } });
+ * console.log(resolved.retry.maxAttempts, resolved.healthCheck.intervalMs); // 5 2000
+ * ```
+ */
 export interface ResolvedConfig {
   /** Master first, then replicas in config order. */
   readonly nodes: readonly ResolvedNode[];
@@ -187,7 +207,16 @@ export interface ResolvedConfig {
   readonly maxLagMs: number | undefined;
 }
 
-/** Defaults of {@linkcode PoolConfig}. */
+/**
+ * Defaults of {@linkcode PoolConfig}.
+ *
+ * @example
+ * ```ts
+ * import { POOL_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(POOL_DEFAULTS.max); // 10
+ * ```
+ */
 export const POOL_DEFAULTS: Readonly<Required<PoolConfig>> = Object.freeze({
   max: 10,
   min: 0,
@@ -196,14 +225,32 @@ export const POOL_DEFAULTS: Readonly<Required<PoolConfig>> = Object.freeze({
   connectTimeoutMs: 5_000,
 });
 
-/** Defaults of {@linkcode HealthCheckConfig}. */
+/**
+ * Defaults of {@linkcode HealthCheckConfig}.
+ *
+ * @example
+ * ```ts
+ * import { HEALTH_CHECK_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(HEALTH_CHECK_DEFAULTS.intervalMs); // 2000
+ * ```
+ */
 export const HEALTH_CHECK_DEFAULTS: Readonly<Required<HealthCheckConfig>> = Object.freeze({
   intervalMs: 2_000,
   timeoutMs: 1_000,
   failuresBeforeDown: 1,
 });
 
-/** Defaults of the numeric {@linkcode RetryConfig} fields. */
+/**
+ * Defaults of the numeric {@linkcode RetryConfig} fields.
+ *
+ * @example
+ * ```ts
+ * import { RETRY_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(RETRY_DEFAULTS.maxAttempts); // 3
+ * ```
+ */
 export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> = Object.freeze({
   maxAttempts: 3,
   baseDelayMs: 50,

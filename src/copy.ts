@@ -11,7 +11,22 @@ import pg from "pg";
 // @ts-types="@types/pg-copy-streams"
 import { from as copyFromStdin } from "pg-copy-streams";
 
-/** Rows for COPY: arrays of column values, from a sync or async iterable. */
+/**
+ * Rows for COPY: arrays of column values, from a sync or async iterable.
+ *
+ * @example
+ * ```ts
+ * import { connect, type CopyRows } from "@codelab/dbx";
+ *
+ * async function* events(): AsyncGenerator<unknown[]> {
+ *   yield [1, "login"];
+ *   yield [2, "logout"];
+ * }
+ * const rows: CopyRows = events();
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * await cluster.copyFrom("events", ["id", "kind"], rows);
+ * ```
+ */
 export type CopyRows = Iterable<readonly unknown[]> | AsyncIterable<readonly unknown[]>;
 
 /** Bytes buffered before a chunk is written to the connection. */

@@ -14,6 +14,16 @@
 /**
  * What kind of failure a {@linkcode DbxError} is: a stable, coarse category
  * for callers to branch on (HTTP status, retry decision, user message).
+ *
+ * @example
+ * ```ts
+ * import { type ErrorKind, handleError } from "@codelab/dbx";
+ *
+ * function httpStatus(err: unknown): number {
+ *   const kind: ErrorKind = handleError(err).kind;
+ *   return kind === "not_found" ? 404 : kind === "unique_violation" ? 409 : 500;
+ * }
+ * ```
  */
 export type ErrorKind =
   | "not_found"
@@ -29,7 +39,17 @@ export type ErrorKind =
   | "read_only"
   | "other";
 
-/** Options for constructing a {@linkcode DbxError}. */
+/**
+ * Options for constructing a {@linkcode DbxError}.
+ *
+ * @example
+ * ```ts
+ * import { DbxError } from "@codelab/dbx";
+ *
+ * const err = new DbxError("order not found", { kind: "not_found", node: "db1:5432" });
+ * console.log(err.kind); // "not_found"
+ * ```
+ */
 export interface DbxErrorOptions {
   /** SQLSTATE code sent by the server, e.g. `"23505"`. @default undefined */
   code?: string | undefined;

@@ -6,7 +6,17 @@
  * @module
  */
 
-/** A result row: column name to parsed value. */
+/**
+ * A result row: column name to parsed value.
+ *
+ * @example
+ * ```ts
+ * import { connect, type Row } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const rows: Row[] = await cluster.query("select 1 as one");
+ * ```
+ */
 export type Row = Record<string, unknown>;
 
 /**

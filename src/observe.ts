@@ -7,7 +7,17 @@
  * @module
  */
 
-/** Role of a node as last reported by the server (or the config before the first probe). */
+/**
+ * Role of a node as last reported by the server (or the config before the first probe).
+ *
+ * @example
+ * ```ts
+ * import { connect, type NodeRole } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const roles: NodeRole[] = cluster.stats().nodes.map((n) => n.role);
+ * ```
+ */
 export type NodeRole = "primary" | "replica";
 
 /**
@@ -33,7 +43,16 @@ export interface Logger {
   error(msg: string, attrs?: Record<string, unknown>): void;
 }
 
-/** A logger that drops everything: the default. */
+/**
+ * A logger that drops everything: the default.
+ *
+ * @example
+ * ```ts
+ * import { noopLogger } from "@codelab/dbx";
+ *
+ * noopLogger.warn("dropped"); // prints nothing
+ * ```
+ */
 export const noopLogger: Logger = Object.freeze({
   debug() {},
   info() {},
@@ -41,7 +60,17 @@ export const noopLogger: Logger = Object.freeze({
   error() {},
 });
 
-/** What a query hook is told about one attempt of a statement. */
+/**
+ * What a query hook is told about one attempt of a statement.
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook, QueryEvent } from "@codelab/dbx";
+ *
+ * const started = (e: QueryEvent) => console.log(`${e.node} (${e.role}) attempt ${e.attempt}: ${e.sql}`);
+ * const metrics: MetricsHook = { onQueryStart: started };
+ * ```
+ */
 export interface QueryEvent {
   /** Node name (password-free). */
   readonly node: string;
@@ -55,7 +84,18 @@ export interface QueryEvent {
   readonly attempt: number;
 }
 
-/** A finished attempt. */
+/**
+ * A finished attempt.
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const metrics: MetricsHook = {
+ *   onQueryEnd: (e) => console.log(e.node, Math.round(e.durationMs), e.error === undefined ? "ok" : "failed"),
+ * };
+ * ```
+ */
 export interface QueryEndEvent extends QueryEvent {
   /** Wall time of the attempt in milliseconds. */
   readonly durationMs: number;
@@ -63,7 +103,16 @@ export interface QueryEndEvent extends QueryEvent {
   readonly error?: unknown;
 }
 
-/** A retry about to happen. */
+/**
+ * A retry about to happen.
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const metrics: MetricsHook = { onRetry: (e) => console.log(`retry after attempt ${e.attempt} on ${e.node}`) };
+ * ```
+ */
 export interface RetryEvent {
   /** The attempt that just failed (1-based). */
   readonly attempt: number;
@@ -75,7 +124,19 @@ export interface RetryEvent {
   readonly error: unknown;
 }
 
-/** A node's health changed. */
+/**
+ * A node's health changed.
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const metrics: MetricsHook = {
+ *   onNodeDown: (e) => console.warn(`${e.node} (${e.role}) down`, e.error),
+ *   onNodeUp: (e) => console.info(`${e.node} up`),
+ * };
+ * ```
+ */
 export interface NodeEvent {
   /** Node name. */
   readonly node: string;
@@ -85,7 +146,16 @@ export interface NodeEvent {
   readonly error?: unknown;
 }
 
-/** A node's role changed (promotion or demotion). */
+/**
+ * A node's role changed (promotion or demotion).
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const metrics: MetricsHook = { onRoleChange: (e) => console.info(`${e.node}: ${e.from} -> ${e.to}`) };
+ * ```
+ */
 export interface RoleChangeEvent {
   /** Node name. */
   readonly node: string;
@@ -95,7 +165,16 @@ export interface RoleChangeEvent {
   readonly to: NodeRole;
 }
 
-/** A read went to the primary because no replica was eligible. */
+/**
+ * A read went to the primary because no replica was eligible.
+ *
+ * @example
+ * ```ts
+ * import type { MetricsHook } from "@codelab/dbx";
+ *
+ * const metrics: MetricsHook = { onReplicaFallback: (e) => console.debug("read on primary:", e.reason) };
+ * ```
+ */
 export interface ReplicaFallbackEvent {
   /** Why no replica was used. */
   readonly reason: "no_healthy_replica" | "lagging" | "not_caught_up";
@@ -132,7 +211,19 @@ export interface MetricsHook {
   onRoleChange?(event: RoleChangeEvent): void;
 }
 
-/** What a tracer is told when an attempt starts. */
+/**
+ * What a tracer is told when an attempt starts.
+ *
+ * @example
+ * ```ts
+ * import type { TraceQueryInfo, Tracer } from "@codelab/dbx";
+ *
+ * const tracer: Tracer = {
+ *   queryStart: (info: TraceQueryInfo) => `${info.host}:${info.port} ${info.sql}`,
+ *   queryEnd: (label, outcome) => console.log(label, outcome.error ?? "ok"),
+ * };
+ * ```
+ */
 export interface TraceQueryInfo extends QueryEvent {
   /** Host the node listens on. */
   readonly host: string;
@@ -140,7 +231,19 @@ export interface TraceQueryInfo extends QueryEvent {
   readonly port: number;
 }
 
-/** How an attempt ended, for {@linkcode Tracer.queryEnd}. */
+/**
+ * How an attempt ended, for {@linkcode Tracer.queryEnd}.
+ *
+ * @example
+ * ```ts
+ * import type { TraceQueryOutcome, Tracer } from "@codelab/dbx";
+ *
+ * const tracer: Tracer = {
+ *   queryStart: () => performance.now(),
+ *   queryEnd: (_start, outcome: TraceQueryOutcome) => console.log(outcome.rowCount ?? outcome.error),
+ * };
+ * ```
+ */
 export interface TraceQueryOutcome {
   /** Rows affected or returned, on success. */
   readonly rowCount?: number;

@@ -32,6 +32,14 @@ import type { TraceQueryInfo, TraceQueryOutcome, Tracer } from "./observe.ts";
  * What `otelTracer` needs of a provider: any OpenTelemetry `TracerProvider`
  * (SDK or API) fits. Declared structurally so dbx's public types do not
  * depend on the API package's internals.
+ *
+ * @example
+ * ```ts
+ * import { trace } from "@opentelemetry/api";
+ * import { otelTracer } from "@codelab/dbx/otel";
+ *
+ * const tracer = otelTracer(trace.getTracerProvider());
+ * ```
  */
 export interface TracerProviderLike {
   /** Returns a named tracer (`@opentelemetry/api` `TracerProvider.getTracer`). */

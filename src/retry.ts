@@ -7,7 +7,16 @@
  * @module
  */
 
-/** Settings of {@linkcode backoffDelay}. */
+/**
+ * Settings of {@linkcode backoffDelay}.
+ *
+ * @example
+ * ```ts
+ * import { backoffDelay } from "@codelab/dbx";
+ *
+ * const ms = backoffDelay(2, { baseDelayMs: 100, maxDelayMs: 2_000 }); // in [0, 200)
+ * ```
+ */
 export interface BackoffOptions {
   /** Cap of the first delay before jitter. @default 50 */
   baseDelayMs?: number;

@@ -9,7 +9,16 @@
 import { DbxError, NoRowsError } from "./errors.ts";
 import type { Row } from "./executor.ts";
 
-/** One problem reported by a Standard Schema validator. */
+/**
+ * One problem reported by a Standard Schema validator.
+ *
+ * @example
+ * ```ts
+ * import type { StandardSchemaIssue } from "@codelab/dbx";
+ *
+ * const issue: StandardSchemaIssue = { message: "Expected number", path: ["age"] };
+ * ```
+ */
 export interface StandardSchemaIssue {
   /** What is wrong. */
   readonly message: string;
@@ -17,7 +26,17 @@ export interface StandardSchemaIssue {
   readonly path?: ReadonlyArray<PropertyKey | { readonly key: PropertyKey }> | undefined;
 }
 
-/** A validator's answer. */
+/**
+ * A validator's answer.
+ *
+ * @example
+ * ```ts
+ * import type { StandardSchemaResult } from "@codelab/dbx";
+ *
+ * const ok: StandardSchemaResult<number> = { value: 1 };
+ * const bad: StandardSchemaResult<number> = { issues: [{ message: "Expected number" }] };
+ * ```
+ */
 export type StandardSchemaResult<Output> =
   | { readonly value: Output; readonly issues?: undefined }
   | { readonly issues: ReadonlyArray<StandardSchemaIssue> };
@@ -26,6 +45,23 @@ export type StandardSchemaResult<Output> =
  * The Standard Schema v1 interface (https://standardschema.dev), which zod,
  * valibot and arktype schemas implement. Declared here so dbx depends on none
  * of them.
+ *
+ * @example
+ * ```ts
+ * import { collect, type StandardSchemaV1 } from "@codelab/dbx";
+ *
+ * const Id: StandardSchemaV1<unknown, number> = {
+ *   "~standard": {
+ *     version: 1,
+ *     vendor: "handmade",
+ *     validate: (v) => {
+ *       const id = (v as { id?: unknown }).id;
+ *       return typeof id === "number" ? { value: id } : { issues: [{ message: "Expected number", path: ["id"] }] };
+ *     },
+ *   },
+ * };
+ * const ids = await collect([{ id: 1 }], Id); // [1]
+ * ```
  */
 export interface StandardSchemaV1<Input = unknown, Output = Input> {
   /** The standard properties. */
@@ -43,7 +79,17 @@ export interface StandardSchemaV1<Input = unknown, Output = Input> {
   };
 }
 
-/** A row mapper: a function, or a Standard Schema validator. */
+/**
+ * A row mapper: a function, or a Standard Schema validator.
+ *
+ * @example
+ * ```ts
+ * import { collect, type RowMapper } from "@codelab/dbx";
+ *
+ * const toName: RowMapper<string> = (row) => String(row.name);
+ * const names = await collect([{ name: "Ada" }], toName);
+ * ```
+ */
 export type RowMapper<T> = ((row: Row, index: number) => T) | StandardSchemaV1<unknown, T>;
 
 /**

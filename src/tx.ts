@@ -24,7 +24,16 @@ import {
 import type { Node } from "./node.ts";
 import { backoffDelay, CallSignal, delay } from "./retry.ts";
 
-/** Transaction isolation levels PostgreSQL implements. */
+/**
+ * Transaction isolation levels PostgreSQL implements.
+ *
+ * @example
+ * ```ts
+ * import type { IsolationLevel } from "@codelab/dbx";
+ *
+ * const level: IsolationLevel = "repeatable read";
+ * ```
+ */
 export type IsolationLevel = "read committed" | "repeatable read" | "serializable";
 
 /**

@@ -95,7 +95,18 @@ export async function testCluster(
   }
 }
 
-/** Options of {@linkcode dbTest}. */
+/**
+ * Options of {@linkcode dbTest}.
+ *
+ * @example
+ * ```ts
+ * import { dbTest } from "@codelab/dbx/testing";
+ *
+ * dbTest("slow queries are logged", async (cluster) => {
+ *   await cluster.query("select pg_sleep(0.2)");
+ * }, { config: { slowQueryThresholdMs: 100 } });
+ * ```
+ */
 export interface DbTestOptions {
   /** Settings merged over the URLs from the environment. @default {} */
   config?: Partial<ClusterConfig>;

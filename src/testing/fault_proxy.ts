@@ -8,7 +8,16 @@
 
 import { connect as tcpConnect, createServer, type Server, type Socket } from "node:net";
 
-/** Options of {@linkcode faultProxy}. */
+/**
+ * Options of {@linkcode faultProxy}.
+ *
+ * @example
+ * ```ts
+ * import { faultProxy } from "@codelab/dbx/testing";
+ *
+ * await using proxy = await faultProxy({ host: "127.0.0.1", port: 5432 }, { port: 15432 });
+ * ```
+ */
 export interface FaultProxyOptions {
   /** Port to listen on. @default 0 (chosen by the OS) */
   port?: number;

@@ -29,7 +29,16 @@ import { promisify } from "node:util";
 import pg from "pg";
 import { embeddedPgBinDir } from "./embedded_pg.ts";
 
-/** Options for {@linkcode startLocalCluster}. */
+/**
+ * Options for {@linkcode startLocalCluster}.
+ *
+ * @example
+ * ```ts
+ * import { startLocalCluster } from "@codelab/dbx/testing";
+ *
+ * await using local = await startLocalCluster({ replicas: 1, password: "s3cret" });
+ * ```
+ */
 export interface LocalClusterOptions {
   /**
    * Number of streaming replicas to start next to the primary; an integer >= 0.
@@ -76,7 +85,17 @@ export interface LocalClusterOptions {
   signal?: AbortSignal;
 }
 
-/** One server of a {@linkcode LocalCluster}. */
+/**
+ * One server of a {@linkcode LocalCluster}.
+ *
+ * @example
+ * ```ts
+ * import { startLocalCluster } from "@codelab/dbx/testing";
+ *
+ * await using local = await startLocalCluster({ replicas: 1 });
+ * for (const node of local.nodes) console.log(node.name, node.port, node.dataDir);
+ * ```
+ */
 export interface LocalNode {
   /**
    * Identity of the data directory: `"primary"`, `"replica1"`, `"replica2"`, ... Names

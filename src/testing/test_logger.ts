@@ -6,7 +6,18 @@
 
 import type { Logger } from "../observe.ts";
 
-/** One recorded log call. */
+/**
+ * One recorded log call.
+ *
+ * @example
+ * ```ts
+ * import { testLogger, type LogEntry } from "@codelab/dbx/testing";
+ *
+ * const logger = testLogger();
+ * logger.warn("dbx: node is down", { node: "db2:5432" });
+ * const warnings: LogEntry[] = logger.entries.filter((e) => e.level === "warn");
+ * ```
+ */
 export interface LogEntry {
   /** The method that was called. */
   readonly level: "debug" | "info" | "warn" | "error";
@@ -16,7 +27,19 @@ export interface LogEntry {
   readonly attrs: Record<string, unknown>;
 }
 
-/** A {@linkcode Logger} that records every call in `entries`. */
+/**
+ * A {@linkcode Logger} that records every call in `entries`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ * import { testLogger } from "@codelab/dbx/testing";
+ *
+ * const logger = testLogger();
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app", logger });
+ * console.log(logger.entries.length);
+ * ```
+ */
 export interface TestLogger extends Logger {
   /** Every call so far, oldest first. */
   readonly entries: LogEntry[];
