@@ -223,7 +223,9 @@ async function main(signal: AbortSignal): Promise<number> {
     running = false;
     clearInterval(ticker);
     await Promise.all(workers);
-    if (tty && progressShown) say("");
+    // Keep the last progress line on screen.
+    if (tty && progressShown) Deno.stdout.writeSync(encoder.encode("\n"));
+    progressShown = false;
   }
 
   // The check runs on whichever node dbx now routes writes to: it must be replica1.

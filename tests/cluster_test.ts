@@ -11,6 +11,8 @@ import { dbTest, testLogger } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 
 const urls = testDatabaseUrls();
+/** Appended to the names of tests that need the database, when it is not configured. */
+const why = urls === undefined ? " (ignored: DBX_TEST_MASTER_URL is not set)" : "";
 const port = (url: string) => Number(new URL(url).port || 5432);
 const masterPort = urls ? port(urls.master) : 0;
 const replicaPorts = urls ? urls.replicas.map(port) : [];
@@ -76,7 +78,7 @@ dbTest("queryRow() and readQueryRow() throw NoRowsError on an empty result", asy
 });
 
 Deno.test({
-  name: "reads fall back to the primary when every replica is down",
+  name: "reads fall back to the primary when every replica is down" + why,
   ignore: urls === undefined,
   async fn() {
     const fallbacks: string[] = [];
@@ -99,7 +101,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a replica refusing connections is skipped without failing a read",
+  name: "a replica refusing connections is skipped without failing a read" + why,
   ignore: urls === undefined || urls.replicas.length === 0,
   async fn() {
     await using cluster = await connect({
@@ -117,7 +119,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a read on a node that refuses connections is retried on the next node",
+  name: "a read on a node that refuses connections is retried on the next node" + why,
   ignore: urls === undefined || urls.replicas.length === 0,
   async fn() {
     const retries: (string | undefined)[] = [];
@@ -288,7 +290,7 @@ dbTest("ping() answers on every node", async (cluster) => {
 });
 
 Deno.test({
-  name: "ping() names every node that failed",
+  name: "ping() names every node that failed" + why,
   ignore: urls === undefined,
   async fn() {
     await using cluster = await connect({ master: urls!.master, replicas: [DEAD], ...fast });
@@ -302,7 +304,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "close() is idempotent and later calls throw ClusterClosedError",
+  name: "close() is idempotent and later calls throw ClusterClosedError" + why,
   ignore: urls === undefined,
   async fn() {
     const cluster = await connect({ master: urls!.master, replicas: urls!.replicas });
@@ -320,7 +322,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "close() waits for statements in flight",
+  name: "close() waits for statements in flight" + why,
   ignore: urls === undefined,
   async fn() {
     const cluster = await connect({ master: urls!.master });
@@ -332,7 +334,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "passwords never appear in names, stats, health, errors or logs",
+  name: "passwords never appear in names, stats, health, errors or logs" + why,
   ignore: urls === undefined,
   async fn() {
     const secret = "hunter2-secret";
