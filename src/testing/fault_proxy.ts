@@ -1,244 +1,586 @@
 /**
- * {@linkcode faultProxy}: a loopback TCP proxy in front of one node that
- * can add latency, hang (blackhole), or drop every connection, for
- * fault-injection tests. Uses only `node:net`, so it runs on Deno and Bun.
+ * {@linkcode faultProxy}: a TCP proxy in front of one PostgreSQL node that can add latency,
+ * hang like an unreachable host, or drop every connection, for fault-injection tests.
+ * Works in Deno and Bun: only `node:net`.
  *
  * @module
  */
 
-import { connect as tcpConnect, createServer, type Server, type Socket } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 
 /**
- * Options of {@linkcode faultProxy}.
+ * Options for {@linkcode faultProxy}.
  *
- * @example
+ * @example Listen on a fixed port
  * ```ts
  * import { faultProxy } from "@codelab/dbx/testing";
  *
  * await using proxy = await faultProxy({ host: "127.0.0.1", port: 5432 }, { port: 15432 });
+ * console.log(proxy.port); // 15432
  * ```
  */
 export interface FaultProxyOptions {
-  /** Port to listen on. @default 0 (chosen by the OS) */
+  /**
+   * TCP port to listen on; `0` lets the operating system choose a free one, which
+   * {@linkcode FaultProxy.port} then reports.
+   *
+   * @default {0}
+   */
   port?: number;
-  /** Address to listen on. @default "127.0.0.1" */
+  /**
+   * Address to listen on. The proxy adds no authentication of its own, so keep it on
+   * loopback unless other machines must reach it.
+   *
+   * @default {"127.0.0.1"}
+   */
   host?: string;
 }
 
 /**
- * A running proxy.
+ * A running proxy returned by {@linkcode faultProxy}. It starts out forwarding bytes
+ * unchanged; {@linkcode FaultProxy.delay}, {@linkcode FaultProxy.blackhole} and
+ * {@linkcode FaultProxy.reset} inject faults and {@linkcode FaultProxy.heal} ends them.
+ * Dispose it with `await using` or {@linkcode FaultProxy.close}.
  *
- * @example
- * ```ts
- * import { faultProxy } from "@codelab/dbx/testing";
- *
- * await using proxy = await faultProxy({ host: "127.0.0.1", port: 5433 });
- * proxy.delay(200); // every round trip through proxy.url(...) now takes 200 ms longer
- * proxy.heal();
- * ```
- */
-export interface FaultProxy extends AsyncDisposable {
-  /** Address it listens on. */
-  readonly host: string;
-  /** Port it listens on. */
-  readonly port: number;
-  /** Open client connections. */
-  readonly connections: number;
-  /**
-   * The given connection string with host and port replaced by the proxy's
-   * (user, password, database and parameters kept).
-   *
-   * @param base A postgres:// URL.
-   * @returns The URL through the proxy.
-   */
-  url(base: string): string;
-  /**
-   * Delays every chunk, both ways, by `ms` from now on (0 = none). Byte order is kept.
-   *
-   * @param ms Added latency in ms.
-   */
-  delay(ms: number): void;
-  /** Hangs: accepts connections but forwards nothing either way, like a host that stopped answering. */
-  blackhole(): void;
-  /** Drops every open connection now (both sides); new connections still work. */
-  reset(): void;
-  /**
-   * Back to plain forwarding (no delay, no blackhole). Connections opened or
-   * starved while blackholed are dropped, since their protocol state is unknown.
-   */
-  heal(): void;
-  /**
-   * Stops listening and drops every connection. Idempotent (same promise).
-   *
-   * @returns Resolves when the listener is closed.
-   */
-  close(): Promise<void>;
-}
-
-interface Pair {
-  readonly client: Socket;
-  upstream: Socket | undefined;
-  /** Touched by a blackhole: dropped on heal. */
-  starved: boolean;
-}
-
-function parseTarget(target: unknown): { host: string; port: number } {
-  if (typeof target === "string") {
-    let url: URL;
-    try {
-      url = new URL(target);
-    } catch {
-      throw new TypeError(
-        "Cannot start faultProxy as 'target' must be a postgres URL or { host, port }",
-      );
-    }
-    const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-    if (host === "") throw new TypeError("Cannot start faultProxy as 'target' names no host");
-    return { host, port: url.port === "" ? 5432 : Number(url.port) };
-  }
-  const t = target as { host?: unknown; port?: unknown } | null;
-  if (
-    t === null || typeof t !== "object" || typeof t.host !== "string" || t.host === "" ||
-    typeof t.port !== "number" || !Number.isInteger(t.port) || t.port < 1 || t.port > 65535
-  ) {
-    throw new TypeError(
-      "Cannot start faultProxy as 'target' must be a postgres URL or { host: string, port: 1-65535 }",
-    );
-  }
-  return { host: t.host, port: t.port };
-}
-
-/**
- * Starts a loopback TCP proxy in front of `target`.
- *
- * @param target The node: a postgres URL or `{ host, port }`.
- * @param options Listening address and port.
- * @returns The running proxy; close it (or `await using`) when done.
- * @throws {TypeError} / {RangeError} for a bad target or options.
- *
- * @example Make a replica hang, then recover
+ * @example Slow every round trip down, then restore it
  * ```ts
  * import { faultProxy } from "@codelab/dbx/testing";
  *
  * await using proxy = await faultProxy("postgres://app@127.0.0.1:5433/app");
- * const replicaUrl = proxy.url("postgres://app@127.0.0.1:5433/app");
- * proxy.blackhole(); // reads on replicaUrl now hang
+ * proxy.delay(200); // every chunk through proxy.url(...) now arrives 200 ms late
  * proxy.heal();
+ * ```
+ */
+export interface FaultProxy extends AsyncDisposable {
+  /** Address the proxy listens on, as bound (e.g. `"127.0.0.1"`). */
+  readonly host: string;
+  /** Port the proxy listens on (the one the operating system chose for port `0`). */
+  readonly port: number;
+  /** Number of client connections currently open through the proxy. */
+  readonly connections: number;
+  /**
+   * Points a connection URL at the proxy: host and port are replaced, while user,
+   * password, database and query parameters are kept as they are.
+   *
+   * @param base A `postgres://` or `postgresql://` URL, usually the target node's.
+   * @returns The same URL with the proxy's host and port.
+   * @throws {TypeError} When `base` is not a `postgres://` or `postgresql://` URL (the
+   * message never shows its password).
+   */
+  url(base: string): string;
+  /**
+   * Delays every chunk in both directions by `ms` from now on; `0` forwards at once again.
+   * Chunks already on their way keep their delay, and bytes are never reordered: a chunk
+   * never overtakes one that arrived before it.
+   *
+   * @param ms Added latency per direction in milliseconds, so a round trip takes about
+   * `2 * ms` longer.
+   * @throws {RangeError} When `ms` is not a finite number from 0 to 2147483647.
+   */
+  delay(ms: number): void;
+  /**
+   * Makes the node look hung, from now until {@linkcode FaultProxy.heal}: open
+   * connections stay open but nothing is forwarded either way, and new connections are
+   * accepted but never reach the node, so the PostgreSQL handshake never completes.
+   * Bytes that arrive meanwhile, and delayed bytes not yet delivered, are discarded.
+   * A client that hangs up is still noticed (its server connection is closed), but
+   * a server that hangs up is not passed on to its client.
+   */
+  blackhole(): void;
+  /**
+   * Destroys every open connection now, on both sides, as if the network dropped them;
+   * clients see their connection end. New connections are then handled as before
+   * (still blackholed or delayed if the proxy was).
+   */
+  reset(): void;
+  /**
+   * Returns to plain forwarding: no delay, no blackhole. Connections that were open or
+   * opened while blackholed are destroyed, because the bytes they lost leave their
+   * protocol state undefined; their clients see the connection end instead of hanging
+   * forever. Other connections, and new ones, forward normally.
+   */
+  heal(): void;
+  /**
+   * Stops listening and destroys every connection, clearing every delay timer.
+   * Idempotent: every call returns the same promise. `[Symbol.asyncDispose]` does the same.
+   *
+   * @returns A promise that resolves once the listener and every socket are closed; it
+   * never rejects.
+   */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a TCP proxy in front of one PostgreSQL node, for fault-injection tests: point
+ * a client or a cluster at {@linkcode FaultProxy.url} instead of the node, then make the
+ * node slow ({@linkcode FaultProxy.delay}), hung ({@linkcode FaultProxy.blackhole}) or
+ * unreachable mid-query ({@linkcode FaultProxy.reset}) and back ({@linkcode FaultProxy.heal}).
+ * Every connection gets its own connection to the node. Peers that reset their connection
+ * never crash the process.
+ *
+ * @param target The node: a `postgres://` URL (only its host and port are used; port 5432
+ * when absent) or `{ host, port }`.
+ * @param options Listening address and port.
+ * @returns The proxy, already listening; dispose it with `await using` or `close()`.
+ * @throws {TypeError} When `target` or an option has the wrong type or is empty, or the
+ * URL is malformed or names a unix socket (the message names the field and never shows
+ * a password).
+ * @throws {RangeError} When a port is out of range, e.g. `{ port: 70000 }`.
+ * @throws {Error} When the proxy cannot listen, e.g. because the port is in use.
+ *
+ * @example Make a replica hang, then recover
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ * import { faultProxy } from "@codelab/dbx/testing";
+ *
+ * const replicaUrl = "postgres://app@127.0.0.1:5433/app";
+ * await using proxy = await faultProxy(replicaUrl);
+ * await using cluster = await connect({
+ *   master: "postgres://app@127.0.0.1:5432/app",
+ *   replicas: [proxy.url(replicaUrl)],
+ * });
+ * proxy.blackhole(); // reads on the replica now hang until their deadline
+ * proxy.heal(); // hung connections are dropped; new ones work
+ * ```
+ *
+ * @example Drop a statement in flight
+ * ```ts
+ * // @ts-types="@types/pg"
+ * import pg from "pg";
+ * import { faultProxy } from "@codelab/dbx/testing";
+ *
+ * await using proxy = await faultProxy({ host: "127.0.0.1", port: 5432 });
+ * const client = new pg.Client(proxy.url("postgres://postgres@127.0.0.1:5432/postgres"));
+ * client.on("error", () => {});
+ * await client.connect();
+ * const sleeping = client.query("select pg_sleep(5)");
+ * proxy.reset();
+ * await sleeping.catch((err: Error) => console.log(err.message)); // Connection terminated
  * ```
  */
 export async function faultProxy(
   target: string | { host: string; port: number },
   options: FaultProxyOptions = {},
 ): Promise<FaultProxy> {
-  const upstreamAddr = parseTarget(target);
-  const host = options.host ?? "127.0.0.1";
-  const port = options.port ?? 0;
-  if (typeof host !== "string" || host === "") {
-    throw new TypeError(`Cannot start faultProxy as 'options.host' must be a non-empty string`);
+  const upstream = parseTarget(target);
+  const listen = parseOptions(options);
+  return await FaultProxyImpl.start(upstream, listen);
+}
+
+interface Address {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** The proxy's current faults, shared by reference with every connection. */
+interface Mode {
+  latency: number;
+  blackholed: boolean;
+}
+
+const DEFAULT_HOST = "127.0.0.1";
+const DEFAULT_PG_PORT = 5432;
+const MAX_PORT = 65_535;
+// Longer timeouts overflow setTimeout's 32-bit delay and fire at once.
+const MAX_DELAY_MS = 2_147_483_647;
+
+class FaultProxyImpl implements FaultProxy {
+  readonly #target: Address;
+  readonly #server: Server;
+  readonly #links = new Set<Link>();
+  readonly #mode: Mode = { latency: 0, blackholed: false };
+  #host = "";
+  #port = 0;
+  #closing: Promise<void> | undefined;
+
+  private constructor(target: Address) {
+    this.#target = target;
+    this.#server = createServer((socket) => this.#accept(socket));
   }
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new RangeError(
-      `Cannot start faultProxy as 'options.port' must be an integer 0-65535: current value is ${port}`,
-    );
+
+  static async start(target: Address, listen: Address): Promise<FaultProxyImpl> {
+    const proxy = new FaultProxyImpl(target);
+    await proxy.#listen(listen);
+    return proxy;
   }
 
-  const pairs = new Set<Pair>();
-  const timers = new Set<ReturnType<typeof setTimeout>>();
-  let latency = 0;
-  let holes = false;
+  get host(): string {
+    return this.#host;
+  }
 
-  const drop = (pair: Pair) => {
-    pair.client.destroy();
-    pair.upstream?.destroy();
-    pairs.delete(pair);
-  };
+  get port(): number {
+    return this.#port;
+  }
 
-  /** Forwards `chunk` to `to`, after the current latency, unless blackholed. */
-  const forward = (pair: Pair, to: Socket, chunk: Uint8Array) => {
-    if (holes) {
-      pair.starved = true;
+  get connections(): number {
+    let open = 0;
+    for (const link of this.#links) if (link.open) open++;
+    return open;
+  }
+
+  url(base: string): string {
+    const fail = (rule: string): never => {
+      throw new TypeError(
+        `Cannot build a proxy URL as 'base' ${rule}: current value is ${show(base, true)}`,
+      );
+    };
+    if (typeof base !== "string") fail("must be a string");
+    const url = parseUrl(base) ?? fail("must be a postgres:// URL");
+    if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+      fail("must be a postgres:// URL");
+    }
+    const hostname = this.#host.includes(":") ? `[${this.#host}]` : this.#host;
+    url.hostname = hostname;
+    url.port = String(this.#port);
+    // The setters silently do nothing on a URL without an authority ("postgres:db").
+    if (url.hostname !== hostname) fail("must have a host part (postgres://host/...)");
+    return url.href;
+  }
+
+  delay(ms: number): void {
+    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > MAX_DELAY_MS) {
+      const message = `Cannot delay as 'ms' must be a finite number from 0 to ${MAX_DELAY_MS}: ` +
+        `current value is ${show(ms, false)}`;
+      throw typeof ms === "number" ? new RangeError(message) : new TypeError(message);
+    }
+    this.#mode.latency = ms;
+  }
+
+  blackhole(): void {
+    this.#mode.blackholed = true;
+    for (const link of this.#links) link.starve();
+  }
+
+  reset(): void {
+    for (const link of this.#links) link.destroy();
+  }
+
+  heal(): void {
+    this.#mode.blackholed = false;
+    this.#mode.latency = 0;
+    for (const link of this.#links) if (link.starved) link.destroy();
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#shutdown();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  async #listen(listen: Address): Promise<void> {
+    const server = this.#server;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen({ host: listen.host, port: listen.port }, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+    } catch (error) {
+      throw new Error(
+        `Cannot start fault proxy: listening on ${listen.host}:${listen.port} failed: ${
+          (error as Error).message
+        }`,
+        { cause: error },
+      );
+    }
+    // Accept errors (e.g. too many open files) must not crash the process.
+    server.on("error", () => {});
+    const address = server.address();
+    if (address === null || typeof address === "string") {
+      await this.close();
+      throw new Error("Cannot start fault proxy: could not read the listening address");
+    }
+    this.#host = address.address;
+    this.#port = address.port;
+  }
+
+  #accept(socket: Socket): void {
+    socket.on("error", ignore);
+    if (this.#closing !== undefined) {
+      socket.destroy();
       return;
     }
-    if (latency === 0) {
-      to.write(chunk);
-      return;
-    }
-    // Timers fire in creation order for equal delays, so bytes stay ordered.
-    const timer = setTimeout(() => {
-      timers.delete(timer);
-      if (!to.destroyed) to.write(chunk);
-    }, latency);
-    timers.add(timer);
-  };
+    const link = new Link(socket, this.#target, this.#mode);
+    this.#links.add(link);
+    void link.done.then(() => this.#links.delete(link));
+  }
 
-  const server: Server = createServer((client) => {
-    const pair: Pair = { client, upstream: undefined, starved: holes };
-    pairs.add(pair);
-    client.on("error", () => drop(pair));
-    client.on("close", () => drop(pair));
-    const upstream = tcpConnect(upstreamAddr);
-    pair.upstream = upstream;
-    upstream.on("error", () => drop(pair));
-    upstream.on("close", () => drop(pair));
-    client.on("data", (chunk: Uint8Array) => forward(pair, upstream, chunk));
-    upstream.on("data", (chunk: Uint8Array) => forward(pair, client, chunk));
-  });
-  server.on("error", () => {});
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen({ host, port }, () => {
-      server.off("error", reject);
-      resolve();
+  async #shutdown(): Promise<void> {
+    const stopped = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const links = [...this.#links];
+    for (const link of links) link.destroy();
+    await Promise.all([stopped, ...links.map((link) => link.done)]);
+  }
+}
+
+/** One client connection and its connection to the node. */
+class Link {
+  /** Settles once both sockets are closed. */
+  readonly done: Promise<void>;
+  readonly #client: Socket;
+  readonly #upstream: Socket | undefined;
+  readonly #toUpstream: Lane | undefined;
+  readonly #toClient: Lane | undefined;
+  #starved: boolean;
+  #clientEnded = false;
+  #upstreamEnded = false;
+
+  constructor(client: Socket, target: Address, mode: Mode) {
+    this.#client = client;
+    // A connection accepted while blackholed never reaches the node, like a SYN to a hung
+    // host that the kernel still answers.
+    this.#starved = mode.blackholed;
+    const closed = [closeOf(client)];
+    client.setNoDelay(true);
+    if (!this.#starved) {
+      const upstream = connect({ host: target.host, port: target.port });
+      upstream.on("error", ignore);
+      upstream.setNoDelay(true);
+      closed.push(closeOf(upstream));
+      this.#upstream = upstream;
+      this.#toUpstream = new Lane(client, upstream, mode);
+      this.#toClient = new Lane(upstream, client, mode);
+      upstream.on("data", (chunk: Uint8Array) => this.#forward(this.#toClient, chunk));
+      upstream.on("end", () => {
+        this.#upstreamEnded = true;
+        this.#forward(this.#toClient, undefined);
+      });
+      upstream.on("close", () => {
+        this.#toUpstream?.clear();
+        // A clean end travels through the lane, behind the data still delayed in it.
+        if (!this.#upstreamEnded && !this.#starved) client.destroy();
+      });
+    }
+    client.on("data", (chunk: Uint8Array) => this.#forward(this.#toUpstream, chunk));
+    client.on("end", () => {
+      this.#clientEnded = true;
+      this.#forward(this.#toUpstream, undefined);
     });
-  });
-  const address = server.address();
-  const boundPort = typeof address === "object" && address !== null ? address.port : port;
-  let closing: Promise<void> | undefined;
+    client.on("close", () => {
+      this.#toClient?.clear();
+      // A starved backend would otherwise sit idle until the server times it out.
+      if (!this.#clientEnded || this.#starved) this.#upstream?.destroy();
+    });
+    this.done = Promise.all(closed).then(() => {});
+  }
 
-  const proxy: FaultProxy = {
-    host,
-    port: boundPort,
-    get connections() {
-      return pairs.size;
-    },
-    url(base: string): string {
-      const u = new URL(base);
-      u.hostname = host.includes(":") ? `[${host}]` : host;
-      u.port = String(boundPort);
-      return u.href;
-    },
-    delay(ms: number): void {
-      if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
-        throw new RangeError(
-          `Cannot delay as 'ms' must be a non-negative number: current value is ${ms}`,
-        );
-      }
-      latency = ms;
-    },
-    blackhole(): void {
-      holes = true;
-      for (const pair of pairs) pair.starved = true;
-    },
-    reset(): void {
-      for (const pair of [...pairs]) drop(pair);
-    },
-    heal(): void {
-      holes = false;
-      latency = 0;
-      for (const pair of [...pairs]) if (pair.starved) drop(pair);
-    },
-    close(): Promise<void> {
-      closing ??= (async () => {
-        for (const timer of timers) clearTimeout(timer);
-        timers.clear();
-        for (const pair of [...pairs]) drop(pair);
-        await new Promise<void>((resolve) => server.close(() => resolve()));
-      })();
-      return closing;
-    },
-    [Symbol.asyncDispose](): Promise<void> {
-      return this.close();
-    },
+  /** Whether the client side is still open. */
+  get open(): boolean {
+    return !this.#client.destroyed;
+  }
+
+  /** Whether the link lost bytes to a blackhole. */
+  get starved(): boolean {
+    return this.#starved;
+  }
+
+  /** Stops forwarding for good and drops whatever is still delayed. */
+  starve(): void {
+    this.#starved = true;
+    this.#toUpstream?.clear();
+    this.#toClient?.clear();
+  }
+
+  destroy(): void {
+    this.#toUpstream?.clear();
+    this.#toClient?.clear();
+    this.#client.destroy();
+    this.#upstream?.destroy();
+  }
+
+  #forward(lane: Lane | undefined, chunk: Uint8Array | undefined): void {
+    if (this.#starved) return;
+    lane?.push(chunk);
+  }
+}
+
+/**
+ * One direction of a link: delivers chunks in arrival order, each no earlier than its
+ * arrival plus the latency in force when it arrived. `undefined` stands for end of stream.
+ */
+class Lane {
+  readonly #from: Socket;
+  readonly #to: Socket;
+  readonly #mode: Mode;
+  #queue: { readonly due: number; readonly chunk: Uint8Array | undefined }[] = [];
+  #lastDue = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #draining = false;
+
+  constructor(from: Socket, to: Socket, mode: Mode) {
+    this.#from = from;
+    this.#to = to;
+    this.#mode = mode;
+  }
+
+  push(chunk: Uint8Array | undefined): void {
+    const now = performance.now();
+    // Never before the previous chunk: a shorter delay must not reorder bytes.
+    const due = Math.max(now + this.#mode.latency, this.#lastDue);
+    this.#lastDue = due;
+    if (this.#queue.length === 0 && due <= now) {
+      this.#deliver(chunk);
+      return;
+    }
+    this.#queue.push({ due, chunk });
+    if (this.#timer === undefined) this.#schedule(now);
+  }
+
+  clear(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#queue = [];
+  }
+
+  #schedule(now: number): void {
+    const head = this.#queue[0];
+    if (head === undefined) return;
+    this.#timer = setTimeout(this.#flush, Math.max(0, Math.ceil(head.due - now)));
+  }
+
+  #flush = (): void => {
+    this.#timer = undefined;
+    const now = performance.now();
+    let head = this.#queue[0];
+    while (head !== undefined && head.due <= now) {
+      this.#queue.shift();
+      this.#deliver(head.chunk);
+      head = this.#queue[0];
+    }
+    this.#schedule(now);
   };
-  return proxy;
+
+  #deliver(chunk: Uint8Array | undefined): void {
+    const to = this.#to;
+    if (to.destroyed || to.writableEnded) return;
+    if (chunk === undefined) {
+      to.end();
+      return;
+    }
+    if (!to.write(chunk) && !this.#draining) {
+      // Backpressure: stop reading the sender until the receiver catches up.
+      this.#draining = true;
+      this.#from.pause();
+      to.once("drain", () => {
+        this.#draining = false;
+        this.#from.resume();
+      });
+    }
+  }
+}
+
+function closeOf(socket: Socket): Promise<void> {
+  return new Promise((resolve) => socket.once("close", () => resolve()));
+}
+
+function ignore(): void {}
+
+function parseTarget(target: unknown): Address {
+  const fail = (
+    field: string,
+    rule: string,
+    value: unknown,
+    range = typeof value === "number",
+  ): never => {
+    const message = `Cannot start fault proxy as '${field}' ${rule}: current value is ${
+      show(value, field === "target")
+    }`;
+    throw range ? new RangeError(message) : new TypeError(message);
+  };
+  if (typeof target === "string") {
+    const url = parseUrl(target) ?? fail("target", "must be a postgres:// URL", target);
+    if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+      fail("target", "must be a postgres:// URL", target);
+    }
+    const host = decodeHost(url.hostname) ?? fail("target", "must have a valid host", target);
+    if (host === "") fail("target", "must name a host", target);
+    if (host.startsWith("/")) {
+      fail("target", "must name a TCP host, not a unix socket directory", target);
+    }
+    const port = url.port === "" ? DEFAULT_PG_PORT : Number(url.port);
+    if (port < 1) fail("target", `must have a port from 1 to ${MAX_PORT}`, target, true);
+    return { host, port };
+  }
+  if (typeof target !== "object" || target === null) {
+    fail("target", "must be a postgres:// URL or { host, port }", target, false);
+  }
+  const { host, port } = target as { host?: unknown; port?: unknown };
+  if (typeof host !== "string" || host === "") {
+    fail("target.host", "must be a non-empty string", host);
+  }
+  if (!isInteger(port) || port < 1 || port > MAX_PORT) {
+    fail("target.port", `must be an integer from 1 to ${MAX_PORT}`, port);
+  }
+  return { host: host as string, port: port as number };
+}
+
+function parseOptions(options: unknown): Address {
+  const fail = (field: string, rule: string, value: unknown): never => {
+    const message = `Cannot start fault proxy as '${field}' ${rule}: current value is ${
+      show(value, false)
+    }`;
+    throw typeof value === "number" ? new RangeError(message) : new TypeError(message);
+  };
+  if (typeof options !== "object" || options === null) {
+    fail("options", "must be an object", options);
+  }
+  const { host = DEFAULT_HOST, port = 0 } = options as { host?: unknown; port?: unknown };
+  if (typeof host !== "string" || host === "") {
+    fail("options.host", "must be a non-empty string", host);
+  }
+  if (!isInteger(port) || port < 0 || port > MAX_PORT) {
+    fail("options.port", `must be an integer from 0 to ${MAX_PORT}`, port);
+  }
+  return { host: host as string, port: port as number };
+}
+
+/** The host of a URL without IPv6 brackets and percent-encoding. */
+function decodeHost(hostname: string): string | undefined {
+  try {
+    return decodeURIComponent(hostname).replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    return undefined;
+  }
+}
+
+function isInteger(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value);
+}
+
+function parseUrl(text: string): URL | undefined {
+  try {
+    return new URL(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Renders a value for an error message; `secret` strings may carry a URL password. */
+function show(value: unknown, secret: boolean): string {
+  if (typeof value === "string") return JSON.stringify(secret ? redact(value) : value);
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  if (typeof value === "function") return "a function";
+  return String(value);
+}
+
+function redact(text: string): string {
+  const url = parseUrl(text);
+  if (url !== undefined && url.href.startsWith(`${url.protocol}//`)) {
+    if (url.password !== "") url.password = "***";
+    return url.href;
+  }
+  // No parsable authority: hide everything between the scheme and the last "@", where a
+  // password with stray characters may hide.
+  const at = text.lastIndexOf("@");
+  if (at < 0) return text;
+  const scheme = text.indexOf("://");
+  const start = scheme >= 0 && scheme < at ? scheme + 3 : 0;
+  return `${text.slice(0, start)}***${text.slice(at)}`;
 }
