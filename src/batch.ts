@@ -4,6 +4,19 @@
  * node-postgres' pipeline mode on the pinned connection for the duration of
  * the batch.
  *
+ * Why toggling `client.pipeline` is safe (pg 8.23, `client.js`): the flag is
+ * read when a query is queued (`_pulseQueryQueue` picks the pipelined or the
+ * one-at-a-time path) and by `end()`. It is switched on only on an idle
+ * client fresh from the pool (ReadyForQuery seen, nothing queued or in
+ * flight), and switched off only once the batch's last ReadyForQuery has
+ * been processed: every statement is followed by an empty sentinel query,
+ * whose callback runs at that last ReadyForQuery. (A failing statement's
+ * callback runs at its ErrorResponse, before its ReadyForQuery; switching
+ * off then would leave the answer to a pipelined Sync to the one-at-a-time
+ * path, and the transaction status the pool checks would be stale.) If the
+ * connection dies instead, pg fails every queued query and marks the client
+ * unqueryable, and the pool discards it on release.
+ *
  * @module
  */
 
@@ -13,7 +26,8 @@ import { DbxError } from "./errors.ts";
 import type { Row } from "./executor.ts";
 
 /**
- * One statement of a batch.
+ * One statement of a batch. Each entry must be a single SQL statement (it
+ * is sent with the extended protocol, so `"a; b"` fails with 42601).
  *
  * @example
  * ```ts
@@ -45,7 +59,7 @@ export interface BatchQuery {
  * ```
  */
 export interface BatchResult<T = Row> {
-  /** The command tag's verb. */
+  /** The command tag's verb: `"INSERT"`, `"SELECT"`, ... */
   readonly command: string;
   /** Rows affected or returned. */
   readonly rowCount: number;
@@ -69,7 +83,10 @@ export interface BatchOptions {
   /**
    * Run the batch in one transaction: a failure rolls every statement back
    * and rejects with that statement's error (index in `batchIndex`).
-   * `false` runs each statement on its own and settles each separately.
+   * `false` runs each statement on its own (each commits by itself) and
+   * settles each separately. An atomic batch must not contain transaction
+   * control (`begin`, `commit`, `rollback`): a `commit` inside it would end
+   * the batch's transaction early.
    * @default true
    */
   atomic?: boolean;
@@ -110,70 +127,169 @@ export class BatchError extends DbxError {
 }
 
 /**
- * Validates a batch before anything is sent.
+ * Validates a batch before anything is sent. An empty batch is valid (it
+ * resolves to `[]` without a round trip). Internal.
  *
  * @param queries The statements.
- * @throws {TypeError} naming the first bad entry.
+ * @throws {TypeError} naming the first bad entry (`queries[3].sql`, ...).
+ * @throws {RangeError} for an entry whose `sql` is blank.
  */
 export function checkBatch(queries: unknown): void {
   if (!Array.isArray(queries)) {
     throw new TypeError(
-      `Cannot run sendBatch() as 'queries' must be an array: current value is ${
-        queries === null ? "null" : typeof queries
-      }`,
+      `Cannot run sendBatch() as 'queries' must be an array: current value is ${describe(queries)}`,
     );
   }
-  queries.forEach((q: unknown, i) => {
+  // An index loop, not forEach: holes of a sparse array must be reported too.
+  for (let i = 0; i < queries.length; i++) {
+    const q: unknown = queries[i];
     if (q === null || typeof q !== "object") {
-      throw new TypeError(`Cannot run sendBatch() as 'queries[${i}]' must be an object with 'sql'`);
+      throw new TypeError(
+        `Cannot run sendBatch() as 'queries[${i}]' must be an object with 'sql': current value is ${
+          describe(q)
+        }`,
+      );
     }
     const { sql, args } = q as { sql?: unknown; args?: unknown };
     if (typeof sql !== "string") {
       throw new TypeError(
         `Cannot run sendBatch() as 'queries[${i}].sql' must be a string: current value is ${
-          sql === null ? "null" : typeof sql
+          describe(sql)
         }`,
       );
     }
-    if (args !== undefined && !Array.isArray(args)) {
-      throw new TypeError(`Cannot run sendBatch() as 'queries[${i}].args' must be an array`);
+    if (sql.trim() === "") {
+      throw new RangeError(`Cannot run sendBatch() as 'queries[${i}].sql' must not be empty`);
     }
-  });
-}
-
-function toResult(r: pg.QueryResult): BatchResult {
-  return { command: r.command, rowCount: r.rowCount ?? 0, rows: r.rows };
-}
-
-/** Sends every statement before reading any answer; settles each. */
-async function pipelined(
-  client: pg.PoolClient,
-  statements: readonly BatchQuery[],
-): Promise<PromiseSettledResult<pg.QueryResult>[]> {
-  const raw = client as unknown as { pipeline: boolean };
-  // Pipeline mode writes each queued statement at once instead of waiting
-  // for the previous answer. The client is idle here (just taken from the
-  // pool), so switching the mode on and back off around the batch is safe:
-  // once every statement settled, nothing is in flight.
-  raw.pipeline = true;
-  try {
-    return await Promise.allSettled(
-      statements.map((q) => client.query(q.sql, q.args as unknown[] | undefined)),
-    );
-  } finally {
-    raw.pipeline = false;
+    if (args !== undefined && !Array.isArray(args)) {
+      throw new TypeError(
+        `Cannot run sendBatch() as 'queries[${i}].args' must be an array: current value is ${
+          describe(args)
+        }`,
+      );
+    }
   }
 }
 
+function describe(value: unknown): string {
+  if (value === null || value === undefined) return String(value);
+  if (typeof value === "string") {
+    return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value);
+  }
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  return typeof value;
+}
+
+/** How one query ended. */
+type Outcome =
+  | { readonly ok: true; readonly result: pg.QueryResult }
+  | { readonly ok: false; readonly error: unknown };
+
+/** A query written to the connection. */
+interface Sent {
+  /** Set as soon as the query ended, synchronously for a client-side failure. */
+  outcome: Outcome | undefined;
+  /** Settles (never rejects) when the query ended. */
+  readonly done: Promise<Outcome>;
+}
+
+/** The parts of pg's client the batch uses beyond its typings. */
+interface PipelineClient {
+  pipeline: boolean;
+  readonly connection: { readonly stream: { cork?(): void; uncork?(): void } };
+}
+
 /**
- * Runs the statements pipelined on `client`.
+ * Queues one query. With `extended`, the extended protocol is used even
+ * without parameters: one statement per entry, like pgx's batches.
+ */
+function send(
+  client: pg.PoolClient,
+  text: string,
+  values: readonly unknown[] | undefined,
+  extended: boolean,
+): Sent {
+  const sent: { outcome: Outcome | undefined; done?: Promise<Outcome> } = { outcome: undefined };
+  sent.done = new Promise<Outcome>((resolve) => {
+    const settle = (outcome: Outcome): void => {
+      // pg may call back twice for one query (a value it failed to
+      // serialise, then that query's ReadyForQuery): the first call counts.
+      if (sent.outcome !== undefined) return;
+      sent.outcome = outcome;
+      resolve(outcome);
+    };
+    // `queryMode` is pg's, missing from its typings.
+    const config: pg.QueryConfig & { queryMode?: "extended" } = { text };
+    if (values !== undefined) config.values = values as unknown[];
+    if (extended) config.queryMode = "extended";
+    try {
+      client.query(config, (error: Error | null, result: pg.QueryResult) => {
+        settle(error ? { ok: false, error } : { ok: true, result });
+      });
+    } catch (error) {
+      settle({ ok: false, error });
+    }
+  });
+  return sent as Sent;
+}
+
+function toResult(r: pg.QueryResult): BatchResult {
+  return { command: r.command ?? "", rowCount: r.rowCount ?? 0, rows: r.rows ?? [] };
+}
+
+/**
+ * Writes every statement before reading any answer and waits until the
+ * connection is idle again.
  *
- * @param client A connection taken from the primary's pool (idle).
- * @param queries The statements.
+ * @param client An idle pooled connection.
+ * @param write Queues the batch's queries with `send`.
+ * @returns What `write` returned, once every query (and the sentinel) ended.
+ */
+async function pipelined<T>(client: pg.PoolClient, write: () => T): Promise<T> {
+  const raw = client as unknown as PipelineClient;
+  const stream = raw.connection.stream;
+  raw.pipeline = true;
+  let sentinel: Sent | undefined;
+  let written: T;
+  // Corked, the whole batch leaves in as few packets as the socket allows.
+  stream.cork?.();
+  try {
+    written = write();
+    // Answered right after the batch's last ReadyForQuery: once it settled,
+    // nothing is in flight and the transaction status is current.
+    sentinel = send(client, "", undefined, false);
+  } finally {
+    stream.uncork?.();
+    // Whatever was queued must be answered before the mode is switched back.
+    if (sentinel === undefined) sentinel = send(client, "", undefined, false);
+    await sentinel.done;
+    raw.pipeline = false;
+  }
+  return written;
+}
+
+async function all(sent: readonly Sent[]): Promise<Outcome[]> {
+  return await Promise.all(sent.map((s) => s.done));
+}
+
+/**
+ * Runs the statements pipelined on `client`: one round trip. Atomic:
+ * `begin`, the statements and `commit` (or `rollback`, when a statement was
+ * refused before it was sent) go out together; after a failure the server
+ * answers the rest with 25P02 and the COMMIT with ROLLBACK, so nothing is
+ * kept. Not atomic: each statement runs and commits on its own. Either way
+ * the connection is idle when this returns, unless a non-atomic batch
+ * opened a transaction and left it open (then the pool discards it).
+ * Internal: the public entry is `cluster.sendBatch`.
+ *
+ * @param client A connection taken from the primary's pool, idle.
+ * @param queries The statements (validated by {@linkcode checkBatch}).
  * @param atomic Wrap them in one transaction.
  * @param node Node name for errors.
- * @returns Results, or settled results when not atomic.
- * @throws {BatchError} when an atomic batch fails.
+ * @returns One result per statement, or one settled result per statement
+ * when not atomic (rejected ones hold {@linkcode BatchError}s).
+ * @throws {BatchError} when an atomic batch fails: `batchIndex` is the first
+ * failing statement, or `queries.length` when COMMIT itself failed.
  */
 export async function runBatch(
   client: pg.PoolClient,
@@ -181,29 +297,60 @@ export async function runBatch(
   atomic: boolean,
   node: string,
 ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+  if (queries.length === 0) return [];
   if (!atomic) {
-    const settled = await pipelined(client, queries);
-    return settled.map((r, i): PromiseSettledResult<BatchResult> =>
-      r.status === "fulfilled"
-        ? { status: "fulfilled", value: toResult(r.value) }
-        : { status: "rejected", reason: new BatchError(i, r.reason, node) }
+    const sent = await pipelined(
+      client,
+      () => queries.map((q) => send(client, q.sql, q.args, true)),
+    );
+    return (await all(sent)).map((o, i): PromiseSettledResult<BatchResult> =>
+      o.ok
+        ? { status: "fulfilled", value: toResult(o.result) }
+        : { status: "rejected", reason: new BatchError(i, o.error, node) }
     );
   }
-  const settled = await pipelined(client, [{ sql: "begin" }, ...queries, { sql: "commit" }]);
-  const begin = settled[0]!;
-  if (begin.status === "rejected") throw new BatchError(0, begin.reason, node);
-  // After the first failure the rest fail with 25P02 and COMMIT answers
-  // ROLLBACK: the first rejection is the statement to report.
-  for (let i = 1; i <= queries.length; i++) {
-    const r = settled[i]!;
-    if (r.status === "rejected") throw new BatchError(i - 1, r.reason, node);
+  const { begin, statements, end } = await pipelined(client, () => {
+    const begin = send(client, "begin", undefined, false);
+    const statements = queries.map((q) => send(client, q.sql, q.args, true));
+    // A statement pg refused to send (a value it could not serialise) failed
+    // synchronously, and the server's transaction knows nothing of it: roll
+    // back instead of committing the rest.
+    const refused = statements.some((s) => s.outcome?.ok === false);
+    const end = send(client, refused ? "rollback" : "commit", undefined, false);
+    return { begin, statements, end };
+  });
+  const outcomes = await all(statements);
+  const failed = outcomes.findIndex((o) => !o.ok);
+  const ended = await end.done;
+  if (failed >= 0) {
+    const error = (outcomes[failed] as { error: unknown }).error;
+    if (ended.ok && ended.result.command === "COMMIT") {
+      // The server ran the statement, but its answer could not be read
+      // (a type parser threw): the transaction committed anyway.
+      throw new BatchError(
+        failed,
+        new DbxError(
+          `${
+            error instanceof Error ? error.message : String(error)
+          }; the server ran the statement and the batch was committed`,
+          { cause: error, node },
+        ),
+        node,
+      );
+    }
+    throw new BatchError(failed, error, node);
   }
-  const commit = settled[queries.length + 1]!;
-  if (commit.status === "rejected") throw new BatchError(queries.length, commit.reason, node);
-  if (commit.value.command === "ROLLBACK") {
-    throw new BatchError(queries.length, new Error("the transaction was rolled back"), node);
+  const opened = await begin.done;
+  if (!opened.ok) throw new BatchError(0, opened.error, node);
+  if (!ended.ok) throw new BatchError(queries.length, ended.error, node);
+  if (ended.result.command !== "COMMIT") {
+    throw new BatchError(
+      queries.length,
+      new DbxError(`the batch's transaction was not committed (${ended.result.command})`, {
+        node,
+      }),
+      node,
+    );
   }
-  return settled.slice(1, queries.length + 1).map((r) =>
-    toResult((r as PromiseFulfilledResult<pg.QueryResult>).value)
-  );
+  return outcomes.map((o) => toResult((o as { result: pg.QueryResult }).result));
 }

@@ -79,10 +79,19 @@ class Prober {
     const start = performance.now();
     let client = this.#client;
     let timedOut = false;
+    let settled = false;
+    let grace: ReturnType<typeof setTimeout> | undefined;
     const timer = setTimeout(() => {
-      timedOut = true;
-      // Destroying the socket makes the pending connect or query fail now.
-      this.#discard();
+      // A timer can fire late because this process was busy (a long
+      // synchronous loop), with the answer already waiting in the socket.
+      // One more turn of the event loop lets that answer through before the
+      // host is declared hung.
+      grace = setTimeout(() => {
+        if (settled) return;
+        timedOut = true;
+        // Destroying the socket makes the pending connect or query fail now.
+        this.#discard();
+      }, 0);
     }, timeoutMs);
     try {
       if (client === undefined) {
@@ -128,7 +137,9 @@ class Prober {
       }
       throw this.#node.wrap(err);
     } finally {
+      settled = true;
       clearTimeout(timer);
+      clearTimeout(grace);
     }
   }
 
