@@ -269,6 +269,8 @@ const SOCKET_CODES = new Set([
 const CONNECTION_MESSAGES = [
   "Connection terminated",
   "timeout exceeded when trying to connect",
+  // pg's own connect timeout (Client connectionTimeoutMillis).
+  "timeout expired",
   "Client has encountered a connection error",
   "Client was closed and is not queryable",
   "Connection closed",

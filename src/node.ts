@@ -146,6 +146,8 @@ export class Node implements BalancerNode {
   /** While down: earliest time (performance.now()) for the next probe. */
   nextProbeAt = 0;
 
+  readonly #connectTimeoutMs: number;
+
   /** Every open client, busy or idle, or being closed: what a forced close must cut. */
   readonly #clients = new Set<pg.PoolClient>();
 
@@ -174,14 +176,24 @@ export class Node implements BalancerNode {
     this.role = config.configuredRole;
     this.maxConns = config.pool.max;
     this.tracer = config.tracer;
+    this.#connectTimeoutMs = config.pool.connectTimeoutMs;
+    const connectTimeoutMs = config.pool.connectTimeoutMs;
     this.pool = new pg.Pool({
       connectionString: config.url,
       max: config.pool.max,
       min: config.pool.min,
       idleTimeoutMillis: config.pool.idleTimeoutMs,
       maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
-      connectionTimeoutMillis: config.pool.connectTimeoutMs,
       fallback_application_name: "dbx",
+      // Not pg-pool's connectionTimeoutMillis: it arms a timer on every
+      // checkout, even when a connection is free (a measurable share of a
+      // short query's cost). New connections get the timeout themselves, and
+      // acquire() bounds the wait only when the pool is exhausted.
+      Client: class extends pg.Client {
+        constructor(options?: pg.ClientConfig) {
+          super({ ...options, connectionTimeoutMillis: connectTimeoutMs });
+        }
+      },
     });
     // Without a listener, an idle connection dying (server restart, network
     // drop) emits an unhandled 'error' and takes the whole process down.
@@ -228,8 +240,29 @@ export class Node implements BalancerNode {
    * @returns A pooled client; hand it back with {@linkcode release}.
    */
   async acquire(signal?: AbortSignal): Promise<pg.PoolClient> {
+    const pool = this.pool;
+    const exhausted = pool.idleCount === 0 && pool.totalCount >= this.maxConns;
     try {
-      return signal === undefined ? await this.pool.connect() : await acquire(this.pool, signal);
+      if (!exhausted) {
+        return signal === undefined ? await pool.connect() : await acquire(pool, signal);
+      }
+      // Every connection is busy: wait for one, but not longer than a connect may take.
+      const wait = new AbortController();
+      const timer = setTimeout(
+        () =>
+          wait.abort(
+            new Error(`timeout exceeded when trying to connect (${this.#connectTimeoutMs} ms)`),
+          ),
+        this.#connectTimeoutMs,
+      );
+      try {
+        return await acquire(
+          pool,
+          signal === undefined ? wait.signal : AbortSignal.any([signal, wait.signal]),
+        );
+      } finally {
+        clearTimeout(timer);
+      }
     } catch (err) {
       throw markNotSent(err);
     }

@@ -6,6 +6,7 @@ import {
   type MetricsHook,
   NoHealthyNodeError,
   NoRowsError,
+  RetryExhaustedError,
 } from "../mod.ts";
 import { dbTest, testLogger } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
@@ -406,3 +407,22 @@ dbTest("node(name) runs statements on that node only, whatever its role", async 
     (err) => err instanceof RangeError && /'name' must be one of .*"nope:1"/.test(err.message),
   );
 });
+
+dbTest(
+  "a call waiting on an exhausted pool gives up after connectTimeoutMs, as not sent",
+  async (cluster) => {
+    let busyDone = false;
+    const busy = cluster.query("select pg_sleep(1.5)").then(() => (busyDone = true));
+    await new Promise((r) => setTimeout(r, 100));
+    const err = await cluster.exec("select 1").then(() => undefined, (e: unknown) => e);
+    assert.equal(busyDone, false, "gave up while the only connection was still busy");
+    assert.ok(err instanceof RetryExhaustedError, `expected RetryExhaustedError, got ${err}`);
+    assert.equal(err.errors.length, 2, "the write was retried: nothing had been sent");
+    assert.match(String(err.message), /timeout exceeded when trying to connect/);
+    await busy;
+    assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
+  },
+  {
+    config: { pool: { max: 1, connectTimeoutMs: 300 }, retry: { maxAttempts: 2, baseDelayMs: 1 } },
+  },
+);
