@@ -109,6 +109,7 @@ async function main(signal: AbortSignal): Promise<number> {
     local.nodes.map((n) => [n.name, { reads: 0, writes: 0, errors: 0 }]),
   );
   let retries = 0;
+  const nodeEvents = { down: 0, up: 0, roleChanges: 0 };
   let promotedSeenAt: number | undefined;
   const metrics: MetricsHook = {
     onQueryEnd(e) {
@@ -124,9 +125,16 @@ async function main(signal: AbortSignal): Promise<number> {
       }
     },
     onRetry: () => void retries++,
-    onNodeDown: (e) => say(`${clock()}  dbx: ${e.node} down (${firstLine(e.error)})`),
-    onNodeUp: (e) => say(`${clock()}  dbx: ${e.node} up`),
+    onNodeDown(e) {
+      nodeEvents.down++;
+      say(`${clock()}  dbx: ${e.node} down (${firstLine(e.error)})`);
+    },
+    onNodeUp(e) {
+      nodeEvents.up++;
+      say(`${clock()}  dbx: ${e.node} up`);
+    },
     onRoleChange(e) {
+      nodeEvents.roleChanges++;
       if (e.node === replica1.name && e.to === "primary") promotedSeenAt ??= performance.now();
       say(`${clock()}  dbx: ${e.node} is now ${e.to} (was ${e.from})`);
     },
@@ -141,6 +149,12 @@ async function main(signal: AbortSignal): Promise<number> {
   await cluster.exec("create table ledger(id bigint not null, writer int not null)");
   // Not unique on purpose: a write applied twice must show up as a duplicate.
   await cluster.exec("create index on ledger(id)");
+  // Readers start once both replicas have replayed the DDL, or the first reads fail.
+  for (const until = performance.now() + 10_000; performance.now() < until;) {
+    const { nodes } = await cluster.health();
+    if (nodes.every((n) => n.role === "primary" || n.lagBytes === 0)) break;
+    await sleep(50, signal);
+  }
 
   let running = true;
   let nextId = 1;
@@ -267,7 +281,8 @@ async function main(signal: AbortSignal): Promise<number> {
   ));
   console.log(
     `\ntotals: ${reads} reads, ${acknowledged.length} writes acknowledged; ` +
-      `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes`,
+      `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes; ` +
+      `nodes down ${nodeEvents.down}, up ${nodeEvents.up}, role changes ${nodeEvents.roleChanges}`,
   );
   for (const [msg, n] of [...failures].sort((a, b) => b[1] - a[1]).slice(0, 6)) {
     console.log(`  ${String(n).padStart(5)} × ${msg}`);

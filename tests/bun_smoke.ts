@@ -1,61 +1,108 @@
 /**
- * Smoke test of the public API on Bun (CI runs `bun tests/bun_smoke.ts`):
- * a local primary + replica, read/write routing, runTx commit and rollback,
- * COPY, close. Exits non-zero with a message on the first failure.
+ * Smoke test of the public API on Bun (not a Deno test): `bun tests/bun_smoke.ts`
+ * after `npm install` at the repository root (Bun resolves the bare `pg`
+ * imports of src/ from the root node_modules; Deno maps them in deno.json).
+ *
+ * Starts a local primary + 1 replica, connects, and checks: writes run on the
+ * primary and reads on the replica (by `inet_server_port()`), `runTx` commits
+ * and rolls back, COPY, and `close()`. Prints one line per step; exits 0, or
+ * 1 with the failed step and its error.
  *
  * @module
  */
 
 import assert from "node:assert/strict";
 import process from "node:process";
-import { connect } from "../mod.ts";
+import { clearTimeout, setTimeout } from "node:timers";
+import { ClusterClosedError, connect } from "../mod.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 
-const runtime = typeof (globalThis as { Bun?: { version: string } }).Bun === "object"
-  ? `Bun ${(globalThis as unknown as { Bun: { version: string } }).Bun.version}`
-  : "not Bun";
+const TIMEOUT_MS = 120_000;
+
+const bun = (globalThis as { Bun?: { version: string } }).Bun;
+const runtime = bun === undefined ? "not Bun" : `Bun ${bun.version}`;
+
+let step = "start";
+const ok = (what: string) => console.log(`bun smoke: ok   ${what}`);
+
+// A hung server must fail the run, not stall CI: abort startup, then give up.
+const deadline = new AbortController();
+const watchdog = setTimeout(() => {
+  console.error(`bun smoke: FAILED on ${runtime}: no progress within ${TIMEOUT_MS} ms (${step})`);
+  deadline.abort(new Error("bun smoke timed out"));
+  setTimeout(() => process.exit(1), 10_000).unref();
+}, TIMEOUT_MS);
+watchdog.unref();
 
 try {
-  await using local = await startLocalCluster({ replicas: 1 });
-  await using cluster = await connect({
+  step = "startLocalCluster({ replicas: 1 })";
+  await using local = await startLocalCluster({ replicas: 1, signal: deadline.signal });
+  const [primary, replica] = local.nodes;
+  assert.ok(primary !== undefined && replica !== undefined, "a primary and a replica");
+  ok(`${step}: primary :${primary.port}, replica :${replica.port}`);
+
+  step = "connect()";
+  const cluster = await connect({
     master: local.masterUrl,
     replicas: local.replicaUrls,
     healthCheck: { intervalMs: 500, timeoutMs: 500 },
   });
-  const primaryPort = local.nodes[0]!.port;
-  const replicaPort = local.nodes[1]!.port;
+  try {
+    ok(step);
 
-  const w = await cluster.queryRow<{ p: number }>("select inet_server_port() as p");
-  assert.equal(w.p, primaryPort, "writes go to the primary");
-  const r = await cluster.readQueryRow<{ p: number; rec: boolean }>(
-    "select inet_server_port() as p, pg_is_in_recovery() as rec",
-  );
-  assert.deepEqual(r, { p: replicaPort, rec: true }, "reads go to the replica");
+    step = "write routing";
+    const w = await cluster.queryRow<{ port: number; rec: boolean }>(
+      "select inet_server_port() as port, pg_is_in_recovery() as rec",
+    );
+    assert.deepEqual(w, { port: primary.port, rec: false }, "queryRow runs on the primary");
+    await cluster.exec("create table smoke(id int primary key)");
+    ok(`${step}: queryRow/exec on the primary (:${w.port})`);
 
-  await cluster.exec("create table smoke(id int primary key)");
-  await cluster.runTx(async (tx) => {
-    await tx.exec("insert into smoke values (1)");
-    assert.equal(cluster.getExecutor(), tx, "the transaction is bound to the async context");
-  });
-  await assert.rejects(
-    cluster.runTx(async (tx) => {
-      await tx.exec("insert into smoke values (2)");
-      throw new Error("roll me back");
-    }),
-    /roll me back/,
-  );
-  assert.equal(await cluster.copyFrom("smoke", ["id"], [[3], [4]]), 2);
-  const ids = await cluster.query<{ id: number }>("select id from smoke order by id");
-  assert.deepEqual(
-    ids.map((x) => x.id),
-    [1, 3, 4],
-    "commit kept, rollback discarded, COPY applied",
-  );
+    step = "read routing";
+    const r = await cluster.readQueryRow<{ port: number; rec: boolean }>(
+      "select inet_server_port() as port, pg_is_in_recovery() as rec",
+    );
+    assert.deepEqual(r, { port: replica.port, rec: true }, "readQueryRow runs on the replica");
+    ok(`${step}: readQueryRow on the replica (:${r.port})`);
 
-  const stats = cluster.stats();
-  assert.ok(stats.totals.queries > 0);
-  console.log(`bun smoke: OK on ${runtime} (${stats.totals.queries} attempts, routing verified)`);
+    step = "runTx commit";
+    const inTx = await cluster.runTx(async (tx) => {
+      await tx.exec("insert into smoke values (1)");
+      assert.equal(cluster.getExecutor(), tx, "the transaction is bound to the async context");
+      return (await tx.queryRow<{ port: number }>("select inet_server_port() as port")).port;
+    });
+    assert.equal(inTx, primary.port, "the transaction runs on the primary");
+    ok(step);
+
+    step = "runTx rollback";
+    await assert.rejects(
+      cluster.runTx(async (tx) => {
+        await tx.exec("insert into smoke values (2)");
+        throw new Error("roll me back");
+      }),
+      /roll me back/,
+      "runTx re-throws the callback's error",
+    );
+    ok(step);
+
+    step = "copyFrom";
+    assert.equal(await cluster.copyFrom("smoke", ["id"], [[3], [4]]), 2);
+    const ids = await cluster.query<{ id: number }>("select id from smoke order by id");
+    assert.deepEqual(ids.map((x) => x.id), [1, 3, 4], "commit kept, rollback undone, COPY in");
+    ok(`${step}; table holds ${JSON.stringify(ids.map((x) => x.id))}`);
+  } finally {
+    step = "close()";
+    await cluster.close();
+  }
+  await cluster.close(); // idempotent: the same promise
+  await assert.rejects(cluster.query("select 1"), ClusterClosedError, "closed means closed");
+  ok(`${step}: idempotent, later calls reject with ClusterClosedError`);
+
+  step = "stop the local cluster";
 } catch (err) {
-  console.error(`bun smoke: FAILED on ${runtime}:`, err);
+  console.error(`bun smoke: FAILED on ${runtime} at "${step}":`, err);
   process.exitCode = 1;
+} finally {
+  clearTimeout(watchdog);
 }
+if (process.exitCode !== 1) console.log(`bun smoke: OK on ${runtime}`);
