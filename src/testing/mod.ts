@@ -25,5 +25,11 @@ export type { FaultProxy, FaultProxyOptions } from "./fault_proxy.ts";
 export { runInTx } from "./run_in_tx.ts";
 export { testLogger } from "./test_logger.ts";
 export type { LogEntry, TestLogger } from "./test_logger.ts";
-export { findPgBinDir, startLocalCluster } from "./local_cluster.ts";
-export type { LocalCluster, LocalClusterOptions, LocalNode } from "./local_cluster.ts";
+export { findPgBinaries, findPgBinDir, startLocalCluster } from "./local_cluster.ts";
+export type {
+  LocalCluster,
+  LocalClusterOptions,
+  LocalNode,
+  PgBinaries,
+  PgBinariesSource,
+} from "./local_cluster.ts";
