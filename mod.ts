@@ -26,8 +26,15 @@
  */
 
 export { Cluster, connect } from "./src/cluster.ts";
-export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster.ts";
-export type { CommandResult, Executor, QueryOptions, ReadOptions, Row } from "./src/executor.ts";
+export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/stats.ts";
+export type {
+  CommandResult,
+  Executor,
+  QueryOptions,
+  ReadOptions,
+  Row,
+  Tx,
+} from "./src/executor.ts";
 export type { Client, Component } from "./src/component.ts";
 export {
   HEALTH_CHECK_DEFAULTS,
@@ -52,15 +59,17 @@ export {
   ConfigError,
   DbxError,
   handleError,
+  NoHealthyNodeError,
+  NoRowsError,
+  RetryExhaustedError,
+} from "./src/errors.ts";
+export {
   isConnectionError,
   isConstraintViolation,
   isRetryable,
   isSerializationFailure,
-  NoHealthyNodeError,
-  NoRowsError,
   pgErrorCode,
-  RetryExhaustedError,
-} from "./src/errors.ts";
+} from "./src/failure.ts";
 export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
 export { backoffDelay, delay } from "./src/retry.ts";
 export type { BackoffOptions } from "./src/retry.ts";
@@ -72,11 +81,11 @@ export type {
   StandardSchemaResult,
   StandardSchemaV1,
 } from "./src/rows.ts";
-export type { IsolationLevel, RunTxOptions, Tx, TxOptions } from "./src/tx.ts";
+export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/run_tx.ts";
 export { BatchError } from "./src/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
 export { encodeCopyValue } from "./src/copy.ts";
-export type { CopyRows } from "./src/copy.ts";
+export type { CopyOptions, CopyRows } from "./src/copy.ts";
 export { noopLogger } from "./src/observe.ts";
 export type {
   Logger,

@@ -24,6 +24,9 @@
 import type pg from "pg";
 import { DbxError } from "./errors.ts";
 import type { Row } from "./executor.ts";
+import type { AttemptInfo } from "./attempt.ts";
+import { cancellable } from "./_pg.ts";
+import { checkCallOptions, describe } from "./validate.ts";
 
 /**
  * One statement of a batch. Each entry must be a single SQL statement (it
@@ -90,6 +93,10 @@ export interface BatchOptions {
    * @default true
    */
   atomic?: boolean;
+  /** Cancels the batch (on the server, where a statement runs). @default undefined */
+  signal?: AbortSignal;
+  /** Deadline for the whole batch, in ms. @default undefined */
+  timeoutMs?: number;
 }
 
 /**
@@ -171,13 +178,40 @@ export function checkBatch(queries: unknown): void {
   }
 }
 
-function describe(value: unknown): string {
-  if (value === null || value === undefined) return String(value);
-  if (typeof value === "string") {
-    return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value);
+/**
+ * Validates a batch and its options. Internal.
+ *
+ * @param queries The statements.
+ * @param options `atomic`, `signal`, `timeoutMs`.
+ * @returns Whether the batch is atomic.
+ * @throws {TypeError} or {RangeError} naming the bad argument.
+ */
+export function checkBatchOptions(queries: unknown, options: BatchOptions | undefined): boolean {
+  checkBatch(queries);
+  checkCallOptions("sendBatch", options);
+  const atomic = options?.atomic ?? true;
+  if (typeof atomic !== "boolean") {
+    throw new TypeError(
+      `Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${
+        describe(atomic)
+      }`,
+    );
   }
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  return typeof value;
+  return atomic;
+}
+
+/**
+ * How a batch shows in hooks and traces: its statements, one per line.
+ *
+ * @param queries The statements.
+ * @returns The attempt's description.
+ */
+export function batchInfo(queries: readonly BatchQuery[]): AttemptInfo {
+  return {
+    sql: queries.map((q) => q.sql).join(";\n"),
+    argCount: queries.reduce((n, q) => n + (q.args?.length ?? 0), 0),
+    attempt: 1,
+  };
 }
 
 /** How one query ended. */
@@ -282,23 +316,38 @@ async function all(sent: readonly Sent[]): Promise<Outcome[]> {
  * opened a transaction and left it open (then the pool discards it).
  * Internal: the public entry is `cluster.sendBatch`.
  *
- * @param client A connection taken from the primary's pool, idle.
+ * Inside a transaction (`mode.inTransaction`), an atomic batch sends no
+ * `begin`/`commit`: the enclosing transaction is the unit. Aborting
+ * `signal` cancels what runs on the server.
+ *
+ * @param client A connection taken from the primary's pool, idle, or a transaction's.
+ * @param node Node name and address (errors, cancel).
+ * @param signal Cancels the batch.
  * @param queries The statements (validated by {@linkcode checkBatch}).
- * @param atomic Wrap them in one transaction.
- * @param node Node name for errors.
+ * @param mode Atomic or not; inside a transaction or not.
  * @returns One result per statement, or one settled result per statement
  * when not atomic (rejected ones hold {@linkcode BatchError}s).
  * @throws {BatchError} when an atomic batch fails: `batchIndex` is the first
  * failing statement, or `queries.length` when COMMIT itself failed.
  */
-export async function runBatch(
+export function runBatch(
+  client: pg.PoolClient,
+  node: { readonly name: string; readonly host: string; readonly port: number },
+  signal: AbortSignal | undefined,
+  queries: readonly BatchQuery[],
+  mode: { readonly atomic: boolean; readonly inTransaction: boolean },
+): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+  return cancellable(client, node, signal, () => pipelineBatch(client, queries, mode, node.name));
+}
+
+async function pipelineBatch(
   client: pg.PoolClient,
   queries: readonly BatchQuery[],
-  atomic: boolean,
+  mode: { readonly atomic: boolean; readonly inTransaction: boolean },
   node: string,
 ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
   if (queries.length === 0) return [];
-  if (!atomic) {
+  if (!mode.atomic) {
     const sent = await pipelined(
       client,
       () => queries.map((q) => send(client, q.sql, q.args, true)),
@@ -308,6 +357,20 @@ export async function runBatch(
         ? { status: "fulfilled", value: toResult(o.result) }
         : { status: "rejected", reason: new BatchError(i, o.error, node) }
     );
+  }
+  if (mode.inTransaction) {
+    // The enclosing transaction is the unit: the first failure leaves it
+    // failed (its COMMIT is answered ROLLBACK), so nothing of it is kept.
+    const sent = await pipelined(
+      client,
+      () => queries.map((q) => send(client, q.sql, q.args, true)),
+    );
+    const outcomes = await all(sent);
+    const failed = outcomes.findIndex((o) => !o.ok);
+    if (failed >= 0) {
+      throw new BatchError(failed, (outcomes[failed] as { error: unknown }).error, node);
+    }
+    return outcomes.map((o) => toResult((o as { result: pg.QueryResult }).result));
   }
   const { begin, statements, end } = await pipelined(client, () => {
     const begin = send(client, "begin", undefined, false);

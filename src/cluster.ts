@@ -1,241 +1,60 @@
 /**
  * The {@linkcode Cluster}: one object in front of a primary and its read
- * replicas. This file is where every public method is routed, retried and
- * observed.
+ * replicas. Lifecycle (connect, close) and the public methods, each a short
+ * delegation: a statement is routed, retried and observed in `dispatch.ts`
+ * (with `route.ts`, `retry.ts`, `attempt.ts`), a transaction runs in
+ * `tx.ts` / `run_tx.ts`.
  *
  * Routing is by method, never by parsing SQL: `exec`, `query` and
  * `queryRow` go to the node that currently *is* primary; `readQuery` and
  * `readQueryRow` go to a healthy replica chosen by the balancer and fall
- * back to the primary.
+ * back to the primary. Inside a transaction of this cluster bound to the
+ * async context (`runTx`, `runInTx`, `withExecutor(tx, fn)`), every
+ * statement method runs in that transaction instead.
  *
  * @module
  */
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { boundExecutor, currentExecutor } from "./context.ts";
-import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
+import { AttemptRunner } from "./attempt.ts";
 import {
-  ClusterClosedError,
-  DbxError,
-  handleError,
-  isConnectionError,
-  NoHealthyNodeError,
-  NoRowsError,
-  pgErrorCode,
-  RetryExhaustedError,
-} from "./errors.ts";
-import type { Component } from "./component.ts";
-import {
-  checkStatement,
-  type CommandResult,
-  type Executor,
-  type QueryOptions,
-  type ReadOptions,
-  type Row,
-} from "./executor.ts";
-import { HealthChecker, parseLsn, type Topology } from "./health.ts";
-import {
+  batchInfo,
   type BatchOptions,
   type BatchQuery,
   type BatchResult,
-  checkBatch,
+  checkBatchOptions,
   runBatch,
 } from "./batch.ts";
-import { checkCopyArgs, copyIn, type CopyRows } from "./copy.ts";
-import { Node, wasNotSent } from "./node.ts";
-import { callHook, type NodeRole, type QueryEvent } from "./observe.ts";
-import { backoffDelay, CallSignal, delay } from "./retry.ts";
-import {
-  beginStatement,
-  runTransaction,
-  type RunTxOptions,
-  Savepoint,
-  Transaction,
-  type Tx,
-  type TxOptions,
-  type TxRunner,
-} from "./tx.ts";
-
-/**
- * Counters and pool numbers of one node. A plain snapshot.
- *
- * @example
- * ```ts
- * import { connect, type NodeStats } from "@codelab/dbx";
- *
- * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
- * const saturated = (n: NodeStats) => n.waitingClients > 0 && n.idleConns === 0;
- * console.log(cluster.stats().nodes.filter(saturated).map((n) => n.name));
- * ```
- */
-export interface NodeStats {
-  /** Node name (never contains a password). */
-  readonly name: string;
-  /** Role as last reported by the server. */
-  readonly role: NodeRole;
-  /** Whether queries are routed to it. */
-  readonly healthy: boolean;
-  /** Open connections in its pool. */
-  readonly totalConns: number;
-  /** Open connections not in use. */
-  readonly idleConns: number;
-  /** Callers waiting for a connection. */
-  readonly waitingClients: number;
-  /** Pool size limit. */
-  readonly maxConns: number;
-  /** Attempts started on this node. */
-  readonly queries: number;
-  /** Attempts that failed on this node. */
-  readonly errors: number;
-  /** Failed attempts on this node that were retried (here or elsewhere). */
-  readonly retries: number;
-  /** Statements running on this node now. */
-  readonly inFlight: number;
-  /** Median attempt duration over the last 1024 attempts, in ms (absent before any). */
-  readonly latencyP50Ms?: number;
-  /** 99th percentile attempt duration over the last 1024 attempts, in ms. */
-  readonly latencyP99Ms?: number;
-}
-
-/**
- * {@linkcode Cluster.stats} result: one entry per node plus sums.
- *
- * @example
- * ```ts
- * import { connect } from "@codelab/dbx";
- *
- * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
- * const { nodes, totals } = cluster.stats();
- * console.log(totals.inFlight, nodes.map((n) => `${n.name} ${n.role} p99=${n.latencyP99Ms}`));
- * ```
- */
-export interface ClusterStats {
-  /** Per node, config order (master first). */
-  readonly nodes: readonly NodeStats[];
-  /** Sums over every node. */
-  readonly totals: {
-    readonly totalConns: number;
-    readonly idleConns: number;
-    readonly waitingClients: number;
-    readonly maxConns: number;
-    readonly queries: number;
-    readonly errors: number;
-    readonly retries: number;
-    readonly inFlight: number;
-  };
-}
-
-/**
- * One node in a {@linkcode HealthReport}.
- *
- * @example
- * ```ts
- * import { connect } from "@codelab/dbx";
- *
- * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
- * for (const n of (await cluster.health()).nodes) console.log(n.name, n.healthy, n.lagMs ?? "-");
- * ```
- */
-export interface NodeHealth {
-  /** Node name. */
-  readonly name: string;
-  /** Role the server reported. */
-  readonly role: NodeRole;
-  /** Whether queries are routed to it. */
-  readonly healthy: boolean;
-  /** Round trip of the last probe, in ms. */
-  readonly latencyMs?: number;
-  /** Replica: how far replay is behind, in ms (0 when caught up). */
-  readonly lagMs?: number;
-  /** Replica: WAL bytes between the primary's position and the replica's replay position. */
-  readonly lagBytes?: number;
-  /** Why the node is down. */
-  readonly error?: string;
-}
-
-/**
- * {@linkcode Cluster.health} result, for readiness endpoints.
- *
- * @example
- * ```ts
- * import { connect } from "@codelab/dbx";
- *
- * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
- * const report = await cluster.health();
- * const status = report.writable ? 200 : 503;
- * ```
- */
-export interface HealthReport {
-  /** `true` when a single healthy primary accepts writes. */
-  readonly writable: boolean;
-  /** Per node, config order. */
-  readonly nodes: readonly NodeHealth[];
-}
-
-/** What a call does, for routing and for the retry contract. */
-const enum Route {
-  /** A `read*` method: any healthy replica, then the primary; may be re-sent. */
-  Read,
-  /** A write method: the primary; re-sent only when it provably never arrived. */
-  Write,
-  /** `begin()`: the primary; BEGIN alone changes nothing, so it may be re-sent. */
-  Begin,
-  /** A pinned connection to the primary with nothing sent yet (COPY, batches). */
-  Acquire,
-}
-
-/** A connection taken for `begin()`, `copyFrom()` or `sendBatch()`. */
-interface Pinned {
-  readonly node: Node;
-  readonly client: pg.PoolClient;
-}
+import type { Component } from "./component.ts";
+import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
+import { boundExecutor, currentExecutor } from "./context.ts";
+import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
+import { type Dispatcher, noPrimary, onPinned, pin, routed } from "./dispatch.ts";
+import { ClusterClosedError, type DbxError, handleError, NoRowsError } from "./errors.ts";
+import type { CommandResult, Executor, QueryOptions, ReadOptions, Row, Tx } from "./executor.ts";
+import { isConnectionError } from "./failure.ts";
+import { HealthChecker } from "./health.ts";
+import { Node } from "./node.ts";
+import { Observer } from "./observe.ts";
+import { backoffDelay, delay } from "./retry.ts";
+import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
+import { withCall } from "./signal.ts";
+import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
+import { Savepoint, Transaction } from "./tx.ts";
+import { checkCallOptions, checkStatement } from "./validate.ts";
 
 /** Grace given to running statements by close() before their connections are cut. */
 const CLOSE_GRACE_MS = 5_000;
 
-/** Longest SQL text put in a log entry. */
-const LOG_SQL_MAX = 1_000;
+const commandResult = (r: pg.QueryResult): CommandResult => ({
+  command: r.command,
+  rowCount: r.rowCount ?? 0,
+});
 
-function checkOptions(method: string, options: ReadOptions): void {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`Cannot run ${method}() as 'options' must be an object`);
-  }
-  const { signal, timeoutMs, maxLagMs, consistentWith } = options;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new TypeError(`Cannot run ${method}() as 'options.signal' must be an AbortSignal`);
-  }
-  for (const [field, value] of [["timeoutMs", timeoutMs], ["maxLagMs", maxLagMs]] as const) {
-    if (
-      value !== undefined &&
-      (typeof value !== "number" || !Number.isFinite(value) || value < 0 ||
-        (field === "timeoutMs" && value === 0))
-    ) {
-      throw new RangeError(
-        `Cannot run ${method}() as 'options.${field}' must be a ${
-          field === "timeoutMs" ? "positive" : "non-negative"
-        } finite number: current value is ${String(value)}`,
-      );
-    }
-  }
-  if (consistentWith !== undefined && parseLsn(consistentWith) === undefined) {
-    throw new RangeError(
-      `Cannot run ${method}() as 'options.consistentWith' must be a token from writeToken(): current value is ${
-        JSON.stringify(consistentWith)
-      }`,
-    );
-  }
-}
-
-const round2 = (ms: number) => Math.round(ms * 100) / 100;
-
-function latencyOf(node: Node): { latencyP50Ms?: number; latencyP99Ms?: number } {
-  const p = node.latencyPercentiles();
-  return p === undefined ? {} : { latencyP50Ms: round2(p.p50), latencyP99Ms: round2(p.p99) };
-}
-
-function commandResult(r: pg.QueryResult): CommandResult {
-  return { command: r.command, rowCount: r.rowCount ?? 0 };
+function firstRow<T>(rows: unknown[]): T {
+  if (rows.length === 0) throw new NoRowsError();
+  return rows[0] as T;
 }
 
 /**
@@ -258,13 +77,9 @@ export class Cluster implements Component, AsyncDisposable {
   readonly #config: ResolvedConfig;
   readonly #nodes: readonly Node[];
   readonly #checker: HealthChecker;
-  /** Whether any attempt hook, tracer or slow-query log is configured. */
-  readonly #observed: boolean;
+  readonly #d: Dispatcher;
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
-  /** Runs a transaction's statements: counted, observed, errors wrapped. Made once. */
-  readonly #txRunner: TxRunner = (node, client, sql, args, signal) =>
-    this.#txStatement(node, client, sql, args, signal);
 
   /**
    * Builds the cluster without connecting. Use {@linkcode connect}, which
@@ -274,24 +89,19 @@ export class Cluster implements Component, AsyncDisposable {
    * @throws {ConfigError} when a setting is invalid.
    */
   constructor(config: ClusterConfig) {
-    this.#config = resolveConfig(config);
-    const { logger, metrics } = this.#config;
-    this.#nodes = this.#config.nodes.map((n) =>
+    const resolved = this.#config = resolveConfig(config);
+    const observer = new Observer(resolved.logger, resolved.metrics, resolved.slowQueryThresholdMs);
+    const nodes = this.#nodes = resolved.nodes.map((n) =>
       new Node(n, (node, err) => {
         // An idle connection died: the pool already dropped it. Take the node
         // out of rotation only if the server itself is gone; the probe decides.
-        logger.debug("dbx: idle connection lost", { node: node.name, error: err.message });
-        if (isConnectionError(err)) this.#checker.recheck(node);
+        observer.log("debug", "dbx: idle connection lost", { node: node.name, error: err.message });
+        if (isConnectionError(err)) checker.recheck(node);
       })
     );
-    this.#checker = new HealthChecker(this.#nodes, {
-      healthCheck: this.#config.healthCheck,
-      logger,
-      metrics,
-    });
-    this.#observed = this.#config.slowQueryThresholdMs !== undefined ||
-      this.#nodes.some((n) => n.tracer !== undefined) ||
-      metrics?.onQueryStart !== undefined || metrics?.onQueryEnd !== undefined;
+    const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
+    const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));
+    this.#d = { config: resolved, nodes, checker, runner, observer };
   }
 
   /**
@@ -313,8 +123,8 @@ export class Cluster implements Component, AsyncDisposable {
       await this.#checker.checkAll();
       if (this.#closing !== undefined) throw new ClusterClosedError();
       const topology = this.#checker.topology;
-      if (topology.primary?.lastProbe !== undefined) break;
-      if (attempt >= maxAttempts) throw this.#noPrimary(topology);
+      if (topology.primary?.state.probe !== undefined) break;
+      if (attempt >= maxAttempts) throw noPrimary(this.#d, topology);
       await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
     }
     this.#checker.start();
@@ -352,7 +162,9 @@ export class Cluster implements Component, AsyncDisposable {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<CommandResult> {
-    return commandResult(await this.#execute("exec", Route.Write, sql, args, options));
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.exec(sql, args, options);
+    return commandResult(await this.#statement("exec", false, sql, args, options));
   }
 
   /**
@@ -377,7 +189,9 @@ export class Cluster implements Component, AsyncDisposable {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<T[]> {
-    return (await this.#execute("query", Route.Write, sql, args, options)).rows as T[];
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.query<T>(sql, args, options);
+    return (await this.#statement("query", false, sql, args, options)).rows as T[];
   }
 
   /**
@@ -402,9 +216,9 @@ export class Cluster implements Component, AsyncDisposable {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<T> {
-    const { rows } = await this.#execute("queryRow", Route.Write, sql, args, options);
-    if (rows.length === 0) throw new NoRowsError();
-    return rows[0] as T;
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.queryRow<T>(sql, args, options);
+    return firstRow<T>((await this.#statement("queryRow", false, sql, args, options)).rows);
   }
 
   /**
@@ -434,7 +248,9 @@ export class Cluster implements Component, AsyncDisposable {
     args?: readonly unknown[],
     options?: ReadOptions,
   ): Promise<T[]> {
-    return (await this.#execute("readQuery", Route.Read, sql, args, options)).rows as T[];
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.readQuery<T>(sql, args, options);
+    return (await this.#statement("readQuery", true, sql, args, options)).rows as T[];
   }
 
   /**
@@ -459,9 +275,9 @@ export class Cluster implements Component, AsyncDisposable {
     args?: readonly unknown[],
     options?: ReadOptions,
   ): Promise<T> {
-    const { rows } = await this.#execute("readQueryRow", Route.Read, sql, args, options);
-    if (rows.length === 0) throw new NoRowsError();
-    return rows[0] as T;
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.readQueryRow<T>(sql, args, options);
+    return firstRow<T>((await this.#statement("readQueryRow", true, sql, args, options)).rows);
   }
 
   /**
@@ -469,7 +285,7 @@ export class Cluster implements Component, AsyncDisposable {
    * connection and sending BEGIN are retried like a read (BEGIN alone
    * changes nothing); statements inside the transaction are never retried.
    *
-   * @param options Isolation level, read-only, deferrable.
+   * @param options Isolation level, read-only, deferrable; `signal` / `timeoutMs` bound opening it.
    * @returns The open transaction; commit or roll it back, or dispose of it
    * (`await using`) to roll back.
    * @throws {RangeError} for an unknown isolation level.
@@ -489,14 +305,17 @@ export class Cluster implements Component, AsyncDisposable {
   async begin(options?: TxOptions): Promise<Tx> {
     this.#assertOpen();
     const sql = beginStatement("begin", options);
-    const pinned = await this.#withRetry(
-      Route.Begin,
-      sql,
-      undefined,
-      undefined,
-      undefined,
-    ) as Pinned;
-    return new Transaction(this, pinned.node, pinned.client, this.#txRunner);
+    return await withCall(options, (signal) => this.#open(sql, undefined, signal));
+  }
+
+  /** Opens a transaction; `txSignal` (runTx's) cancels its statements. */
+  async #open(
+    sql: string,
+    txSignal: AbortSignal | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Transaction> {
+    const { node, client } = await pin(this.#d, sql, signal);
+    return new Transaction(this, node, client, this.#d.runner, txSignal);
   }
 
   /**
@@ -509,9 +328,11 @@ export class Cluster implements Component, AsyncDisposable {
    * failure (40001) or deadlock (40P01), with backoff.
    *
    * @param fn The transaction body.
-   * @param options Isolation level, read-only, deferrable, retries.
+   * @param options Isolation level, read-only, deferrable, retries; `signal` / `timeoutMs`
+   * bound the whole call (a running statement is cancelled on the server).
    * @returns What `fn` returned.
    * @throws Whatever `fn` threw, or the commit's error.
+   * @throws {TypeError} when nested with options a savepoint cannot have (`isolation`, `readOnly`, `deferrable`).
    *
    * @example Transfer money atomically
    * ```ts
@@ -530,29 +351,26 @@ export class Cluster implements Component, AsyncDisposable {
     } catch (err) {
       return Promise.reject(err);
     }
-    const bound = boundExecutor();
-    const root = bound instanceof Transaction || bound instanceof Savepoint
-      ? bound.root
-      : undefined;
-    const parent = root !== undefined && root.owner === this && root.active ? root : undefined;
     const { baseDelayMs, maxDelayMs } = this.#config.retry;
-    return runTransaction(this, fn, options, parent, { baseDelayMs, maxDelayMs });
-  }
-
-  async #txStatement(
-    node: Node,
-    client: pg.PoolClient,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult> {
-    try {
-      return await this.#attempt(node, client, sql, args, signal, 1);
-    } catch (raw) {
-      if (signal?.aborted) throw this.#aborted(signal.reason, undefined, raw, node);
-      if (isConnectionError(raw)) this.#checker.markDown(node, raw);
-      throw node.wrap(raw);
-    }
+    const observer = this.#d.observer;
+    return runTransaction(
+      {
+        open: (opts, signal) => this.#open(beginStatement("runTx", opts), signal, signal),
+        retried: (tx, attempt, error) => {
+          tx.node.attemptRetried();
+          observer.log("debug", "dbx: retrying the transaction", {
+            attempt,
+            node: tx.node.name,
+            error: error instanceof Error ? error.message : String(error),
+          });
+          observer.hook("onRetry", { attempt, node: tx.node.name, delayMs: 0, error });
+        },
+        backoff: { baseDelayMs, maxDelayMs },
+      },
+      fn,
+      options,
+      this.#ambient(),
+    );
   }
 
   /**
@@ -565,6 +383,7 @@ export class Cluster implements Component, AsyncDisposable {
    * @param table Table name, optionally schema-qualified (`"audit.events"`).
    * @param columns Column names, in the order of each row's values.
    * @param rows Arrays of values, from a sync or async iterable (consumed with back-pressure).
+   * @param options Cancellation and deadline: aborting sends CopyFail, so nothing is kept.
    * @returns Number of rows copied.
    * @throws {TypeError} / {RangeError} for bad arguments or a row of the wrong width.
    * @throws {DbxError} when the server rejects the data.
@@ -577,17 +396,27 @@ export class Cluster implements Component, AsyncDisposable {
    * const n = await cluster.copyFrom("events", ["id", "kind"], [[1, "login"], [2, null]]);
    * ```
    */
-  async copyFrom(table: string, columns: readonly string[], rows: CopyRows): Promise<number> {
+  async copyFrom(
+    table: string,
+    columns: readonly string[],
+    rows: CopyRows,
+    options?: CopyOptions,
+  ): Promise<number> {
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
     this.#assertOpen();
     checkCopyArgs("copyFrom", table, columns, rows);
-    const { node, client } = await this.#withRetry(
-      Route.Acquire,
-      "",
-      undefined,
-      undefined,
-      undefined,
-    ) as Pinned;
-    return await this.#onPinned(node, client, () => copyIn(client, table, columns, rows));
+    checkCallOptions("copyFrom", options);
+    return await withCall(
+      options,
+      (signal) =>
+        onPinned(
+          this.#d,
+          copyInfo(table),
+          signal,
+          ({ client }) => copyIn(client, table, columns, rows, signal),
+        ),
+    );
   }
 
   /**
@@ -598,7 +427,7 @@ export class Cluster implements Component, AsyncDisposable {
    * runs on its own and the result is one settled result per statement.
    *
    * @param queries The statements, in order.
-   * @param options `atomic` (default `true`).
+   * @param options `atomic` (default `true`), `signal`, `timeoutMs`.
    * @returns One result per statement, in order.
    * @throws {BatchError} (a DbxError with `batchIndex`) when an atomic batch fails.
    *
@@ -633,41 +462,22 @@ export class Cluster implements Component, AsyncDisposable {
     queries: readonly BatchQuery[],
     options?: BatchOptions,
   ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+    const tx = this.#ambient();
+    if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
     this.#assertOpen();
-    checkBatch(queries);
-    const atomic = options?.atomic ?? true;
-    if (typeof atomic !== "boolean") {
-      throw new TypeError(
-        `Cannot run sendBatch() as 'options.atomic' must be a boolean: current value is ${atomic}`,
-      );
-    }
+    const atomic = checkBatchOptions(queries, options);
     if (queries.length === 0) return [];
-    const { node, client } = await this.#withRetry(
-      Route.Acquire,
-      "",
-      undefined,
-      undefined,
-      undefined,
-    ) as Pinned;
-    return await this.#onPinned(node, client, () => runBatch(client, queries, atomic, node.name));
-  }
-
-  /** Runs `work` on a pinned connection: counted, errors wrapped, connection handed back. */
-  async #onPinned<R>(node: Node, client: pg.PoolClient, work: () => Promise<R>): Promise<R> {
-    node.queries++;
-    node.inFlight++;
-    try {
-      return await work();
-    } catch (err) {
-      node.errors++;
-      if (isConnectionError(err)) this.#checker.markDown(node, err);
-      // Server and connection errors get the node's name; the caller's own
-      // errors (a throwing row source, a malformed row) pass through as they are.
-      throw isConnectionError(err) || pgErrorCode(err) !== undefined ? node.wrap(err) : err;
-    } finally {
-      node.inFlight--;
-      node.release(client);
-    }
+    return await withCall(
+      options,
+      (signal) =>
+        onPinned(
+          this.#d,
+          batchInfo(queries),
+          signal,
+          ({ node, client }) =>
+            runBatch(client, node, signal, queries, { atomic, inTransaction: false }),
+        ),
+    );
   }
 
   /**
@@ -677,6 +487,7 @@ export class Cluster implements Component, AsyncDisposable {
    * replicas that have replayed at least this far, else the primary. Take it
    * after the write (or `runTx`) has returned.
    *
+   * @param options Cancellation and deadline.
    * @returns An opaque token (today the LSN text, e.g. `"0/3000148"`).
    * @throws {DbxError} when the primary cannot be reached.
    *
@@ -695,8 +506,12 @@ export class Cluster implements Component, AsyncDisposable {
    * });
    * ```
    */
-  async writeToken(): Promise<string> {
-    const row = await this.queryRow<{ lsn: string }>("select pg_current_wal_lsn()::text as lsn");
+  async writeToken(options?: QueryOptions): Promise<string> {
+    const row = await this.queryRow<{ lsn: string }>(
+      "select pg_current_wal_lsn()::text as lsn",
+      undefined,
+      options,
+    );
     return row.lsn;
   }
 
@@ -732,36 +547,14 @@ export class Cluster implements Component, AsyncDisposable {
         }: current value is ${JSON.stringify(name)}`,
       );
     }
-    const run = async (
-      method: string,
-      sql: string,
-      args: readonly unknown[] | undefined,
-      options: QueryOptions | undefined,
-    ): Promise<pg.QueryResult> => {
-      this.#assertOpen();
-      checkStatement(method, sql, args);
-      const call = options?.signal !== undefined || options?.timeoutMs !== undefined
-        ? (checkOptions(method, options), new CallSignal(options))
-        : undefined;
-      try {
-        return await this.#attempt(node, undefined, sql, args, call?.signal, 1);
-      } catch (raw) {
-        if (call?.signal.aborted) throw this.#aborted(call.signal.reason, undefined, raw, node);
-        if (isConnectionError(raw)) this.#checker.markDown(node, raw);
-        throw node.wrap(raw);
-      } finally {
-        call?.dispose();
-      }
-    };
+    const run = (method: string, sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+      this.#once(node, method, sql, args, options);
     return {
       exec: async (sql, args, options) => commandResult(await run("exec", sql, args, options)),
       query: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
         (await run("query", sql, args, options)).rows as T[],
-      queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) => {
-        const { rows } = await run("queryRow", sql, args, options);
-        if (rows.length === 0) throw new NoRowsError();
-        return rows[0] as T;
-      },
+      queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+        firstRow<T>((await run("queryRow", sql, args, options)).rows),
     };
   }
 
@@ -809,6 +602,7 @@ export class Cluster implements Component, AsyncDisposable {
   /**
    * Runs `select 1` on every node, healthy or not (no retry).
    *
+   * @param options Cancellation and deadline.
    * @returns Resolves when every node answered.
    * @throws {AggregateError} naming each failed node, its errors in `errors`.
    *
@@ -820,13 +614,12 @@ export class Cluster implements Component, AsyncDisposable {
    * await cluster.ping();
    * ```
    */
-  async ping(): Promise<void> {
+  async ping(options?: QueryOptions): Promise<void> {
     this.#assertOpen();
-    const results = await Promise.allSettled(this.#nodes.map((n) => n.run("select 1", undefined)));
-    const failed: DbxError[] = [];
-    results.forEach((r, i) => {
-      if (r.status === "rejected") failed.push(this.#nodes[i]!.wrap(r.reason));
-    });
+    const results = await Promise.allSettled(
+      this.#nodes.map((n) => this.#once(n, "ping", "select 1", undefined, options)),
+    );
+    const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
     if (failed.length > 0) {
       throw new AggregateError(
         failed,
@@ -852,52 +645,14 @@ export class Cluster implements Component, AsyncDisposable {
    * ```
    */
   stats(): ClusterStats {
-    const nodes = this.#nodes.map((n): NodeStats => {
-      const pool = n.poolCounts();
-      return {
-        name: n.name,
-        role: n.role,
-        healthy: n.healthy,
-        totalConns: pool.total,
-        idleConns: pool.idle,
-        waitingClients: pool.waiting,
-        maxConns: n.maxConns,
-        queries: n.queries,
-        errors: n.errors,
-        retries: n.retries,
-        inFlight: n.inFlight,
-        ...latencyOf(n),
-      };
-    });
-    type Summed =
-      | "totalConns"
-      | "idleConns"
-      | "waitingClients"
-      | "maxConns"
-      | "queries"
-      | "errors"
-      | "retries"
-      | "inFlight";
-    const sum = (k: Summed) => nodes.reduce((acc, n) => acc + n[k], 0);
-    return {
-      nodes,
-      totals: {
-        totalConns: sum("totalConns"),
-        idleConns: sum("idleConns"),
-        waitingClients: sum("waitingClients"),
-        maxConns: sum("maxConns"),
-        queries: sum("queries"),
-        errors: sum("errors"),
-        retries: sum("retries"),
-        inFlight: sum("inFlight"),
-      },
-    };
+    return buildStats(this.#nodes);
   }
 
   /**
    * Probes every node now and reports role, health, latency and replica lag,
    * for readiness endpoints.
    *
+   * @param options Cancellation and deadline for the probe round.
    * @returns The report.
    *
    * @example
@@ -909,32 +664,20 @@ export class Cluster implements Component, AsyncDisposable {
    * console.log(report.writable, report.nodes.map((n) => `${n.name}:${n.healthy}`));
    * ```
    */
-  async health(): Promise<HealthReport> {
+  async health(options?: QueryOptions): Promise<HealthReport> {
     this.#assertOpen();
-    await this.#checker.checkAll();
-    const topology = this.#checker.topology;
-    const primaryLsn = topology.primary?.lastProbe?.lsn;
-    const nodes = this.#nodes.map((n): NodeHealth => {
-      const p = n.lastProbe;
-      const entry: { -readonly [K in keyof NodeHealth]: NodeHealth[K] } = {
-        name: n.name,
-        role: n.role,
-        healthy: n.healthy,
-      };
-      if (p !== undefined && n.healthy) entry.latencyMs = Math.round(p.latencyMs * 100) / 100;
-      if (n.role === "replica" && p !== undefined && n.healthy) {
-        const lag = this.#lagOf(n, primaryLsn);
-        if (lag !== undefined) entry.lagMs = Math.round(lag);
-        if (primaryLsn !== undefined && p.lsn !== undefined) {
-          entry.lagBytes = Number(primaryLsn > p.lsn ? primaryLsn - p.lsn : 0n);
-        }
-      }
-      if (!n.healthy && n.lastError !== undefined) {
-        entry.error = n.lastError instanceof Error ? n.lastError.message : String(n.lastError);
-      }
-      return entry;
+    checkCallOptions("health", options);
+    await withCall(options, (signal) => {
+      const round = this.#checker.checkAll();
+      if (signal === undefined) return round;
+      signal.throwIfAborted();
+      return new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+        round.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+      });
     });
-    return { writable: topology.primary !== undefined && topology.primary.healthy, nodes };
+    return buildHealth(this.#nodes, this.#checker.topology);
   }
 
   /**
@@ -975,336 +718,52 @@ export class Cluster implements Component, AsyncDisposable {
     if (this.#closing !== undefined) throw new ClusterClosedError();
   }
 
-  #noPrimary(topology: Topology): NoHealthyNodeError {
-    if (topology.primaries.length > 1) {
-      return new NoHealthyNodeError(
-        `refusing writes: ${topology.primaries.length} nodes report primary (${
-          topology.primaries.map((n) => n.name).join(", ")
-        })`,
-      );
-    }
-    const down = this.#nodes.find((n) => n.role === "primary" && !n.healthy);
-    return new NoHealthyNodeError(
-      down === undefined
-        ? "no node reports primary"
-        : `no healthy primary: ${down.name} is down${
-          down.lastError instanceof Error ? ` (${down.lastError.message})` : ""
-        }`,
-      { cause: down?.lastError },
-    );
+  /** The transaction of this cluster bound to the async context, if any is active. */
+  #ambient(): Transaction | Savepoint | undefined {
+    const bound = boundExecutor();
+    if (bound === undefined) return undefined;
+    if (!(bound instanceof Transaction || bound instanceof Savepoint)) return undefined;
+    return bound.root.owner === this && bound.active ? bound : undefined;
   }
 
-  /** Replication lag of a replica in ms, trusting equal LSNs over an old replay timestamp. */
-  #lagOf(node: Node, primaryLsn: bigint | undefined): number | undefined {
-    const p = node.lastProbe;
-    if (p === undefined) return undefined;
-    // On an idle primary the last replayed transaction can be old although
-    // the replica has everything: positions first, the timestamp only when behind.
-    if (primaryLsn !== undefined && p.lsn !== undefined && p.lsn >= primaryLsn) return 0;
-    return p.replayAgeMs;
-  }
-
-  /** Chooses the node for an attempt, or undefined when none is eligible. */
-  #pick(
-    read: boolean,
-    tried: Node[] | undefined,
-    options: ReadOptions | undefined,
-  ): Node | undefined {
-    const topology = this.#checker.topology;
-    const primary = topology.primary;
-    if (!read) {
-      return primary !== undefined && primary.healthy && !tried?.includes(primary)
-        ? primary
-        : undefined;
-    }
-    let candidates = topology.replicas;
-    const maxLagMs = options?.maxLagMs ?? this.#config.maxLagMs;
-    const token = options?.consistentWith;
-    if (tried !== undefined || maxLagMs !== undefined || token !== undefined) {
-      const primaryLsn = primary?.lastProbe?.lsn;
-      const minLsn = token === undefined ? undefined : parseLsn(token);
-      candidates = candidates.filter((n) => {
-        if (tried?.includes(n)) return false;
-        if (maxLagMs !== undefined) {
-          const lag = this.#lagOf(n, primaryLsn);
-          if (lag === undefined || lag > maxLagMs) return false;
-        }
-        if (minLsn !== undefined) {
-          const lsn = n.lastProbe?.lsn;
-          if (lsn === undefined || lsn < minLsn) return false;
-        }
-        return true;
-      });
-    }
-    const replica = this.#config.balancer.pick(candidates);
-    if (replica !== undefined) return replica;
-    if (primary === undefined || !primary.healthy || tried?.includes(primary)) return undefined;
-    if (topology.replicas.length > 0) {
-      const reason = topology.replicas.every((n) => !n.healthy)
-        ? "no_healthy_replica"
-        : token !== undefined
-        ? "not_caught_up"
-        : maxLagMs !== undefined
-        ? "lagging"
-        : "no_healthy_replica";
-      this.#config.logger.debug("dbx: read falls back to the primary", { reason });
-      callHook(this.#config.logger, this.#config.metrics, "onReplicaFallback", { reason });
-    }
-    return primary;
-  }
-
-  async #execute(
+  /** A routed statement: checked, within the call's signal, through the statement path. */
+  #statement(
     method: string,
-    route: Route,
+    read: boolean,
     sql: string,
     args: readonly unknown[] | undefined,
     options: ReadOptions | undefined,
   ): Promise<pg.QueryResult> {
-    this.#assertOpen();
-    checkStatement(method, sql, args);
-    if (
-      options === undefined || (options.signal === undefined && options.timeoutMs === undefined)
-    ) {
-      if (options !== undefined) checkOptions(method, options);
-      return this.#withRetry(route, sql, args, options, undefined) as Promise<pg.QueryResult>;
-    }
-    checkOptions(method, options);
-    const call = new CallSignal(options);
     try {
-      return await this.#withRetry(route, sql, args, options, call.signal) as pg.QueryResult;
-    } finally {
-      call.dispose();
-    }
-  }
-
-  /**
-   * The retry contract: move to the next eligible node first, then back off
-   * (exponential, full jitter, capped) and start over, within the caller's
-   * signal and deadline. A write is re-sent only when it provably never
-   * reached a server, or the server refused it as read-only (25006).
-   */
-  async #withRetry(
-    route: Route,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    options: ReadOptions | undefined,
-    signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult | Pinned> {
-    const read = route === Route.Read;
-    const { maxAttempts, baseDelayMs, maxDelayMs, retryable } = this.#config.retry;
-    const { logger, metrics } = this.#config;
-    let tried: Node[] | undefined;
-    let errors: unknown[] | undefined;
-    let backoffs = 0;
-    for (let attempt = 1;; attempt++) {
-      let node = this.#pick(read, tried, options);
-      if (node === undefined && attempt > 1) {
-        // Every eligible node failed once (or none is up): back off, then
-        // start over with all nodes eligible again.
-        const ms = backoffDelay(++backoffs, { baseDelayMs, maxDelayMs });
-        try {
-          await delay(ms, signal);
-        } catch (reason) {
-          throw this.#aborted(reason, errors);
-        }
-        tried = undefined;
-        node = this.#pick(read, undefined, options);
-      }
-      if (node === undefined) {
-        const err = read
-          ? new NoHealthyNodeError(
-            "no healthy node for reads: every replica and the primary are down",
-          )
-          : this.#noPrimary(this.#checker.topology);
-        (errors ??= []).push(err);
-        if (attempt >= maxAttempts) {
-          // Never reaching any node is plain unavailability, not a failed retry.
-          const unavailable = errors.every((e) => e instanceof NoHealthyNodeError);
-          throw unavailable ? err : new RetryExhaustedError(errors);
-        }
-        callHook(logger, metrics, "onRetry", { attempt, node: undefined, delayMs: 0, error: err });
-        continue;
-      }
-      try {
-        if (route === Route.Read || route === Route.Write) {
-          return await this.#attempt(node, undefined, sql, args, signal, attempt);
-        }
-        return await this.#pin(node, route === Route.Begin ? sql : undefined, signal, attempt);
-      } catch (raw) {
-        if (signal?.aborted) throw this.#aborted(signal.reason, errors, raw, node);
-        const err = node.wrap(raw);
-        const connectionLost = isConnectionError(raw);
-        if (connectionLost) this.#checker.markDown(node, err);
-        const readOnly = pgErrorCode(raw) === "25006";
-        // A read may be re-sent anywhere, except when the server refused it
-        // as read-only: then it writes, and must not drift to the primary.
-        // A write is re-sent only when it never reached a server, or the
-        // server refused it for being a replica (nothing was applied).
-        const safe = read ? !readOnly : route !== Route.Write || wasNotSent(raw) || readOnly;
-        if (!safe || !retryable(raw)) {
-          if (connectionLost && !read && errors === undefined) {
-            throw new DbxError(
-              `${err.message}; the statement may have been applied, so it was not re-sent`,
-              { cause: raw, node: node.name },
-            );
-          }
-          if (errors === undefined) throw err;
-          errors.push(err);
-          throw new RetryExhaustedError(errors);
-        }
-        (errors ??= []).push(err);
-        if (attempt >= maxAttempts) {
-          throw errors.length === 1 ? err : new RetryExhaustedError(errors);
-        }
-        node.retries++;
-        (tried ??= []).push(node);
-        logger.debug("dbx: retrying", { attempt, node: node.name, error: err.message });
-        callHook(logger, metrics, "onRetry", { attempt, node: node.name, delayMs: 0, error: err });
-        // The server says it is not the primary: learn the new topology
-        // before the retry instead of waiting for the next round.
-        if (readOnly) await this.#checker.checkAll();
-      }
-    }
-  }
-
-  /** The error for a call ended by its signal or deadline. */
-  #aborted(reason: unknown, errors: unknown[] | undefined, raw?: unknown, node?: Node): DbxError {
-    const timeout = reason instanceof DOMException && reason.name === "TimeoutError";
-    const what = timeout ? (reason as DOMException).message : "canceled by the caller's signal";
-    const attempts = errors === undefined
-      ? ""
-      : ` after ${errors.length + (raw === undefined ? 0 : 1)} attempts`;
-    return new DbxError(`statement ${what}${attempts}${node ? ` (node ${node.name})` : ""}`, {
-      kind: timeout ? "timeout" : "canceled",
-      code: pgErrorCode(raw),
-      node: node?.name,
-      cause: raw ?? errors?.at(-1) ?? reason,
-    });
-  }
-
-  /** Takes a connection and, given a BEGIN statement, opens a transaction on it. */
-  async #pin(
-    node: Node,
-    sql: string | undefined,
-    signal: AbortSignal | undefined,
-    attempt: number,
-  ): Promise<Pinned> {
-    const client = await node.acquire(signal);
-    if (sql === undefined) return { node, client };
-    try {
-      await this.#attempt(node, client, sql, undefined, signal, attempt);
+      this.#assertOpen();
+      checkStatement(method, sql, args);
+      checkCallOptions(method, options);
     } catch (err) {
-      node.release(client, true);
-      throw err;
+      return Promise.reject(err);
     }
-    return { node, client };
+    return withCall(options, (signal) => routed(this.#d, read, sql, args, options, signal));
   }
 
-  /**
-   * One attempt of one statement: on a pooled connection, or on `client`
-   * when given (a transaction's). Counts it, and observes it when hooks, a
-   * tracer or the slow-query log are configured.
-   */
-  async #attempt(
+  /** One attempt on one node, whatever its role or health: no routing, no retry. */
+  #once(
     node: Node,
-    client: pg.PoolClient | undefined,
+    method: string,
     sql: string,
     args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-    attempt: number,
+    options: QueryOptions | undefined,
   ): Promise<pg.QueryResult> {
-    if (this.#observed) return this.#observedAttempt(node, client, sql, args, signal, attempt);
-    node.queries++;
-    node.inFlight++;
-    const start = performance.now();
     try {
-      return await (client === undefined
-        ? node.run(sql, args, signal)
-        : node.runOn(client, sql, args, signal));
+      this.#assertOpen();
+      checkStatement(method, sql, args);
+      checkCallOptions(method, options);
     } catch (err) {
-      node.errors++;
-      throw err;
-    } finally {
-      node.inFlight--;
-      node.recordLatency(performance.now() - start);
+      return Promise.reject(err);
     }
-  }
-
-  /** The attempt with hooks, tracer and slow-query logging (kept off the plain path). */
-  async #observedAttempt(
-    node: Node,
-    client: pg.PoolClient | undefined,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-    attempt: number,
-  ): Promise<pg.QueryResult> {
-    const { logger, metrics, slowQueryThresholdMs } = this.#config;
-    const event: QueryEvent = {
-      node: node.name,
-      role: node.role,
-      sql,
-      argCount: args?.length ?? 0,
-      attempt,
-    };
-    callHook(logger, metrics, "onQueryStart", event);
-    const tracer = node.tracer;
-    let handle: unknown;
-    if (tracer !== undefined) {
-      try {
-        handle = tracer.queryStart({ ...event, host: node.host, port: node.port });
-      } catch (error) {
-        logger.error("dbx: tracer threw", { error });
-      }
-    }
-    const start = performance.now();
-    node.queries++;
-    node.inFlight++;
-    let result: pg.QueryResult | undefined;
-    let error: unknown;
-    try {
-      result = await (client === undefined
-        ? node.run(sql, args, signal)
-        : node.runOn(client, sql, args, signal));
-      return result;
-    } catch (err) {
-      node.errors++;
-      error = err;
-      throw err;
-    } finally {
-      node.inFlight--;
-      const durationMs = performance.now() - start;
-      node.recordLatency(durationMs);
-      callHook(
-        logger,
-        metrics,
-        "onQueryEnd",
-        error === undefined ? { ...event, durationMs } : {
-          ...event,
-          durationMs,
-          error,
-        },
-      );
-      if (tracer !== undefined) {
-        try {
-          tracer.queryEnd(
-            handle,
-            error === undefined ? { rowCount: result?.rowCount ?? 0 } : { error },
-          );
-        } catch (err) {
-          logger.error("dbx: tracer threw", { error: err });
-        }
-      }
-      if (slowQueryThresholdMs !== undefined && durationMs >= slowQueryThresholdMs) {
-        logger.warn("dbx: slow query", {
-          node: node.name,
-          role: node.role,
-          durationMs: Math.round(durationMs),
-          sql: sql.length > LOG_SQL_MAX ? `${sql.slice(0, LOG_SQL_MAX)}…` : sql,
-          argCount: event.argCount,
-        });
-      }
-    }
+    const info = { sql, argCount: args?.length ?? 0, attempt: 1 };
+    return withCall(
+      options,
+      (signal) => this.#d.runner.run(node, info, signal, () => node.run(sql, args, signal)),
+    );
   }
 }
 

@@ -7,10 +7,11 @@
  * @module
  */
 
-import type { HealthReport } from "./cluster.ts";
+import type { HealthReport } from "./stats.ts";
 import type { DbxError } from "./errors.ts";
 import type { Executor } from "./executor.ts";
-import type { Tx, TxOptions } from "./tx.ts";
+import type { Tx } from "./executor.ts";
+import type { TxOptions } from "./run_tx.ts";
 
 /**
  * An {@linkcode Executor} that can also open transactions, report

@@ -11,6 +11,34 @@ import { Buffer } from "node:buffer";
 import pg from "pg";
 // @ts-types="@types/pg-copy-streams"
 import { from as copyFromStdin } from "pg-copy-streams";
+import type { AttemptInfo } from "./attempt.ts";
+import type { QueryOptions } from "./executor.ts";
+import { describe } from "./validate.ts";
+
+/**
+ * Options of `copyFrom`: cancellation and a deadline. Aborting ends the COPY
+ * with CopyFail, so the server keeps none of its rows.
+ *
+ * @example
+ * ```ts
+ * import { connect, type CopyOptions } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const options: CopyOptions = { timeoutMs: 30_000 };
+ * await cluster.copyFrom("events", ["kind"], [["login"]], options);
+ * ```
+ */
+export type CopyOptions = QueryOptions;
+
+/**
+ * How a COPY shows in hooks and traces.
+ *
+ * @param table The table.
+ * @returns The attempt's description.
+ */
+export function copyInfo(table: string): AttemptInfo {
+  return { sql: `copy ${table} from stdin`, argCount: 0, attempt: 1 };
+}
 
 /**
  * Rows for COPY: arrays of column values, from a sync or async iterable.
@@ -141,19 +169,6 @@ export function encodeCopyValue(value: unknown): string {
   }
 }
 
-/** A value for an error message: short, and never a whole data set. */
-function describe(value: unknown): string {
-  if (value === null || value === undefined) return String(value);
-  if (typeof value === "string") return JSON.stringify(value);
-  if (Array.isArray(value)) {
-    const json = JSON.stringify(value.slice(0, 10), (_, v) => typeof v === "bigint" ? `${v}n` : v);
-    return value.length > 10 ? `${json.slice(0, -1)},...] (${value.length} items)` : json;
-  }
-  if (typeof value === "function") return "a function";
-  if (typeof value === "object") return `an object (${Object.prototype.toString.call(value)})`;
-  return `${String(value)} (${typeof value})`;
-}
-
 /**
  * Validates `copyFrom`'s arguments before anything is sent. Internal.
  *
@@ -247,6 +262,7 @@ function nextTurn(): Promise<void> {
  * @param table Table name (`schema.table` allowed: split on the first dot).
  * @param columns Column names.
  * @param rows The rows, sync or async.
+ * @param signal Aborting stops feeding rows and sends CopyFail (nothing is kept).
  * @returns Rows copied, as counted by the server.
  * @throws {RangeError} for a row of the wrong width, naming its index.
  * @throws {TypeError} for a row that is not an array, or a value that cannot be encoded.
@@ -258,7 +274,9 @@ export async function copyIn(
   table: string,
   columns: readonly string[],
   rows: CopyRows,
+  signal?: AbortSignal,
 ): Promise<number> {
+  signal?.throwIfAborted();
   const sql = `copy ${quoteTable(table)} (${
     columns.map((c) => pg.escapeIdentifier(c)).join(", ")
   }) from stdin`;
@@ -281,9 +299,12 @@ export async function copyIn(
   // reported as unhandled.
   finished.catch(() => {});
   stream.on("drain", () => drainWaiter?.());
+  const onAbort = () => drainWaiter?.();
+  signal?.addEventListener("abort", onAbort, { once: true });
   /** Stops feeding a COPY the server already gave up on. */
   const throwIfFailed = (): void => {
     if (failure !== undefined) throw failure.error;
+    signal?.throwIfAborted();
   };
 
   const width = columns.length;
@@ -324,6 +345,7 @@ export async function copyIn(
   };
   /** Gives the event loop a turn when this COPY has held it for long enough. */
   const pause = async (): Promise<void> => {
+    signal?.throwIfAborted();
     if (performance.now() - turnStarted < YIELD_EVERY_MS) return;
     await nextTurn();
     turnStarted = performance.now();
@@ -362,6 +384,8 @@ export async function copyIn(
     // with its transaction status current.
     await client.query("").catch(() => {});
     throw err;
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
   }
   return stream.rowCount;
 }

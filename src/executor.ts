@@ -6,6 +6,9 @@
  * @module
  */
 
+import type { BatchOptions, BatchQuery, BatchResult } from "./batch.ts";
+import type { CopyOptions, CopyRows } from "./copy.ts";
+
 /**
  * A result row: column name to parsed value.
  *
@@ -147,27 +150,90 @@ export interface Executor {
 }
 
 /**
- * Validates a statement's text and arguments before anything is sent.
- * Internal.
+ * A transaction on one pinned connection. Disposing of it (`await using`)
+ * rolls it back if it is still open.
  *
- * @param method The public method, for the message.
- * @param sql Must be a string.
- * @param args Must be an array or undefined.
- * @throws {TypeError} naming the argument and the type it had.
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * await using tx = await cluster.begin({ isolation: "serializable" });
+ * await tx.exec("update accounts set balance = balance - 10 where id = $1", [1]);
+ * await tx.commit(); // without it, leaving the block rolls back
+ * ```
  */
-export function checkStatement(method: string, sql: unknown, args: unknown): void {
-  if (typeof sql !== "string") {
-    throw new TypeError(
-      `Cannot run ${method}() as 'sql' must be a string: current value is ${
-        sql === null ? "null" : typeof sql
-      }`,
-    );
-  }
-  if (args !== undefined && !Array.isArray(args)) {
-    throw new TypeError(
-      `Cannot run ${method}() as 'args' must be an array: current value is ${
-        args === null ? "null" : typeof args
-      }`,
-    );
-  }
+export interface Tx extends Executor, AsyncDisposable {
+  /** Whether statements can still run (not committed, rolled back or broken). */
+  readonly active: boolean;
+  /**
+   * Commits. Throws if the transaction had failed (the server rolled it back).
+   *
+   * @returns Resolves when committed.
+   */
+  commit(): Promise<void>;
+  /**
+   * Rolls back.
+   *
+   * @returns Resolves when rolled back.
+   */
+  rollback(): Promise<void>;
+  /**
+   * Runs a query on the transaction's connection (reads see its writes).
+   *
+   * @param sql Statement text.
+   * @param args Values for the placeholders.
+   * @param options Cancellation and deadline (replica options do not apply).
+   * @returns Every row.
+   */
+  readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]>;
+  /**
+   * Like {@linkcode Tx.readQuery}, returning the first row.
+   *
+   * @param sql Statement text.
+   * @param args Values for the placeholders.
+   * @param options Cancellation and deadline.
+   * @returns The first row.
+   * @throws {NoRowsError} when there is none.
+   */
+  readQueryRow<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T>;
+  /**
+   * COPY FROM STDIN inside the transaction.
+   *
+   * @param table Table (or schema.table).
+   * @param columns Columns, in row order.
+   * @param rows Rows of `columns.length` values.
+   * @param options Cancellation and deadline.
+   * @returns Rows copied.
+   */
+  copyFrom(
+    table: string,
+    columns: readonly string[],
+    rows: CopyRows,
+    options?: CopyOptions,
+  ): Promise<number>;
+  /**
+   * Pipelines statements on the transaction's connection. Atomic (the
+   * default): the first failure rejects with its `batchIndex` and leaves
+   * the transaction failed. `atomic: false`: one settled result each.
+   *
+   * @param queries The statements.
+   * @param options `atomic`, cancellation and deadline.
+   * @returns One result per statement.
+   */
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options?: BatchOptions & { atomic?: true },
+  ): Promise<BatchResult[]>;
+  /**
+   * Non-atomic form of {@linkcode Tx.sendBatch}.
+   *
+   * @param queries The statements.
+   * @param options `atomic: false`, cancellation and deadline.
+   * @returns One settled result per statement.
+   */
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options: BatchOptions & { atomic: false },
+  ): Promise<PromiseSettledResult<BatchResult>[]>;
 }

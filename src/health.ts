@@ -2,30 +2,24 @@
  * The background health checker: probes every node each `intervalMs` on a
  * dedicated connection (so a saturated pool cannot make a healthy node look
  * dead), learns each node's role from `pg_is_in_recovery()` and its WAL
- * position, and swaps an immutable {@linkcode Topology} snapshot after each
- * round. The query path marks a node down at once on a connection error; a
- * node only comes back after a successful probe.
+ * position, replaces each node's state snapshot and swaps an immutable
+ * {@linkcode Topology} after each round. The query path marks a node down at
+ * once on a lost connection; a node only comes back after a successful probe.
  *
  * @module
  */
 
 // @ts-types="@types/pg"
 import pg from "pg";
+import { discardClient } from "./_pg.ts";
 import type { HealthCheckConfig } from "./config.ts";
 import { DbxError } from "./errors.ts";
-import type { Node, ProbeSample } from "./node.ts";
-import { callHook, type Logger, type MetricsHook } from "./observe.ts";
+import type { Node, NodeState, ProbeSample } from "./node.ts";
+import type { Observer } from "./observe.ts";
+import { parseLsn, type RouteTopology } from "./route.ts";
 
-/**
- * Who is primary and who is a replica, as of the last check round.
- * Replaced whole, never mutated, so a routing decision sees one consistent
- * view.
- */
-export interface Topology {
-  /** The one node reporting primary, when exactly one healthy node does. */
-  readonly primary: Node | undefined;
-  /** Nodes reporting recovery (read replicas), in config order. */
-  readonly replicas: readonly Node[];
+/** The nodes by role, as the last round saw them. Replaced whole, never edited. */
+export interface Topology extends RouteTopology<Node> {
   /** Healthy nodes that all claim to be primary: writes are refused while there are two or more. */
   readonly primaries: readonly Node[];
 }
@@ -35,40 +29,21 @@ const PROBE_SQL = `select pg_is_in_recovery() as recovery,
   (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn,
   (extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_age_ms`;
 
-/** Parses a `pg_lsn` text (`16/B374D848`) into a comparable number. */
-export function parseLsn(text: string | null | undefined): bigint | undefined {
-  if (typeof text !== "string") return undefined;
-  const slash = text.indexOf("/");
-  if (slash < 0) return undefined;
-  try {
-    return (BigInt(`0x${text.slice(0, slash)}`) << 32n) | BigInt(`0x${text.slice(slash + 1)}`);
-  } catch {
-    return undefined;
-  }
-}
+/**
+ * Consecutive unanswered probes after which a node's connections are cut.
+ * One late answer is what a busy machine looks like; two in a row, each a
+ * full `timeoutMs` long, is a hung host whose statements would never end.
+ */
+const TIMEOUTS_BEFORE_CUT = 2;
 
 /** A probe that got no answer in time: the host is hung or unreachable, not refusing. */
 class ProbeTimeoutError extends DbxError {}
-
-/** The protocol's Terminate message ('X', length 4). */
-const TERMINATE = new Uint8Array([0x58, 0, 0, 0, 4]);
-
-/** The parts of pg's Client that a forced close needs and its types leave out. */
-interface RawClient {
-  _ended: boolean;
-  _connected: boolean;
-  _queryable: boolean;
-  readyForQuery: boolean;
-  connection: {
-    once(event: "end", listener: () => void): void;
-    stream: { write(data: Uint8Array, cb: () => void): void; destroy(): void };
-  };
-}
 
 /** A dedicated, lazily (re)connected probe connection to one node. */
 class Prober {
   readonly #node: Node;
   #client: pg.Client | undefined;
+  #ending: Promise<void>[] = [];
 
   constructor(node: Node) {
     this.#node = node;
@@ -77,15 +52,13 @@ class Prober {
   /** Probes once, bounded by `timeoutMs` from connect to answer. */
   async probe(timeoutMs: number): Promise<ProbeSample> {
     const start = performance.now();
-    let client = this.#client;
     let timedOut = false;
     let settled = false;
     let grace: ReturnType<typeof setTimeout> | undefined;
     const timer = setTimeout(() => {
-      // A timer can fire late because this process was busy (a long
-      // synchronous loop), with the answer already waiting in the socket.
-      // One more turn of the event loop lets that answer through before the
-      // host is declared hung.
+      // A timer can fire late because this process was busy, with the
+      // answer already waiting in the socket: one more turn of the event
+      // loop lets it through before the probe is declared unanswered.
       grace = setTimeout(() => {
         if (settled) return;
         timedOut = true;
@@ -94,14 +67,14 @@ class Prober {
       }, 0);
     }, timeoutMs);
     try {
+      let client = this.#client;
       if (client === undefined) {
-        client = new pg.Client({
+        // No connectionTimeoutMillis: the probe's own timer bounds the
+        // connect too, so an unanswered connect counts as a timeout.
+        const c = client = this.#client = new pg.Client({
           connectionString: this.#node.url,
-          connectionTimeoutMillis: timeoutMs,
           fallback_application_name: "dbx-health",
         });
-        const c = client;
-        this.#client = c;
         // A probe connection that dies while idle is simply replaced next round.
         c.on("error", () => {
           if (this.#client === c) this.#discard();
@@ -128,11 +101,7 @@ class Prober {
       if (timedOut) {
         throw new ProbeTimeoutError(
           `health probe timed out after ${timeoutMs} ms (node ${this.#node.name})`,
-          {
-            kind: "connection",
-            node: this.#node.name,
-            cause: err,
-          },
+          { kind: "connection", node: this.#node.name, cause: err },
         );
       }
       throw this.#node.wrap(err);
@@ -143,24 +112,13 @@ class Prober {
     }
   }
 
-  #ending: Promise<void>[] = [];
-
-  /**
-   * Drops the current connection. The socket is cut rather than ended:
-   * pg's `end()` during a pending connect leaves that connect unsettled
-   * forever, and a graceful close waits for a server that may never answer.
-   * An idle connection still gets a Terminate message first.
-   */
+  /** Drops the current connection without waiting on the server. */
   #discard(): void {
-    const c = this.#client as unknown as RawClient | undefined;
+    const c = this.#client;
     if (c === undefined) return;
     this.#client = undefined;
-    if (c._ended) return;
-    const conn = c.connection;
-    this.#ending.push(new Promise<void>((resolve) => conn.once("end", resolve)));
-    const idle = c._connected && c._queryable && c.readyForQuery === true;
-    if (idle) conn.stream.write(TERMINATE, () => conn.stream.destroy());
-    else conn.stream.destroy();
+    const ended = discardClient(c);
+    if (ended !== undefined) this.#ending.push(ended);
   }
 
   /** Closes the probe connection and waits for every discarded one to be gone. */
@@ -170,13 +128,6 @@ class Prober {
     this.#ending = [];
     await Promise.all(ending);
   }
-}
-
-/** Settings the checker needs from the cluster. */
-export interface CheckerOptions {
-  readonly healthCheck: Required<HealthCheckConfig>;
-  readonly logger: Logger;
-  readonly metrics: MetricsHook | undefined;
 }
 
 /**
@@ -194,11 +145,12 @@ export function topologyOf(nodes: readonly Node[]): Topology {
   };
 }
 
-/** Probes every node on a timer and keeps the topology snapshot current. */
+/** Probes every node on a timer and keeps the node states and the topology current. */
 export class HealthChecker {
   readonly #nodes: readonly Node[];
   readonly #probers: Map<Node, Prober>;
-  readonly #options: CheckerOptions;
+  readonly #config: Required<HealthCheckConfig>;
+  readonly #observer: Observer;
   #topology: Topology;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #round: Promise<void> | undefined;
@@ -209,11 +161,13 @@ export class HealthChecker {
    * Creates a checker; nothing runs until {@linkcode start} or {@linkcode checkAll}.
    *
    * @param nodes Every node of the cluster.
-   * @param options Interval, timeout, failure threshold and hooks.
+   * @param config Interval, timeout and failure threshold.
+   * @param observer Logger and hooks.
    */
-  constructor(nodes: readonly Node[], options: CheckerOptions) {
+  constructor(nodes: readonly Node[], config: Required<HealthCheckConfig>, observer: Observer) {
     this.#nodes = nodes;
-    this.#options = options;
+    this.#config = config;
+    this.#observer = observer;
     this.#probers = new Map(nodes.map((n) => [n, new Prober(n)]));
     this.#topology = topologyOf(nodes);
   }
@@ -234,12 +188,12 @@ export class HealthChecker {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#track(this.checkAll().then(() => this.#schedule()));
-    }, this.#options.healthCheck.intervalMs);
+    }, this.#config.intervalMs);
   }
 
   #track(p: Promise<void>): void {
-    const tracked = p.catch((err) => {
-      this.#options.logger.error("dbx: health check round failed", { error: err });
+    const tracked = p.catch((error) => {
+      this.#observer.log("error", "dbx: health check round failed", { error });
     }).finally(() => this.#pending.delete(tracked));
     this.#pending.add(tracked);
   }
@@ -255,7 +209,7 @@ export class HealthChecker {
     // A node that keeps failing is probed less and less often (circuit
     // breaking): no hammering of a dead host every interval.
     this.#round ??= Promise.all(
-      this.#nodes.map((n) => n.healthy || now >= n.nextProbeAt ? this.#check(n) : undefined),
+      this.#nodes.map((n) => n.healthy || now >= n.state.nextProbeAt ? this.#check(n) : undefined),
     ).then(() => {
       this.#round = undefined;
       this.#refresh();
@@ -275,45 +229,53 @@ export class HealthChecker {
     this.#track(this.#check(node).then(() => this.#refresh()));
   }
 
+  #set(node: Node, patch: Partial<NodeState>): void {
+    node.setState({ ...node.state, ...patch });
+  }
+
   async #check(node: Node): Promise<void> {
-    const { timeoutMs, failuresBeforeDown } = this.#options.healthCheck;
+    const { timeoutMs, failuresBeforeDown } = this.#config;
+    let sample: ProbeSample;
     try {
-      const sample = await this.#probers.get(node)!.probe(timeoutMs);
-      if (this.#stopped) return;
-      node.lastProbe = sample;
-      node.probeFailures = 0;
-      if (node.role !== sample.role) {
-        const from = node.role;
-        node.role = sample.role;
-        this.#options.logger.info("dbx: node changed role", {
-          node: node.name,
-          from,
-          to: sample.role,
-        });
-        callHook(this.#options.logger, this.#options.metrics, "onRoleChange", {
-          node: node.name,
-          from,
-          to: sample.role,
-        });
-      }
-      if (!node.healthy) {
-        node.healthy = true;
-        node.lastError = undefined;
-        this.#options.logger.info("dbx: node is up", { node: node.name, role: node.role });
-        callHook(this.#options.logger, this.#options.metrics, "onNodeUp", {
-          node: node.name,
-          role: node.role,
-        });
-      }
+      sample = await this.#probers.get(node)!.probe(timeoutMs);
     } catch (err) {
       if (this.#stopped) return;
-      node.probeFailures++;
-      node.nextProbeAt = performance.now() + this.#probeBackoff(node.probeFailures);
-      if (node.probeFailures < failuresBeforeDown) return;
+      const timeout = err instanceof ProbeTimeoutError;
+      const failures = node.state.probeFailures + 1;
+      const timeouts = timeout ? node.state.probeTimeouts + 1 : 0;
+      this.#set(node, {
+        probeFailures: failures,
+        probeTimeouts: timeouts,
+        nextProbeAt: performance.now() + this.#probeBackoff(failures),
+      });
+      if (failures < failuresBeforeDown) return;
       this.markDown(node, err, false);
       // A hung host never answers the statements already sent to it either:
       // cut them, so reads move on to another node instead of waiting.
-      if (err instanceof ProbeTimeoutError) node.cutConnections();
+      // Ask again at once: a second unanswered probe tells a hung host from
+      // a busy moment, and only then are its connections cut.
+      if (timeouts >= TIMEOUTS_BEFORE_CUT) node.cutConnections();
+      else if (timeout) this.recheck(node);
+      return;
+    }
+    if (this.#stopped) return;
+    const { role: from, healthy } = node.state;
+    const to = sample.role;
+    this.#set(node, {
+      role: to,
+      healthy: true,
+      probe: sample,
+      error: undefined,
+      probeFailures: 0,
+      probeTimeouts: 0,
+    });
+    if (from !== to) {
+      this.#observer.log("info", "dbx: node changed role", { node: node.name, from, to });
+      this.#observer.hook("onRoleChange", { node: node.name, from, to });
+    }
+    if (!healthy) {
+      this.#observer.log("info", "dbx: node is up", { node: node.name, role: to });
+      this.#observer.hook("onNodeUp", { node: node.name, role: to });
     }
   }
 
@@ -323,7 +285,7 @@ export class HealthChecker {
    * equal jitter so many clients do not probe in step.
    */
   #probeBackoff(failures: number): number {
-    const { intervalMs } = this.#options.healthCheck;
+    const { intervalMs } = this.#config;
     const cap = Math.max(intervalMs, Math.min(intervalMs * 10, 30_000));
     const ceiling = Math.min(cap, intervalMs * 2 ** Math.min(failures - 1, 30));
     return ceiling / 2 + (Math.random() * ceiling) / 2;
@@ -334,27 +296,23 @@ export class HealthChecker {
    * already down. It comes back only after a successful probe.
    *
    * @param node The failing node.
-   * @param err Why.
+   * @param err Why (a DbxError naming the node).
    * @param recheck Schedule an immediate re-probe. @default true
    */
   markDown(node: Node, err: unknown, recheck = true): void {
     if (!node.healthy) return;
-    node.healthy = false;
-    node.lastError = err;
-    this.#options.logger.warn("dbx: node is down", {
+    const { role } = node.state;
+    this.#set(node, { healthy: false, error: err });
+    this.#observer.log("warn", "dbx: node is down", {
       node: node.name,
-      role: node.role,
+      role,
       error: err instanceof Error ? err.message : String(err),
     });
-    callHook(this.#options.logger, this.#options.metrics, "onNodeDown", {
-      node: node.name,
-      role: node.role,
-      error: err,
-    });
+    this.#observer.hook("onNodeDown", { node: node.name, role, error: err });
     this.#refresh();
     if (!recheck || this.#stopped) return;
     // Losing the primary may mean a failover: learn every node's role now.
-    if (node.role === "primary") this.#track(this.checkAll());
+    if (role === "primary") this.#track(this.checkAll());
     else this.recheck(node);
   }
 
@@ -368,7 +326,7 @@ export class HealthChecker {
       next.replicas.some((n, i) => cur.replicas[i] !== n)
     ) {
       if (next.primaries.length > 1) {
-        this.#options.logger.error("dbx: more than one node reports primary; refusing writes", {
+        this.#observer.log("error", "dbx: more than one node reports primary; refusing writes", {
           nodes: next.primaries.map((n) => n.name),
         });
       }

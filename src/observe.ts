@@ -2,10 +2,14 @@
  * Observability contracts: a structural {@linkcode Logger}, optional
  * {@linkcode MetricsHook} callbacks and a {@linkcode Tracer}. Every hook is
  * optional, and a hook that throws is caught and logged: observing a query
- * never breaks it.
+ * never breaks it. The guarded calls themselves are in `observer.ts`.
  *
  * @module
  */
+
+// The internal runtime lives in its own file; re-exported so `from "./observe.ts"` keeps working.
+export { callHook, log, Observer } from "./observer.ts";
+export type { Observation, ObservedNode } from "./observer.ts";
 
 /**
  * Role of a node as last reported by the server (or the config before the first probe).
@@ -270,32 +274,4 @@ export interface Tracer {
   queryStart(info: TraceQueryInfo): unknown;
   /** Called when the attempt finished. */
   queryEnd(handle: unknown, outcome: TraceQueryOutcome): void;
-}
-
-/**
- * Calls one metrics hook, catching and logging anything it throws so that a
- * faulty hook never breaks a query.
- *
- * @param logger Where a throwing hook is reported.
- * @param hooks The hooks object (may be undefined).
- * @param name Which hook to call.
- * @param event Its argument.
- */
-export function callHook<K extends keyof MetricsHook>(
-  logger: Logger,
-  hooks: MetricsHook | undefined,
-  name: K,
-  event: Parameters<NonNullable<MetricsHook[K]>>[0],
-): void {
-  const fn = hooks?.[name] as ((this: MetricsHook, e: typeof event) => void) | undefined;
-  if (fn === undefined) return;
-  try {
-    fn.call(hooks!, event);
-  } catch (error) {
-    try {
-      logger.error("dbx: metrics hook threw", { hook: name, error });
-    } catch {
-      // A logger that throws has nowhere left to report to.
-    }
-  }
 }

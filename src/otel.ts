@@ -23,7 +23,7 @@ import {
   trace,
   type Tracer as OtelTracer,
 } from "@opentelemetry/api";
-import { pgErrorCode } from "./errors.ts";
+import { pgErrorCode } from "./failure.ts";
 import type { TraceQueryInfo, TraceQueryOutcome, Tracer } from "./observe.ts";
 
 // Re-exported so that this entry point documents otelTracer()'s signature in full.

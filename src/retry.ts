@@ -1,11 +1,16 @@
 /**
- * Backoff with full jitter and an abortable delay: the timing half of the
- * retry contract. Which failures may be re-sent, and where, is decided by
- * the cluster (see `src/cluster.ts`), because it depends on whether the
- * statement is a read and whether it reached the server.
+ * Retrying: backoff with full jitter, an abortable delay, and the one
+ * generic {@linkcode withRetry} loop every routed call uses. What may be
+ * re-sent and where is the caller's `resendable` and `pick`: the loop only
+ * moves to the next eligible node first, then backs off, within the caller's
+ * signal.
  *
  * @module
  */
+
+import { abortedError, failureOf } from "./attempt.ts";
+import { DbxError, NoHealthyNodeError, RetryExhaustedError } from "./errors.ts";
+import type { Failure } from "./failure.ts";
 
 /**
  * Settings of {@linkcode backoffDelay}.
@@ -107,37 +112,103 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** A failed attempt that {@linkcode withRetry} is about to retry. */
+export interface RetryStep<N> {
+  /** The attempt that failed (1-based). */
+  readonly attempt: number;
+  /** The node it failed on; `undefined` when no node could be picked. */
+  readonly node: N | undefined;
+  /** What it threw. */
+  readonly error: unknown;
+  /** What that means; `undefined` when no node could be picked. */
+  readonly failure: Failure | undefined;
+}
+
+/** How {@linkcode withRetry} chooses, decides and waits. Internal. */
+export interface RetryOptions<N> {
+  /** The next node to try, not in `tried`; `undefined` when none is left. */
+  pick(tried: readonly N[]): N | undefined;
+  /** Whether a failed attempt may be sent again (the retry contract). */
+  resendable(failure: Failure, error: unknown): boolean;
+  /** Attempts in all, and the backoff between rounds over every eligible node. */
+  readonly backoff: {
+    readonly maxAttempts: number;
+    readonly baseDelayMs: number;
+    readonly maxDelayMs: number;
+  };
+  /** Ends the waiting (the attempt itself cancels on it too). */
+  readonly signal?: AbortSignal | undefined;
+  /** The error when no node can be picked at all. */
+  unavailable(): DbxError;
+  /** Told of each retry before it happens; may wait (a re-probe). */
+  onRetry?(step: RetryStep<N>): void | Promise<void>;
+}
+
 /**
- * The caller's signal and a deadline combined into one signal. The deadline
- * is a plain timer cleared by {@linkcode CallSignal.dispose}, so nothing
- * outlives the call. Internal.
+ * Runs `attemptOn` on picked nodes until one succeeds: after a failure that
+ * may be re-sent, the next eligible node right away; when every eligible
+ * node failed (or none is up), a backoff, then all nodes are eligible again.
+ * Gives up after `maxAttempts`, on a failure that must not be re-sent, or
+ * when `signal` aborts.
+ *
+ * @param attemptOn One attempt on a node (through the attempt runner).
+ * @param options Picking, the retry contract and the backoff.
+ * @returns The first successful attempt's result.
+ * @throws The attempt's own error when it was the only one; a
+ * {@linkcode RetryExhaustedError} with every attempt's error otherwise; a
+ * {@linkcode NoHealthyNodeError} when no node could ever be picked.
  */
-export class CallSignal {
-  /** Aborts on the caller's signal or at the deadline (reason: a TimeoutError DOMException). */
-  readonly signal: AbortSignal;
-  readonly #timer: ReturnType<typeof setTimeout> | undefined;
-
-  /**
-   * @param options At least one of `signal` and `timeoutMs`.
-   */
-  constructor(options: { signal?: AbortSignal | undefined; timeoutMs?: number | undefined }) {
-    const { signal, timeoutMs } = options;
-    if (timeoutMs === undefined) {
-      this.signal = signal!;
-      return;
+export async function withRetry<N, R>(
+  attemptOn: (node: N, attempt: number) => Promise<R>,
+  options: RetryOptions<N>,
+): Promise<R> {
+  const { pick, signal } = options;
+  const { maxAttempts, baseDelayMs, maxDelayMs } = options.backoff;
+  let tried: N[] = [];
+  const errors: unknown[] = [];
+  let backoffs = 0;
+  for (let attempt = 1;; attempt++) {
+    let node = pick(tried);
+    if (node === undefined && attempt > 1) {
+      try {
+        await delay(backoffDelay(++backoffs, { baseDelayMs, maxDelayMs }), signal);
+      } catch (reason) {
+        throw abortedError(reason, errors.at(-1));
+      }
+      tried = [];
+      node = pick(tried);
     }
-    const deadline = new AbortController();
-    this.#timer = setTimeout(
-      () => deadline.abort(new DOMException(`timed out after ${timeoutMs} ms`, "TimeoutError")),
-      timeoutMs,
-    );
-    this.signal = signal === undefined
-      ? deadline.signal
-      : AbortSignal.any([signal, deadline.signal]);
-  }
-
-  /** Clears the deadline timer. */
-  dispose(): void {
-    clearTimeout(this.#timer);
+    if (node === undefined) {
+      const err = options.unavailable();
+      errors.push(err);
+      if (attempt >= maxAttempts) {
+        // Never reaching any node is plain unavailability, not a failed retry.
+        throw errors.every((e) => e instanceof NoHealthyNodeError)
+          ? err
+          : new RetryExhaustedError(errors);
+      }
+      await options.onRetry?.({ attempt, node, error: err, failure: undefined });
+      continue;
+    }
+    try {
+      return await attemptOn(node, attempt);
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      const failure = failureOf(err);
+      if (!options.resendable(failure, err)) {
+        if (errors.length > 0) throw new RetryExhaustedError([...errors, err]);
+        if (failure.connectionLost && failure.sent && err instanceof DbxError) {
+          throw new DbxError(
+            `${err.message}; the statement may have been applied, so it was not re-sent`,
+            { cause: err, node: err.node },
+          );
+        }
+        throw err;
+      }
+      errors.push(err);
+      if (attempt >= maxAttempts) throw errors.length === 1 ? err : new RetryExhaustedError(errors);
+      tried.push(node);
+      await options.onRetry?.({ attempt, node, error: err, failure });
+    }
   }
 }

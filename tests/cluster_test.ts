@@ -10,6 +10,7 @@ import {
 } from "../mod.ts";
 import { dbTest, testLogger } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
+import { until } from "./helpers.ts";
 
 const urls = testDatabaseUrls();
 /** Appended to the names of tests that need the database, when it is not configured. */
@@ -254,7 +255,7 @@ dbTest(
       cluster.query(42 as unknown as string),
       (err) =>
         err instanceof TypeError &&
-        /'sql' must be a string: current value is number/.test(err.message),
+        /'sql' must be a string: current value is 42/.test(err.message),
     );
     await assert.rejects(
       cluster.exec("select $1", "x" as unknown as unknown[]),
@@ -417,15 +418,24 @@ dbTest("node(name) runs statements on that node only, whatever its role", async 
 dbTest(
   "a call waiting on an exhausted pool gives up after connectTimeoutMs, as not sent",
   async (cluster) => {
-    let busyDone = false;
-    const busy = cluster.query("select pg_sleep(1.5)").then(() => (busyDone = true));
-    await new Promise((r) => setTimeout(r, 100));
+    // The only connection is held until the test lets it go: no timing involved.
+    const hold = new AbortController();
+    const busy = cluster.query("select pg_sleep(600)", [], { signal: hold.signal })
+      .then(() => "finished", (e: unknown) => e);
+    await until("the only connection is busy", () => {
+      const n = cluster.stats().nodes[0]!;
+      return n.inFlight === 1 && n.totalConns === 1 && n.idleConns === 0;
+    });
     const err = await cluster.exec("select 1").then(() => undefined, (e: unknown) => e);
-    assert.equal(busyDone, false, "gave up while the only connection was still busy");
     assert.ok(err instanceof RetryExhaustedError, `expected RetryExhaustedError, got ${err}`);
     assert.equal(err.errors.length, 2, "the write was retried: nothing had been sent");
-    assert.match(String(err.message), /timeout exceeded when trying to connect/);
-    await busy;
+    for (const e of err.errors) {
+      assert.match(String((e as Error).message), /timeout exceeded when trying to connect/);
+    }
+    assert.equal(cluster.stats().nodes[0]!.healthy, true, "a busy pool is not a node down");
+    hold.abort();
+    const ended = await busy;
+    assert.ok(ended instanceof DbxError && ended.kind === "canceled", `busy ended with ${ended}`);
     assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
   },
   {

@@ -222,8 +222,16 @@ Deno.test("isConnectionError() is true for 'Connection terminated unexpectedly' 
 });
 
 Deno.test("isConnectionError() is true for SQLSTATE class 08 and server shutdown codes", () => {
-  for (const code of ["08006", "08001", "08003", "57P01", "57P02", "57P03", "53300"]) {
+  for (const code of ["08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"]) {
     assert.equal(isConnectionError(pgError(code)), true, code);
+  }
+});
+
+Deno.test("isConnectionError() is false for 08P01 and 53300: the statement failed, the connection is fine", () => {
+  // 08P01 is what a bind message with the wrong number of parameters gets.
+  for (const code of ["08P01", "53300"]) {
+    assert.equal(isConnectionError(pgError(code)), false, code);
+    assert.equal(isRetryable(pgError(code)), false, code);
   }
 });
 
@@ -279,7 +287,6 @@ Deno.test("isRetryable() is true for connection, serialization, deadlock and rea
     new Error("Connection terminated unexpectedly"),
     pgError("08006"),
     pgError("57P03"),
-    pgError("53300"),
     pgError("40001"),
     pgError("40P01"),
     pgError("25006"),

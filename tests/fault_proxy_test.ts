@@ -88,7 +88,12 @@ Deno.test("faultProxy() rejects a bad target or options, naming the field and va
     assert.doesNotMatch(err.message, new RegExp(SECRET), "never shows a password");
   };
   await reject("not a url", undefined, TypeError, /'target' must be a postgres:\/\/ URL/);
-  await reject(`postgres://u:${SECRET}@h:99999/db`, undefined, TypeError, /'target'.*\*\*\*@h/);
+  await reject(
+    `postgres://u:${SECRET}@h:99999/db`,
+    undefined,
+    TypeError,
+    /'target' must be a postgres:\/\/ URL: current value is "postgres:<unparsable url>"/,
+  );
   await reject(`http://u:${SECRET}@h/db`, undefined, TypeError, /'target'.*u:\*\*\*@h/);
   await reject(`postgres://u:${SECRET}@h:0/db`, undefined, RangeError, /port from 1 to 65535/);
   await reject("postgres://%2Fvar%2Frun/db", undefined, TypeError, /not a unix socket/);
@@ -103,6 +108,41 @@ Deno.test("faultProxy() rejects a bad target or options, naming the field and va
   await reject(target, { port: -1 }, RangeError, /'options.port'.*from 0 to 65535.*-1/);
   await reject(target, { port: 1.5 }, RangeError, /'options.port'.*1\.5/);
   await reject(target, { host: "" }, TypeError, /'options.host'.*""/);
+});
+
+Deno.test("faultProxy() never shows a password from the target URL in its error", async () => {
+  const message = async (target: string): Promise<string> => {
+    const err = await faultProxy(target).then(
+      () => assert.fail(`expected ${target} to be rejected`),
+      (e: Error) => e,
+    );
+    assert.ok(err instanceof TypeError || err instanceof RangeError, `${err.name}: ${err.message}`);
+    return err.message;
+  };
+  const cases: [target: string, shown: RegExp][] = [
+    // Userinfo form: out of range (unparsable) and zero (parsable) ports.
+    ["postgres://app:s3cret@db1:99999/app", /'target' must be a postgres:\/\/ URL/],
+    ["postgres://app:s3cret@db1:0/app", /'target' must have a port from 1 to 65535/],
+    // Query parameter form, also with another casing and the userinfo form at once.
+    ["postgres://app@db1:0/app?password=s3cret", /'target' must have a port from 1 to 65535/],
+    ["postgres://app@db1:0/app?sslmode=disable&PassWord=s3cret", /'target' must have a port/],
+    ["postgres://app:s3cret@db1:0/app?password=s3cret", /'target' must have a port/],
+    ["mysql://app@db1/app?password=s3cret", /'target' must be a postgres:\/\/ URL/],
+  ];
+  for (const [target, shown] of cases) {
+    const text = await message(target);
+    assert.match(text, shown);
+    assert.ok(!text.includes("s3cret"), `${JSON.stringify(text)} shows the password`);
+  }
+  assert.match(
+    await message("postgres://app@db1:0/app?password=s3cret"),
+    /current value is "postgres:\/\/app@db1:0\/app\?password=\*\*\*"/,
+  );
+  await using proxy = await faultProxy({ host: "127.0.0.1", port: 5432 });
+  assert.throws(
+    () => proxy.url("mysql://app@db1/app?password=s3cret"),
+    (err: Error) => err.message.includes("'base'") && !err.message.includes("s3cret"),
+  );
 });
 
 Deno.test("faultProxy() rejects with an Error naming the address when the port is taken", async () => {

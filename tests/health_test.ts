@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
-import { parseLsn } from "../src/health.ts";
+import { parseLsn } from "../src/route.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
 

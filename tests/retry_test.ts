@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
+import { markNotSent } from "../src/failure.ts";
+import { type RetryOptions, withRetry } from "../src/retry.ts";
 import { backoffDelay, delay } from "../mod.ts";
 
 const almostOne = 1 - Number.EPSILON;
@@ -102,11 +105,17 @@ Deno.test("delay() resolves with undefined, also for 0 ms", async () => {
   assert.equal(await delay(0), undefined);
 });
 
-Deno.test("delay() resolves normally when the signal never aborts", async () => {
+Deno.test("delay() resolves when the signal does not abort in time; a later abort changes nothing", async () => {
   const controller = new AbortController();
-  await delay(5, controller.signal);
-  // Aborting afterwards must not turn the settled wait into a rejection.
+  const wait = delay(5, controller.signal);
+  assert.equal(await wait, undefined);
   controller.abort(new Error("late"));
+  // The settled wait stays resolved: its listener was removed, nothing rejects.
+  assert.equal(await wait, undefined);
+  assert.equal(
+    await Promise.race([wait.then(() => "resolved"), delay(0).then(() => "pending")]),
+    "resolved",
+  );
 });
 
 Deno.test("delay() rejects at once with the signal's reason when already aborted", async () => {
@@ -161,4 +170,75 @@ Deno.test("delay() removes its abort listener once the time is up", async () => 
   }) as typeof signal.removeEventListener;
   await delay(1, signal);
   assert.equal(listeners, 0);
+});
+
+/** withRetry() with plain names for nodes and errors the classification understands. */
+const lost = () => new Error("Connection terminated unexpectedly");
+const refused = () =>
+  markNotSent(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }));
+const policy = (
+  nodes: string[],
+  overrides: Partial<RetryOptions<string>> = {},
+): RetryOptions<string> => ({
+  pick: (tried) => nodes.find((n) => !tried.includes(n)),
+  resendable: (f) => !f.sent,
+  backoff: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 },
+  unavailable: () => new NoHealthyNodeError("none"),
+  ...overrides,
+});
+
+Deno.test("withRetry() returns the first success and tries the next node before backing off", async () => {
+  const calls: string[] = [];
+  const steps: (string | undefined)[] = [];
+  const result = await withRetry(async (node, attempt) => {
+    calls.push(`${node}#${attempt}`);
+    if (node === "a") throw refused();
+    return node;
+  }, policy(["a", "b"], { onRetry: (s) => void steps.push(s.node) }));
+  assert.equal(result, "b");
+  assert.deepEqual(calls, ["a#1", "b#2"]);
+  assert.deepEqual(steps, ["a"]);
+});
+
+Deno.test("withRetry() never re-sends a failure the policy says may have been applied", async () => {
+  let calls = 0;
+  const err = await withRetry(() => {
+    calls++;
+    return Promise.reject(new DbxError("Connection terminated unexpectedly", { cause: lost() }));
+  }, policy(["a", "b"])).catch((e: unknown) => e);
+  assert.equal(calls, 1);
+  assert.ok(err instanceof DbxError);
+  assert.match(err.message, /may have been applied, so it was not re-sent/);
+  assert.equal(err.kind, "connection");
+});
+
+Deno.test("withRetry() gives up after maxAttempts with every attempt's error", async () => {
+  const errors: unknown[] = [];
+  const err = await withRetry(() => {
+    const e = refused();
+    errors.push(e);
+    return Promise.reject(e);
+  }, policy(["a"])).catch((e: unknown) => e);
+  assert.ok(err instanceof RetryExhaustedError);
+  assert.deepEqual(err.errors, errors);
+  assert.equal(errors.length, 3);
+});
+
+Deno.test("withRetry() reports NoHealthyNodeError when no node could ever be picked", async () => {
+  let calls = 0;
+  const err = await withRetry(() => Promise.resolve(++calls), policy([])).catch((e: unknown) => e);
+  assert.ok(err instanceof NoHealthyNodeError);
+  assert.equal(calls, 0);
+});
+
+Deno.test("withRetry() stops backing off when the signal aborts, as a canceled DbxError", async () => {
+  const controller = new AbortController();
+  const slow = policy(["a"], {
+    backoff: { maxAttempts: 5, baseDelayMs: 60_000, maxDelayMs: 60_000 },
+    signal: controller.signal,
+    onRetry: () => controller.abort(),
+  });
+  const err = await withRetry(() => Promise.reject(refused()), slow).catch((e: unknown) => e);
+  assert.ok(err instanceof DbxError);
+  assert.equal(err.kind, "canceled");
 });

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import type { Cluster } from "../mod.ts";
 import { DbxError, isSerializationFailure, type Tx } from "../mod.ts";
-import { dbTest, runInTx } from "../src/testing/mod.ts";
+import { withExecutor } from "../mod.ts";
+import { dbTest, runInTx, testLogger } from "../src/testing/mod.ts";
 
 /** Every connection of the primary's pool is back and idle. */
 function assertPoolIdle(cluster: Cluster): void {
@@ -181,21 +182,31 @@ dbTest(
 
 dbTest("concurrent runTx calls each see only their own transaction", async (cluster) => {
   await freshTable(cluster, "tx_concurrent");
+  // Every transaction inserts, waits until all four have inserted, reads,
+  // and waits until all four have read before committing: each reads while
+  // the other three rows exist but are uncommitted.
+  const barrier = (n: number) => {
+    let arrived = 0;
+    let open!: () => void;
+    const opened = new Promise<void>((resolve) => (open = resolve));
+    return () => (++arrived === n && open(), opened);
+  };
+  const inserted = barrier(4);
+  const read = barrier(4);
   const seen = await Promise.all([1, 2, 3, 4].map((id) =>
     cluster.runTx(async (tx) => {
       await tx.exec("insert into tx_concurrent(id) values ($1)", [id]);
-      await new Promise((r) => setTimeout(r, 20 * (5 - id)));
+      await inserted();
       assert.equal(cluster.getExecutor(), tx);
       const rows = await cluster.getExecutor().query<{ id: number }>(
         "select id from tx_concurrent order by id",
       );
+      await read();
       return rows.map((r) => r.id);
     })
   ));
-  // Each transaction sees its own uncommitted row, and committed rows of
-  // transactions that finished earlier, never another's uncommitted one.
-  seen.forEach((ids, i) => assert.ok(ids.includes(i + 1), `tx ${i + 1} sees its own row`));
-  assert.deepEqual(seen[3], [4], "the first to finish saw only its own row");
+  // Each transaction sees its own uncommitted row, never another's.
+  assert.deepEqual(seen, [[1], [2], [3], [4]]);
   assert.equal((await cluster.query("select * from tx_concurrent")).length, 4);
   assertPoolIdle(cluster);
 });
@@ -317,3 +328,151 @@ dbTest("runInTx() always rolls back and binds the transaction", async (cluster) 
   assert.deepEqual(await cluster.query("select * from tx_helper"), []);
   assertPoolIdle(cluster);
 });
+
+dbTest(
+  "inside runTx, the cluster's own methods join the transaction: no self-deadlock",
+  async (cluster) => {
+    await freshTable(cluster, "tx_ambient");
+    await cluster.exec("insert into tx_ambient(id, v) values (1, 0)");
+    const seen = await cluster.runTx(async (tx) => {
+      await tx.exec("update tx_ambient set v = 1 where id = 1");
+      // Outside the transaction this would wait on the row lock until a timeout.
+      await cluster.exec("update tx_ambient set v = 2 where id = 1", [], { timeoutMs: 10_000 });
+      const [row] = await cluster.readQuery<{ v: number }>("select v from tx_ambient where id = 1");
+      return row!.v;
+    });
+    assert.equal(seen, 2, "the read saw the transaction's own write");
+    assert.deepEqual(await cluster.query("select v from tx_ambient"), [{ v: 2 }]);
+    assertPoolIdle(cluster);
+  },
+);
+
+dbTest(
+  "runInTx() rolls back everything the cluster did inside it: exec, copyFrom and sendBatch",
+  async (cluster) => {
+    await freshTable(cluster, "tx_isolated");
+    await runInTx(cluster, async () => {
+      await cluster.exec("insert into tx_isolated(id) values (1)");
+      assert.equal(await cluster.copyFrom("tx_isolated", ["id"], [[2], [3]]), 2);
+      await cluster.sendBatch([{ sql: "insert into tx_isolated(id) values (4)" }]);
+      const ids = await cluster.readQuery<{ id: number }>("select id from tx_isolated order by id");
+      assert.deepEqual(ids.map((r) => r.id), [1, 2, 3, 4]);
+    });
+    assert.deepEqual(await cluster.query("select * from tx_isolated"), [], "nothing survived");
+    assertPoolIdle(cluster);
+  },
+);
+
+dbTest("withExecutor(cluster, fn) runs outside the enclosing transaction on purpose", async (
+  cluster,
+) => {
+  await freshTable(cluster, "tx_audit");
+  await runInTx(cluster, async () => {
+    await cluster.exec("insert into tx_audit(id) values (1)");
+    await withExecutor(cluster, () => cluster.exec("insert into tx_audit(id) values (2)"));
+  });
+  assert.deepEqual(await cluster.query("select id from tx_audit"), [{ id: 2 }]);
+});
+
+dbTest("Tx has readQuery, readQueryRow, copyFrom and sendBatch on its own connection", async (
+  cluster,
+) => {
+  await freshTable(cluster, "tx_methods");
+  await cluster.runTx(async (tx) => {
+    assert.equal(await tx.copyFrom("tx_methods", ["id"], [[1], [2]]), 2);
+    const [ins, count] = await tx.sendBatch([
+      { sql: "insert into tx_methods(id) values ($1)", args: [3] },
+      { sql: "select count(*)::int as n from tx_methods" },
+    ]);
+    assert.equal(ins!.rowCount, 1);
+    assert.deepEqual(count!.rows, [{ n: 3 }]);
+    assert.deepEqual(await tx.readQueryRow("select count(*)::int as n from tx_methods"), { n: 3 });
+    assert.equal((await tx.readQuery("select id from tx_methods")).length, 3);
+  });
+  assert.deepEqual(await cluster.query("select count(*)::int as n from tx_methods"), [{ n: 3 }]);
+  // An atomic batch that fails inside the transaction leaves nothing behind.
+  const err = await cluster.runTx((tx) =>
+    tx.sendBatch([
+      { sql: "insert into tx_methods(id) values (10)" },
+      { sql: "insert into tx_methods(id) values (1)" },
+    ])
+  ).catch((e: unknown) => e);
+  assert.ok(err instanceof DbxError && (err as { batchIndex?: number }).batchIndex === 1, `${err}`);
+  assert.deepEqual(await cluster.query("select count(*)::int as n from tx_methods"), [{ n: 3 }]);
+  assertPoolIdle(cluster);
+});
+
+dbTest(
+  "a nested runTx with isolation or readOnly throws a TypeError instead of ignoring them",
+  async (cluster) => {
+    await cluster.runTx(async () => {
+      for (const options of [{ isolation: "serializable" as const }, { readOnly: true }]) {
+        await assert.rejects(
+          cluster.runTx(async () => {}, options),
+          (e) => e instanceof TypeError && /cannot apply to a nested transaction/.test(e.message),
+        );
+      }
+    });
+    assertPoolIdle(cluster);
+  },
+);
+
+const txRetries: { attempt: number; node: string | undefined }[] = [];
+const txLog = testLogger();
+
+dbTest(
+  "runTx({ retries }) re-runs are reported: onRetry, stats().retries and a debug log",
+  async (cluster) => {
+    await freshTable(cluster, "tx_retry_report");
+    await cluster.exec("insert into tx_retry_report(id, v) values (1, 0), (2, 0)");
+    const before = cluster.stats().totals.retries;
+    let runs = 0;
+    // Two serializable transactions that each read what the other writes:
+    // one of them fails with 40001 and is re-run.
+    let bothRead!: () => void;
+    let reads = 0;
+    const gate = new Promise<void>((resolve) => (bothRead = resolve));
+    const work = (read: number, write: number) =>
+      cluster.runTx(async (tx) => {
+        runs++;
+        await tx.query("select v from tx_retry_report where id = $1", [read]);
+        if (++reads === 2) bothRead();
+        await gate;
+        await tx.exec("update tx_retry_report set v = v + 1 where id = $1", [write]);
+      }, { isolation: "serializable", retries: 3 });
+    await Promise.all([work(1, 2), work(2, 1)]);
+    assert.ok(runs >= 3, `a callback was re-run (${runs} runs)`);
+    assert.equal(txRetries.length, runs - 2);
+    assert.equal(cluster.stats().totals.retries - before, runs - 2);
+    assert.ok(txLog.entries.some((e) => e.level === "debug" && /retrying/.test(e.msg)));
+  },
+  {
+    config: {
+      logger: txLog,
+      metrics: { onRetry: (e) => void txRetries.push({ attempt: e.attempt, node: e.node }) },
+    },
+  },
+);
+
+dbTest(
+  "begin, runTx, copyFrom, sendBatch, ping, health and writeToken honour an aborted signal",
+  async (
+    cluster,
+  ) => {
+    const signal = AbortSignal.abort();
+    const canceled = (e: unknown) => e instanceof DbxError && e.kind === "canceled";
+    await assert.rejects(cluster.begin({ signal }), canceled);
+    await assert.rejects(cluster.runTx(async () => {}, { signal }), canceled);
+    await assert.rejects(cluster.copyFrom("nowhere", ["a"], [[1]], { signal }), canceled);
+    await assert.rejects(cluster.sendBatch([{ sql: "select 1" }], { signal }), canceled);
+    await assert.rejects(cluster.writeToken({ signal }), canceled);
+    await assert.rejects(cluster.ping({ signal }), (e) => e instanceof AggregateError);
+    await assert.rejects(cluster.health({ signal }));
+    // A deadline inside runTx cancels the running statement on the server.
+    const err = await cluster.runTx((tx) => tx.query("select pg_sleep(30)"), { timeoutMs: 200 })
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof DbxError && err.kind === "timeout", `${err}`);
+    assert.equal(err.code, "57014");
+    assertPoolIdle(cluster);
+  },
+);

@@ -11,7 +11,7 @@ import { connect as tcpConnect } from "node:net";
 import process from "node:process";
 import { type Cluster, connect } from "../cluster.ts";
 import type { ClusterConfig } from "../config.ts";
-import { isConnectionError } from "../errors.ts";
+import { isConnectionError } from "../failure.ts";
 
 /** The test database's URLs from the environment, or undefined when unset. */
 export function testDatabaseUrls(): { master: string; replicas: string[] } | undefined {

@@ -6,7 +6,9 @@
  * @module
  */
 
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
+import { redactUrl } from "../config.ts";
+import { type Address, ignore, Link, type Mode } from "./fault_proxy_link.ts";
 
 /**
  * Options for {@linkcode faultProxy}.
@@ -167,17 +169,6 @@ export async function faultProxy(
   return await FaultProxyImpl.start(upstream, listen);
 }
 
-interface Address {
-  readonly host: string;
-  readonly port: number;
-}
-
-/** The proxy's current faults, shared by reference with every connection. */
-interface Mode {
-  latency: number;
-  blackholed: boolean;
-}
-
 const DEFAULT_HOST = "127.0.0.1";
 const DEFAULT_PG_PORT = 5432;
 const MAX_PORT = 65_535;
@@ -318,168 +309,6 @@ class FaultProxyImpl implements FaultProxy {
   }
 }
 
-/** One client connection and its connection to the node. */
-class Link {
-  /** Settles once both sockets are closed. */
-  readonly done: Promise<void>;
-  readonly #client: Socket;
-  readonly #upstream: Socket | undefined;
-  readonly #toUpstream: Lane | undefined;
-  readonly #toClient: Lane | undefined;
-  #starved: boolean;
-  #clientEnded = false;
-  #upstreamEnded = false;
-
-  constructor(client: Socket, target: Address, mode: Mode) {
-    this.#client = client;
-    // A connection accepted while blackholed never reaches the node, like a SYN to a hung
-    // host that the kernel still answers.
-    this.#starved = mode.blackholed;
-    const closed = [closeOf(client)];
-    client.setNoDelay(true);
-    if (!this.#starved) {
-      const upstream = connect({ host: target.host, port: target.port });
-      upstream.on("error", ignore);
-      upstream.setNoDelay(true);
-      closed.push(closeOf(upstream));
-      this.#upstream = upstream;
-      this.#toUpstream = new Lane(client, upstream, mode);
-      this.#toClient = new Lane(upstream, client, mode);
-      upstream.on("data", (chunk: Uint8Array) => this.#forward(this.#toClient, chunk));
-      upstream.on("end", () => {
-        this.#upstreamEnded = true;
-        this.#forward(this.#toClient, undefined);
-      });
-      upstream.on("close", () => {
-        this.#toUpstream?.clear();
-        // A clean end travels through the lane, behind the data still delayed in it.
-        if (!this.#upstreamEnded && !this.#starved) client.destroy();
-      });
-    }
-    client.on("data", (chunk: Uint8Array) => this.#forward(this.#toUpstream, chunk));
-    client.on("end", () => {
-      this.#clientEnded = true;
-      this.#forward(this.#toUpstream, undefined);
-    });
-    client.on("close", () => {
-      this.#toClient?.clear();
-      // A starved backend would otherwise sit idle until the server times it out.
-      if (!this.#clientEnded || this.#starved) this.#upstream?.destroy();
-    });
-    this.done = Promise.all(closed).then(() => {});
-  }
-
-  /** Whether the client side is still open. */
-  get open(): boolean {
-    return !this.#client.destroyed;
-  }
-
-  /** Whether the link lost bytes to a blackhole. */
-  get starved(): boolean {
-    return this.#starved;
-  }
-
-  /** Stops forwarding for good and drops whatever is still delayed. */
-  starve(): void {
-    this.#starved = true;
-    this.#toUpstream?.clear();
-    this.#toClient?.clear();
-  }
-
-  destroy(): void {
-    this.#toUpstream?.clear();
-    this.#toClient?.clear();
-    this.#client.destroy();
-    this.#upstream?.destroy();
-  }
-
-  #forward(lane: Lane | undefined, chunk: Uint8Array | undefined): void {
-    if (this.#starved) return;
-    lane?.push(chunk);
-  }
-}
-
-/**
- * One direction of a link: delivers chunks in arrival order, each no earlier than its
- * arrival plus the latency in force when it arrived. `undefined` stands for end of stream.
- */
-class Lane {
-  readonly #from: Socket;
-  readonly #to: Socket;
-  readonly #mode: Mode;
-  #queue: { readonly due: number; readonly chunk: Uint8Array | undefined }[] = [];
-  #lastDue = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #draining = false;
-
-  constructor(from: Socket, to: Socket, mode: Mode) {
-    this.#from = from;
-    this.#to = to;
-    this.#mode = mode;
-  }
-
-  push(chunk: Uint8Array | undefined): void {
-    const now = performance.now();
-    // Never before the previous chunk: a shorter delay must not reorder bytes.
-    const due = Math.max(now + this.#mode.latency, this.#lastDue);
-    this.#lastDue = due;
-    if (this.#queue.length === 0 && due <= now) {
-      this.#deliver(chunk);
-      return;
-    }
-    this.#queue.push({ due, chunk });
-    if (this.#timer === undefined) this.#schedule(now);
-  }
-
-  clear(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    this.#queue = [];
-  }
-
-  #schedule(now: number): void {
-    const head = this.#queue[0];
-    if (head === undefined) return;
-    this.#timer = setTimeout(this.#flush, Math.max(0, Math.ceil(head.due - now)));
-  }
-
-  #flush = (): void => {
-    this.#timer = undefined;
-    const now = performance.now();
-    let head = this.#queue[0];
-    while (head !== undefined && head.due <= now) {
-      this.#queue.shift();
-      this.#deliver(head.chunk);
-      head = this.#queue[0];
-    }
-    this.#schedule(now);
-  };
-
-  #deliver(chunk: Uint8Array | undefined): void {
-    const to = this.#to;
-    if (to.destroyed || to.writableEnded) return;
-    if (chunk === undefined) {
-      to.end();
-      return;
-    }
-    if (!to.write(chunk) && !this.#draining) {
-      // Backpressure: stop reading the sender until the receiver catches up.
-      this.#draining = true;
-      this.#from.pause();
-      to.once("drain", () => {
-        this.#draining = false;
-        this.#from.resume();
-      });
-    }
-  }
-}
-
-function closeOf(socket: Socket): Promise<void> {
-  return new Promise((resolve) => socket.once("close", () => resolve()));
-}
-
-function ignore(): void {}
-
 function parseTarget(target: unknown): Address {
   const fail = (
     field: string,
@@ -560,27 +389,19 @@ function parseUrl(text: string): URL | undefined {
   }
 }
 
-/** Renders a value for an error message; `secret` strings may carry a URL password. */
+/**
+ * Renders a value for an error message. Strings go through `redactUrl` when they hold a
+ * URL (`secret`) or may: that hides a password in the userinfo or in a `password` query
+ * parameter, and a string it cannot parse is not shown at all.
+ */
 function show(value: unknown, secret: boolean): string {
-  if (typeof value === "string") return JSON.stringify(secret ? redact(value) : value);
+  if (typeof value === "string") {
+    const urlLike = secret || /^[a-z][a-z0-9+.-]*:|\/\/|@/i.test(value);
+    return JSON.stringify(urlLike ? redactUrl(value) : value);
+  }
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   if (typeof value === "object") return "an object";
   if (typeof value === "function") return "a function";
   return String(value);
-}
-
-function redact(text: string): string {
-  const url = parseUrl(text);
-  if (url !== undefined && url.href.startsWith(`${url.protocol}//`)) {
-    if (url.password !== "") url.password = "***";
-    return url.href;
-  }
-  // No parsable authority: hide everything between the scheme and the last "@", where a
-  // password with stray characters may hide.
-  const at = text.lastIndexOf("@");
-  if (at < 0) return text;
-  const scheme = text.indexOf("://");
-  const start = scheme >= 0 && scheme < at ? scheme + 3 : 0;
-  return `${text.slice(0, start)}***${text.slice(at)}`;
 }

@@ -7,7 +7,8 @@
 
 import type { Cluster } from "../cluster.ts";
 import { withExecutor } from "../context.ts";
-import type { Tx, TxOptions } from "../tx.ts";
+import type { Tx } from "../executor.ts";
+import type { TxOptions } from "../run_tx.ts";
 
 /**
  * Runs `fn(tx)` in a transaction that is always rolled back, whatever `fn`

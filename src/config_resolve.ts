@@ -1,0 +1,272 @@
+/**
+ * Eager validation of a {@linkcode ClusterConfig}: fills in every default
+ * and turns every bad value into a {@linkcode ConfigError} naming the field
+ * and the value (passwords redacted). Re-exported by `config.ts`.
+ *
+ * @module
+ */
+
+import { roundRobin } from "./balancer.ts";
+import {
+  type ClusterConfig,
+  HEALTH_CHECK_DEFAULTS,
+  POOL_DEFAULTS,
+  type PoolConfig,
+  redactUrl,
+  type ResolvedConfig,
+  type ResolvedNode,
+  RETRY_DEFAULTS,
+  type RetryConfig,
+} from "./config.ts";
+import { ConfigError } from "./errors.ts";
+import { isRetryable } from "./failure.ts";
+import { noopLogger, type Tracer } from "./observe.ts";
+import { describe } from "./validate.ts";
+
+/** A string that `describe()` treats as a connection string (it has a scheme). */
+const URL_LIKE = /^[a-z][a-z0-9+.-]*:/i;
+
+function fail(field: string, rule: string, value: unknown): never {
+  throw new ConfigError(
+    field,
+    `Cannot connect as '${field}' ${rule}: current value is ${
+      describe(redactItems(value), redactUrl)
+    }`,
+  );
+}
+
+/**
+ * `describe()` shows an array as the JSON of its items, where it redacts
+ * nothing: redact URL-like items first and show nested objects by type only.
+ */
+function redactItems(value: unknown): unknown {
+  if (!Array.isArray(value)) return value;
+  return value.map((item: unknown) => {
+    if (typeof item === "string") return URL_LIKE.test(item) ? redactUrl(item) : item;
+    if (Array.isArray(item)) return `an array (${item.length} items)`;
+    return item !== null && typeof item === "object" ? describe(item) : item;
+  });
+}
+
+function duration(field: string, value: unknown, fallback: number, positive = false): number {
+  if (value === undefined) return fallback;
+  if (
+    typeof value !== "number" || !Number.isFinite(value) || value < 0 || (positive && value === 0)
+  ) {
+    fail(field, `must be a ${positive ? "positive" : "non-negative"} finite number of ms`, value);
+  }
+  return value;
+}
+
+function integer(field: string, value: unknown, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
+    fail(
+      field,
+      min === 0 ? "must be a non-negative integer" : `must be an integer >= ${min}`,
+      value,
+    );
+  }
+  return value;
+}
+
+function plainObject(field: string, value: unknown): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    fail(field, "must be an object", value);
+  }
+  return value as Record<string, unknown>;
+}
+
+function resolvePool(
+  field: string,
+  raw: unknown,
+  base: Required<PoolConfig>,
+): Required<PoolConfig> {
+  const p = plainObject(field, raw);
+  const max = integer(`${field}.max`, p.max, base.max, 1);
+  const min = integer(`${field}.min`, p.min, base.min, 0);
+  if (min > max) fail(`${field}.min`, `must not exceed '${field}.max' (${max})`, min);
+  return {
+    max,
+    min,
+    idleTimeoutMs: duration(`${field}.idleTimeoutMs`, p.idleTimeoutMs, base.idleTimeoutMs),
+    maxLifetimeMs: duration(`${field}.maxLifetimeMs`, p.maxLifetimeMs, base.maxLifetimeMs),
+    connectTimeoutMs: duration(
+      `${field}.connectTimeoutMs`,
+      p.connectTimeoutMs,
+      base.connectTimeoutMs,
+      true,
+    ),
+  };
+}
+
+function resolveNode(
+  field: string,
+  raw: unknown,
+  role: "primary" | "replica",
+  pool: Required<PoolConfig>,
+  tracer: Tracer | undefined,
+): ResolvedNode {
+  const spec: Record<string, unknown> = typeof raw === "string"
+    ? { url: raw }
+    : plainObject(field, raw);
+  if (raw === undefined || raw === null) {
+    fail(field, "must be a connection string or a NodeConfig", raw);
+  }
+  const urlField = typeof raw === "string" ? field : `${field}.url`;
+  const url = spec.url;
+  if (typeof url !== "string" || url.trim() === "") {
+    fail(urlField, "must be a non-empty postgres:// connection string", url);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    fail(urlField, "must be a valid postgres:// connection string", redactUrl(url));
+  }
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+    fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
+  }
+  // URL keeps the brackets of an IPv6 literal; sockets want the bare address.
+  const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
+    parsed.searchParams.get("host") || "";
+  if (host === "") fail(urlField, "must name a host", redactUrl(url));
+  const port = parsed.port === "" ? 5432 : Number(parsed.port);
+  const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  if (typeof name !== "string" || name.trim() === "") {
+    fail(`${field}.name`, "must be a non-empty string", name);
+  }
+  const nodeTracer = spec.tracer;
+  if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
+  return {
+    name,
+    url,
+    redactedUrl: redactUrl(url),
+    host,
+    port,
+    configuredRole: role,
+    pool: resolvePool(`${field}.pool`, spec.pool, pool),
+    tracer: (nodeTracer as Tracer | undefined) ?? tracer,
+  };
+}
+
+function checkMethods(field: string, value: unknown, methods: readonly string[]): void {
+  const obj = plainObjectOrInstance(field, value);
+  for (const m of methods) {
+    if (typeof obj[m] !== "function") fail(`${field}.${m}`, "must be a function", obj[m]);
+  }
+}
+
+function plainObjectOrInstance(field: string, value: unknown): Record<string, unknown> {
+  if (value === null || (typeof value !== "object" && typeof value !== "function")) {
+    fail(field, "must be an object", value);
+  }
+  return value as Record<string, unknown>;
+}
+
+function checkTracer(field: string, value: unknown): void {
+  checkMethods(field, value, ["queryStart", "queryEnd"]);
+}
+
+/** Stable identity of a server for duplicate detection: host, port, database and user. */
+function identity(node: ResolvedNode): string {
+  const u = new URL(node.url);
+  return `${node.host.toLowerCase()}:${node.port}/${decodeURIComponent(u.pathname.slice(1))}@${
+    decodeURIComponent(u.username)
+  }`;
+}
+
+/**
+ * Validates a {@linkcode ClusterConfig} and fills in every default.
+ *
+ * @param config The user's config.
+ * @returns The resolved config.
+ * @throws {ConfigError} naming the first invalid field and its (redacted) value.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const resolved = resolveConfig({ master: "postgres://app@db1:5432/app" });
+ * console.log(resolved.retry.maxAttempts); // 3
+ * ```
+ */
+export function resolveConfig(config: ClusterConfig): ResolvedConfig {
+  const c = plainObject("config", config) as Partial<ClusterConfig>;
+  if (config === undefined) fail("config", "must be an object", config);
+  const tracer = c.tracer;
+  if (tracer !== undefined) checkTracer("tracer", tracer);
+  const pool = resolvePool("pool", c.pool, POOL_DEFAULTS);
+  if (c.master === undefined || c.master === "") {
+    fail("master", "must be a non-empty postgres:// connection string", c.master);
+  }
+  const nodes = [resolveNode("master", c.master, "primary", pool, tracer)];
+  const replicas = c.replicas ?? [];
+  if (!Array.isArray(replicas)) fail("replicas", "must be an array", replicas);
+  replicas.forEach((r, i) => nodes.push(resolveNode(`replicas[${i}]`, r, "replica", pool, tracer)));
+
+  const names = new Map<string, number>();
+  const ids = new Map<string, number>();
+  nodes.forEach((node, i) => {
+    const field = i === 0 ? "master" : `replicas[${i - 1}]`;
+    const sameId = ids.get(identity(node));
+    if (sameId !== undefined) {
+      fail(field, `must not repeat node ${nodes[sameId]!.name}`, node.redactedUrl);
+    }
+    ids.set(identity(node), i);
+    if (names.has(node.name)) fail(`${field}.name`, "must be unique across nodes", node.name);
+    names.set(node.name, i);
+  });
+
+  const r = plainObject("retry", c.retry);
+  const baseDelayMs = duration("retry.baseDelayMs", r.baseDelayMs, RETRY_DEFAULTS.baseDelayMs);
+  const maxDelayMs = duration("retry.maxDelayMs", r.maxDelayMs, RETRY_DEFAULTS.maxDelayMs);
+  if (maxDelayMs < baseDelayMs) {
+    fail("retry.maxDelayMs", `must be >= 'retry.baseDelayMs' (${baseDelayMs})`, maxDelayMs);
+  }
+  if (r.retryable !== undefined && typeof r.retryable !== "function") {
+    fail("retry.retryable", "must be a function", r.retryable);
+  }
+  const h = plainObject("healthCheck", c.healthCheck);
+  if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
+  if (c.logger !== undefined) checkMethods("logger", c.logger, ["debug", "info", "warn", "error"]);
+  if (c.metrics !== undefined) plainObjectOrInstance("metrics", c.metrics);
+  const slow = c.slowQueryThresholdMs;
+  return {
+    nodes,
+    retry: {
+      maxAttempts: integer("retry.maxAttempts", r.maxAttempts, RETRY_DEFAULTS.maxAttempts, 1),
+      baseDelayMs,
+      maxDelayMs,
+      retryable: (r.retryable as RetryConfig["retryable"]) ?? isRetryable,
+    },
+    healthCheck: {
+      intervalMs: duration(
+        "healthCheck.intervalMs",
+        h.intervalMs,
+        HEALTH_CHECK_DEFAULTS.intervalMs,
+        true,
+      ),
+      timeoutMs: duration(
+        "healthCheck.timeoutMs",
+        h.timeoutMs,
+        HEALTH_CHECK_DEFAULTS.timeoutMs,
+        true,
+      ),
+      failuresBeforeDown: integer(
+        "healthCheck.failuresBeforeDown",
+        h.failuresBeforeDown,
+        HEALTH_CHECK_DEFAULTS.failuresBeforeDown,
+        1,
+      ),
+    },
+    balancer: c.balancer ?? roundRobin(),
+    logger: c.logger ?? noopLogger,
+    metrics: c.metrics,
+    maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
+    slowQueryThresholdMs: slow === undefined
+      ? undefined
+      : duration("slowQueryThresholdMs", slow, 0),
+  };
+}

@@ -1,0 +1,229 @@
+/**
+ * The statement path of a routed call, in one place: choose a node
+ * (`route.ts`), run one attempt on it (`attempt.ts`), and retry by the
+ * retry contract (`withRetry` in `retry.ts`). The cluster's `exec`, `query`,
+ * `queryRow`, `read*`, `begin`, `copyFrom` and `sendBatch` all come here.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import { type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
+import type { ResolvedConfig } from "./config.ts";
+import { NoHealthyNodeError } from "./errors.ts";
+import type { ReadOptions } from "./executor.ts";
+import type { Failure } from "./failure.ts";
+import type { HealthChecker, Topology } from "./health.ts";
+import type { Node } from "./node.ts";
+import type { Observer } from "./observe.ts";
+import { type RetryOptions, type RetryStep, withRetry } from "./retry.ts";
+import { parseLsn, pickReader, pickWriter } from "./route.ts";
+
+/** What the statement path needs from the cluster. */
+export interface Dispatcher {
+  readonly config: ResolvedConfig;
+  readonly nodes: readonly Node[];
+  readonly checker: HealthChecker;
+  readonly runner: AttemptRunner;
+  readonly observer: Observer;
+}
+
+/** A connection taken for a transaction, a COPY or a batch. */
+export interface Pinned {
+  readonly node: Node;
+  readonly client: pg.PoolClient;
+}
+
+/**
+ * The error for writes when no single healthy primary is known.
+ *
+ * @param d The cluster.
+ * @param topology The snapshot.
+ * @returns Why writes cannot run.
+ */
+export function noPrimary(d: Dispatcher, topology: Topology): NoHealthyNodeError {
+  if (topology.primaries.length > 1) {
+    return new NoHealthyNodeError(
+      `refusing writes: ${topology.primaries.length} nodes report primary (${
+        topology.primaries.map((n) => n.name).join(", ")
+      })`,
+    );
+  }
+  const down = d.nodes.find((n) => n.role === "primary" && !n.healthy);
+  const cause = down?.state.error;
+  return new NoHealthyNodeError(
+    down === undefined
+      ? "no node reports primary"
+      : `no healthy primary: ${down.name} is down${
+        cause instanceof Error ? ` (${cause.message})` : ""
+      }`,
+    { cause },
+  );
+}
+
+/** Reports a retry: the node's counter, a debug log, the hook; a re-probe after 25006. */
+async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
+  const { attempt, node, error, failure } = step;
+  node?.attemptRetried();
+  d.observer.log("debug", "dbx: retrying", {
+    attempt,
+    node: node?.name,
+    error: error instanceof Error ? error.message : String(error),
+  });
+  d.observer.hook("onRetry", { attempt, node: node?.name, delayMs: 0, error });
+  // The server says it is not the primary: learn the new topology before
+  // the retry instead of waiting for the next round.
+  if (failure?.readOnly) await d.checker.checkAll();
+}
+
+/**
+ * The retry options of a call: where it may go and what may be re-sent.
+ *
+ * - read: any eligible replica, then the primary; re-sent unless the server
+ *   refused it as read-only (it writes, and must not drift to the primary);
+ * - write: the primary; re-sent only when it never reached a server, or the
+ *   server refused it for being read-only (nothing was applied);
+ * - pin: the primary, nothing sent yet but maybe BEGIN (which changes nothing).
+ */
+function retryOptions(
+  d: Dispatcher,
+  kind: "read" | "write" | "pin",
+  options: ReadOptions | undefined,
+  signal: AbortSignal | undefined,
+): RetryOptions<Node> {
+  const { retry, balancer } = d.config;
+  const retryable = retry.retryable;
+  let pick: (tried: readonly Node[]) => Node | undefined;
+  let resendable: (f: Failure, err: unknown) => boolean;
+  if (kind === "read") {
+    const token = options?.consistentWith;
+    const demand = {
+      maxLagMs: options?.maxLagMs ?? d.config.maxLagMs,
+      minLsn: token === undefined ? undefined : parseLsn(token),
+    };
+    pick = (tried) => {
+      const { node, fallback } = pickReader(d.checker.topology, balancer, tried, demand);
+      if (fallback !== undefined) {
+        d.observer.log("debug", "dbx: read falls back to the primary", { reason: fallback });
+        d.observer.hook("onReplicaFallback", { reason: fallback });
+      }
+      return node;
+    };
+    resendable = (f, err) => !f.readOnly && retryable(err);
+  } else {
+    pick = (tried) => pickWriter(d.checker.topology, tried);
+    resendable = kind === "write"
+      ? (f, err) => (!f.sent || f.readOnly) && retryable(err)
+      : (_f, err) => retryable(err);
+  }
+  return {
+    pick,
+    resendable,
+    backoff: retry,
+    signal,
+    unavailable: () =>
+      kind === "read"
+        ? new NoHealthyNodeError(
+          "no healthy node for reads: every replica and the primary are down",
+        )
+        : noPrimary(d, d.checker.topology),
+    onRetry: (step) => retried(d, step),
+  };
+}
+
+/**
+ * Runs one statement where its method routes it, with retries.
+ *
+ * @param d The cluster.
+ * @param read A `read*` method.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's read options.
+ * @param signal The call's signal (deadline included).
+ * @returns The driver's result.
+ */
+export function routed(
+  d: Dispatcher,
+  read: boolean,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  const argCount = args?.length ?? 0;
+  return withRetry(
+    (node, attempt) =>
+      d.runner.run(node, { sql, argCount, attempt }, signal, () => node.run(sql, args, signal)),
+    retryOptions(d, read ? "read" : "write", options, signal),
+  );
+}
+
+/**
+ * Takes a connection on the primary, with retries; given a BEGIN statement,
+ * opens a transaction on it (through the attempt runner).
+ *
+ * @param d The cluster.
+ * @param begin The BEGIN statement, or undefined for a bare connection.
+ * @param signal The call's signal.
+ * @returns The node and its connection; hand it back with `node.release`.
+ */
+export function pin(
+  d: Dispatcher,
+  begin: string | undefined,
+  signal: AbortSignal | undefined,
+): Promise<Pinned> {
+  return withRetry(async (node, attempt) => {
+    if (begin === undefined) {
+      return {
+        node,
+        client: await d.runner.run(node, undefined, signal, () => node.acquire(signal)),
+      };
+    }
+    const client = await d.runner.run(
+      node,
+      { sql: begin, argCount: 0, attempt },
+      signal,
+      async () => {
+        const client = await node.acquire(signal);
+        try {
+          await node.runOn(client, begin, undefined, signal);
+        } catch (err) {
+          node.release(client, true);
+          throw err;
+        }
+        return client;
+      },
+    );
+    return { node, client };
+  }, retryOptions(d, "pin", undefined, signal));
+}
+
+/**
+ * Runs work (a COPY, a batch) on a connection pinned to the primary: the
+ * connection is taken with retries, the work runs once through the attempt
+ * runner, and the connection is handed back.
+ *
+ * @param d The cluster.
+ * @param info What the work is, for hooks and tracers.
+ * @param signal The call's signal.
+ * @param work The work.
+ * @returns What `work` returned.
+ */
+export async function onPinned<R>(
+  d: Dispatcher,
+  info: AttemptInfo,
+  signal: AbortSignal | undefined,
+  work: (p: Pinned) => Promise<R>,
+): Promise<R> {
+  const p = await pin(d, undefined, signal);
+  let result: R;
+  try {
+    result = await d.runner.run(p.node, info, signal, () => work(p));
+  } catch (err) {
+    p.node.release(p.client, failureOf(err).connectionLost);
+    throw err;
+  }
+  p.node.release(p.client);
+  return result;
+}

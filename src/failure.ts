@@ -1,0 +1,263 @@
+/**
+ * Failure classification: what a failed attempt means for its node, for a
+ * re-send and for the caller, decided once per failure
+ * ({@linkcode classify}), plus the public predicates built on the same
+ * rules. They look through `cause` chains and `AggregateError`s, so they work
+ * on raw driver errors, wrapped errors and retry summaries alike.
+ *
+ * @module
+ */
+
+import { DbxError, RetryExhaustedError } from "./errors.ts";
+
+/**
+ * SQLSTATEs that mean the connection (or the server) went away: class 08
+ * except 08P01 (a protocol violation such as a bind message with the wrong
+ * number of parameters is an ordinary statement error on a healthy
+ * connection), and the shutdown codes of class 57P.
+ */
+const CONNECTION_CODES = new Set([
+  "08000",
+  "08001",
+  "08003",
+  "08004",
+  "08006",
+  "57P01",
+  "57P02",
+  "57P03",
+]);
+
+/** Socket-level error codes that mean the peer was not reachable or went away. */
+const SOCKET_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "EHOSTDOWN",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EADDRNOTAVAIL",
+]);
+
+/** Messages node-postgres uses for a dead or unreachable connection (they carry no code). */
+const CONNECTION_MESSAGES = [
+  "Connection terminated",
+  "timeout exceeded when trying to connect",
+  // pg's own connect timeout (Client connectionTimeoutMillis).
+  "timeout expired",
+  "Client has encountered a connection error",
+  "Client was closed and is not queryable",
+  "Connection closed",
+];
+
+const SQLSTATE = /^[0-9A-Z]{5}$/;
+
+/** Visits `err`, its `cause` chain and the members of AggregateErrors, depth first. */
+export function* walk(err: unknown): Generator<object> {
+  const seen = new Set<unknown>();
+  const stack: unknown[] = [err];
+  while (stack.length > 0) {
+    const e = stack.pop();
+    if (e === null || typeof e !== "object" || seen.has(e)) continue;
+    seen.add(e);
+    yield e;
+    if (e instanceof RetryExhaustedError) {
+      for (let i = e.errors.length - 1; i >= 0; i--) stack.push(e.errors[i]);
+      continue;
+    }
+    if (e instanceof AggregateError) {
+      for (let i = e.errors.length - 1; i >= 0; i--) stack.push(e.errors[i]);
+    }
+    if ("cause" in e) stack.push(e.cause);
+  }
+}
+
+/** The SQLSTATE of a server error object, if `e` is one (DbxError or pg's DatabaseError). */
+function ownSqlState(e: object): string | undefined {
+  if (e instanceof DbxError) return e.code;
+  const code = (e as { code?: unknown }).code;
+  // pg's DatabaseError carries `severity`; socket errors also use 5-letter codes (EPIPE).
+  if (typeof code === "string" && SQLSTATE.test(code) && "severity" in e) return code;
+  return undefined;
+}
+
+/**
+ * The SQLSTATE code carried by `err` or anything in its cause chain.
+ *
+ * @param err Any thrown value.
+ * @returns The first SQLSTATE found, or `undefined`.
+ *
+ * @example
+ * ```ts
+ * import { pgErrorCode } from "@codelab/dbx";
+ *
+ * const err = new Error("wrapped", { cause: Object.assign(new Error("dup"), { code: "23505", severity: "ERROR" }) });
+ * console.log(pgErrorCode(err)); // "23505"
+ * ```
+ */
+export function pgErrorCode(err: unknown): string | undefined {
+  for (const e of walk(err)) {
+    const code = ownSqlState(e);
+    if (code !== undefined) return code;
+  }
+  return undefined;
+}
+
+function isConnectionLike(e: object): boolean {
+  if (e instanceof DbxError) return e.kind === "connection";
+  const code = ownSqlState(e);
+  if (code !== undefined) return CONNECTION_CODES.has(code);
+  const sock = (e as { code?: unknown }).code;
+  if (typeof sock === "string" && SOCKET_CODES.has(sock)) return true;
+  const message = (e as { message?: unknown }).message;
+  return typeof message === "string" && CONNECTION_MESSAGES.some((m) => message.startsWith(m));
+}
+
+/**
+ * Whether `err` means a connection could not be made or was lost: socket
+ * errors, node-postgres' "Connection terminated unexpectedly", SQLSTATE
+ * class 08, and 57P01/57P02/57P03 (server shutting down or starting up).
+ *
+ * @param err Any thrown value.
+ * @returns `true` when a connection failure is found anywhere in the chain.
+ *
+ * @example
+ * ```ts
+ * import { isConnectionError } from "@codelab/dbx";
+ *
+ * console.log(isConnectionError(new Error("Connection terminated unexpectedly"))); // true
+ * ```
+ */
+export function isConnectionError(err: unknown): boolean {
+  for (const e of walk(err)) if (isConnectionLike(e)) return true;
+  return false;
+}
+
+/**
+ * Whether `err` is a serialization failure (40001) or deadlock (40P01): the
+ * transaction was rolled back and re-running it may succeed.
+ *
+ * @param err Any thrown value.
+ * @returns `true` for SQLSTATE 40001 or 40P01.
+ *
+ * @example
+ * ```ts
+ * import { isSerializationFailure } from "@codelab/dbx";
+ *
+ * console.log(isSerializationFailure(Object.assign(new Error("x"), { code: "40001", severity: "ERROR" }))); // true
+ * ```
+ */
+export function isSerializationFailure(err: unknown): boolean {
+  const code = pgErrorCode(err);
+  return code === "40001" || code === "40P01";
+}
+
+/**
+ * Whether `err` is an integrity constraint violation (SQLSTATE class 23:
+ * unique, foreign key, check, not null, exclusion).
+ *
+ * @param err Any thrown value.
+ * @returns `true` for any 23xxx code.
+ *
+ * @example
+ * ```ts
+ * import { isConstraintViolation } from "@codelab/dbx";
+ *
+ * console.log(isConstraintViolation(Object.assign(new Error("x"), { code: "23505", severity: "ERROR" }))); // true
+ * ```
+ */
+export function isConstraintViolation(err: unknown): boolean {
+  return pgErrorCode(err)?.startsWith("23") ?? false;
+}
+
+/**
+ * Whether the failure is transient, so that the same statement may succeed
+ * when tried again (possibly elsewhere): connection failures, serialization
+ * failures and deadlocks, and writes that reached a
+ * read-only node (25006). It says nothing about whether re-sending is *safe*:
+ * the cluster re-sends a write only when it knows the write never reached a
+ * server (see the retry contract in the README).
+ *
+ * @param err Any thrown value.
+ * @returns `true` when trying again may succeed.
+ *
+ * @example
+ * ```ts
+ * import { isRetryable } from "@codelab/dbx";
+ *
+ * console.log(isRetryable(Object.assign(new Error("x"), { code: "ECONNREFUSED" }))); // true
+ * ```
+ */
+export function isRetryable(err: unknown): boolean {
+  if (isConnectionError(err)) return true;
+  const code = pgErrorCode(err);
+  return code === "40001" || code === "40P01" || code === "25006";
+}
+
+/**
+ * Every connection of a node's pool stayed busy for `connectTimeoutMs`: the
+ * statement was not sent and may go elsewhere, but the node is fine.
+ */
+export class PoolExhaustedError extends Error {
+  /**
+   * @param ms How long the caller waited.
+   */
+  constructor(ms: number) {
+    // The message keeps pg-pool's wording, which callers already match on.
+    super(`timeout exceeded when trying to connect (${ms} ms): every pooled connection is busy`);
+    this.name = "PoolExhaustedError";
+  }
+}
+
+/** Errors raised before a statement was handed to a connection: safe to re-send anywhere. */
+const notSent = new WeakSet<object>();
+
+/**
+ * Marks `err` as raised before its statement could reach any server (pool
+ * acquire, connect refused, startup rejected, refused by a dead client).
+ *
+ * @param err The error.
+ * @returns `err`, for `throw markNotSent(err)`.
+ */
+export function markNotSent<E>(err: E): E {
+  if (typeof err === "object" && err !== null) notSent.add(err);
+  return err;
+}
+
+/**
+ * What a failed attempt means, decided once by {@linkcode classify} and
+ * read by every decision that follows (mark the node down, re-send, wrap).
+ */
+export interface Failure {
+  /** The connection or the server went away: the node is marked down. */
+  readonly connectionLost: boolean;
+  /** The statement may have reached the server (false only when it provably did not). */
+  readonly sent: boolean;
+  /** The server refused a write as read-only (25006): it is not, or no longer, the primary. */
+  readonly readOnly: boolean;
+  /** 40001 or 40P01: the whole transaction may be run again. */
+  readonly serialization: boolean;
+  /** SQLSTATE, when the server sent one. */
+  readonly code: string | undefined;
+}
+
+/**
+ * Classifies a failed attempt.
+ *
+ * @param err What the attempt threw.
+ * @returns The classification.
+ */
+export function classify(err: unknown): Failure {
+  const code = pgErrorCode(err);
+  return {
+    connectionLost: !(err instanceof PoolExhaustedError) && isConnectionError(err),
+    sent: !(typeof err === "object" && err !== null && notSent.has(err)),
+    readOnly: code === "25006",
+    serialization: code === "40001" || code === "40P01",
+    code,
+  };
+}

@@ -1,0 +1,134 @@
+/**
+ * Argument checks shared by every public entry: one way to show a bad value
+ * (never a password, never a whole data set), the statement check every
+ * statement method runs, and the check of call options (`signal`,
+ * `timeoutMs`, `maxLagMs`, `consistentWith`).
+ *
+ * @module
+ */
+
+import { parseLsn } from "./route.ts";
+
+/** Most bind parameters one statement can carry (the protocol counts them in 16 bits). */
+export const MAX_BIND_PARAMETERS = 65_535;
+
+/** Longest string shown in an error. */
+const SHOWN_CHARS = 60;
+
+/**
+ * Shows a value in an error message: short, typed, and with any
+ * connection-string password redacted.
+ *
+ * @param value The bad value.
+ * @param redact Redacts a connection string (injected: config.ts owns the rules).
+ * @returns Text for "current value is ...".
+ */
+export function describe(value: unknown, redact?: (url: string) => string): string {
+  if (value === null || value === undefined) return String(value);
+  const hide = (s: string) =>
+    redact !== undefined && /^[a-z][a-z0-9+.-]*:/i.test(s) ? redact(s) : s;
+  switch (typeof value) {
+    case "string": {
+      const shown = hide(value);
+      return JSON.stringify(
+        shown.length > SHOWN_CHARS ? `${shown.slice(0, SHOWN_CHARS)}...` : shown,
+      );
+    }
+    case "number":
+    case "boolean":
+      return String(value);
+    case "bigint":
+      return `${value}n`;
+    case "function":
+      return "a function";
+    case "symbol":
+      return "a symbol";
+  }
+  if (Array.isArray(value)) {
+    const json = JSON.stringify(
+      value.slice(0, 10),
+      (_, v) => typeof v === "bigint" ? `${v}n` : typeof v === "string" ? hide(v) : v,
+    );
+    return value.length > 10 ? `${json.slice(0, -1)},...] (${value.length} items)` : json;
+  }
+  return `an object (${Object.prototype.toString.call(value)})`;
+}
+
+/**
+ * Checks the statement and arguments of a statement method.
+ *
+ * @param method Method name for the message.
+ * @param sql Must be a string.
+ * @param args Must be undefined or an array of at most 65 535 values.
+ * @throws {TypeError} when `sql` is not a string or `args` not an array.
+ * @throws {RangeError} when `args` has more values than the protocol can bind.
+ */
+export function checkStatement(method: string, sql: unknown, args: unknown): void {
+  if (typeof sql !== "string") {
+    throw new TypeError(
+      `Cannot run ${method}() as 'sql' must be a string: current value is ${describe(sql)}`,
+    );
+  }
+  if (args === undefined) return;
+  if (!Array.isArray(args)) {
+    throw new TypeError(
+      `Cannot run ${method}() as 'args' must be an array: current value is ${describe(args)}`,
+    );
+  }
+  if (args.length > MAX_BIND_PARAMETERS) {
+    throw new RangeError(
+      `Cannot run ${method}() as 'args' must hold at most ${MAX_BIND_PARAMETERS} values (the protocol's limit of bind parameters): current value has ${args.length}`,
+    );
+  }
+}
+
+/**
+ * Checks the options of a call: `signal`, `timeoutMs` and, for reads,
+ * `maxLagMs` and `consistentWith`.
+ *
+ * @param method Method name for the message.
+ * @param options The options (undefined is fine).
+ * @throws {TypeError} when `options` is not an object or `signal` not an AbortSignal.
+ * @throws {RangeError} when a number or the token is out of range.
+ */
+export function checkCallOptions(method: string, options: unknown): void {
+  if (options === undefined) return;
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Cannot run ${method}() as 'options' must be an object: current value is ${
+        describe(options)
+      }`,
+    );
+  }
+  const { signal, timeoutMs, maxLagMs, consistentWith } = options as Record<string, unknown>;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `Cannot run ${method}() as 'options.signal' must be an AbortSignal: current value is ${
+        describe(signal)
+      }`,
+    );
+  }
+  for (const [field, value] of [["timeoutMs", timeoutMs], ["maxLagMs", maxLagMs]] as const) {
+    if (
+      value !== undefined &&
+      (typeof value !== "number" || !Number.isFinite(value) || value < 0 ||
+        (field === "timeoutMs" && value === 0))
+    ) {
+      throw new RangeError(
+        `Cannot run ${method}() as 'options.${field}' must be a ${
+          field === "timeoutMs" ? "positive" : "non-negative"
+        } finite number: current value is ${describe(value)}`,
+      );
+    }
+  }
+  if (
+    consistentWith !== undefined &&
+    (typeof consistentWith !== "string" || parseLsn(consistentWith) === undefined)
+  ) {
+    throw new RangeError(
+      `Cannot run ${method}() as 'options.consistentWith' must be a token from writeToken(): current value is ${
+        describe(consistentWith)
+      }`,
+    );
+  }
+}
