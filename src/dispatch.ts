@@ -12,13 +12,22 @@ import type pg from "pg";
 import { type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
 import type { ResolvedConfig } from "./config.ts";
 import { NoHealthyNodeError } from "./errors.ts";
-import type { ReadOptions } from "./executor.ts";
+import {
+  type Executor,
+  firstRow,
+  type QueryOptions,
+  type ReadOptions,
+  type Row,
+  toCommandResult,
+} from "./executor.ts";
 import type { Failure } from "./failure.ts";
 import type { HealthChecker, Topology } from "./health.ts";
 import type { Node } from "./node.ts";
 import type { Observer } from "./observe.ts";
 import { type RetryOptions, type RetryStep, withRetry } from "./retry.ts";
 import { parseLsn, pickReader, pickWriter } from "./route.ts";
+import { withCall } from "./signal.ts";
+import { checkCallOptions, checkStatement } from "./validate.ts";
 
 /** What the statement path needs from the cluster. */
 export interface Dispatcher {
@@ -226,4 +235,60 @@ export async function onPinned<R>(
   }
   p.node.release(p.client);
   return result;
+}
+
+/**
+ * One attempt on one node, whatever its role or health: no routing, no
+ * retry (per-node handles and `ping`).
+ *
+ * @param d The cluster.
+ * @param node The node.
+ * @param method Method name for argument errors.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's signal and deadline.
+ * @returns The driver's result.
+ */
+export function once(
+  d: Dispatcher,
+  node: Node,
+  method: string,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: QueryOptions | undefined,
+): Promise<pg.QueryResult> {
+  try {
+    checkStatement(method, sql, args);
+    checkCallOptions(method, options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const info = { sql, argCount: args?.length ?? 0, attempt: 1 };
+  return withCall(
+    options,
+    (signal) => d.runner.run(node, info, signal, () => node.run(sql, args, signal)),
+  );
+}
+
+/**
+ * An {@linkcode Executor} over a function that runs one statement.
+ *
+ * @param run Runs one statement.
+ * @returns The executor.
+ */
+export function nodeExecutor(
+  run: (
+    method: string,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    options: QueryOptions | undefined,
+  ) => Promise<pg.QueryResult>,
+): Executor {
+  return {
+    exec: async (sql, args, options) => toCommandResult(await run("exec", sql, args, options)),
+    query: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+      (await run("query", sql, args, options)).rows as T[],
+    queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+      firstRow<T>((await run("queryRow", sql, args, options)).rows),
+  };
 }

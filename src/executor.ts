@@ -6,8 +6,33 @@
  * @module
  */
 
+// @ts-types="@types/pg"
+import type pg from "pg";
 import type { BatchOptions, BatchQuery, BatchResult } from "./batch.ts";
 import type { CopyOptions, CopyRows } from "./copy.ts";
+import { NoRowsError } from "./errors.ts";
+
+/**
+ * The command tag and row count of a driver result. Internal.
+ *
+ * @param r The driver's result.
+ * @returns What `exec` returns.
+ */
+export function toCommandResult(r: pg.QueryResult): CommandResult {
+  return { command: r.command, rowCount: r.rowCount ?? 0 };
+}
+
+/**
+ * The first row, for `queryRow`-style methods. Internal.
+ *
+ * @param rows The rows.
+ * @returns The first one.
+ * @throws {NoRowsError} when there is none.
+ */
+export function firstRow<T>(rows: unknown[]): T {
+  if (rows.length === 0) throw new NoRowsError();
+  return rows[0] as T;
+}
 
 /**
  * A result row: column name to parsed value.

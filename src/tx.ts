@@ -23,8 +23,16 @@ import {
   runBatch,
 } from "./batch.ts";
 import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
-import { DbxError, NoRowsError } from "./errors.ts";
-import type { CommandResult, QueryOptions, ReadOptions, Row, Tx } from "./executor.ts";
+import { DbxError } from "./errors.ts";
+import {
+  type CommandResult,
+  firstRow,
+  type QueryOptions,
+  type ReadOptions,
+  type Row,
+  toCommandResult,
+  type Tx,
+} from "./executor.ts";
 import type { Node } from "./node.ts";
 import { type CallOptions, withCall } from "./signal.ts";
 import { checkCallOptions, checkStatement } from "./validate.ts";
@@ -33,16 +41,6 @@ type TxState = "active" | "committed" | "rolled back" | "failed";
 
 /** Work on a transaction's connection: a statement, a COPY or a batch. */
 type TxWork<R> = (client: pg.PoolClient, signal: AbortSignal | undefined) => Promise<R>;
-
-const commandResult = (r: pg.QueryResult): CommandResult => ({
-  command: r.command,
-  rowCount: r.rowCount ?? 0,
-});
-
-function firstRow<T>(rows: unknown[]): T {
-  if (rows.length === 0) throw new NoRowsError();
-  return rows[0] as T;
-}
 
 /** Base of a top-level transaction and a savepoint: the statement methods. */
 abstract class TxBase implements Tx {
@@ -87,7 +85,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<CommandResult> {
-    return commandResult(await this.#statement("exec", sql, args, options));
+    return toCommandResult(await this.#statement("exec", sql, args, options));
   }
 
   async query<T = Row>(

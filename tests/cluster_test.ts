@@ -50,6 +50,12 @@ dbTest("readQuery() alternates round-robin over both replicas", async (cluster) 
 dbTest("readQuery() runs on a server in recovery and exec() does not", async (cluster) => {
   const r = await cluster.readQueryRow<{ r: boolean }>("select pg_is_in_recovery() as r");
   assert.equal(r.r, true);
+  // exec() returns no rows: the counters tell where it ran.
+  const before = cluster.stats().nodes.map((n) => n.queries);
+  await cluster.exec("select pg_is_in_recovery()");
+  const ran = cluster.stats().nodes.map((n, i) => n.queries - before[i]!);
+  assert.deepEqual(ran, [1, ...ran.slice(1).map(() => 0)], "only the primary ran it");
+  assert.equal(cluster.stats().nodes[0]!.role, "primary");
 });
 
 dbTest("exec() returns the command tag and affected row count", async (cluster) => {
@@ -294,7 +300,10 @@ dbTest("stats() counts queries, errors and connections per node", async (cluster
 });
 
 dbTest("ping() answers on every node", async (cluster) => {
-  await cluster.ping();
+  const before = cluster.stats().nodes.map((n) => n.queries);
+  assert.equal(await cluster.ping(), undefined);
+  const after = cluster.stats().nodes.map((n) => n.queries);
+  assert.deepEqual(after.map((q, i) => q - before[i]!), before.map(() => 1), "one select 1 each");
 });
 
 Deno.test({

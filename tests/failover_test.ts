@@ -9,8 +9,10 @@ import {
   type Cluster,
   connect,
   DbxError,
+  type NodeEvent,
   NoHealthyNodeError,
   RetryExhaustedError,
+  type RoleChangeEvent,
 } from "../mod.ts";
 import { faultProxy, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
@@ -148,6 +150,7 @@ Deno.test({
   ignore: noPostgres,
   async fn() {
     await using local = await startLocalCluster({ replicas: 2 });
+    const roleChanges: RoleChangeEvent[] = [];
     await withCluster(local, async (cluster) => {
       const ledger = await Ledger.create(cluster);
       const load = readers(cluster, 4);
@@ -178,9 +181,14 @@ Deno.test({
       const row = await cluster.queryRow<{ p: number }>("select inet_server_port() as p");
       assert.equal(row.p, local.nodes[1]!.port, "writes now go to the promoted replica1");
       assert.equal(cluster.stats().nodes[1]!.role, "primary");
+      assert.deepEqual(
+        roleChanges.filter((e) => e.node === cluster.stats().nodes[1]!.name),
+        [{ node: cluster.stats().nodes[1]!.name, from: "replica", to: "primary" }],
+        "onRoleChange told about the promotion, once",
+      );
       const { acknowledged, present } = await ledger.verify();
       console.log(`scenario 2: ledger ${acknowledged} acknowledged, ${present} present`);
-    });
+    }, { metrics: { onRoleChange: (e) => void roleChanges.push(e) } });
   },
 });
 
@@ -192,10 +200,12 @@ Deno.test({
   async fn() {
     await using local = await startLocalCluster({ replicas: 2 });
     await using proxy = await faultProxy(local.replicaUrls[0]!);
+    const ups: NodeEvent[] = [];
     await using cluster = await connect({
       master: local.masterUrl,
       replicas: [proxy.url(local.replicaUrls[0]!), local.replicaUrls[1]!],
       ...FAST,
+      metrics: { onNodeUp: (e) => void ups.push(e) },
     });
     const ledger = await Ledger.create(cluster);
     ledger.start(2);
@@ -219,8 +229,14 @@ Deno.test({
     await until("the hung replica is marked down", () => !cluster.stats().nodes[1]!.healthy);
     await until("reads go on elsewhere", () => durations.length > at + 500);
     const slowest = Math.max(...durations.slice(at));
+    const upsBefore = ups.length;
     proxy.heal();
     await until("the replica comes back after heal()", () => cluster.stats().nodes[1]!.healthy);
+    assert.deepEqual(
+      ups.slice(upsBefore).map((e) => [e.node, e.role]),
+      [[cluster.stats().nodes[1]!.name, "replica"]],
+      "onNodeUp told about the healed replica",
+    );
     running = false;
     await Promise.all(loops);
     await ledger.stop();

@@ -190,10 +190,9 @@ const policy = (
 Deno.test("withRetry() returns the first success and tries the next node before backing off", async () => {
   const calls: string[] = [];
   const steps: (string | undefined)[] = [];
-  const result = await withRetry(async (node, attempt) => {
+  const result = await withRetry((node, attempt) => {
     calls.push(`${node}#${attempt}`);
-    if (node === "a") throw refused();
-    return node;
+    return node === "a" ? Promise.reject(refused()) : Promise.resolve(node);
   }, policy(["a", "b"], { onRetry: (s) => void steps.push(s.node) }));
   assert.equal(result, "b");
   assert.deepEqual(calls, ["a#1", "b#2"]);

@@ -288,11 +288,18 @@ dbTest("runTx({ retries }) re-runs the callback after a serialization failure", 
 dbTest(
   "runTx() rejects bad options and arguments without opening a transaction",
   async (cluster) => {
+    const sent = () => cluster.stats().nodes[0]!.queries;
+    const before = sent();
     await assert.rejects(cluster.runTx(async () => {}, { retries: -1 }), /'options.retries'.*-1/);
     await assert.rejects(
       cluster.runTx(42 as unknown as (tx: Tx) => Promise<void>),
       (e) => e instanceof TypeError && /'fn' must be a function/.test(e.message),
     );
+    await assert.rejects(
+      cluster.runTx(async () => {}, { isolation: "snapshot" as "serializable" }),
+      RangeError,
+    );
+    assert.equal(sent(), before, "no BEGIN was sent for any of them");
     await assert.rejects(
       cluster.runTx(async (tx) => {
         await tx.query(7 as unknown as string);
