@@ -14,9 +14,6 @@
 import type pg from "pg";
 import { markNotSent } from "./failure.ts";
 
-/** Prefix of pg's error for a statement refused, before sending, on a dead client. */
-const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
-
 /** Longest wait for a CancelRequest to be delivered. */
 const CANCEL_TIMEOUT_MS = 2_000;
 
@@ -77,8 +74,7 @@ async function sendCancel(host: string, port: number, client: pg.ClientBase): Pr
  * Runs `work` (statements on `client`) so that aborting `signal` cancels what
  * runs on the server. A cancel that no statement consumed (the work ended some
  * other way than 57014) could hit a later statement: the connection is then
- * flagged so {@linkcode reusable} refuses it. Errors pg raises for a dead client
- * before writing anything are marked as not sent.
+ * flagged so {@linkcode reusable} refuses it.
  *
  * @param client The connection the work runs on.
  * @param address Where to send the CancelRequest.
@@ -106,7 +102,6 @@ export async function cancellable<R>(
       signal.removeEventListener("abort", onAbort);
     }
   } catch (err) {
-    if (err instanceof Error && err.message.startsWith(UNQUERYABLE)) markNotSent(err);
     // A cancel is consumed by the statement only when it failed with 57014.
     if (cancel !== undefined && (err as { code?: unknown }).code === "57014") cancel = undefined;
     throw err;

@@ -13,7 +13,14 @@ import type pg from "pg";
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { boundExecutor } from "./context.ts";
-import { type Dispatcher, nodeExecutor, noPrimary, once, pin } from "./dispatch.ts";
+import {
+  createDispatcher,
+  type Dispatcher,
+  nodeExecutor,
+  noPrimary,
+  once,
+  pin,
+} from "./dispatch.ts";
 import { ClusterClosedError, type DbxError, handleError } from "./errors.ts";
 import type { Executor, QueryOptions, Tx } from "./executor.ts";
 import { isConnectionError } from "./failure.ts";
@@ -93,7 +100,7 @@ export class ClusterBase implements AsyncDisposable {
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
     const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));
-    this.#d = { config: resolved, nodes, checker, runner, observer };
+    this.#d = createDispatcher({ config: resolved, nodes, checker, runner, observer });
     internals.set(this, {
       d: this.#d,
       assertOpen: () => this.#assertOpen(),

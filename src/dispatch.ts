@@ -36,6 +36,26 @@ export interface Dispatcher {
   readonly checker: HealthChecker;
   readonly runner: AttemptRunner;
   readonly observer: Observer;
+  /** Retry options of calls without a signal or read bounds, made once (the hot path). */
+  readonly plain: Readonly<Record<Kind, RetryOptions<Node>>>;
+}
+
+/** How a call is routed and what of it may be re-sent. */
+type Kind = "read" | "write" | "pin";
+
+/**
+ * Builds the statement path of a cluster.
+ *
+ * @param parts The cluster's config, nodes, checker, runner and observer.
+ * @returns The dispatcher.
+ */
+export function createDispatcher(parts: Omit<Dispatcher, "plain">): Dispatcher {
+  const plain = {} as Record<Kind, RetryOptions<Node>>;
+  const d: Dispatcher = { ...parts, plain };
+  for (const kind of ["read", "write", "pin"] as const) {
+    plain[kind] = retryOptions(d, kind, undefined, undefined);
+  }
+  return d;
 }
 
 /** A connection taken for a transaction, a COPY or a batch. */
@@ -97,10 +117,16 @@ async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
  */
 function retryOptions(
   d: Dispatcher,
-  kind: "read" | "write" | "pin",
+  kind: Kind,
   options: ReadOptions | undefined,
   signal: AbortSignal | undefined,
 ): RetryOptions<Node> {
+  if (
+    signal === undefined && d.plain?.[kind] !== undefined &&
+    options?.maxLagMs === undefined && options?.consistentWith === undefined
+  ) {
+    return d.plain[kind];
+  }
   const { retry, balancer } = d.config;
   const retryable = retry.retryable;
   let pick: (tried: readonly Node[]) => Node | undefined;

@@ -213,6 +213,9 @@ export class PoolExhaustedError extends Error {
   }
 }
 
+/** pg's error for a statement refused, before anything was written, on a dead client. */
+const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
+
 /** Errors raised before a statement was handed to a connection: safe to re-send anywhere. */
 const notSent = new WeakSet<object>();
 
@@ -255,7 +258,8 @@ export function classify(err: unknown): Failure {
   const code = pgErrorCode(err);
   return {
     connectionLost: !(err instanceof PoolExhaustedError) && isConnectionError(err),
-    sent: !(typeof err === "object" && err !== null && notSent.has(err)),
+    sent: !(typeof err === "object" && err !== null &&
+      (notSent.has(err) || (err as { message?: unknown }).message === UNQUERYABLE)),
     readOnly: code === "25006",
     serialization: code === "40001" || code === "40P01",
     code,

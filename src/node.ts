@@ -285,6 +285,7 @@ export class Node implements BalancerNode {
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
   ): Promise<pg.QueryResult> {
+    if (signal === undefined) return client.query(sql, args as unknown[]);
     return cancellable(client, this, signal, () => client.query(sql, args as unknown[]));
   }
 

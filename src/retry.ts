@@ -112,6 +112,9 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** The empty tried list every call starts with (never written to). */
+const NONE: readonly never[] = Object.freeze([]);
+
 /** A failed attempt that {@linkcode withRetry} is about to retry. */
 export interface RetryStep<N> {
   /** The attempt that failed (1-based). */
@@ -164,8 +167,9 @@ export async function withRetry<N, R>(
 ): Promise<R> {
   const { pick, signal } = options;
   const { maxAttempts, baseDelayMs, maxDelayMs } = options.backoff;
-  let tried: N[] = [];
-  const errors: unknown[] = [];
+  // Allocated on the first failure only: most calls succeed at once.
+  let tried: readonly N[] = NONE;
+  let errors: unknown[] | undefined;
   let backoffs = 0;
   for (let attempt = 1;; attempt++) {
     let node = pick(tried);
@@ -173,14 +177,14 @@ export async function withRetry<N, R>(
       try {
         await delay(backoffDelay(++backoffs, { baseDelayMs, maxDelayMs }), signal);
       } catch (reason) {
-        throw abortedError(reason, errors.at(-1));
+        throw abortedError(reason, errors?.at(-1));
       }
-      tried = [];
+      tried = NONE;
       node = pick(tried);
     }
     if (node === undefined) {
       const err = options.unavailable();
-      errors.push(err);
+      (errors ??= []).push(err);
       if (attempt >= maxAttempts) {
         // Never reaching any node is plain unavailability, not a failed retry.
         throw errors.every((e) => e instanceof NoHealthyNodeError)
@@ -196,7 +200,7 @@ export async function withRetry<N, R>(
       if (signal?.aborted) throw err;
       const failure = failureOf(err);
       if (!options.resendable(failure, err)) {
-        if (errors.length > 0) throw new RetryExhaustedError([...errors, err]);
+        if (errors !== undefined) throw new RetryExhaustedError([...errors, err]);
         if (failure.connectionLost && failure.sent && err instanceof DbxError) {
           throw new DbxError(
             `${err.message}; the statement may have been applied, so it was not re-sent`,
@@ -205,9 +209,9 @@ export async function withRetry<N, R>(
         }
         throw err;
       }
-      errors.push(err);
+      (errors ??= []).push(err);
       if (attempt >= maxAttempts) throw errors.length === 1 ? err : new RetryExhaustedError(errors);
-      tried.push(node);
+      tried = [...tried, node];
       await options.onRetry?.({ attempt, node, error: err, failure });
     }
   }
