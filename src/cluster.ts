@@ -14,8 +14,6 @@
  * @module
  */
 
-// @ts-types="@types/pg"
-import type pg from "pg";
 import {
   batchInfo,
   type BatchOptions,
@@ -28,7 +26,7 @@ import { ClusterBase, type ClusterInternals, internalsOf } from "./cluster_base.
 import type { Component } from "./component.ts";
 import type { ClusterConfig } from "./config.ts";
 import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
-import { onPinned, routed } from "./dispatch.ts";
+import { onPinned, statement } from "./dispatch.ts";
 import { currentExecutor } from "./context.ts";
 import {
   type CommandResult,
@@ -40,7 +38,7 @@ import {
   toCommandResult,
 } from "./executor.ts";
 import { withCall } from "./signal.ts";
-import { checkCallOptions, checkStatement } from "./validate.ts";
+import { checkCallOptions } from "./validate.ts";
 
 /**
  * A primary and its read replicas behind one {@linkcode Executor}. Create it
@@ -98,7 +96,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<CommandResult> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.exec(sql, args, options);
-    return toCommandResult(await this.#statement("exec", false, sql, args, options));
+    return toCommandResult(await statement(this.#i.d, "exec", false, sql, args, options));
   }
 
   /**
@@ -125,7 +123,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<T[]> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.query<T>(sql, args, options);
-    return (await this.#statement("query", false, sql, args, options)).rows as T[];
+    return (await statement(this.#i.d, "query", false, sql, args, options)).rows as T[];
   }
 
   /**
@@ -152,7 +150,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<T> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.queryRow<T>(sql, args, options);
-    return firstRow<T>((await this.#statement("queryRow", false, sql, args, options)).rows);
+    return firstRow<T>((await statement(this.#i.d, "queryRow", false, sql, args, options)).rows);
   }
 
   /**
@@ -184,7 +182,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<T[]> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.readQuery<T>(sql, args, options);
-    return (await this.#statement("readQuery", true, sql, args, options)).rows as T[];
+    return (await statement(this.#i.d, "readQuery", true, sql, args, options)).rows as T[];
   }
 
   /**
@@ -211,7 +209,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<T> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.readQueryRow<T>(sql, args, options);
-    return firstRow<T>((await this.#statement("readQueryRow", true, sql, args, options)).rows);
+    return firstRow<T>((await statement(this.#i.d, "readQueryRow", true, sql, args, options)).rows);
   }
 
   /**
@@ -245,7 +243,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<number> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
-    this.#i.assertOpen();
+    this.#i.d.assertOpen();
     checkCopyArgs("copyFrom", table, columns, rows);
     checkCallOptions("copyFrom", options);
     return await withCall(
@@ -305,7 +303,7 @@ export class Cluster extends ClusterBase implements Component {
   ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
     const tx = this.#i.ambient();
     if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
-    this.#i.assertOpen();
+    this.#i.d.assertOpen();
     const atomic = checkBatchOptions(queries, options);
     if (queries.length === 0) return [];
     return await withCall(
@@ -372,24 +370,6 @@ export class Cluster extends ClusterBase implements Component {
    */
   getExecutor(): Executor {
     return currentExecutor(this);
-  }
-
-  /** A routed statement: checked, within the call's signal, through the statement path. */
-  #statement(
-    method: string,
-    read: boolean,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    options: ReadOptions | undefined,
-  ): Promise<pg.QueryResult> {
-    try {
-      this.#i.assertOpen();
-      checkStatement(method, sql, args);
-      checkCallOptions(method, options);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return withCall(options, (signal) => routed(this.#i.d, read, sql, args, options, signal));
   }
 }
 

@@ -8,8 +8,6 @@
  * @module
  */
 
-// @ts-types="@types/pg"
-import type pg from "pg";
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { boundExecutor } from "./context.ts";
@@ -41,8 +39,6 @@ const CLOSE_GRACE_MS = 5_000;
 export interface ClusterInternals {
   /** The statement path. */
   readonly d: Dispatcher;
-  /** Throws ClusterClosedError once close() was called. */
-  assertOpen(): void;
   /** The active transaction of this cluster bound to the async context. */
   ambient(): Transaction | Savepoint | undefined;
 }
@@ -100,10 +96,16 @@ export class ClusterBase implements AsyncDisposable {
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
     const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));
-    this.#d = createDispatcher({ config: resolved, nodes, checker, runner, observer });
+    this.#d = createDispatcher({
+      config: resolved,
+      nodes,
+      checker,
+      runner,
+      observer,
+      assertOpen: () => this.#assertOpen(),
+    });
     internals.set(this, {
       d: this.#d,
-      assertOpen: () => this.#assertOpen(),
       ambient: () => this.#ambient(),
     });
   }
@@ -176,7 +178,7 @@ export class ClusterBase implements AsyncDisposable {
       );
     }
     return nodeExecutor((method, sql, args, options) =>
-      this.#once(node, method, sql, args, options)
+      once(this.#d, node, method, sql, args, options)
     );
   }
 
@@ -221,7 +223,7 @@ export class ClusterBase implements AsyncDisposable {
   async ping(options?: QueryOptions): Promise<void> {
     this.#assertOpen();
     const results = await Promise.allSettled(
-      this.#nodes.map((n) => this.#once(n, "ping", "select 1", undefined, options)),
+      this.#nodes.map((n) => once(this.#d, n, "ping", "select 1", undefined, options)),
     );
     const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
     if (failed.length > 0) {
@@ -320,22 +322,6 @@ export class ClusterBase implements AsyncDisposable {
 
   #assertOpen(): void {
     if (this.#closing !== undefined) throw new ClusterClosedError();
-  }
-
-  /** One attempt on one node, whatever its role or health: no routing, no retry. */
-  #once(
-    node: Node,
-    method: string,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    options: QueryOptions | undefined,
-  ): Promise<pg.QueryResult> {
-    try {
-      this.#assertOpen();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return once(this.#d, node, method, sql, args, options);
   }
 
   /**

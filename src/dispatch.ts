@@ -36,6 +36,8 @@ export interface Dispatcher {
   readonly checker: HealthChecker;
   readonly runner: AttemptRunner;
   readonly observer: Observer;
+  /** Throws ClusterClosedError once the cluster is closing. */
+  assertOpen(): void;
   /** Retry options of calls without a signal or read bounds, made once (the hot path). */
   readonly plain: Readonly<Record<Kind, RetryOptions<Node>>>;
 }
@@ -263,6 +265,46 @@ export async function onPinned<R>(
   return result;
 }
 
+/** The checks every statement call makes before anything is sent. */
+function precheck(
+  d: Dispatcher,
+  method: string,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+): void {
+  d.assertOpen();
+  checkStatement(method, sql, args);
+  checkCallOptions(method, options);
+}
+
+/**
+ * A statement method's call: checked, within the call's signal, routed.
+ *
+ * @param d The cluster.
+ * @param method Method name for argument errors.
+ * @param read A `read*` method.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's options.
+ * @returns The driver's result.
+ */
+export function statement(
+  d: Dispatcher,
+  method: string,
+  read: boolean,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+): Promise<pg.QueryResult> {
+  try {
+    precheck(d, method, sql, args, options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return withCall(options, (signal) => routed(d, read, sql, args, options, signal));
+}
+
 /**
  * One attempt on one node, whatever its role or health: no routing, no
  * retry (per-node handles and `ping`).
@@ -284,8 +326,7 @@ export function once(
   options: QueryOptions | undefined,
 ): Promise<pg.QueryResult> {
   try {
-    checkStatement(method, sql, args);
-    checkCallOptions(method, options);
+    precheck(d, method, sql, args, options);
   } catch (err) {
     return Promise.reject(err);
   }
