@@ -36,6 +36,12 @@ const PROBE_SQL = `select pg_is_in_recovery() as recovery,
  */
 const TIMEOUTS_BEFORE_CUT = 2;
 
+/**
+ * How long a node that went down is probed every round, before the probes
+ * back off: a restart or a short outage is noticed within one interval.
+ */
+const EAGER_PROBING_MS = 30_000;
+
 /** A probe that got no answer in time: the host is hung or unreachable, not refusing. */
 class ProbeTimeoutError extends DbxError {}
 
@@ -155,6 +161,8 @@ export class HealthChecker {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #round: Promise<void> | undefined;
   #pending = new Set<Promise<void>>();
+  /** The probe in flight per node: concurrent re-checks share it (one failure, one probe). */
+  readonly #probing = new Map<Node, Promise<void>>();
   #stopped = false;
 
   /**
@@ -218,13 +226,20 @@ export class HealthChecker {
   }
 
   /**
-   * Probes one node now, in the background (used right after the query path
-   * marked it down, so a transient failure does not keep it out a whole
-   * interval).
+   * A connection of `node` died while idle: probe the node now, in the
+   * background, unless it is already known down (the rounds probe it every
+   * interval) or a probe of it is in flight (joined). However many of its
+   * connections report the same outage, it costs one probe and counts one
+   * failure.
    *
    * @param node The node to re-probe.
    */
   recheck(node: Node): void {
+    if (node.healthy) this.#reprobe(node);
+  }
+
+  /** Probes one node now, in the background. */
+  #reprobe(node: Node): void {
     if (this.#stopped) return;
     this.#track(this.#check(node).then(() => this.#refresh()));
   }
@@ -233,7 +248,17 @@ export class HealthChecker {
     node.setState({ ...node.state, ...patch });
   }
 
-  async #check(node: Node): Promise<void> {
+  /** Probes `node`, or joins the probe of it already in flight. */
+  #check(node: Node): Promise<void> {
+    let probe = this.#probing.get(node);
+    if (probe === undefined) {
+      probe = this.#probe(node).finally(() => this.#probing.delete(node));
+      this.#probing.set(node, probe);
+    }
+    return probe;
+  }
+
+  async #probe(node: Node): Promise<void> {
     const { timeoutMs, failuresBeforeDown } = this.#config;
     let sample: ProbeSample;
     try {
@@ -243,10 +268,19 @@ export class HealthChecker {
       const timeout = err instanceof ProbeTimeoutError;
       const failures = node.state.probeFailures + 1;
       const timeouts = timeout ? node.state.probeTimeouts + 1 : 0;
+      const now = performance.now();
+      // Probed every round while it has been down for a short while (a
+      // restart comes back within one interval), then less and less often.
+      const eager = node.healthy || now - node.state.downSince < EAGER_PROBING_MS;
       this.#set(node, {
         probeFailures: failures,
         probeTimeouts: timeouts,
-        nextProbeAt: performance.now() + this.#probeBackoff(failures),
+        nextProbeAt: eager ? 0 : now + this.#probeBackoff(failures),
+      });
+      this.#observer.log("debug", "dbx: probe failed", {
+        node: node.name,
+        failures,
+        error: err instanceof Error ? err.message : String(err),
       });
       if (failures < failuresBeforeDown) return;
       this.markDown(node, err, false);
@@ -255,11 +289,11 @@ export class HealthChecker {
       // Ask again at once: a second unanswered probe tells a hung host from
       // a busy moment, and only then are its connections cut.
       if (timeouts >= TIMEOUTS_BEFORE_CUT) node.cutConnections();
-      else if (timeout) this.recheck(node);
+      else if (timeout) this.#reprobe(node);
       return;
     }
     if (this.#stopped) return;
-    const { role: from, healthy } = node.state;
+    const { role: from, healthy, downSince } = node.state;
     const to = sample.role;
     this.#set(node, {
       role: to,
@@ -274,15 +308,19 @@ export class HealthChecker {
       this.#observer.hook("onRoleChange", { node: node.name, from, to });
     }
     if (!healthy) {
-      this.#observer.log("info", "dbx: node is up", { node: node.name, role: to });
+      this.#observer.log("info", "dbx: node is up", {
+        node: node.name,
+        role: to,
+        downMs: Math.round(performance.now() - downSince),
+      });
       this.#observer.hook("onNodeUp", { node: node.name, role: to });
     }
   }
 
   /**
-   * Delay before probing a failing node again: doubling per consecutive
-   * failure from one interval, capped at ten intervals (and 30 s), with
-   * equal jitter so many clients do not probe in step.
+   * Delay before probing a node down for long again: doubling per
+   * consecutive failure from one interval, capped at ten intervals (and
+   * 30 s), with equal jitter so many clients do not probe in step.
    */
   #probeBackoff(failures: number): number {
     const { intervalMs } = this.#config;
@@ -302,7 +340,7 @@ export class HealthChecker {
   markDown(node: Node, err: unknown, recheck = true): void {
     if (!node.healthy) return;
     const { role } = node.state;
-    this.#set(node, { healthy: false, error: err });
+    this.#set(node, { healthy: false, error: err, downSince: performance.now() });
     this.#observer.log("warn", "dbx: node is down", {
       node: node.name,
       role,
@@ -313,7 +351,7 @@ export class HealthChecker {
     if (!recheck || this.#stopped) return;
     // Losing the primary may mean a failover: learn every node's role now.
     if (role === "primary") this.#track(this.checkAll());
-    else this.recheck(node);
+    else this.#reprobe(node);
   }
 
   /** Swaps the snapshot if roles or primary health changed. */

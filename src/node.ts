@@ -49,6 +49,8 @@ export interface NodeState {
   readonly probeTimeouts: number;
   /** While down: earliest time (performance.now()) for the next probe. */
   readonly nextProbeAt: number;
+  /** While down: when it went down (performance.now()). */
+  readonly downSince: number;
 }
 
 /** Waits for a pooled client, giving up (and returning the client later) when `signal` aborts. */
@@ -125,6 +127,7 @@ export class Node implements BalancerNode {
       probeFailures: 0,
       probeTimeouts: 0,
       nextProbeAt: 0,
+      downSince: 0,
     };
     const connectTimeoutMs = this.#connectTimeoutMs = config.pool.connectTimeoutMs;
     this.#pool = new pg.Pool({

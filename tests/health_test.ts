@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { connect, DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
 import { parseLsn } from "../src/route.ts";
-import { startLocalCluster } from "../src/testing/mod.ts";
+import { startLocalCluster, testLogger } from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
 
 Deno.test("parseLsn() orders WAL positions numerically", () => {
@@ -137,5 +137,98 @@ Deno.test({
       await cluster.close();
       // The sanitizers of this test fail it if a probe timer or socket survived.
     });
+  },
+});
+
+Deno.test({
+  name: named(
+    "a restarted replica gets reads again within two probe intervals, five times in a row",
+  ),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 2 });
+    const intervalMs = 500;
+    await using cluster = await connect({
+      master: local.masterUrl,
+      replicas: local.replicaUrls,
+      healthCheck: { intervalMs, timeoutMs: 1_000 },
+    });
+    const port = local.nodes[1]!.port;
+    /** When each read served by replica1 came back (performance.now()). */
+    let lastOnReplica = 0;
+    let running = true;
+    const failures: unknown[] = [];
+    const loops = Array.from({ length: 4 }, async () => {
+      while (running) {
+        try {
+          const { p } = await cluster.readQueryRow<{ p: number }>("select inet_server_port() as p");
+          if (p === port) lastOnReplica = performance.now();
+        } catch (err) {
+          failures.push(err);
+        }
+      }
+    });
+    const back: number[] = [];
+    try {
+      for (let i = 0; i < 5; i++) {
+        await until(
+          "replica1 serves reads",
+          () => lastOnReplica > 0 && cluster.stats().nodes[1]!.healthy,
+        );
+        await local.stop("replica1");
+        await until("replica1 is marked down", () => !cluster.stats().nodes[1]!.healthy);
+        await local.start("replica1");
+        const started = performance.now();
+        await until("reads reach replica1 again", () => lastOnReplica > started, 30_000);
+        back.push(Math.round(lastOnReplica - started));
+      }
+    } finally {
+      running = false;
+      await Promise.all(loops);
+    }
+    console.log(`replica back in service after pg_ctl start: ${back.join(", ")} ms`);
+    assert.deepEqual(failures, [], "no read failed");
+    for (const ms of back) {
+      assert.ok(ms <= 3 * intervalMs, `reads reached the restarted replica after ${ms} ms`);
+    }
+  },
+});
+
+Deno.test({
+  name: named("one kill of a node with 4 idle pooled connections counts one failure and one probe"),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 1 });
+    const log = testLogger();
+    // No scheduled round interferes: probes only run when something asks.
+    await using cluster = await connect({
+      master: local.masterUrl,
+      replicas: local.replicaUrls,
+      pool: { max: 4 },
+      healthCheck: { intervalMs: 600_000, timeoutMs: 2_000 },
+      logger: log,
+    });
+    await Promise.all(
+      Array.from({ length: 4 }, () => cluster.readQuery("select pg_sleep(0.05)")),
+    );
+    await until(
+      "4 idle connections on the replica",
+      () => cluster.stats().nodes[1]!.idleConns === 4,
+    );
+    await local.kill("replica1");
+    await until(
+      "the pool dropped every dead connection",
+      () => cluster.stats().nodes[1]!.totalConns === 0,
+    );
+    await until("the node is down", () => !cluster.stats().nodes[1]!.healthy);
+    const probes = () => log.entries.filter((e) => e.msg === "dbx: probe failed");
+    await until("the re-probe finished", () => probes().length > 0);
+    await cluster.health(); // one more round: exactly one more probe
+    assert.deepEqual(
+      probes().map((e) => e.attrs?.failures),
+      [1, 2],
+      "the 4 dead connections shared one probe; health() added one",
+    );
+    assert.equal(log.entries.filter((e) => e.msg === "dbx: node is down").length, 1);
   },
 });
