@@ -25,8 +25,9 @@ const SHOWN_CHARS = 60;
  */
 export function describe(value: unknown, redact?: (url: string) => string): string {
   if (value === null || value === undefined) return String(value);
+  // Anything that could hold a connection string's password goes through `redact`.
   const hide = (s: string) =>
-    redact !== undefined && /^[a-z][a-z0-9+.-]*:/i.test(s) ? redact(s) : s;
+    redact !== undefined && /^[a-z][a-z0-9+.-]*:|\/\/|@/i.test(s) ? redact(s) : s;
   switch (typeof value) {
     case "string": {
       const shown = hide(value);

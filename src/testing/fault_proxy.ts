@@ -8,6 +8,7 @@
 
 import { createServer, type Server, type Socket } from "node:net";
 import { redactUrl } from "../config.ts";
+import { describe } from "../validate.ts";
 import { type Address, ignore, Link, type Mode } from "./fault_proxy_link.ts";
 
 /**
@@ -212,7 +213,7 @@ class FaultProxyImpl implements FaultProxy {
   url(base: string): string {
     const fail = (rule: string): never => {
       throw new TypeError(
-        `Cannot build a proxy URL as 'base' ${rule}: current value is ${show(base, true)}`,
+        `Cannot build a proxy URL as 'base' ${rule}: current value is ${describe(base, redactUrl)}`,
       );
     };
     if (typeof base !== "string") fail("must be a string");
@@ -231,7 +232,7 @@ class FaultProxyImpl implements FaultProxy {
   delay(ms: number): void {
     if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > MAX_DELAY_MS) {
       const message = `Cannot delay as 'ms' must be a finite number from 0 to ${MAX_DELAY_MS}: ` +
-        `current value is ${show(ms, false)}`;
+        `current value is ${describe(ms, redactUrl)}`;
       throw typeof ms === "number" ? new RangeError(message) : new TypeError(message);
     }
     this.#mode.latency = ms;
@@ -317,7 +318,7 @@ function parseTarget(target: unknown): Address {
     range = typeof value === "number",
   ): never => {
     const message = `Cannot start fault proxy as '${field}' ${rule}: current value is ${
-      show(value, field === "target")
+      describe(value, redactUrl)
     }`;
     throw range ? new RangeError(message) : new TypeError(message);
   };
@@ -351,7 +352,7 @@ function parseTarget(target: unknown): Address {
 function parseOptions(options: unknown): Address {
   const fail = (field: string, rule: string, value: unknown): never => {
     const message = `Cannot start fault proxy as '${field}' ${rule}: current value is ${
-      show(value, false)
+      describe(value, redactUrl)
     }`;
     throw typeof value === "number" ? new RangeError(message) : new TypeError(message);
   };
@@ -387,21 +388,4 @@ function parseUrl(text: string): URL | undefined {
   } catch {
     return undefined;
   }
-}
-
-/**
- * Renders a value for an error message. Strings go through `redactUrl` when they hold a
- * URL (`secret`) or may: that hides a password in the userinfo or in a `password` query
- * parameter, and a string it cannot parse is not shown at all.
- */
-function show(value: unknown, secret: boolean): string {
-  if (typeof value === "string") {
-    const urlLike = secret || /^[a-z][a-z0-9+.-]*:|\/\/|@/i.test(value);
-    return JSON.stringify(urlLike ? redactUrl(value) : value);
-  }
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  if (typeof value === "object") return "an object";
-  if (typeof value === "function") return "a function";
-  return String(value);
 }
