@@ -130,6 +130,10 @@ export class ClusterBase implements AsyncDisposable {
       if (this.#closing !== undefined) throw new ClusterClosedError();
       const topology = this.#checker.topology;
       if (topology.primary?.state.probe !== undefined) break;
+      // Replicas only, on purpose: reads can start; writes wait for a primary.
+      if (!this.#config.requirePrimary && this.#nodes.some((n) => n.healthy && n.state.probe)) {
+        break;
+      }
       if (attempt >= maxAttempts) throw noPrimary(this.#d, topology);
       await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
     }

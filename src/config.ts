@@ -55,6 +55,14 @@ export interface RetryConfig {
   /** Upper bound of one backoff delay. @default 1_000 */
   maxDelayMs?: number;
   /**
+   * When no primary is known (a failover in progress), how long a write or
+   * `begin` waits for the checker to find one, re-probing every ~100 ms,
+   * within the call's `signal` / `timeoutMs`; `0` fails at once with
+   * `NoHealthyNodeError`.
+   * @default 5_000
+   */
+  waitForPrimaryMs?: number;
+  /**
    * Extra veto on retrying: return `false` to fail at once. It cannot make an
    * unsafe retry happen (a write that may have reached the server is never re-sent).
    * @default isRetryable
@@ -147,6 +155,12 @@ export interface ClusterConfig {
    * @default undefined (any healthy replica)
    */
   maxLagMs?: number;
+  /**
+   * `false`: `connect()` resolves once any node answers, even when none is
+   * primary yet (reads work; writes wait or fail as `retry.waitForPrimaryMs` says).
+   * @default true
+   */
+  requirePrimary?: boolean;
 }
 
 /**
@@ -207,6 +221,8 @@ export interface ResolvedConfig {
   readonly slowQueryThresholdMs: number | undefined;
   /** Default replica lag bound for reads, if set. */
   readonly maxLagMs: number | undefined;
+  /** Whether `connect()` waits for a primary. */
+  readonly requirePrimary: boolean;
 }
 
 /**
@@ -257,6 +273,7 @@ export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> 
   maxAttempts: 3,
   baseDelayMs: 50,
   maxDelayMs: 1_000,
+  waitForPrimaryMs: 5_000,
 });
 
 /**

@@ -48,6 +48,12 @@ function redactItems(value: unknown): unknown {
   });
 }
 
+function flag(field: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean") fail(field, "must be a boolean", value);
+  return value as boolean;
+}
+
 function duration(field: string, value: unknown, fallback: number, positive = false): number {
   if (value === undefined) return fallback;
   if (
@@ -239,6 +245,11 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
       maxAttempts: integer("retry.maxAttempts", r.maxAttempts, RETRY_DEFAULTS.maxAttempts, 1),
       baseDelayMs,
       maxDelayMs,
+      waitForPrimaryMs: duration(
+        "retry.waitForPrimaryMs",
+        r.waitForPrimaryMs,
+        RETRY_DEFAULTS.waitForPrimaryMs,
+      ),
       retryable: (r.retryable as RetryConfig["retryable"]) ?? isRetryable,
     },
     healthCheck: {
@@ -265,6 +276,7 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
+    requirePrimary: flag("requirePrimary", c.requirePrimary, true),
     slowQueryThresholdMs: slow === undefined
       ? undefined
       : duration("slowQueryThresholdMs", slow, 0),

@@ -9,7 +9,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
+import { abortedError, type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
 import type { ResolvedConfig } from "./config.ts";
 import { NoHealthyNodeError } from "./errors.ts";
 import {
@@ -24,7 +24,7 @@ import type { Failure } from "./failure.ts";
 import type { HealthChecker, Topology } from "./health.ts";
 import type { Node } from "./node.ts";
 import type { Observer } from "./observe.ts";
-import { type RetryOptions, type RetryStep, withRetry } from "./retry.ts";
+import { delay, type RetryOptions, type RetryStep, withRetry } from "./retry.ts";
 import { parseLsn, pickReader, pickWriter } from "./route.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions, checkStatement } from "./validate.ts";
@@ -93,6 +93,39 @@ export function noPrimary(d: Dispatcher, topology: Topology): NoHealthyNodeError
   );
 }
 
+/** How often a write waiting for a primary asks every node again. */
+const PRIMARY_POLL_MS = 100;
+
+/**
+ * Waits until a single healthy primary is known, re-probing every node every
+ * ~100 ms (concurrent waiters share the probe rounds), or until `deadline`.
+ *
+ * @throws a canceled / timeout DbxError when `signal` aborts.
+ */
+async function waitForPrimary(
+  d: Dispatcher,
+  deadline: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const started = performance.now();
+  d.observer.log("debug", "dbx: waiting for a primary", {
+    waitMs: Math.round(deadline - started),
+  });
+  while (pickWriter(d.checker.topology, []) === undefined) {
+    const left = deadline - performance.now();
+    if (left <= 0) return;
+    try {
+      await delay(Math.min(PRIMARY_POLL_MS, left), signal);
+    } catch (reason) {
+      throw abortedError(reason);
+    }
+    await d.checker.checkAll(true);
+  }
+  d.observer.log("debug", "dbx: a primary is known again", {
+    waitedMs: Math.round(performance.now() - started),
+  });
+}
+
 /** Reports a retry: the node's counter, a debug log, the hook; a re-probe after 25006. */
 async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
   const { attempt, node, error, failure } = step;
@@ -159,6 +192,12 @@ function retryOptions(
     resendable,
     backoff: retry,
     signal,
+    ...(kind === "read" ? {} : {
+      waitForNode: {
+        ms: retry.waitForPrimaryMs,
+        until: (deadline: number, s: AbortSignal | undefined) => waitForPrimary(d, deadline, s),
+      },
+    }),
     unavailable: () =>
       kind === "read"
         ? new NoHealthyNodeError(

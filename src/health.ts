@@ -209,15 +209,19 @@ export class HealthChecker {
   /**
    * Probes every node now. Concurrent callers share one round.
    *
+   * @param force Probe nodes down for long too, whatever their backoff
+   * (a write waiting for a primary).
    * @returns Resolves when the round is done and the snapshot swapped.
    */
-  checkAll(): Promise<void> {
+  checkAll(force = false): Promise<void> {
     if (this.#stopped) return Promise.resolve();
     const now = performance.now();
     // A node that keeps failing is probed less and less often (circuit
     // breaking): no hammering of a dead host every interval.
     this.#round ??= Promise.all(
-      this.#nodes.map((n) => n.healthy || now >= n.state.nextProbeAt ? this.#check(n) : undefined),
+      this.#nodes.map((n) =>
+        force || n.healthy || now >= n.state.nextProbeAt ? this.#check(n) : undefined
+      ),
     ).then(() => {
       this.#round = undefined;
       this.#refresh();

@@ -145,6 +145,14 @@ export interface RetryOptions<N> {
   unavailable(): DbxError;
   /** Told of each retry before it happens; may wait (a re-probe). */
   onRetry?(step: RetryStep<N>): void | Promise<void>;
+  /**
+   * When no node can be picked at all, wait (up to `ms` per call, within
+   * `signal`) for one to become eligible before counting an attempt.
+   */
+  readonly waitForNode?: {
+    readonly ms: number;
+    until(deadline: number, signal: AbortSignal | undefined): Promise<void>;
+  };
 }
 
 /**
@@ -171,6 +179,7 @@ export async function withRetry<N, R>(
   let tried: readonly N[] = NONE;
   let errors: unknown[] | undefined;
   let backoffs = 0;
+  let waitDeadline: number | undefined;
   for (let attempt = 1;; attempt++) {
     let node = pick(tried);
     if (node === undefined && attempt > 1) {
@@ -181,6 +190,14 @@ export async function withRetry<N, R>(
       }
       tried = NONE;
       node = pick(tried);
+    }
+    const wait = options.waitForNode;
+    if (node === undefined && wait !== undefined && wait.ms > 0) {
+      waitDeadline ??= performance.now() + wait.ms;
+      if (performance.now() < waitDeadline) {
+        await wait.until(waitDeadline, signal);
+        node = pick(tried);
+      }
     }
     if (node === undefined) {
       const err = options.unavailable();

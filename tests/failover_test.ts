@@ -14,7 +14,12 @@ import {
   RetryExhaustedError,
   type RoleChangeEvent,
 } from "../mod.ts";
-import { faultProxy, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
+import {
+  faultProxy,
+  type LocalCluster,
+  startLocalCluster,
+  testLogger,
+} from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
 
 /** Fast checks, as a latency-sensitive service would configure them. */
@@ -392,6 +397,83 @@ Deno.test({
       await ledger.stop();
       assert.deepEqual(await cluster.readQuery("select 1 as one"), [{ one: 1 }]);
       await ledger.verify();
+    }, { retry: { waitForPrimaryMs: 0 } });
+  },
+});
+
+Deno.test({
+  name: named(
+    "scenario 7: a write sent while no primary is known waits for the promoted replica and lands once",
+  ),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 1 });
+    const log = testLogger();
+    await withCluster(local, async (cluster) => {
+      await cluster.exec("create table waited(id int primary key)");
+      await local.stop("primary");
+      await until("the primary is marked down", async () => {
+        await cluster.health();
+        return !cluster.stats().nodes[0]!.healthy;
+      });
+      // Sent with no primary known: it must wait, not fail.
+      let settled = false;
+      const write = cluster.exec("insert into waited values (1)").finally(() => (settled = true));
+      await until(
+        "the write is waiting for a primary",
+        () => log.entries.some((e) => e.msg === "dbx: waiting for a primary"),
+      );
+      assert.equal(settled, false);
+      await local.promote("replica1");
+      assert.deepEqual(await write, { command: "INSERT", rowCount: 1 });
+      const row = await cluster.queryRow<{ p: number; n: number }>(
+        "select inet_server_port() as p, (select count(*)::int from waited) as n",
+      );
+      assert.deepEqual(row, { p: local.nodes[1]!.port, n: 1 }, "on the promoted replica, once");
+    }, { logger: log, retry: { waitForPrimaryMs: 60_000 } });
+  },
+});
+
+Deno.test({
+  name: named(
+    "connect({ requirePrimary: false }) starts on replicas alone: reads work, writes wait",
+  ),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 1 });
+    await local.stop("primary");
+    await assert.rejects(
+      connect({ master: local.masterUrl, replicas: local.replicaUrls, ...FAST }),
+      NoHealthyNodeError,
+      "by default a primary is required",
+    );
+    await using cluster = await connect({
+      master: local.masterUrl,
+      replicas: local.replicaUrls,
+      requirePrimary: false,
+      retry: { waitForPrimaryMs: 0 },
+      ...FAST,
     });
+    assert.deepEqual(await cluster.readQuery("select 1 as one"), [{ one: 1 }]);
+    await assert.rejects(cluster.exec("select 1"), NoHealthyNodeError);
+  },
+});
+
+Deno.test({
+  name: named("a write waiting for a primary gives up at its own deadline, as a timeout"),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 1 });
+    await withCluster(local, async (cluster) => {
+      await local.stop("primary");
+      await until("the primary is marked down", async () => {
+        await cluster.health();
+        return !cluster.stats().nodes[0]!.healthy;
+      });
+      const err = await cluster.exec("select 1", [], { timeoutMs: 300 }).catch((e: unknown) => e);
+      assert.ok(err instanceof DbxError && err.kind === "timeout", `got ${err}`);
+      // Reads still go to the replica meanwhile.
+      assert.deepEqual(await cluster.readQuery("select 1 as one"), [{ one: 1 }]);
+    }, { retry: { waitForPrimaryMs: 60_000 } });
   },
 });

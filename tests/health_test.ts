@@ -91,7 +91,7 @@ Deno.test({
         await using cluster = await connect({
           master: local.masterUrl,
           replicas: local.replicaUrls,
-          retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 },
+          retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50, waitForPrimaryMs: 0 },
           healthCheck: { intervalMs: 200, timeoutMs: 500 },
         });
         await cluster.exec("create table if not exists ledger(id int primary key)");
