@@ -11,6 +11,9 @@
  *   warm-up and a GC), and the same for raw `pool.query` as the baseline;
  * - `pgbench -S -M prepared` on the primary as the server's ceiling, when
  *   `pgbench` sits next to the other PostgreSQL binaries;
+ * - pipelining (`callers.ts`): dbx vs raw `pg.Pool` vs postgres.js at 1, 10
+ *   and 64 callers, p50/p99 at 10 callers, and the p99 of fast statements
+ *   when 1 % are slow;
  * - a failover: how long writes through dbx were unavailable.
  *
  * Prints tables, writes the summary to `bench/results/latest.json`, and
@@ -25,6 +28,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Cluster, connect } from "../mod.ts";
 import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
+import { callerScaling } from "./callers.ts";
 
 const CONCURRENCY = 10;
 const POOL_SIZE = 10;
@@ -310,6 +314,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     raw: await memory((i) => raw.query("select $1::int", [i]), signal),
   };
 
+  console.log("Pipelining: raw pg.Pool vs dbx vs postgres.js at 1, 10, 64 callers ...");
+  const scaling = await callerScaling(local.masterUrl, POOL_SIZE, signal);
+
   console.log("pgbench -S -M prepared -c 10 -j 2 -T 5 on the primary ...");
   const bench = await pgbench(local, signal);
 
@@ -372,6 +379,31 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     );
   }
 
+  console.log("\nCallers (select $1::int, q/s, median of alternating rounds; pool 10 each):");
+  console.log(table(
+    ["callers", "raw pg.Pool", "dbx", "postgres.js", "dbx ÷ raw", "dbx ÷ postgres.js"],
+    Object.entries(scaling.qps).map(([n, q]) => [
+      n,
+      q.raw,
+      q.dbx,
+      q.postgresjs,
+      (q.dbx / q.raw).toFixed(3),
+      (q.dbx / q.postgresjs).toFixed(3),
+    ]),
+  ));
+  console.log(table(
+    ["latency at 10 callers", "p50 ms", "p99 ms"],
+    (["raw", "dbx", "postgresjs"] as const).map((k) => [
+      k,
+      scaling.latency[k].p50.toFixed(2),
+      scaling.latency[k].p99.toFixed(2),
+    ]),
+  ));
+  console.log(
+    `  mixed (1 % pg_sleep(0.05)), p99 of the fast statements: raw ${scaling.mixedFastP99.raw} ms, ` +
+      `dbx ${scaling.mixedFastP99.dbx} ms`,
+  );
+
   console.log(
     Number.isNaN(fo.writeGapMs)
       ? "\nFailover: no write reached the promoted replica within 10 s"
@@ -386,6 +418,13 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     dbxOverRawPaired: r3(select.paired),
     dbxOverRaw1kB: r3(kb.median.dbx / kb.median.raw),
     replicasOverRaw: r3(select.median.replicas / select.median.raw),
+    dbxOverRaw1: r3(scaling.qps["1"]!.dbx / scaling.qps["1"]!.raw),
+    dbxOverRaw10: r3(scaling.qps["10"]!.dbx / scaling.qps["10"]!.raw),
+    dbxOverRaw64: r3(scaling.qps["64"]!.dbx / scaling.qps["64"]!.raw),
+    dbxOverPostgresJs: r3(scaling.qps["10"]!.dbx / scaling.qps["10"]!.postgresjs),
+    dbxOverPostgresJs64: r3(scaling.qps["64"]!.dbx / scaling.qps["64"]!.postgresjs),
+    p99OverRaw: r3(scaling.mixedFastP99.dbx / scaling.mixedFastP99.raw),
+    callers: scaling,
     qps: Object.fromEntries(
       Object.entries(results).map(([k, v]) => [k, {
         raw: Math.round(v.median.raw),

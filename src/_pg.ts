@@ -162,3 +162,52 @@ export function discardClient(client: pg.ClientBase): Promise<void> | undefined 
 export function clientEnd(client: pg.ClientBase): Promise<void> {
   return new Promise((resolve) => client.once("end", () => resolve()));
 }
+
+/**
+ * Makes a client forget that it prepared `name`, so its next use parses it
+ * again (the server lost it, or it must be re-planned under a new name).
+ *
+ * @param client The client.
+ * @param name The statement name.
+ */
+export function forgetStatement(client: pg.ClientBase, name: string): void {
+  const c = client as unknown as {
+    connection: {
+      parsedStatements: Record<string, string>;
+      submittedNamedStatements: Record<string, string>;
+    };
+  };
+  delete c.connection.parsedStatements[name];
+  delete c.connection.submittedNamedStatements[name];
+}
+
+/**
+ * Waits for a pooled client, giving up (and returning the client later)
+ * when `signal` aborts: pg-pool's `connect()` takes no signal.
+ *
+ * @param pool The pool.
+ * @param signal Ends the wait.
+ * @returns The client.
+ */
+export function connectPool(pool: pg.Pool, signal: AbortSignal): Promise<pg.PoolClient> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    let abandoned = false;
+    const onAbort = () => {
+      abandoned = true;
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    pool.connect().then(
+      (client) => {
+        signal.removeEventListener("abort", onAbort);
+        if (abandoned) client.release();
+        else resolve(client);
+      },
+      (err) => {
+        signal.removeEventListener("abort", onAbort);
+        if (!abandoned) reject(err);
+      },
+    );
+  });
+}

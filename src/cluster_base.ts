@@ -25,6 +25,7 @@ import { isConnectionError } from "./failure.ts";
 import { HealthChecker } from "./health.ts";
 import { Node } from "./node.ts";
 import { Observer } from "./observe.ts";
+import { StatementCache } from "./pipeline.ts";
 import { backoffDelay, delay } from "./retry.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
 import { withCall } from "./signal.ts";
@@ -85,6 +86,9 @@ export class ClusterBase implements AsyncDisposable {
    */
   constructor(config: ClusterConfig) {
     const resolved = this.#config = resolveConfig(config);
+    const statements = resolved.statementCache > 0
+      ? new StatementCache(resolved.statementCache)
+      : undefined;
     const observer = new Observer(resolved.logger, resolved.metrics, resolved.slowQueryThresholdMs);
     const nodes = this.#nodes = resolved.nodes.map((n) =>
       new Node(n, (node, err) => {
@@ -92,7 +96,7 @@ export class ClusterBase implements AsyncDisposable {
         // out of rotation only if the server itself is gone; the probe decides.
         observer.log("debug", "dbx: idle connection lost", { node: node.name, error: err.message });
         if (isConnectionError(err)) checker.recheck(node);
-      })
+      }, { pipeline: resolved.pipeline, statements })
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
     const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));

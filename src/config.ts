@@ -156,6 +156,22 @@ export interface ClusterConfig {
    */
   maxLagMs?: number;
   /**
+   * Automatic pipelining of statements that need no session of their own
+   * (`exec`, `query`, `queryRow`, `readQuery`, `readQueryRow` without a
+   * `signal` / `timeoutMs`, outside a transaction): they share `connections`
+   * pipelined connections per node, up to `maxDepth` in flight on each; the
+   * rest use the pool. `false` sends every statement on a pooled connection.
+   * @default { connections: 2, maxDepth: 64 }
+   */
+  pipeline?: boolean | { connections?: number; maxDepth?: number };
+  /**
+   * Statement cache: how many distinct statement texts (with parameters)
+   * get a name, so each connection prepares them once. `false` turns it off
+   * (PgBouncer in transaction pooling mode).
+   * @default 256
+   */
+  statementCache?: number | false;
+  /**
    * `false`: `connect()` resolves once any node answers, even when none is
    * primary yet (reads work; writes wait or fail as `retry.waitForPrimaryMs` says).
    * @default true
@@ -223,6 +239,10 @@ export interface ResolvedConfig {
   readonly maxLagMs: number | undefined;
   /** Whether `connect()` waits for a primary. */
   readonly requirePrimary: boolean;
+  /** Pipelining settings; undefined when off. */
+  readonly pipeline: { readonly connections: number; readonly maxDepth: number } | undefined;
+  /** Distinct statement texts that get a name; 0 when the cache is off. */
+  readonly statementCache: number;
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   RETRY_DEFAULTS,
   type RetryConfig,
 } from "./config.ts";
+import { KNOWN, onlyKnownKeys } from "./config_keys.ts";
 import { ConfigError } from "./errors.ts";
 import { isRetryable } from "./failure.ts";
 import { noopLogger, type Tracer } from "./observe.ts";
@@ -29,7 +30,7 @@ const URL_LIKE = /^[a-z][a-z0-9+.-]*:/i;
 function fail(field: string, rule: string, value: unknown): never {
   throw new ConfigError(
     field,
-    `Cannot connect as '${field}' ${rule}: current value is ${
+    `Cannot connect: '${field}' ${rule}: current value is ${
       describe(redactItems(value), redactUrl)
     }`,
   );
@@ -46,6 +47,19 @@ function redactItems(value: unknown): unknown {
     if (Array.isArray(item)) return `an array (${item.length} items)`;
     return item !== null && typeof item === "object" ? describe(item) : item;
   });
+}
+
+function pipelineOf(
+  value: unknown,
+): { readonly connections: number; readonly maxDepth: number } | undefined {
+  if (value === false) return undefined;
+  if (value === undefined || value === true) return { connections: 2, maxDepth: 64 };
+  const p = plainObject("pipeline", value);
+  onlyKnownKeys("pipeline", p, KNOWN.pipeline);
+  return {
+    connections: integer("pipeline.connections", p.connections, 2, 1),
+    maxDepth: integer("pipeline.maxDepth", p.maxDepth, 64, 1),
+  };
 }
 
 function flag(field: string, value: unknown, fallback: boolean): boolean {
@@ -90,6 +104,7 @@ function resolvePool(
   base: Required<PoolConfig>,
 ): Required<PoolConfig> {
   const p = plainObject(field, raw);
+  onlyKnownKeys(field, p, KNOWN.pool);
   const max = integer(`${field}.max`, p.max, base.max, 1);
   const min = integer(`${field}.min`, p.min, base.min, 0);
   if (min > max) fail(`${field}.min`, `must not exceed '${field}.max' (${max})`, min);
@@ -120,6 +135,7 @@ function resolveNode(
   if (raw === undefined || raw === null) {
     fail(field, "must be a connection string or a NodeConfig", raw);
   }
+  if (typeof raw !== "string") onlyKnownKeys(field, spec, KNOWN.node);
   const urlField = typeof raw === "string" ? field : `${field}.url`;
   const url = spec.url;
   if (typeof url !== "string" || url.trim() === "") {
@@ -201,6 +217,7 @@ function identity(node: ResolvedNode): string {
 export function resolveConfig(config: ClusterConfig): ResolvedConfig {
   const c = plainObject("config", config) as Partial<ClusterConfig>;
   if (config === undefined) fail("config", "must be an object", config);
+  onlyKnownKeys(undefined, c as Record<string, unknown>, KNOWN.cluster);
   const tracer = c.tracer;
   if (tracer !== undefined) checkTracer("tracer", tracer);
   const pool = resolvePool("pool", c.pool, POOL_DEFAULTS);
@@ -226,6 +243,7 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
   });
 
   const r = plainObject("retry", c.retry);
+  onlyKnownKeys("retry", r, KNOWN.retry);
   const baseDelayMs = duration("retry.baseDelayMs", r.baseDelayMs, RETRY_DEFAULTS.baseDelayMs);
   const maxDelayMs = duration("retry.maxDelayMs", r.maxDelayMs, RETRY_DEFAULTS.maxDelayMs);
   if (maxDelayMs < baseDelayMs) {
@@ -235,6 +253,7 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     fail("retry.retryable", "must be a function", r.retryable);
   }
   const h = plainObject("healthCheck", c.healthCheck);
+  onlyKnownKeys("healthCheck", h, KNOWN.healthCheck);
   if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
   if (c.logger !== undefined) checkMethods("logger", c.logger, ["debug", "info", "warn", "error"]);
   if (c.metrics !== undefined) plainObjectOrInstance("metrics", c.metrics);
@@ -277,6 +296,10 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     metrics: c.metrics,
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
     requirePrimary: flag("requirePrimary", c.requirePrimary, true),
+    pipeline: pipelineOf(c.pipeline),
+    statementCache: c.statementCache === false
+      ? 0
+      : integer("statementCache", c.statementCache, 256, 0),
     slowQueryThresholdMs: slow === undefined
       ? undefined
       : duration("slowQueryThresholdMs", slow, 0),

@@ -231,6 +231,21 @@ export function markNotSent<E>(err: E): E {
   return err;
 }
 
+/** Errors about one connection that say nothing about its node's health. */
+const nodeFine = new WeakSet<object>();
+
+/**
+ * Marks `err` as the loss of one connection that dbx closed on purpose (or a
+ * busy pool): retried like a lost connection, but the node stays up.
+ *
+ * @param err The error.
+ * @returns `err`.
+ */
+export function markNodeFine<E>(err: E): E {
+  if (typeof err === "object" && err !== null) nodeFine.add(err);
+  return err;
+}
+
 /**
  * What a failed attempt means, decided once by {@linkcode classify} and
  * read by every decision that follows (mark the node down, re-send, wrap).
@@ -257,7 +272,8 @@ export interface Failure {
 export function classify(err: unknown): Failure {
   const code = pgErrorCode(err);
   return {
-    connectionLost: !(err instanceof PoolExhaustedError) && isConnectionError(err),
+    connectionLost: !(err instanceof PoolExhaustedError) &&
+      !(typeof err === "object" && err !== null && nodeFine.has(err)) && isConnectionError(err),
     sent: !(typeof err === "object" && err !== null &&
       (notSent.has(err) || (err as { message?: unknown }).message === UNQUERYABLE)),
     readOnly: code === "25006",

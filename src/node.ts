@@ -1,6 +1,6 @@
 /**
- * One server behind the cluster: its `pg.Pool`, identity, state and
- * counters. The state (role, health, last probe) is an immutable snapshot
+ * One server behind the cluster: its `pg.Pool` and pipelined connections,
+ * identity, state and counters. The state (role, health, last probe) is an immutable snapshot
  * that only the health checker replaces; the counters are moved only by the
  * attempt runner (`attempt.ts`). Everything else reads.
  *
@@ -9,11 +9,12 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { cancellable, clientEnd, destroySocket, reusable } from "./_pg.ts";
+import { cancellable, clientEnd, connectPool, destroySocket, reusable } from "./_pg.ts";
 import type { BalancerNode } from "./balancer.ts";
 import type { ResolvedNode } from "./config.ts";
 import { DbxError } from "./errors.ts";
 import { isConnectionError, markNotSent, PoolExhaustedError } from "./failure.ts";
+import { Pipes, type PipeSettings, sendCached, type StatementCache } from "./pipeline.ts";
 import type { NodeRole, Tracer } from "./observe.ts";
 
 /** How many recent attempts the latency percentiles of `stats()` cover. */
@@ -53,31 +54,15 @@ export interface NodeState {
   readonly downSince: number;
 }
 
-/** Waits for a pooled client, giving up (and returning the client later) when `signal` aborts. */
-function connectPool(pool: pg.Pool, signal: AbortSignal): Promise<pg.PoolClient> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise((resolve, reject) => {
-    let abandoned = false;
-    const onAbort = () => {
-      abandoned = true;
-      reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    pool.connect().then(
-      (client) => {
-        signal.removeEventListener("abort", onAbort);
-        if (abandoned) client.release();
-        else resolve(client);
-      },
-      (err) => {
-        signal.removeEventListener("abort", onAbort);
-        if (!abandoned) reject(err);
-      },
-    );
-  });
-}
-
 function ignoreError(): void {}
+
+/** What a node shares with its cluster beyond its own config. */
+export interface NodeOptions {
+  /** Pipelining settings; undefined when off. */
+  readonly pipeline?: PipeSettings | undefined;
+  /** The cluster's statement names; undefined when the cache is off. */
+  readonly statements?: StatementCache | undefined;
+}
 
 /**
  * A node of the cluster. Internal: users see nodes through `stats()`,
@@ -92,6 +77,8 @@ export class Node implements BalancerNode {
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
   readonly #pool: pg.Pool;
+  readonly #pipes: Pipes | undefined;
+  readonly #statements: StatementCache | undefined;
   readonly #connectTimeoutMs: number;
   #state: NodeState;
 
@@ -110,8 +97,13 @@ export class Node implements BalancerNode {
    *
    * @param config Resolved node settings.
    * @param onPoolError Called when an idle pooled connection dies.
+   * @param options Pipelining and the statement cache.
    */
-  constructor(config: ResolvedNode, onPoolError: (node: Node, err: Error) => void) {
+  constructor(
+    config: ResolvedNode,
+    onPoolError: (node: Node, err: Error) => void,
+    options: NodeOptions = {},
+  ) {
     this.name = config.name;
     this.host = config.host;
     this.port = config.port;
@@ -130,6 +122,10 @@ export class Node implements BalancerNode {
       downSince: 0,
     };
     const connectTimeoutMs = this.#connectTimeoutMs = config.pool.connectTimeoutMs;
+    this.#statements = options.statements;
+    this.#pipes = options.pipeline === undefined
+      ? undefined
+      : new Pipes(config.url, connectTimeoutMs, options.pipeline);
     this.#pool = new pg.Pool({
       connectionString: config.url,
       max: config.pool.max,
@@ -237,7 +233,12 @@ export class Node implements BalancerNode {
   /** Pool counts for stats. */
   poolCounts(): { total: number; idle: number; waiting: number } {
     const pool = this.#pool;
-    return { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount };
+    const pipes = this.#pipes?.counts();
+    return {
+      total: pool.totalCount + (pipes?.total ?? 0),
+      idle: pool.idleCount + (pipes?.idle ?? 0),
+      waiting: pool.waitingCount,
+    };
   }
 
   /**
@@ -273,8 +274,10 @@ export class Node implements BalancerNode {
   }
 
   /**
-   * Runs one statement on a connection taken from this node's pool, so that
-   * aborting `signal` cancels it on the server.
+   * Runs one statement on a connection taken from this node's pool (or a
+   * transaction's), so that aborting `signal` cancels it on the server. A
+   * statement with parameters runs as a named prepared statement when the
+   * cache is on.
    *
    * @param client The connection.
    * @param sql Statement text.
@@ -288,12 +291,16 @@ export class Node implements BalancerNode {
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
   ): Promise<pg.QueryResult> {
-    if (signal === undefined) return client.query(sql, args as unknown[]);
-    return cancellable(client, this, signal, () => client.query(sql, args as unknown[]));
+    const send = (config: pg.QueryConfig) =>
+      signal === undefined
+        ? client.query(config)
+        : cancellable(client, this, signal, () => client.query(config));
+    return sendCached(client, this.#statements, sql, args, send);
   }
 
   /**
-   * Runs one statement on a pooled connection, taken and handed back here.
+   * Runs one statement on this node: pipelined when it needs no session
+   * (no `signal`) and a pipe has room, else on a pooled connection.
    *
    * @param sql Statement text.
    * @param args Bind parameters.
@@ -305,10 +312,25 @@ export class Node implements BalancerNode {
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
   ): Promise<pg.QueryResult> {
+    // A cancel request stops whatever runs on a backend: a statement with a
+    // signal must be alone on its connection, so it never joins a pipe.
+    const pipes = signal === undefined ? this.#pipes : undefined;
+    const pipe = pipes?.pick(sql);
+    if (pipe !== undefined) {
+      return await sendCached(
+        pipe.client,
+        this.#statements,
+        sql,
+        args,
+        (config) => pipes!.run(pipe, config),
+      );
+    }
     const client = await this.acquire(signal);
     let result: pg.QueryResult;
     try {
+      const started = pipes === undefined ? 0 : performance.now();
       result = await this.runOn(client, sql, args, signal);
+      pipes?.took(sql, performance.now() - started);
     } catch (err) {
       // The server may have closed the connection (57P01) with its socket
       // not yet seen as ended: it must not go back to the pool.
@@ -352,7 +374,7 @@ export class Node implements BalancerNode {
    * @returns Resolves when every connection is closed.
    */
   async end(graceMs: number): Promise<void> {
-    const ended = this.#pool.end().catch(() => {});
+    const ended = Promise.all([this.#pool.end().catch(() => {}), this.#pipes?.end()]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const graceOver = new Promise<boolean>((resolve) => {
       timer = setTimeout(resolve, graceMs, true);
@@ -373,6 +395,7 @@ export class Node implements BalancerNode {
    * statements fail with a connection error, and the pool drops them.
    */
   cutConnections(): void {
+    this.#pipes?.cut();
     for (const c of this.#clients.keys()) destroySocket(c);
   }
 }

@@ -3,7 +3,17 @@ import { connect as tcpConnect, createServer, type Server, type Socket } from "n
 import { BatchError, type Cluster, connect, DbxError } from "../mod.ts";
 import { checkBatch } from "../src/batch.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
-import { dbTest } from "../src/testing/mod.ts";
+import { dbTest as dbTestAny } from "../src/testing/mod.ts";
+
+/**
+ * Batches run on a pooled connection; these tests compare backend pids of
+ * that connection with later statements, so the statements run pooled too.
+ */
+const dbTest = (
+  name: string,
+  fn: Parameters<typeof dbTestAny>[1],
+  options: Parameters<typeof dbTestAny>[2] = {},
+) => dbTestAny(name, fn, { config: { pipeline: false, ...options.config } });
 
 /** Every primary connection is back in the pool, idle, and nothing is running. */
 function assertPoolIdle(cluster: Cluster): void {
@@ -312,6 +322,7 @@ dbTest(
       await using cluster = await connect({
         master: gate.url,
         pool: { max: 1 },
+        pipeline: false,
         // No probe may wait on held answers during the test.
         healthCheck: { intervalMs: 600_000 },
       });

@@ -239,7 +239,7 @@ dbTest("the connection stays usable after a cancelled statement", async (cluster
   assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
   const primary = cluster.stats().nodes[0]!;
   assert.equal(primary.idleConns, primary.totalConns);
-}, { config: { pool: { max: 1 } } });
+}, { config: { pool: { max: 1 }, pipeline: false } });
 
 dbTest(
   "a statement that leaves a transaction open does not return its connection to the pool",
@@ -251,6 +251,24 @@ dbTest(
       "select count(*)::int as n from pg_stat_activity where application_name = 'dbx' and state like 'idle in transaction%'",
     );
     assert.equal(row?.n, 0);
+  },
+  { config: { pipeline: false } },
+);
+
+dbTest(
+  "on a pipelined connection, a statement that opens a transaction is refused and the pipe cut",
+  async (cluster) => {
+    const err = await cluster.exec("begin").catch((e: unknown) => e);
+    assert.ok(err instanceof DbxError && /use begin\(\) or runTx\(\)/.test(err.message), `${err}`);
+    // Nothing stays inside a transaction, and the next statements run as usual.
+    await until("no dbx backend is left idle in transaction", async () => {
+      const [row] = await cluster.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where application_name = 'dbx' and state like 'idle in transaction%'",
+      );
+      return row?.n === 0;
+    });
+    assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
+    assert.ok(cluster.stats().nodes[0]!.healthy, "a refused statement takes no node down");
   },
 );
 
@@ -297,7 +315,7 @@ dbTest("stats() counts queries, errors and connections per node", async (cluster
   assert.deepEqual(replicaQueries, replicaQueries.map(() => 4 / replicaQueries.length));
   assert.equal(s.totals.queries, s.nodes.reduce((a, n) => a + n.queries, 0));
   assert.equal(s.totals.maxConns, 10 * s.nodes.length);
-});
+}, { config: { pipeline: false } });
 
 dbTest("ping() answers on every node", async (cluster) => {
   const before = cluster.stats().nodes.map((n) => n.queries);
@@ -448,6 +466,10 @@ dbTest(
     assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
   },
   {
-    config: { pool: { max: 1, connectTimeoutMs: 300 }, retry: { maxAttempts: 2, baseDelayMs: 1 } },
+    config: {
+      pool: { max: 1, connectTimeoutMs: 300 },
+      retry: { maxAttempts: 2, baseDelayMs: 1 },
+      pipeline: false,
+    },
   },
 );

@@ -53,8 +53,14 @@ Deno.test("resolveConfig() fills in the documented retry defaults", () => {
   assert.equal(retry.maxAttempts, 3);
   assert.equal(retry.baseDelayMs, 50);
   assert.equal(retry.maxDelayMs, 1_000);
+  assert.equal(retry.waitForPrimaryMs, 5_000);
   assert.equal(retry.retryable, isRetryable);
-  assert.deepEqual(RETRY_DEFAULTS, { maxAttempts: 3, baseDelayMs: 50, maxDelayMs: 1_000 });
+  assert.deepEqual(RETRY_DEFAULTS, {
+    maxAttempts: 3,
+    baseDelayMs: 50,
+    maxDelayMs: 1_000,
+    waitForPrimaryMs: 5_000,
+  });
 });
 
 Deno.test("resolveConfig() fills in the documented health-check defaults", () => {
@@ -90,14 +96,20 @@ Deno.test("resolveConfig() keeps the settings it is given", () => {
   const retryable = () => false;
   const resolved = resolveConfig({
     master: MASTER,
-    retry: { maxAttempts: 5, baseDelayMs: 10, maxDelayMs: 10, retryable },
+    retry: { maxAttempts: 5, baseDelayMs: 10, maxDelayMs: 10, waitForPrimaryMs: 0, retryable },
     healthCheck: { intervalMs: 500, timeoutMs: 200, failuresBeforeDown: 3 },
     balancer,
     logger: console,
     metrics,
     slowQueryThresholdMs: 0,
   });
-  assert.deepEqual(resolved.retry, { maxAttempts: 5, baseDelayMs: 10, maxDelayMs: 10, retryable });
+  assert.deepEqual(resolved.retry, {
+    maxAttempts: 5,
+    baseDelayMs: 10,
+    maxDelayMs: 10,
+    waitForPrimaryMs: 0,
+    retryable,
+  });
   assert.deepEqual(resolved.healthCheck, {
     intervalMs: 500,
     timeoutMs: 200,
@@ -440,6 +452,114 @@ for (const c of badCases) {
     }
   });
 }
+
+Deno.test("a bad master reads as a setting, not as a user to connect as", () => {
+  assert.equal(
+    configError({ master: "" }).message,
+    `Cannot connect: 'master' must be a non-empty postgres:// connection string: current value is ""`,
+  );
+});
+
+// --- unknown settings ------------------------------------------------------------
+
+const typoCases: { config: unknown; field: string; suggestion: string }[] = [
+  { config: { master: MASTER, replica: [REPLICA] }, field: "replica", suggestion: "replicas" },
+  { config: { mastr: MASTER }, field: "mastr", suggestion: "master" },
+  { config: { master: MASTER, healthcheck: {} }, field: "healthcheck", suggestion: "healthCheck" },
+  {
+    config: { master: MASTER, pool: { maxConnections: 5 } },
+    field: "pool.maxConnections",
+    suggestion: "pool.max",
+  },
+  {
+    config: { master: MASTER, retry: { maxAttempt: 2 } },
+    field: "retry.maxAttempt",
+    suggestion: "retry.maxAttempts",
+  },
+  {
+    config: { master: MASTER, healthCheck: { interval: 100 } },
+    field: "healthCheck.interval",
+    suggestion: "healthCheck.intervalMs",
+  },
+  {
+    config: { master: { uri: MASTER } },
+    field: "master.uri",
+    suggestion: "master.url",
+  },
+  {
+    config: { master: MASTER, replicas: [REPLICA, { url: "postgres://app@db3/app", pol: {} }] },
+    field: "replicas[1].pol",
+    suggestion: "replicas[1].pool",
+  },
+  {
+    config: { master: { url: MASTER, pool: { Max: 3 } } },
+    field: "master.pool.Max",
+    suggestion: "master.pool.max",
+  },
+  {
+    config: { master: MASTER, pipeline: { depth: 8 } },
+    field: "pipeline.depth",
+    suggestion: "pipeline.maxDepth",
+  },
+];
+
+for (const c of typoCases) {
+  Deno.test(`connect() rejects the unknown setting '${c.field}' and suggests '${c.suggestion}'`, () => {
+    const err = configError(c.config);
+    assert.equal(err.field, c.field);
+    assert.equal(
+      err.message,
+      `Cannot connect: '${c.field}' is not a known setting (did you mean '${c.suggestion}'?)`,
+    );
+  });
+}
+
+Deno.test("an unknown setting far from every known one lists the known settings", () => {
+  const err = configError({ master: MASTER, pool: { colour: "blue" } });
+  assert.equal(err.field, "pool.colour");
+  assert.equal(
+    err.message,
+    "Cannot connect: 'pool.colour' is not a known setting " +
+      "(known settings: max, min, idleTimeoutMs, maxLifetimeMs, connectTimeoutMs)",
+  );
+});
+
+Deno.test("a typo is reported before the errors it causes (a misspelt master)", () => {
+  assert.equal(configError({ Master: MASTER }).field, "Master");
+});
+
+Deno.test("connect() rejects an unknown setting before opening any connection", async () => {
+  await assert.rejects(
+    connect({ master: MASTER, replica: [REPLICA] } as unknown as ClusterConfig),
+    (err) => err instanceof ConfigError && err.field === "replica",
+  );
+});
+
+Deno.test("every documented setting is accepted at every level", () => {
+  const resolved = resolveConfig({
+    master: { name: "m", url: MASTER, pool: { max: 4 }, tracer: tracer() },
+    replicas: [{ url: REPLICA, pool: { min: 0 } }],
+    pool: { max: 5, min: 1, idleTimeoutMs: 1, maxLifetimeMs: 1, connectTimeoutMs: 1 },
+    retry: {
+      maxAttempts: 2,
+      baseDelayMs: 1,
+      maxDelayMs: 2,
+      waitForPrimaryMs: 0,
+      retryable: () => false,
+    },
+    healthCheck: { intervalMs: 1, timeoutMs: 1, failuresBeforeDown: 1 },
+    balancer: random(),
+    logger: noopLogger,
+    metrics: {},
+    tracer: tracer(),
+    slowQueryThresholdMs: 1,
+    maxLagMs: 1,
+    requirePrimary: false,
+    pipeline: { connections: 1, maxDepth: 2 },
+    statementCache: 8,
+  });
+  assert.equal(resolved.nodes.length, 2);
+});
 
 Deno.test("ConfigError is a DbxError of kind 'other'", () => {
   const err = configError({ master: "" });

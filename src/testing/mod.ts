@@ -1,8 +1,14 @@
 /**
  * Test helpers for code built on dbx: a throwaway local primary + replicas
- * cluster from the PostgreSQL binaries on the machine (no Docker), a test
- * cluster from the environment, database tests that are ignored with a
- * reason when no database is reachable, and a recording logger.
+ * cluster from the PostgreSQL binaries on the machine (no Docker), database
+ * tests ({@linkcode dbTest}, {@linkcode testCluster}) against the cluster
+ * named by `DBX_TEST_MASTER_URL` / `DBX_TEST_REPLICA_URLS` or, without those
+ * variables, a local cluster started once per test process, a fault proxy and
+ * a recording logger.
+ *
+ * Importing this module has no side effect: it opens no connection, starts
+ * nothing and loads no npm PostgreSQL binaries; those are fetched only when a
+ * local cluster is started from them.
  *
  * @example A database test
  * ```ts

@@ -6,17 +6,15 @@
  * @module
  */
 
-import { execFile } from "node:child_process";
-import { readdir, stat } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { readdirSync, statSync } from "node:fs";
+import { stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import process from "node:process";
-import { promisify } from "node:util";
-import { embeddedPgBinDir } from "./embedded_pg.ts";
+import { embeddedPgBinDir, embeddedPlatformProblem } from "./embedded_pg.ts";
 
 const REQUIRED_BINARIES = ["initdb", "pg_ctl", "postgres"] as const;
 const DEBIAN_PG_ROOT = "/usr/lib/postgresql";
-
-const execFileAsync = promisify(execFile);
 
 /**
  * Which step of the search of {@linkcode findPgBinaries} found the binaries: `"env"`
@@ -141,37 +139,67 @@ export async function isExecutable(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * Why no PostgreSQL server binaries can be had here, or `undefined` when they can: the
+ * search of {@linkcode findPgBinaries} without its last step, plus whether that step (the
+ * npm binaries, linux-x64 only) could run. Synchronous and cheap (a few `stat` calls and
+ * `pg_config --bindir`): it loads nothing from npm, so a test file can decide at
+ * registration whether database tests run. Internal.
+ *
+ * @returns A one-line reason, e.g. `DBX_PG_BIN=/opt/pg does not contain initdb, pg_ctl,
+ * postgres`, or `undefined`.
+ */
+export function pgBinariesUnavailable(): string | undefined {
+  const installed = searchInstalled();
+  if (!("embedded" in installed)) return "problem" in installed ? installed.problem : undefined;
+  const platformProblem = embeddedPlatformProblem();
+  if (platformProblem === undefined) return undefined;
+  return installed.embedded === "only"
+    ? `DBX_PG_BIN is "embedded" but ${platformProblem}`
+    : "no PostgreSQL server binaries were found";
+}
+
+/** The npm step of the search, when the installed binaries were not found. */
+type NextStep = { embedded: "only" } | { embedded: "fallback"; searched: string[] };
+
 async function searchBinaries(): Promise<PgBinaries | { problem: string }> {
-  const expected = REQUIRED_BINARIES.join(", ");
-  const fromEnv = process.env.DBX_PG_BIN;
-  if (fromEnv === "embedded") return await embedded();
+  const installed = searchInstalled();
+  if (!("embedded" in installed)) return installed;
+  // Last resort: the binaries shipped in npm, so a machine with only Deno works.
+  const fallback = await embedded();
+  if (installed.embedded === "only" || !("problem" in fallback)) return fallback;
+  const searched = [...installed.searched, fallback.problem].join(", ");
+  return {
+    problem: `No PostgreSQL server binaries (${REQUIRED_BINARIES.join(", ")}) found; ` +
+      `searched $DBX_PG_BIN (unset), ${searched}. ` +
+      "Install PostgreSQL or set DBX_PG_BIN to its bin directory.",
+  };
+}
+
+/** `$DBX_PG_BIN`, `pg_config --bindir`, then Debian's directories; never npm. */
+function searchInstalled(): PgBinaries | { problem: string } | NextStep {
+  const fromEnv = readEnv("DBX_PG_BIN");
+  if (fromEnv === "embedded") return { embedded: "only" };
   if (fromEnv !== undefined && fromEnv !== "") {
     const dir = resolve(fromEnv);
-    return (await hasServerBinaries(dir))
+    return hasServerBinaries(dir)
       ? { binDir: dir, source: "env" }
-      : { problem: `DBX_PG_BIN=${fromEnv} does not contain ${expected}` };
+      : { problem: `DBX_PG_BIN=${fromEnv} does not contain ${REQUIRED_BINARIES.join(", ")}` };
   }
   const searched: string[] = [];
-  const fromPgConfig = await pgConfigBinDir();
+  const fromPgConfig = pgConfigBinDir();
   if (fromPgConfig === undefined) {
     searched.push("pg_config --bindir (no pg_config on PATH)");
   } else {
-    if (await hasServerBinaries(fromPgConfig)) return { binDir: fromPgConfig, source: "pg_config" };
+    if (hasServerBinaries(fromPgConfig)) return { binDir: fromPgConfig, source: "pg_config" };
     searched.push(`pg_config --bindir (${fromPgConfig})`);
   }
-  for (const dir of await debianBinDirs()) {
-    if (await hasServerBinaries(dir)) return { binDir: dir, source: "debian" };
+  for (const dir of debianBinDirs()) {
+    if (hasServerBinaries(dir)) return { binDir: dir, source: "debian" };
     searched.push(dir);
   }
   searched.push(`${DEBIAN_PG_ROOT}/<version>/bin`);
-  // Last resort: the binaries shipped in npm, so a machine with only Deno works.
-  const fallback = await embedded();
-  if (!("problem" in fallback)) return fallback;
-  searched.push(fallback.problem);
-  return {
-    problem: `No PostgreSQL server binaries (${expected}) found; searched $DBX_PG_BIN (unset), ` +
-      `${searched.join(", ")}. Install PostgreSQL or set DBX_PG_BIN to its bin directory.`,
-  };
+  return { embedded: "fallback", searched };
 }
 
 async function embedded(): Promise<PgBinaries | { problem: string }> {
@@ -182,23 +210,24 @@ async function embedded(): Promise<PgBinaries | { problem: string }> {
   }
 }
 
-async function pgConfigBinDir(): Promise<string | undefined> {
+function pgConfigBinDir(): string | undefined {
   try {
-    const { stdout } = await execFileAsync("pg_config", ["--bindir"], {
+    const dir = execFileSync("pg_config", ["--bindir"], {
       encoding: "utf8",
       timeout: 10_000,
-    });
-    const dir = stdout.trim();
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
     return dir === "" ? undefined : dir;
   } catch {
+    // Not on PATH, or no permission to run it.
     return undefined;
   }
 }
 
-async function debianBinDirs(): Promise<string[]> {
+function debianBinDirs(): string[] {
   let versions: string[];
   try {
-    versions = await readdir(DEBIAN_PG_ROOT);
+    versions = readdirSync(DEBIAN_PG_ROOT);
   } catch {
     return [];
   }
@@ -208,9 +237,22 @@ async function debianBinDirs(): Promise<string[]> {
     .map((version) => join(DEBIAN_PG_ROOT, version, "bin"));
 }
 
-async function hasServerBinaries(dir: string): Promise<boolean> {
-  const checks = await Promise.all(
-    REQUIRED_BINARIES.map((binary) => isExecutable(join(dir, binary))),
-  );
-  return checks.every(Boolean);
+function hasServerBinaries(dir: string): boolean {
+  return REQUIRED_BINARIES.every((binary) => {
+    try {
+      const info = statSync(join(dir, binary));
+      return info.isFile() && (info.mode & 0o111) !== 0;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** An environment variable, or `undefined` when unset or not readable (Deno without --allow-env). */
+function readEnv(name: string): string | undefined {
+  try {
+    return process.env[name];
+  } catch {
+    return undefined;
+  }
 }

@@ -1,0 +1,325 @@
+/**
+ * Automatic pipelining: statements of concurrent callers that need no
+ * session of their own (no transaction, no cancel signal) share a few
+ * connections per node in pg's `pipeline` mode, each with its own Sync, so
+ * one failure affects only its statement. A statement goes to the least
+ * loaded pipe whose oldest statement is not stalled; when every pipe is full
+ * or stalled it takes a pooled connection instead, so one slow statement
+ * never holds up unrelated callers for its whole duration.
+ *
+ * Plus the statement cache: statement texts with parameters get a name, so
+ * each connection parses them once (named prepared statements, bounded).
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import { clientEnd, destroySocket, forgetStatement } from "./_pg.ts";
+import { DbxError } from "./errors.ts";
+import { markNodeFine, markNotSent, pgErrorCode } from "./failure.ts";
+
+/** Pipelining settings of a node. */
+export interface PipeSettings {
+  /** Pipelined connections per node. */
+  readonly connections: number;
+  /** Statements in flight on one pipe before the next goes elsewhere. */
+  readonly maxDepth: number;
+}
+
+/** A pipe whose oldest statement has run this long takes no more (head-of-line). */
+const STALL_MS = 2;
+
+/**
+ * A statement text whose recent runs took this long (on average) is sent on
+ * a pooled connection: on a pipe it would hold up every statement behind it.
+ */
+const SLOW_MS = 2;
+
+/** Statement texts whose durations are remembered (the map is reset when full). */
+const DURATIONS_MAX = 4_096;
+
+/** Names for statement texts: each connection prepares a named statement once. */
+export class StatementCache {
+  readonly #names = new Map<string, string>();
+  readonly #max: number;
+  #next = 0;
+
+  /**
+   * @param max Most distinct statement texts that get a name; later ones run unnamed.
+   */
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /**
+   * The name of a statement text, given one on first sight while there is room.
+   *
+   * @param text Statement text.
+   * @returns Its name, or undefined when the cache is full.
+   */
+  name(text: string): string | undefined {
+    const known = this.#names.get(text);
+    if (known !== undefined || this.#names.size >= this.#max) return known;
+    const name = `dbx_${(++this.#next).toString(36)}`;
+    this.#names.set(text, name);
+    return name;
+  }
+
+  /**
+   * Gives a text a fresh name (its plan no longer fits: 0A000), so every
+   * connection prepares it anew.
+   *
+   * @param text Statement text.
+   * @returns The new name.
+   */
+  rename(text: string): string {
+    const name = `dbx_${(++this.#next).toString(36)}`;
+    this.#names.set(text, name);
+    return name;
+  }
+}
+
+/** Whether a named statement failed only because its prepared form is gone or stale (nothing ran). */
+function staleStatement(err: unknown): "gone" | "stale" | undefined {
+  const code = pgErrorCode(err);
+  if (code === "26000") return "gone";
+  if (
+    code === "0A000" &&
+    /cached plan must not change result type/.test(String((err as Error).message))
+  ) {
+    return "stale";
+  }
+  return undefined;
+}
+
+/**
+ * Sends a statement, named when the cache gives it a name; re-prepares and
+ * re-sends it once when its prepared form is gone (26000) or stale (0A000):
+ * the server ran nothing.
+ *
+ * @param client The connection it goes to (its prepared statements).
+ * @param cache The statement names; undefined when off.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param send Sends one query config.
+ * @returns The driver's result.
+ */
+export function sendCached(
+  client: pg.ClientBase,
+  cache: StatementCache | undefined,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
+): Promise<pg.QueryResult> {
+  const values = args as unknown[];
+  const name = args === undefined || args.length === 0 ? undefined : cache?.name(sql);
+  if (name === undefined) return send({ text: sql, values });
+  return send({ text: sql, values, name }).catch((err) => {
+    const why = staleStatement(err);
+    // Inside a transaction the failure aborted it: nothing can be re-sent.
+    if (why === undefined || client.getTransactionStatus() !== "I") throw err;
+    forgetStatement(client, name);
+    const again = why === "gone" ? name : cache!.rename(sql);
+    return send({ text: sql, values, name: again });
+  });
+}
+
+/** One pipelined connection. */
+class Pipe {
+  readonly client: pg.Client;
+  readonly ready: Promise<void>;
+  readonly ended: Promise<void>;
+  connected = false;
+  broken = false;
+  /** Cut on purpose because a statement left it inside a transaction. */
+  poisoned = false;
+  /** Start times of the statements in flight, oldest first (answers come in order). */
+  readonly heads: number[] = [];
+  /** When the last answer arrived: the next statement's own time starts there at the latest. */
+  lastDone = 0;
+
+  constructor(url: string, connectTimeoutMs: number, onBroken: (pipe: Pipe) => void) {
+    this.client = new pg.Client({
+      connectionString: url,
+      pipeline: true,
+      connectionTimeoutMillis: connectTimeoutMs,
+      fallback_application_name: "dbx",
+    } as pg.ClientConfig);
+    this.client.on("error", () => {
+      this.broken = true;
+      onBroken(this);
+    });
+    this.ended = clientEnd(this.client).then(() => {
+      this.broken = true;
+      onBroken(this);
+    });
+    this.ready = this.client.connect().then(() => {
+      this.connected = true;
+    });
+    this.ready.catch(() => {});
+  }
+}
+
+/** The pipelined connections of one node. */
+export class Pipes {
+  readonly #url: string;
+  readonly #connectTimeoutMs: number;
+  readonly #settings: PipeSettings;
+  #pipes: Pipe[] = [];
+  #all = new Set<Pipe>();
+  /** Recent duration (ms, moving average) per statement text run on a pipe. */
+  readonly #durations = new Map<string, number>();
+  #closed = false;
+
+  /**
+   * @param url The node's connection string.
+   * @param connectTimeoutMs Bound on opening a pipe.
+   * @param settings Connections and depth.
+   */
+  constructor(url: string, connectTimeoutMs: number, settings: PipeSettings) {
+    this.#url = url;
+    this.#connectTimeoutMs = connectTimeoutMs;
+    this.#settings = settings;
+  }
+
+  /** Open pipes and those of them with nothing in flight (for stats). */
+  counts(): { total: number; idle: number } {
+    let idle = 0;
+    for (const p of this.#pipes) if (p.heads.length === 0) idle++;
+    return { total: this.#pipes.length, idle };
+  }
+
+  /**
+   * A pipe to send `sql` on now: the least loaded one that is neither full
+   * nor stalled, a new one while there is room; undefined (use the pool)
+   * when there is none, or when `sql` is known to be slow.
+   *
+   * @param sql The statement text.
+   * @returns The pipe, or undefined.
+   */
+  pick(sql: string): Pipe | undefined {
+    if (this.#closed || (this.#durations.get(sql) ?? 0) > SLOW_MS) return undefined;
+    const { connections, maxDepth } = this.#settings;
+    let best: Pipe | undefined;
+    let busy = 0;
+    const now = performance.now();
+    for (const pipe of this.#pipes) {
+      const depth = pipe.heads.length;
+      if (depth === 0) return pipe;
+      busy++;
+      if (depth >= maxDepth || now - pipe.heads[0]! > STALL_MS) continue;
+      if (best === undefined || depth < best.heads.length) best = pipe;
+    }
+    if (busy < connections && this.#pipes.length < connections) return this.#open();
+    return best;
+  }
+
+  #open(): Pipe {
+    const pipe = new Pipe(this.#url, this.#connectTimeoutMs, (p) => this.#drop(p));
+    this.#pipes.push(pipe);
+    this.#all.add(pipe);
+    pipe.ended.then(() => this.#all.delete(pipe));
+    return pipe;
+  }
+
+  #drop(pipe: Pipe): void {
+    const i = this.#pipes.indexOf(pipe);
+    if (i >= 0) this.#pipes.splice(i, 1);
+  }
+
+  /**
+   * Sends one statement on `pipe`.
+   *
+   * @param pipe From {@linkcode pick}.
+   * @param config The statement (text, values, name).
+   * @returns The driver's result.
+   */
+  async run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+    if (!pipe.connected) {
+      try {
+        await pipe.ready;
+      } catch (err) {
+        // The pipe never opened: nothing was sent.
+        throw markNotSent(err);
+      }
+    }
+    const started = performance.now();
+    pipe.heads.push(started);
+    return await new Promise<pg.QueryResult>((resolve, reject) => {
+      // The callback runs inside pg's handling of this statement's
+      // ReadyForQuery, before any later answer is handled: the transaction
+      // check below sees the status this statement left.
+      pipe.client.query(config, (err: Error | null, result: pg.QueryResult) => {
+        pipe.heads.shift();
+        // Its own time, not the time spent queued behind earlier statements.
+        const now = performance.now();
+        this.took(config.text, now - Math.max(started, pipe.lastDone));
+        pipe.lastDone = now;
+        if (pipe.poisoned) {
+          // Pipelined behind a statement that opened a transaction: it ran
+          // inside that transaction, which the server rolls back as the pipe
+          // is cut -- unless another caller's COMMIT followed it. Treated as
+          // a lost connection (a read is retried, a write is not re-sent),
+          // but the node is fine.
+          reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
+          return;
+        }
+        if (err) {
+          reject(err);
+          return;
+        }
+        if (pipe.client.getTransactionStatus() !== "I") {
+          // BEGIN through exec: what is pipelined behind it would run inside
+          // its transaction. Cut the pipe; the server rolls it back.
+          pipe.poisoned = true;
+          pipe.broken = true;
+          this.#drop(pipe);
+          destroySocket(pipe.client);
+          reject(
+            new DbxError(
+              "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
+              { kind: "other" },
+            ),
+          );
+          return;
+        }
+        resolve(result);
+      });
+    });
+  }
+
+  /**
+   * Remembers how long a statement text took on the server (moving average),
+   * on a pipe or a pooled connection: a text found slow once comes back to
+   * the pipes when its runs are fast again.
+   *
+   * @param text The statement text.
+   * @param ms Its own time.
+   */
+  took(text: string, ms: number): void {
+    const durations = this.#durations;
+    const before = durations.get(text);
+    if (before === undefined && durations.size >= DURATIONS_MAX) durations.clear();
+    durations.set(text, before === undefined ? ms : before * 0.8 + ms * 0.2);
+  }
+
+  /**
+   * Ends every pipe: statements already sent are answered first.
+   *
+   * @returns Resolves when every pipe's connection ended.
+   */
+  async end(): Promise<void> {
+    this.#closed = true;
+    const all = [...this.#all];
+    this.#pipes = [];
+    await Promise.all(all.map((p) => p.client.end().catch(() => {})));
+    await Promise.all(all.map((p) => p.ended));
+  }
+
+  /** Cuts every pipe now (a hung host, or a forced close). */
+  cut(): void {
+    for (const p of this.#all) destroySocket(p.client);
+    this.#pipes = [];
+  }
+}

@@ -1,0 +1,121 @@
+/**
+ * Automatic pipelining and the statement cache, against a real server:
+ * cancel safety, the retry contract when a pipe dies with statements in
+ * flight, and re-preparing a statement whose plan went stale.
+ */
+
+import assert from "node:assert/strict";
+import { DbxError } from "../mod.ts";
+import { dbTest } from "../src/testing/mod.ts";
+import { until } from "./helpers.ts";
+
+dbTest(
+  "cancelling one caller's statement never cancels another's on the same node",
+  async (cluster) => {
+    const stop = new AbortController();
+    const slow = cluster.query("select pg_sleep(30)", [], { signal: stop.signal })
+      .then(() => "finished", (e: unknown) => e);
+    await until("the slow statement runs on the server", async () => {
+      const [row] = await cluster.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'",
+      );
+      return row!.n === 1;
+    });
+    // 50 fast statements on the same node, and the cancel in the middle of them.
+    const fast = Promise.allSettled(
+      Array.from({ length: 50 }, (_, i) => cluster.query("select $1::int as i", [i])),
+    );
+    stop.abort();
+    const settled = await fast;
+    const ended = await slow;
+    assert.ok(ended instanceof DbxError && ended.code === "57014", `the slow one: ${ended}`);
+    assert.deepEqual(settled.filter((r) => r.status === "rejected"), [], "no other was cancelled");
+    assert.deepEqual(
+      settled.map((r) => (r as PromiseFulfilledResult<{ i: number }[]>).value[0]!.i),
+      Array.from({ length: 50 }, (_, i) => i),
+    );
+  },
+);
+
+dbTest(
+  "a pipe killed with statements in flight: reads are retried, writes are never run twice",
+  async (cluster) => {
+    await cluster.exec("drop sequence if exists pipe_writes");
+    await cluster.exec("create sequence pipe_writes");
+    try {
+      // Fill the pipes with reads and writes, then kill every pipelined
+      // backend of the primary from outside (a pooled connection).
+      const reads = Array.from(
+        { length: 20 },
+        () => cluster.readQuery("select pg_sleep(0.2), 1 as one").then((r) => r, (e: unknown) => e),
+      );
+      const writes = Array.from(
+        { length: 10 },
+        () =>
+          cluster.query<{ v: string }>("select nextval('pipe_writes')::text as v, pg_sleep(0.2)")
+            .then((r) => r, (e: unknown) => e),
+      );
+      const killed = await cluster.query<{ n: number }>(
+        `select count(pg_terminate_backend(pid))::int as n from pg_stat_activity
+          where application_name = 'dbx' and pid <> pg_backend_pid() and query like '%pg_sleep(0.2)%'`,
+        [],
+        { timeoutMs: 10_000 },
+      );
+      assert.ok(killed[0]!.n >= 1, "a pipe was running the statements");
+      const readResults = await Promise.all(reads);
+      for (const r of readResults) {
+        assert.ok(Array.isArray(r), `every read succeeded (retried elsewhere): ${r}`);
+      }
+      const writeResults = await Promise.all(writes);
+      const acknowledged = writeResults.filter(Array.isArray).length;
+      for (const w of writeResults.filter((r) => !Array.isArray(r))) {
+        assert.ok(w instanceof DbxError, `${w}`);
+        assert.match(w.message, /may have been applied/);
+      }
+      // Each acknowledged write ran once; a failed one ran at most once.
+      const { last_value } = await cluster.queryRow<{ last_value: string }>(
+        "select last_value from pipe_writes",
+      );
+      assert.ok(Number(last_value) >= acknowledged && Number(last_value) <= writes.length);
+      assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
+    } finally {
+      await cluster.exec("drop sequence pipe_writes");
+    }
+  }, // No replica: reads and writes share the primary's pipes.
+  { config: { replicas: [] } },
+);
+
+dbTest(
+  "a cached statement whose result type changed is prepared again and sent once more",
+  async (cluster) => {
+    await cluster.exec("drop table if exists stale_plan");
+    await cluster.exec("create table stale_plan(id int primary key, v int)");
+    try {
+      await cluster.exec("insert into stale_plan values (1, 7)");
+      const sql = "select v from stale_plan where id = $1";
+      // Prepare it on every connection the cluster may use.
+      for (let i = 0; i < 20; i++) assert.deepEqual(await cluster.query(sql, [1]), [{ v: 7 }]);
+      await cluster.exec("alter table stale_plan alter column v type text");
+      for (let i = 0; i < 20; i++) assert.deepEqual(await cluster.query(sql, [1]), [{ v: "7" }]);
+    } finally {
+      await cluster.exec("drop table stale_plan");
+    }
+  },
+);
+
+dbTest(
+  "with pipeline: false and statementCache: false, statements run as before on pooled connections",
+  async (cluster) => {
+    const rows = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => cluster.query("select $1::int as i", [i])),
+    );
+    assert.deepEqual(rows.map((r) => r[0]!.i), Array.from({ length: 10 }, (_, i) => i));
+    const { totalConns } = cluster.stats().nodes[0]!;
+    assert.ok(totalConns >= 2, `pooled connections were used (${totalConns})`);
+    const [named] = await cluster.query<{ n: number }>(
+      "select count(*)::int as n from pg_prepared_statements",
+    );
+    assert.equal(named!.n, 0, "no named statement on this connection");
+  },
+  { config: { pipeline: false, statementCache: false } },
+);
