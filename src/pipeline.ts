@@ -168,6 +168,10 @@ export class Pipes {
   readonly #settings: PipeSettings;
   #pipes: Pipe[] = [];
   #all = new Set<Pipe>();
+  /** Statements accepted and not yet answered, on every pipe. */
+  #inFlight = 0;
+  /** Told when the last statement in flight was answered (while closing). */
+  #drained: (() => void) | undefined;
   /** Recent duration (ms, moving average) per statement text run on a pipe. */
   readonly #durations = new Map<string, number>();
   #closed = false;
@@ -236,6 +240,15 @@ export class Pipes {
    * @returns The driver's result.
    */
   async run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+    this.#inFlight++;
+    try {
+      return await this.#run(pipe, config);
+    } finally {
+      if (--this.#inFlight === 0) this.#drained?.();
+    }
+  }
+
+  async #run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
     if (!pipe.connected) {
       try {
         await pipe.ready;
@@ -305,12 +318,15 @@ export class Pipes {
   }
 
   /**
-   * Ends every pipe: statements already sent are answered first.
+   * Ends every pipe: statements already accepted are answered first.
    *
    * @returns Resolves when every pipe's connection ended.
    */
   async end(): Promise<void> {
     this.#closed = true;
+    // Statements already accepted are sent and answered first (a pipe still
+    // connecting included); a forced close cuts them instead (cut()).
+    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
     const all = [...this.#all];
     this.#pipes = [];
     await Promise.all(all.map((p) => p.client.end().catch(() => {})));

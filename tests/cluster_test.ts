@@ -360,11 +360,14 @@ Deno.test({
   name: "close() waits for statements in flight" + why,
   ignore: urls === undefined,
   async fn() {
-    const cluster = await connect({ master: urls!.master });
-    const running = cluster.query<{ ok: boolean }>("select true as ok from pg_sleep(0.2)");
-    await new Promise((r) => setTimeout(r, 20));
-    await cluster.close();
-    assert.deepEqual(await running, [{ ok: true }]);
+    // Pipelined (a pipe still connecting when close() is called) and pooled.
+    for (const pipeline of [true, false]) {
+      const cluster = await connect({ master: urls!.master, pipeline });
+      const running = cluster.query<{ ok: boolean }>("select true as ok from pg_sleep(0.2)")
+        .then((rows) => rows, (e: unknown) => e);
+      await cluster.close();
+      assert.deepEqual(await running, [{ ok: true }], `pipeline: ${pipeline}`);
+    }
   },
 });
 
