@@ -381,7 +381,7 @@ dbTest("a row of the wrong width aborts the COPY: nothing is committed", async (
   assert.equal(await count(cluster, "copy_width"), 0);
   await cluster.exec("drop table copy_width");
   assertPoolIdle(cluster);
-}, { config: { pool: { max: 1 } } });
+}, { config: { pool: { max: 1 }, pipeline: false } });
 
 dbTest("a source that throws aborts the COPY with its error", async (cluster) => {
   await cluster.exec("drop table if exists copy_throw");

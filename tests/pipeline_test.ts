@@ -81,8 +81,10 @@ dbTest(
     } finally {
       await cluster.exec("drop sequence pipe_writes");
     }
-  }, // No replica: reads and writes share the primary's pipes.
-  { config: { replicas: [] } },
+  },
+  // No replica: reads and writes share the primary's pipes. The kill takes
+  // the primary down until its next probe: the reads retry until then.
+  { config: { replicas: [], retry: { maxAttempts: 30, baseDelayMs: 50, maxDelayMs: 500 } } },
 );
 
 dbTest(
