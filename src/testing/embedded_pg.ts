@@ -191,7 +191,13 @@ async function currentUid(): Promise<number> {
   return Number((await execFileAsync("id", ["-u"])).stdout.trim());
 }
 
-async function exists(path: string): Promise<boolean> {
+/**
+ * Whether a path exists (anything `stat` can see).
+ *
+ * @param path The path.
+ * @returns `true` when it exists.
+ */
+export async function exists(path: string): Promise<boolean> {
   try {
     await stat(path);
     return true;

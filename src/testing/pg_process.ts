@@ -16,6 +16,7 @@ import { promisify } from "node:util";
 // @ts-types="@types/pg"
 import pg from "pg";
 import { delay } from "../retry.ts";
+import { exists } from "./embedded_pg.ts";
 import { isExecutable } from "./pg_binaries.ts";
 
 /** How long startup and promotion wait for a server to get where it should. */
@@ -333,13 +334,4 @@ function serverEnv(): Record<string, string> {
     if (value !== undefined && !key.startsWith("PG")) env[key] = value;
   }
   return env;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
