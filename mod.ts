@@ -52,6 +52,7 @@ export type {
   ResolvedConfig,
   ResolvedNode,
   RetryConfig,
+  TypeParsers,
 } from "./src/config.ts";
 export { leastInFlight, random, roundRobin } from "./src/balancer.ts";
 export type { Balancer, BalancerNode } from "./src/balancer.ts";

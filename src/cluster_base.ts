@@ -8,6 +8,9 @@
  * @module
  */
 
+// @ts-types="@types/pg"
+import type pg from "pg";
+
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { boundExecutor } from "./context.ts";
@@ -96,7 +99,11 @@ export class ClusterBase implements AsyncDisposable {
         // out of rotation only if the server itself is gone; the probe decides.
         observer.log("debug", "dbx: idle connection lost", { node: node.name, error: err.message });
         if (isConnectionError(err)) checker.recheck(node);
-      }, { pipeline: resolved.pipeline, statements })
+      }, {
+        pipeline: resolved.pipeline,
+        statements,
+        types: resolved.types as pg.CustomTypesConfig | undefined,
+      })
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
     const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));

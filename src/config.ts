@@ -165,6 +165,28 @@ export interface ClusterConfig {
    */
   pipeline?: boolean | { connections?: number; maxDepth?: number };
   /**
+   * How result values are parsed, by type OID: pg's `types` option (the
+   * shape of `pg.types`). Default: pg's parsers (`int8` and `numeric` come back
+   * as strings, to lose no precision).
+   * @default pg's built-in parsers
+   *
+   * @example bigint columns as BigInt
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   * import pg from "pg";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   types: {
+   *     getTypeParser: (oid: number, format?: "text" | "binary") =>
+   *       oid === 20 ? BigInt : pg.types.getTypeParser(oid, format),
+   *   },
+   * });
+   * const { n } = await cluster.queryRow<{ n: bigint }>("select 9007199254740993::int8 as n");
+   * ```
+   */
+  types?: TypeParsers;
+  /**
    * Statement cache: how many distinct statement texts (with parameters)
    * get a name, so each connection prepares them once. `false` turns it off
    * (PgBouncer in transaction pooling mode).
@@ -243,6 +265,27 @@ export interface ResolvedConfig {
   readonly pipeline: { readonly connections: number; readonly maxDepth: number } | undefined;
   /** Distinct statement texts that get a name; 0 when the cache is off. */
   readonly statementCache: number;
+  /** Value parsers, when not pg's. */
+  readonly types: TypeParsers | undefined;
+}
+
+/**
+ * Value parsers by type OID, in the shape of pg's `types` (so `pg.types`
+ * itself, or an object delegating to it, fits).
+ *
+ * @example
+ * ```ts
+ * import type { TypeParsers } from "@codelab/dbx";
+ * import pg from "pg";
+ *
+ * const types: TypeParsers = {
+ *   getTypeParser: (oid, format) => oid === 1700 ? Number : pg.types.getTypeParser(oid, format),
+ * };
+ * ```
+ */
+export interface TypeParsers {
+  /** The parser of a type's values; `format` is `"text"` unless binary results are asked for. */
+  getTypeParser(oid: number, format?: "text" | "binary"): (value: string) => unknown;
 }
 
 /**

@@ -39,6 +39,7 @@ export const KNOWN = {
     requirePrimary: true,
     pipeline: true,
     statementCache: true,
+    types: true,
   }),
   node: keysOf<NodeConfig>({ name: true, url: true, pool: true, tracer: true }),
   pool: keysOf<PoolConfig>({

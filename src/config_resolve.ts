@@ -122,6 +122,24 @@ function resolvePool(
   };
 }
 
+/**
+ * Which part of a connection string is malformed, said without echoing it
+ * (the value is shown redacted, so it cannot show what is wrong).
+ */
+function urlProblem(url: string): string | undefined {
+  const lower = url.trimStart().toLowerCase();
+  if (/^postgres(ql)?\/\//.test(lower)) {
+    return "must start with postgres:// ('postgres' is followed by '//' without the ':')";
+  }
+  if (/^postgres(ql)?:\/?[^/]/.test(lower)) {
+    return "must start with postgres:// (two slashes after 'postgres:')";
+  }
+  if (!/^[a-z][a-z0-9+.-]*:/.test(lower)) {
+    return "must start with postgres:// or postgresql:// (no scheme found)";
+  }
+  return undefined;
+}
+
 function resolveNode(
   field: string,
   raw: unknown,
@@ -141,11 +159,17 @@ function resolveNode(
   if (typeof url !== "string" || url.trim() === "") {
     fail(urlField, "must be a non-empty postgres:// connection string", url);
   }
+  const problem = urlProblem(url);
+  if (problem !== undefined) fail(urlField, problem, redactUrl(url));
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    fail(urlField, "must be a valid postgres:// connection string", redactUrl(url));
+    fail(
+      urlField,
+      "must be a valid postgres:// connection string (check the port: digits only; percent-encode '@', ':' and '/' in the user and password)",
+      redactUrl(url),
+    );
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
@@ -297,6 +321,9 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
     requirePrimary: flag("requirePrimary", c.requirePrimary, true),
     pipeline: pipelineOf(c.pipeline),
+    types: c.types === undefined
+      ? undefined
+      : (checkMethods("types", c.types, ["getTypeParser"]), c.types),
     statementCache: c.statementCache === false
       ? 0
       : integer("statementCache", c.statementCache, 256, 0),

@@ -62,6 +62,8 @@ export interface NodeOptions {
   readonly pipeline?: PipeSettings | undefined;
   /** The cluster's statement names; undefined when the cache is off. */
   readonly statements?: StatementCache | undefined;
+  /** Value parsers, when not pg's. */
+  readonly types?: pg.CustomTypesConfig | undefined;
 }
 
 /**
@@ -125,7 +127,7 @@ export class Node implements BalancerNode {
     this.#statements = options.statements;
     this.#pipes = options.pipeline === undefined
       ? undefined
-      : new Pipes(config.url, connectTimeoutMs, options.pipeline);
+      : new Pipes(config.url, connectTimeoutMs, options.pipeline, options.types);
     this.#pool = new pg.Pool({
       connectionString: config.url,
       max: config.pool.max,
@@ -133,6 +135,7 @@ export class Node implements BalancerNode {
       idleTimeoutMillis: config.pool.idleTimeoutMs,
       maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
       fallback_application_name: "dbx",
+      ...(options.types === undefined ? {} : { types: options.types }),
       // Not pg-pool's connectionTimeoutMillis: it arms a timer on every
       // checkout, even when a connection is free. New connections get the
       // timeout themselves, and acquire() bounds the wait only when the pool
@@ -361,7 +364,12 @@ export class Node implements BalancerNode {
    */
   wrap(err: unknown): DbxError {
     if (err instanceof DbxError) return err;
-    const message = err instanceof Error ? err.message : String(err);
+    let message = err instanceof Error ? err.message : String(err);
+    // pg's words for a SCRAM login without a password say nothing a user can act on.
+    if (message.includes("client password must be a string")) {
+      message =
+        "password required: the server asks for a password (SCRAM) and the connection string has none";
+    }
     return new DbxError(`${message} (node ${this.name})`, { cause: err, node: this.name });
   }
 

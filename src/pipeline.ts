@@ -139,12 +139,18 @@ class Pipe {
   /** When the last answer arrived: the next statement's own time starts there at the latest. */
   lastDone = 0;
 
-  constructor(url: string, connectTimeoutMs: number, onBroken: (pipe: Pipe) => void) {
+  constructor(
+    url: string,
+    connectTimeoutMs: number,
+    types: pg.CustomTypesConfig | undefined,
+    onBroken: (pipe: Pipe) => void,
+  ) {
     this.client = new pg.Client({
       connectionString: url,
       pipeline: true,
       connectionTimeoutMillis: connectTimeoutMs,
       fallback_application_name: "dbx",
+      ...(types === undefined ? {} : { types }),
     } as pg.ClientConfig);
     this.client.on("error", () => {
       this.broken = true;
@@ -166,6 +172,7 @@ export class Pipes {
   readonly #url: string;
   readonly #connectTimeoutMs: number;
   readonly #settings: PipeSettings;
+  readonly #types: pg.CustomTypesConfig | undefined;
   #pipes: Pipe[] = [];
   #all = new Set<Pipe>();
   /** Statements accepted and not yet answered, on every pipe. */
@@ -180,11 +187,18 @@ export class Pipes {
    * @param url The node's connection string.
    * @param connectTimeoutMs Bound on opening a pipe.
    * @param settings Connections and depth.
+   * @param types Value parsers, when not pg's.
    */
-  constructor(url: string, connectTimeoutMs: number, settings: PipeSettings) {
+  constructor(
+    url: string,
+    connectTimeoutMs: number,
+    settings: PipeSettings,
+    types?: pg.CustomTypesConfig,
+  ) {
     this.#url = url;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#settings = settings;
+    this.#types = types;
   }
 
   /** Open pipes and those of them with nothing in flight (for stats). */
@@ -220,7 +234,7 @@ export class Pipes {
   }
 
   #open(): Pipe {
-    const pipe = new Pipe(this.#url, this.#connectTimeoutMs, (p) => this.#drop(p));
+    const pipe = new Pipe(this.#url, this.#connectTimeoutMs, this.#types, (p) => this.#drop(p));
     this.#pipes.push(pipe);
     this.#all.add(pipe);
     pipe.ended.then(() => this.#all.delete(pipe));

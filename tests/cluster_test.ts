@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+// @ts-types="@types/pg"
+import pg from "pg";
 import {
   ClusterClosedError,
   connect,
@@ -473,6 +475,27 @@ dbTest(
       pool: { max: 1, connectTimeoutMs: 300 },
       retry: { maxAttempts: 2, baseDelayMs: 1 },
       pipeline: false,
+    },
+  },
+);
+
+dbTest(
+  "the types option parses values everywhere: pipelined, pooled, in a transaction, on replicas",
+  async (cluster) => {
+    const sql = "select 9007199254740993::int8 as n";
+    assert.deepEqual(await cluster.query(sql), [{ n: 9007199254740993n }]);
+    assert.deepEqual(await cluster.query(sql, [], { timeoutMs: 10_000 }), [
+      { n: 9007199254740993n },
+    ]);
+    assert.deepEqual(await cluster.readQuery(sql), [{ n: 9007199254740993n }]);
+    assert.deepEqual(await cluster.runTx((tx) => tx.query(sql)), [{ n: 9007199254740993n }]);
+  },
+  {
+    config: {
+      types: {
+        getTypeParser: (oid, format) =>
+          oid === 20 ? BigInt : pg.types.getTypeParser(oid, format) as (v: string) => unknown,
+      },
     },
   },
 );

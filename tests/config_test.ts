@@ -785,3 +785,35 @@ Deno.test("Cluster.close() on a cluster never started resolves, and again with t
   await first;
   await cluster[Symbol.asyncDispose]();
 });
+
+Deno.test("a malformed connection string names the part that is wrong, without echoing it", () => {
+  const cases: [string, RegExp][] = [
+    ["postgres//app:s3cret@db1/app", /'postgres' is followed by '\/\/' without the ':'/],
+    ["postgres:app:s3cret@db1/app", /two slashes after 'postgres:'/],
+    ["app:s3cret@db1/app", /no scheme found|postgres:\/\/ or postgresql:\/\//],
+    ["db1.example.com/app", /no scheme found/],
+    ["postgres://app:s3cret@db1:99999/app", /check the port/],
+  ];
+  for (const [url, why] of cases) {
+    assert.throws(
+      () => resolveConfig({ master: url }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError, `${url}: ${err}`);
+        assert.equal(err.field, "master");
+        assert.match(err.message, why, url);
+        assert.doesNotMatch(err.message, /s3cret/, "never the password");
+        return true;
+      },
+    );
+  }
+});
+
+Deno.test("resolveConfig() takes a types object with getTypeParser and rejects anything else", () => {
+  const types = { getTypeParser: () => (v: string) => v };
+  assert.equal(resolveConfig({ master: MASTER, types }).types, types);
+  assert.equal(resolveConfig({ master: MASTER }).types, undefined);
+  assert.throws(
+    () => resolveConfig({ master: MASTER, types: {} as never }),
+    (err: unknown) => err instanceof ConfigError && err.field === "types.getTypeParser",
+  );
+});

@@ -234,3 +234,19 @@ Deno.test({
     assert.equal(log.entries.filter((e) => e.msg === "dbx: node is down").length, 1);
   },
 });
+
+Deno.test({
+  name: named(
+    "connect() without a password to a SCRAM server says 'password required' and names the node",
+  ),
+  ignore: noPostgres,
+  async fn() {
+    await using local = await startLocalCluster({ replicas: 0, password: "s3cret" });
+    const url = new URL(local.masterUrl);
+    url.password = "";
+    const err = await connect({ master: url.href, retry: { maxAttempts: 1 } }).catch((e) => e);
+    assert.ok(err instanceof NoHealthyNodeError, `${err}`);
+    assert.match(err.message, /password required/);
+    assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${local.nodes[0]!.port}`));
+  },
+});
