@@ -21,6 +21,7 @@ import {
   noPrimary,
   once,
   pin,
+  reportRetry,
 } from "./dispatch.ts";
 import { ClusterClosedError, type DbxError, handleError } from "./errors.ts";
 import type { Executor, QueryOptions, Tx } from "./executor.ts";
@@ -411,19 +412,10 @@ export class ClusterBase implements AsyncDisposable {
       return Promise.reject(err);
     }
     const { baseDelayMs, maxDelayMs } = this.#config.retry;
-    const observer = this.#d.observer;
     return runTransaction(
       {
         open: (opts, signal) => this.#open(beginStatement("runTx", opts), signal, signal),
-        retried: (tx, attempt, error) => {
-          tx.node.attemptRetried();
-          observer.log("debug", "dbx: retrying the transaction", {
-            attempt,
-            node: tx.node.name,
-            error: error instanceof Error ? error.message : String(error),
-          });
-          observer.hook("onRetry", { attempt, node: tx.node.name, delayMs: 0, error });
-        },
+        retried: (tx, attempt, error) => reportRetry(this.#d, tx.node, attempt, error),
         backoff: { baseDelayMs, maxDelayMs },
       },
       fn,

@@ -24,29 +24,11 @@ import { isRetryable } from "./failure.ts";
 import { noopLogger, type Tracer } from "./observe.ts";
 import { describe } from "./validate.ts";
 
-/** A string that `describe()` treats as a connection string (it has a scheme). */
-const URL_LIKE = /^[a-z][a-z0-9+.-]*:/i;
-
 function fail(field: string, rule: string, value: unknown): never {
   throw new ConfigError(
     field,
-    `Cannot connect: '${field}' ${rule}: current value is ${
-      describe(redactItems(value), redactUrl)
-    }`,
+    `Cannot connect: '${field}' ${rule}: current value is ${describe(value, redactUrl)}`,
   );
-}
-
-/**
- * `describe()` shows an array as the JSON of its items, where it redacts
- * nothing: redact URL-like items first and show nested objects by type only.
- */
-function redactItems(value: unknown): unknown {
-  if (!Array.isArray(value)) return value;
-  return value.map((item: unknown) => {
-    if (typeof item === "string") return URL_LIKE.test(item) ? redactUrl(item) : item;
-    if (Array.isArray(item)) return `an array (${item.length} items)`;
-    return item !== null && typeof item === "object" ? describe(item) : item;
-  });
 }
 
 function pipelineOf(

@@ -126,9 +126,21 @@ async function waitForPrimary(
   });
 }
 
-/** Reports a retry: the node's counter, a debug log, the hook; a re-probe after 25006. */
-async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
-  const { attempt, node, error, failure } = step;
+/**
+ * Reports a failed attempt that is tried again (a statement, or a whole
+ * `runTx` callback): the node's counter, a debug log, the `onRetry` hook.
+ *
+ * @param d The cluster.
+ * @param node Where the attempt failed, when a node was picked.
+ * @param attempt The attempt that failed (1-based).
+ * @param error What it threw.
+ */
+export function reportRetry(
+  d: Dispatcher,
+  node: Node | undefined,
+  attempt: number,
+  error: unknown,
+): void {
   node?.attemptRetried();
   d.observer.log("debug", "dbx: retrying", {
     attempt,
@@ -136,6 +148,12 @@ async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
     error: error instanceof Error ? error.message : String(error),
   });
   d.observer.hook("onRetry", { attempt, node: node?.name, delayMs: 0, error });
+}
+
+/** Reports a retry of a routed call; re-probes first after 25006. */
+async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
+  const { attempt, node, error, failure } = step;
+  reportRetry(d, node, attempt, error);
   // The server says it is not the primary: learn the new topology before
   // the retry instead of waiting for the next round.
   if (failure?.readOnly) await d.checker.checkAll();

@@ -198,21 +198,6 @@ export function isRetryable(err: unknown): boolean {
   return code === "40001" || code === "40P01" || code === "25006";
 }
 
-/**
- * Every connection of a node's pool stayed busy for `connectTimeoutMs`: the
- * statement was not sent and may go elsewhere, but the node is fine.
- */
-export class PoolExhaustedError extends Error {
-  /**
-   * @param ms How long the caller waited.
-   */
-  constructor(ms: number) {
-    // The message keeps pg-pool's wording, which callers already match on.
-    super(`timeout exceeded when trying to connect (${ms} ms): every pooled connection is busy`);
-    this.name = "PoolExhaustedError";
-  }
-}
-
 /** pg's error for a statement refused, before anything was written, on a dead client. */
 const UNQUERYABLE = "Client has encountered a connection error and is not queryable";
 
@@ -247,6 +232,22 @@ export function markNodeFine<E>(err: E): E {
 }
 
 /**
+ * Every connection of a node's pool stayed busy for `connectTimeoutMs`: the
+ * statement was not sent and may go elsewhere, but the node is fine.
+ */
+export class PoolExhaustedError extends Error {
+  /**
+   * @param ms How long the caller waited.
+   */
+  constructor(ms: number) {
+    // The message keeps pg-pool's wording, which callers already match on.
+    super(`timeout exceeded when trying to connect (${ms} ms): every pooled connection is busy`);
+    this.name = "PoolExhaustedError";
+    markNodeFine(this);
+  }
+}
+
+/**
  * What a failed attempt means, decided once by {@linkcode classify} and
  * read by every decision that follows (mark the node down, re-send, wrap).
  */
@@ -272,8 +273,8 @@ export interface Failure {
 export function classify(err: unknown): Failure {
   const code = pgErrorCode(err);
   return {
-    connectionLost: !(err instanceof PoolExhaustedError) &&
-      !(typeof err === "object" && err !== null && nodeFine.has(err)) && isConnectionError(err),
+    connectionLost: !(typeof err === "object" && err !== null && nodeFine.has(err)) &&
+      isConnectionError(err),
     sent: !(typeof err === "object" && err !== null &&
       (notSent.has(err) || (err as { message?: unknown }).message === UNQUERYABLE)),
     readOnly: code === "25006",

@@ -131,7 +131,6 @@ class Pipe {
   readonly ready: Promise<void>;
   readonly ended: Promise<void>;
   connected = false;
-  broken = false;
   /** Cut on purpose because a statement left it inside a transaction. */
   poisoned = false;
   /** Start times of the statements in flight, oldest first (answers come in order). */
@@ -152,14 +151,8 @@ class Pipe {
       fallback_application_name: "dbx",
       ...(types === undefined ? {} : { types }),
     } as pg.ClientConfig);
-    this.client.on("error", () => {
-      this.broken = true;
-      onBroken(this);
-    });
-    this.ended = clientEnd(this.client).then(() => {
-      this.broken = true;
-      onBroken(this);
-    });
+    this.client.on("error", () => onBroken(this));
+    this.ended = clientEnd(this.client).then(() => onBroken(this));
     this.ready = this.client.connect().then(() => {
       this.connected = true;
     });
@@ -256,64 +249,59 @@ export class Pipes {
   async run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
     this.#inFlight++;
     try {
-      return await this.#run(pipe, config);
+      if (!pipe.connected) {
+        try {
+          await pipe.ready;
+        } catch (err) {
+          // The pipe never opened: nothing was sent.
+          throw markNotSent(err);
+        }
+      }
+      const started = performance.now();
+      pipe.heads.push(started);
+      return await new Promise<pg.QueryResult>((resolve, reject) => {
+        // The callback runs inside pg's handling of this statement's
+        // ReadyForQuery, before any later answer is handled: the transaction
+        // check below sees the status this statement left.
+        pipe.client.query(config, (err: Error | null, result: pg.QueryResult) => {
+          pipe.heads.shift();
+          // Its own time, not the time spent queued behind earlier statements.
+          const now = performance.now();
+          this.took(config.text, now - Math.max(started, pipe.lastDone));
+          pipe.lastDone = now;
+          if (pipe.poisoned) {
+            // Pipelined behind a statement that opened a transaction: it ran
+            // inside that transaction, which the server rolls back as the pipe
+            // is cut -- unless another caller's COMMIT followed it. Treated as
+            // a lost connection (a read is retried, a write is not re-sent),
+            // but the node is fine.
+            reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
+            return;
+          }
+          if (err) {
+            reject(err);
+            return;
+          }
+          if (pipe.client.getTransactionStatus() !== "I") {
+            // BEGIN through exec: what is pipelined behind it would run inside
+            // its transaction. Cut the pipe; the server rolls it back.
+            pipe.poisoned = true;
+            this.#drop(pipe);
+            destroySocket(pipe.client);
+            reject(
+              new DbxError(
+                "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
+                { kind: "other" },
+              ),
+            );
+            return;
+          }
+          resolve(result);
+        });
+      });
     } finally {
       if (--this.#inFlight === 0) this.#drained?.();
     }
-  }
-
-  async #run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
-    if (!pipe.connected) {
-      try {
-        await pipe.ready;
-      } catch (err) {
-        // The pipe never opened: nothing was sent.
-        throw markNotSent(err);
-      }
-    }
-    const started = performance.now();
-    pipe.heads.push(started);
-    return await new Promise<pg.QueryResult>((resolve, reject) => {
-      // The callback runs inside pg's handling of this statement's
-      // ReadyForQuery, before any later answer is handled: the transaction
-      // check below sees the status this statement left.
-      pipe.client.query(config, (err: Error | null, result: pg.QueryResult) => {
-        pipe.heads.shift();
-        // Its own time, not the time spent queued behind earlier statements.
-        const now = performance.now();
-        this.took(config.text, now - Math.max(started, pipe.lastDone));
-        pipe.lastDone = now;
-        if (pipe.poisoned) {
-          // Pipelined behind a statement that opened a transaction: it ran
-          // inside that transaction, which the server rolls back as the pipe
-          // is cut -- unless another caller's COMMIT followed it. Treated as
-          // a lost connection (a read is retried, a write is not re-sent),
-          // but the node is fine.
-          reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
-          return;
-        }
-        if (err) {
-          reject(err);
-          return;
-        }
-        if (pipe.client.getTransactionStatus() !== "I") {
-          // BEGIN through exec: what is pipelined behind it would run inside
-          // its transaction. Cut the pipe; the server rolls it back.
-          pipe.poisoned = true;
-          pipe.broken = true;
-          this.#drop(pipe);
-          destroySocket(pipe.client);
-          reject(
-            new DbxError(
-              "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
-              { kind: "other" },
-            ),
-          );
-          return;
-        }
-        resolve(result);
-      });
-    });
   }
 
   /**
