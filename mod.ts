@@ -76,6 +76,7 @@ export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
 export { backoffDelay, delay } from "./src/retry.ts";
 export type { BackoffOptions } from "./src/retry.ts";
 export { currentExecutor, withExecutor } from "./src/context.ts";
+export { type Session, type SessionOptions, withSession } from "./src/session.ts";
 export { collect, collectOne, RowValidationError } from "./src/rows.ts";
 export type {
   RowMapper,

@@ -37,6 +37,7 @@ import {
   type Row,
   toCommandResult,
 } from "./executor.ts";
+import { runSession, type Session, type SessionOptions } from "./session.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions } from "./validate.ts";
 
@@ -352,6 +353,39 @@ export class Cluster extends ClusterBase implements Component {
       options,
     );
     return row.lsn;
+  }
+
+  /**
+   * Runs `fn` in a read-your-writes session: after a write in it (`exec`,
+   * `query`, `queryRow`, a committed transaction, `copyFrom`, `sendBatch`),
+   * its `read*` calls use only replicas known to have replayed that write,
+   * else the primary; before any write they use replicas as usual. The write
+   * path gains no round trip: the health checker's samples tell which
+   * replicas have caught up. Sessions hold no connection; a session inside
+   * one of the same cluster joins it.
+   *
+   * @param fn The code to run (a request handler, a job).
+   * @param options A token (`writeToken()`, `session.token()`) to start from.
+   * @returns What `fn` returned.
+   * @throws {RangeError} when `options.consistentWith` is not a token.
+   *
+   * @example Read your own writes from replicas
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   replicas: ["postgres://app@db2:5432/app"],
+   * });
+   * const name = await cluster.session(async () => {
+   *   await cluster.exec("update users set name = $1 where id = $2", ["Ada", 1]);
+   *   // A replica that has not replayed the update is never used here.
+   *   return await cluster.readQueryRow<{ name: string }>("select name from users where id = $1", [1]);
+   * });
+   * ```
+   */
+  session<T>(fn: (session: Session) => T, options?: SessionOptions): T {
+    return runSession(this.#i.d.sessions, fn, options);
   }
 
   /**

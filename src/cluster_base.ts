@@ -31,6 +31,7 @@ import { Node } from "./node.ts";
 import { Observer } from "./observe.ts";
 import { StatementCache } from "./pipeline.ts";
 import { backoffDelay, delay } from "./retry.ts";
+import { currentSession } from "./session.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
 import { withCall } from "./signal.ts";
 import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
@@ -267,7 +268,7 @@ export class ClusterBase implements AsyncDisposable {
    * ```
    */
   stats(): ClusterStats {
-    return buildStats(this.#nodes);
+    return buildStats(this.#nodes, this.#d);
   }
 
   /**
@@ -374,8 +375,9 @@ export class ClusterBase implements AsyncDisposable {
     txSignal: AbortSignal | undefined,
     signal: AbortSignal | undefined,
   ): Promise<Transaction> {
+    const session = currentSession(this.#d.sessions);
     const { node, client } = await pin(this.#d, sql, signal);
-    return new Transaction(this, node, client, this.#d.runner, txSignal);
+    return new Transaction(this, node, client, this.#d.runner, { signal: txSignal, session });
   }
 
   /**

@@ -25,7 +25,8 @@ import type { HealthChecker, Topology } from "./health.ts";
 import type { Node } from "./node.ts";
 import type { Observer } from "./observe.ts";
 import { delay, type RetryOptions, type RetryStep, withRetry } from "./retry.ts";
-import { parseLsn, pickReader, pickWriter } from "./route.ts";
+import { parseLsn, pickReader, pickWriter, type ReadDemand } from "./route.ts";
+import { currentSession, type SessionHost, type SessionState } from "./session.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions, checkStatement } from "./validate.ts";
 
@@ -40,6 +41,10 @@ export interface Dispatcher {
   assertOpen(): void;
   /** Retry options of calls without a signal or read bounds, made once (the hot path). */
   readonly plain: Readonly<Record<Kind, RetryOptions<Node>>>;
+  /** What read-your-writes sessions of this cluster ask of it. */
+  readonly sessions: SessionHost;
+  /** Reads of a session sent to the primary because no replica was known to have its writes. */
+  sessionReadsOnPrimary: number;
 }
 
 /** How a call is routed and what of it may be re-sent. */
@@ -51,11 +56,25 @@ type Kind = "read" | "write" | "pin";
  * @param parts The cluster's config, nodes, checker, runner and observer.
  * @returns The dispatcher.
  */
-export function createDispatcher(parts: Omit<Dispatcher, "plain">): Dispatcher {
+export function createDispatcher(
+  parts: Omit<Dispatcher, "plain" | "sessions" | "sessionReadsOnPrimary">,
+): Dispatcher {
   const plain = {} as Record<Kind, RetryOptions<Node>>;
-  const d: Dispatcher = { ...parts, plain };
+  const sessions: SessionHost = {
+    get probeSeq() {
+      return parts.checker.probeSeq;
+    },
+    primaryLsn: (options) =>
+      // Not through `statement()`: asking is not a write of the session.
+      withCall(options, (signal) =>
+        routed(d, false, "select pg_current_wal_lsn()::text as lsn", undefined, undefined, signal))
+        .then((r) =>
+          (r.rows[0] as { lsn: string }).lsn
+        ),
+  };
+  const d: Dispatcher = { ...parts, plain, sessions, sessionReadsOnPrimary: 0 };
   for (const kind of ["read", "write", "pin"] as const) {
-    plain[kind] = retryOptions(d, kind, undefined, undefined);
+    plain[kind] = retryOptions(d, kind, undefined, undefined, undefined);
   }
   return d;
 }
@@ -173,9 +192,10 @@ function retryOptions(
   kind: Kind,
   options: ReadOptions | undefined,
   signal: AbortSignal | undefined,
+  session: SessionState | undefined,
 ): RetryOptions<Node> {
   if (
-    signal === undefined && d.plain?.[kind] !== undefined &&
+    signal === undefined && session === undefined && d.plain?.[kind] !== undefined &&
     options?.maxLagMs === undefined && options?.consistentWith === undefined
   ) {
     return d.plain[kind];
@@ -186,12 +206,23 @@ function retryOptions(
   let resendable: (f: Failure, err: unknown) => boolean;
   if (kind === "read") {
     const token = options?.consistentWith;
-    const demand = {
-      maxLagMs: options?.maxLagMs ?? d.config.maxLagMs,
-      minLsn: token === undefined ? undefined : parseLsn(token),
-    };
+    const maxLagMs = options?.maxLagMs ?? d.config.maxLagMs;
+    const tokenLsn = token === undefined ? undefined : parseLsn(token);
+    const fixed: ReadDemand = { maxLagMs, minLsn: tokenLsn };
     pick = (tried) => {
-      const { node, fallback } = pickReader(d.checker.topology, balancer, tried, demand);
+      const topology = d.checker.topology;
+      let demand = fixed;
+      if (session !== undefined) {
+        // Asked at every attempt: a probe may have covered the write meanwhile.
+        const wants = session.demand(topology.primary);
+        demand = wants === "primary"
+          ? { maxLagMs, minLsn: tokenLsn, primaryOnly: true }
+          : wants === undefined || (tokenLsn !== undefined && tokenLsn >= wants)
+          ? fixed
+          : { maxLagMs, minLsn: wants };
+      }
+      const { node, fallback } = pickReader(topology, balancer, tried, demand);
+      if (session !== undefined && fallback === "not_caught_up") d.sessionReadsOnPrimary++;
       if (fallback !== undefined) {
         d.observer.log("debug", "dbx: read falls back to the primary", { reason: fallback });
         d.observer.hook("onReplicaFallback", { reason: fallback });
@@ -244,13 +275,17 @@ export function routed(
   args: readonly unknown[] | undefined,
   options: ReadOptions | undefined,
   signal: AbortSignal | undefined,
+  session?: SessionState,
 ): Promise<pg.QueryResult> {
   const argCount = args?.length ?? 0;
-  return withRetry(
+  const result = withRetry(
     (node, attempt) =>
       d.runner.run(node, { sql, argCount, attempt }, signal, () => node.run(sql, args, signal)),
-    retryOptions(d, read ? "read" : "write", options, signal),
+    retryOptions(d, read ? "read" : "write", options, signal, read ? session : undefined),
   );
+  if (read || session === undefined) return result;
+  // Succeeded or not (it may have been applied), the session's reads must see it.
+  return result.finally(() => session.noteWrite());
 }
 
 /**
@@ -290,7 +325,7 @@ export function pin(
       },
     );
     return { node, client };
-  }, retryOptions(d, "pin", undefined, signal));
+  }, retryOptions(d, "pin", undefined, signal, undefined));
 }
 
 /**
@@ -310,6 +345,7 @@ export async function onPinned<R>(
   signal: AbortSignal | undefined,
   work: (p: Pinned) => Promise<R>,
 ): Promise<R> {
+  const session = currentSession(d.sessions);
   const p = await pin(d, undefined, signal);
   let result: R;
   try {
@@ -317,6 +353,8 @@ export async function onPinned<R>(
   } catch (err) {
     p.node.release(p.client, failureOf(err).connectionLost);
     throw err;
+  } finally {
+    session?.noteWrite();
   }
   p.node.release(p.client);
   return result;
@@ -359,7 +397,8 @@ export function statement(
   } catch (err) {
     return Promise.reject(err);
   }
-  return withCall(options, (signal) => routed(d, read, sql, args, options, signal));
+  const session = currentSession(d.sessions);
+  return withCall(options, (signal) => routed(d, read, sql, args, options, signal, session));
 }
 
 /**

@@ -56,7 +56,7 @@ class Prober {
   }
 
   /** Probes once, bounded by `timeoutMs` from connect to answer. */
-  async probe(timeoutMs: number): Promise<ProbeSample> {
+  async probe(timeoutMs: number, seq: number): Promise<ProbeSample> {
     const start = performance.now();
     let timedOut = false;
     let settled = false;
@@ -101,6 +101,7 @@ class Prober {
           ? Math.max(0, row.replay_age_ms)
           : undefined,
         at: performance.now(),
+        seq,
       };
     } catch (err) {
       this.#discard();
@@ -164,6 +165,7 @@ export class HealthChecker {
   /** The probe in flight per node: concurrent re-checks share it (one failure, one probe). */
   readonly #probing = new Map<Node, Promise<void>>();
   #stopped = false;
+  #seq = 0;
 
   /**
    * Creates a checker; nothing runs until {@linkcode start} or {@linkcode checkAll}.
@@ -183,6 +185,15 @@ export class HealthChecker {
   /** The snapshot of the last round. */
   get topology(): Topology {
     return this.#topology;
+  }
+
+  /**
+   * The sequence number of the last probe started. A node's
+   * `state.probe.seq` greater than a value read here means that probe
+   * started (its query was sent) after the read.
+   */
+  get probeSeq(): number {
+    return this.#seq;
   }
 
   /** Starts probing every `intervalMs` (the first round after one interval). */
@@ -266,7 +277,7 @@ export class HealthChecker {
     const { timeoutMs, failuresBeforeDown } = this.#config;
     let sample: ProbeSample;
     try {
-      sample = await this.#probers.get(node)!.probe(timeoutMs);
+      sample = await this.#probers.get(node)!.probe(timeoutMs, ++this.#seq);
     } catch (err) {
       if (this.#stopped) return;
       const timeout = err instanceof ProbeTimeoutError;

@@ -32,6 +32,12 @@ export interface ProbeSample {
   readonly replayAgeMs: number | undefined;
   /** When the probe finished (performance.now()). */
   readonly at: number;
+  /**
+   * The checker's probe sequence number, taken when the probe started: a
+   * probe with a larger number than {@linkcode HealthChecker.probeSeq} read at
+   * some moment started after that moment (sessions' read-your-writes).
+   */
+  readonly seq: number;
 }
 
 /** What the health checker knows of a node; replaced whole, never edited. */

@@ -37,6 +37,8 @@ export interface ReadDemand {
   readonly maxLagMs?: number | undefined;
   /** Skip replicas that have not replayed this WAL position. */
   readonly minLsn?: bigint | undefined;
+  /** Skip every replica: a session's write no probe has covered yet. */
+  readonly primaryOnly?: boolean | undefined;
 }
 
 /**
@@ -103,9 +105,11 @@ export function pickReader<N extends RouteNode>(
   demand: ReadDemand,
 ): { node: N | undefined; fallback?: FallbackReason } {
   const { primary, replicas } = topology;
-  const { maxLagMs, minLsn } = demand;
+  const { maxLagMs, minLsn, primaryOnly } = demand;
   let candidates = replicas;
-  if (tried.length > 0 || maxLagMs !== undefined || minLsn !== undefined) {
+  if (primaryOnly) {
+    candidates = [];
+  } else if (tried.length > 0 || maxLagMs !== undefined || minLsn !== undefined) {
     const primaryLsn = primary?.state.probe?.lsn;
     candidates = replicas.filter((n) => {
       if (tried.includes(n)) return false;
@@ -128,7 +132,7 @@ export function pickReader<N extends RouteNode>(
   if (replicas.length === 0) return { node: primary };
   const fallback: FallbackReason = replicas.every((n) => !n.healthy || tried.includes(n))
     ? "no_healthy_replica"
-    : minLsn !== undefined
+    : minLsn !== undefined || primaryOnly
     ? "not_caught_up"
     : maxLagMs !== undefined
     ? "lagging"

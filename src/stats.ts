@@ -75,6 +75,11 @@ export interface ClusterStats {
     readonly errors: number;
     readonly retries: number;
     readonly inFlight: number;
+    /**
+     * Reads of read-your-writes sessions sent to the primary because no
+     * replica was known to have replayed the session's writes yet.
+     */
+    readonly sessionReadsOnPrimary: number;
   };
 }
 
@@ -127,7 +132,7 @@ export interface HealthReport {
 
 const round2 = (ms: number) => Math.round(ms * 100) / 100;
 
-type Summed = keyof ClusterStats["totals"];
+type Summed = Exclude<keyof ClusterStats["totals"], "sessionReadsOnPrimary">;
 const SUMMED: readonly Summed[] = [
   "totalConns",
   "idleConns",
@@ -145,7 +150,10 @@ const SUMMED: readonly Summed[] = [
  * @param nodes Every node, config order.
  * @returns The snapshot.
  */
-export function buildStats(nodes: readonly Node[]): ClusterStats {
+export function buildStats(
+  nodes: readonly Node[],
+  cluster: { readonly sessionReadsOnPrimary: number },
+): ClusterStats {
   const list = nodes.map((n): NodeStats => {
     const pool = n.poolCounts();
     const p = n.latencyPercentiles();
@@ -163,7 +171,10 @@ export function buildStats(nodes: readonly Node[]): ClusterStats {
   });
   const totals = {} as Record<Summed, number>;
   for (const k of SUMMED) totals[k] = list.reduce((acc, n) => acc + n[k], 0);
-  return { nodes: list, totals };
+  return {
+    nodes: list,
+    totals: { ...totals, sessionReadsOnPrimary: cluster.sessionReadsOnPrimary },
+  };
 }
 
 /**

@@ -34,6 +34,7 @@ import {
   type Tx,
 } from "./executor.ts";
 import type { Node } from "./node.ts";
+import type { SessionState } from "./session.ts";
 import { type CallOptions, withCall } from "./signal.ts";
 import { checkCallOptions, checkStatement } from "./validate.ts";
 
@@ -190,6 +191,8 @@ export class Transaction extends TxBase {
   readonly #runner: AttemptRunner;
   /** `runTx`'s signal: cancels whatever runs when it aborts. */
   readonly #signal: AbortSignal | undefined;
+  /** The read-your-writes session that opened it: told when COMMIT ends. */
+  readonly #session: SessionState | undefined;
   /** Serialises work: a pg connection runs one statement at a time anyway, in order. */
   #tail: Promise<unknown> = Promise.resolve();
   #savepoints = 0;
@@ -206,14 +209,15 @@ export class Transaction extends TxBase {
     node: Node,
     client: pg.PoolClient,
     runner: AttemptRunner,
-    signal?: AbortSignal,
+    options?: { signal?: AbortSignal | undefined; session?: SessionState | undefined },
   ) {
     super();
     this.owner = owner;
     this.node = node;
     this.#client = client;
     this.#runner = runner;
-    this.#signal = signal;
+    this.#signal = options?.signal;
+    this.#session = options?.session;
   }
 
   /** The top-level transaction (itself). */
@@ -279,6 +283,9 @@ export class Transaction extends TxBase {
     } catch (err) {
       this.#finish("failed");
       throw err;
+    } finally {
+      // Committed, or maybe (a lost answer): the session's reads must see it.
+      this.#session?.noteWrite();
     }
     // COMMIT of a transaction an earlier statement broke is answered ROLLBACK.
     if (result.command === "ROLLBACK") {
