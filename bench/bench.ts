@@ -14,6 +14,8 @@
  * - pipelining (`callers.ts`): dbx vs raw `pg.Pool` vs postgres.js at 1, 10
  *   and 64 callers, p50/p99 at 10 callers, and the p99 of fast statements
  *   when 1 % are slow;
+ * - sessions (`sessions.ts`): a read-mostly workload in read-your-writes
+ *   sessions vs everything on the primary vs no session;
  * - a failover: how long writes through dbx were unavailable.
  *
  * Prints tables, writes the summary to `bench/results/latest.json`, and
@@ -29,6 +31,7 @@ import { join } from "node:path";
 import { type Cluster, connect } from "../mod.ts";
 import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
 import { callerScaling } from "./callers.ts";
+import { sessionWorkload } from "./sessions.ts";
 
 const CONCURRENCY = 10;
 const POOL_SIZE = 10;
@@ -317,6 +320,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   console.log("Pipelining: raw pg.Pool vs dbx vs postgres.js at 1, 10, 64 callers ...");
   const scaling = await callerScaling(local.masterUrl, POOL_SIZE, signal);
 
+  console.log("Sessions: read-your-writes vs all on the primary vs no session ...");
+  const sessions = await sessionWorkload(cluster, signal);
+
   console.log("pgbench -S -M prepared -c 10 -j 2 -T 5 on the primary ...");
   const bench = await pgbench(local, signal);
 
@@ -405,6 +411,25 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   );
 
   console.log(
+    "\nSessions (5 reads per request, a write every 4th request; reads/s, median):",
+  );
+  console.log(table(
+    ["mode", "reads/s", "÷ all on primary"],
+    (["session", "primary", "none"] as const).map((k) => [
+      k === "session"
+        ? "cluster.session + readQuery"
+        : k === "primary"
+        ? "everything on the primary"
+        : "readQuery, no session (may be stale)",
+      sessions.readsPerSecond[k],
+      (sessions.readsPerSecond[k] / sessions.readsPerSecond.primary).toFixed(3),
+    ]),
+  ));
+  console.log(
+    `  session reads served by replicas: ${(sessions.sessionReplicaShare * 100).toFixed(1)} %`,
+  );
+
+  console.log(
     Number.isNaN(fo.writeGapMs)
       ? "\nFailover: no write reached the promoted replica within 10 s"
       : `\nFailover (health check every 500 ms): writes unavailable ${fo.writeGapMs} ms ` +
@@ -424,6 +449,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     dbxOverPostgresJs: r3(scaling.qps["10"]!.dbx / scaling.qps["10"]!.postgresjs),
     dbxOverPostgresJs64: r3(scaling.qps["64"]!.dbx / scaling.qps["64"]!.postgresjs),
     p99OverRaw: r3(scaling.mixedFastP99.dbx / scaling.mixedFastP99.raw),
+    sessionOverPrimary: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.primary),
+    sessionOverNoSession: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.none),
+    sessions,
     callers: scaling,
     qps: Object.fromEntries(
       Object.entries(results).map(([k, v]) => [k, {
