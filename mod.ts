@@ -70,6 +70,7 @@ export {
   isConstraintViolation,
   isRetryable,
   isSerializationFailure,
+  mayHaveBeenApplied,
   pgErrorCode,
 } from "./src/failure.ts";
 export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";

@@ -18,7 +18,7 @@
  * @module
  */
 
-import { connect, type MetricsHook } from "../mod.ts";
+import { connect, mayHaveBeenApplied, type MetricsHook } from "../mod.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 
 const DURATION_MS = 15_000;
@@ -162,6 +162,8 @@ async function main(signal: AbortSignal): Promise<number> {
   let reads = 0;
   let failedReads = 0;
   let failedWrites = 0;
+  /** Failed writes that reached the primary before it went away: they may have been applied. */
+  let inFlightWrites = 0;
   const failures = new Map<string, number>();
   const failed = (what: string, err: unknown) => {
     const key = `${what}: ${firstLine(err).replace(/\d+(\.\d+)?/g, "N")}`;
@@ -176,7 +178,8 @@ async function main(signal: AbortSignal): Promise<number> {
         acknowledged.push(id);
       } catch (err) {
         // Expected during the failover: counted, and the id is never reused.
-        failedWrites++;
+        if (mayHaveBeenApplied(err)) inFlightWrites++;
+        else failedWrites++;
         failed("write", err);
         await sleep(BACKOFF_MS, signal).catch(() => {});
       }
@@ -210,7 +213,7 @@ async function main(signal: AbortSignal): Promise<number> {
       `${clock(now)}  reads ${reads} (${Math.round((reads - last.reads) / secs)}/s)  ` +
         `writes ${acknowledged.length} (${
           Math.round((acknowledged.length - last.writes) / secs)
-        }/s)  failed r/w ${failedReads}/${failedWrites}  retries ${retries}  ` +
+        }/s)  failed r/w ${failedReads}/${failedWrites + inFlightWrites}  retries ${retries}  ` +
         `nodes ${up.join(" ")}`,
     );
     last = { at: now, reads, writes: acknowledged.length };
@@ -281,7 +284,8 @@ async function main(signal: AbortSignal): Promise<number> {
   ));
   console.log(
     `\ntotals: ${reads} reads, ${acknowledged.length} writes acknowledged; ` +
-      `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes; ` +
+      `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes ` +
+      `besides ${inFlightWrites} in flight when the primary stopped (may have been applied); ` +
       `nodes down ${nodeEvents.down}, up ${nodeEvents.up}, role changes ${nodeEvents.roleChanges}`,
   );
   for (const [msg, n] of [...failures].sort((a, b) => b[1] - a[1]).slice(0, 6)) {

@@ -216,6 +216,51 @@ export function markNotSent<E>(err: E): E {
   return err;
 }
 
+/** Writes whose connection was lost after they were sent: applied or not, nobody knows. */
+const inDoubt = new WeakSet<object>();
+
+/**
+ * Marks `err` as a write whose outcome is unknown (sent, then the
+ * connection was lost before the answer).
+ *
+ * @param err The error.
+ * @returns `err`, for `throw markInDoubt(err)`.
+ */
+export function markInDoubt<E>(err: E): E {
+  if (typeof err === "object" && err !== null) inDoubt.add(err);
+  return err;
+}
+
+/**
+ * Whether `err` is a write (or COMMIT) that reached the server before its
+ * connection was lost: it may have been applied, and dbx did not re-send it.
+ * Such writes are "in flight" when a primary dies; every other failed write
+ * was certainly not applied. Reconcile in doubt writes by reading back (or
+ * make them idempotent).
+ *
+ * @param err Any thrown value.
+ * @returns `true` when the write's outcome is unknown.
+ *
+ * @example
+ * ```ts
+ * import { connect, mayHaveBeenApplied } from "@codelab/dbx";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * try {
+ *   await cluster.exec("insert into payments(id, amount) values ($1, $2)", ["p-1", 10]);
+ * } catch (err) {
+ *   if (mayHaveBeenApplied(err)) {
+ *     const [row] = await cluster.query("select 1 from payments where id = $1", ["p-1"]);
+ *     console.log(row ? "it was applied" : "it was not");
+ *   }
+ * }
+ * ```
+ */
+export function mayHaveBeenApplied(err: unknown): boolean {
+  for (const e of walk(err)) if (inDoubt.has(e)) return true;
+  return false;
+}
+
 /** Errors about one connection that say nothing about its node's health. */
 const nodeFine = new WeakSet<object>();
 

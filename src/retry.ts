@@ -10,7 +10,7 @@
 
 import { abortedError, failureOf } from "./attempt.ts";
 import { DbxError, NoHealthyNodeError, RetryExhaustedError } from "./errors.ts";
-import type { Failure } from "./failure.ts";
+import { type Failure, markInDoubt } from "./failure.ts";
 
 /**
  * Settings of {@linkcode backoffDelay}.
@@ -219,9 +219,11 @@ export async function withRetry<N, R>(
       if (!options.resendable(failure, err)) {
         if (errors !== undefined) throw new RetryExhaustedError([...errors, err]);
         if (failure.connectionLost && failure.sent && err instanceof DbxError) {
-          throw new DbxError(
-            `${err.message}; the statement may have been applied, so it was not re-sent`,
-            { cause: err, node: err.node },
+          throw markInDoubt(
+            new DbxError(
+              `${err.message}; the statement may have been applied, so it was not re-sent`,
+              { cause: err, node: err.node },
+            ),
           );
         }
         throw err;

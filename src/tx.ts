@@ -24,6 +24,7 @@ import {
 } from "./batch.ts";
 import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
 import { DbxError } from "./errors.ts";
+import { markInDoubt } from "./failure.ts";
 import {
   type CommandResult,
   firstRow,
@@ -282,7 +283,8 @@ export class Transaction extends TxBase {
       result = await this.control("commit");
     } catch (err) {
       this.#finish("failed");
-      throw err;
+      // COMMIT sent, answer lost: the transaction may or may not have committed.
+      throw failureOf(err).connectionLost ? markInDoubt(err) : err;
     } finally {
       // Committed, or maybe (a lost answer): the session's reads must see it.
       this.#session?.noteWrite();

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { DbxError } from "../mod.ts";
+import { DbxError, mayHaveBeenApplied } from "../mod.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { until } from "./helpers.ts";
 
@@ -71,7 +71,9 @@ dbTest(
       for (const w of writeResults.filter((r) => !Array.isArray(r))) {
         assert.ok(w instanceof DbxError, `${w}`);
         assert.match(w.message, /may have been applied/);
+        assert.ok(mayHaveBeenApplied(w), `in doubt: ${w}`);
       }
+      for (const r of readResults) assert.equal(mayHaveBeenApplied(r), false);
       // Each acknowledged write ran once; a failed one ran at most once.
       const { last_value } = await cluster.queryRow<{ last_value: string }>(
         "select last_value from pipe_writes",

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
+import { DbxError, mayHaveBeenApplied, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
 import { markNotSent } from "../src/failure.ts";
 import { type RetryOptions, withRetry } from "../src/retry.ts";
 import { backoffDelay, delay } from "../mod.ts";
@@ -209,6 +209,9 @@ Deno.test("withRetry() never re-sends a failure the policy says may have been ap
   assert.ok(err instanceof DbxError);
   assert.match(err.message, /may have been applied, so it was not re-sent/);
   assert.equal(err.kind, "connection");
+  assert.equal(mayHaveBeenApplied(err), true);
+  assert.equal(mayHaveBeenApplied(err.cause), false, "only the write's error says so");
+  assert.equal(mayHaveBeenApplied(refused()), false);
 });
 
 Deno.test("withRetry() gives up after maxAttempts with every attempt's error", async () => {
