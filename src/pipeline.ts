@@ -15,7 +15,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, destroySocket, forgetStatement } from "./_pg.ts";
+import { clientEnd, corkForTick, destroySocket, forgetStatement } from "./_pg.ts";
 import { DbxError } from "./errors.ts";
 import { markNodeFine, markNotSent, pgErrorCode } from "./failure.ts";
 
@@ -259,6 +259,7 @@ export class Pipes {
       }
       const started = performance.now();
       pipe.heads.push(started);
+      corkForTick(pipe.client);
       return await new Promise<pg.QueryResult>((resolve, reject) => {
         // The callback runs inside pg's handling of this statement's
         // ReadyForQuery, before any later answer is handled: the transaction
