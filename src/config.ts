@@ -187,9 +187,10 @@ export interface ClusterConfig {
    */
   types?: TypeParsers;
   /**
-   * Statement cache: how many distinct statement texts (with parameters)
-   * get a name, so each connection prepares them once. `false` turns it off
-   * (PgBouncer in transaction pooling mode).
+   * Statement cache: statements with parameters run as named prepared
+   * statements, so each connection parses a text once; this many per
+   * connection, the least recently used deallocated to make room. `false`
+   * turns it off (PgBouncer in transaction pooling mode).
    * @default 256
    */
   statementCache?: number | false;

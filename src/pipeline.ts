@@ -7,8 +7,9 @@
  * or stalled it takes a pooled connection instead, so one slow statement
  * never holds up unrelated callers for its whole duration.
  *
- * Plus the statement cache: statement texts with parameters get a name, so
- * each connection parses them once (named prepared statements, bounded).
+ * Plus the statement cache: statement texts with parameters run as named
+ * prepared statements, so each connection parses them once (LRU-bounded
+ * per connection).
  *
  * @module
  */
@@ -27,56 +28,87 @@ export interface PipeSettings {
   readonly maxDepth: number;
 }
 
-/** A pipe whose oldest statement has run this long takes no more (head-of-line). */
-const STALL_MS = 2;
+/** A pipe with statements in flight and no answer for this long takes no more (head-of-line). */
+const STALL_MS = 5;
 
 /**
  * A statement text whose recent runs took this long (on average) is sent on
  * a pooled connection: on a pipe it would hold up every statement behind it.
  */
-const SLOW_MS = 2;
+const SLOW_MS = 5;
 
 /** Statement texts whose durations are remembered (the map is reset when full). */
 const DURATIONS_MAX = 4_096;
 
-/** Names for statement texts: each connection prepares a named statement once. */
+/**
+ * Named statements, per connection: each connection prepares a statement
+ * text the first time it sees it and reuses it, keeping the `max` most
+ * recently used; the least recently used is deallocated to make room.
+ */
 export class StatementCache {
-  readonly #names = new Map<string, string>();
   readonly #max: number;
+  /** Per connection: text → name, least recently used first. */
+  readonly #names = new WeakMap<pg.ClientBase, Map<string, string>>();
   #next = 0;
 
   /**
-   * @param max Most distinct statement texts that get a name; later ones run unnamed.
+   * @param max Most statements prepared per connection.
    */
   constructor(max: number) {
     this.#max = max;
   }
 
   /**
-   * The name of a statement text, given one on first sight while there is room.
+   * The name of a statement text on a connection, given one on first sight.
    *
+   * @param client The connection.
    * @param text Statement text.
-   * @returns Its name, or undefined when the cache is full.
+   * @returns Its name there.
    */
-  name(text: string): string | undefined {
-    const known = this.#names.get(text);
-    if (known !== undefined || this.#names.size >= this.#max) return known;
+  name(client: pg.ClientBase, text: string): string {
+    let names = this.#names.get(client);
+    if (names === undefined) this.#names.set(client, names = new Map());
+    const known = names.get(text);
+    if (known !== undefined) {
+      // Most recently used last.
+      names.delete(text);
+      names.set(text, known);
+      return known;
+    }
+    if (names.size >= this.#max) {
+      const [oldText, oldName] = names.entries().next().value!;
+      names.delete(oldText);
+      this.#deallocate(client, oldName);
+    }
     const name = `dbx_${(++this.#next).toString(36)}`;
-    this.#names.set(text, name);
+    names.set(text, name);
     return name;
   }
 
   /**
-   * Gives a text a fresh name (its plan no longer fits: 0A000), so every
-   * connection prepares it anew.
+   * Gives a text a fresh name on a connection (its plan no longer fits:
+   * 0A000), dropping the stale one.
    *
+   * @param client The connection.
    * @param text Statement text.
    * @returns The new name.
    */
-  rename(text: string): string {
-    const name = `dbx_${(++this.#next).toString(36)}`;
-    this.#names.set(text, name);
-    return name;
+  rename(client: pg.ClientBase, text: string): string {
+    const old = this.#names.get(client)?.get(text);
+    this.#names.get(client)?.delete(text);
+    if (old !== undefined) this.#deallocate(client, old);
+    return this.name(client, text);
+  }
+
+  /**
+   * Drops a prepared statement: queued behind everything already sent on
+   * the connection, so statements using it still run first.
+   */
+  #deallocate(client: pg.ClientBase, name: string): void {
+    forgetStatement(client, name);
+    // A connection inside a failed transaction refuses it: the statement
+    // then stays on the server until the connection closes, unused.
+    client.query(`deallocate "${name}"`).catch(() => {});
   }
 }
 
@@ -113,14 +145,15 @@ export function sendCached(
   send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
 ): Promise<pg.QueryResult> {
   const values = args as unknown[];
-  const name = args === undefined || args.length === 0 ? undefined : cache?.name(sql);
+  const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
   if (name === undefined) return send({ text: sql, values });
   return send({ text: sql, values, name }).catch((err) => {
     const why = staleStatement(err);
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") throw err;
-    forgetStatement(client, name);
-    const again = why === "gone" ? name : cache!.rename(sql);
+    let again = name;
+    if (why === "gone") forgetStatement(client, name);
+    else again = cache!.rename(client, sql);
     return send({ text: sql, values, name: again });
   });
 }
@@ -219,7 +252,9 @@ export class Pipes {
       const depth = pipe.heads.length;
       if (depth === 0) return pipe;
       busy++;
-      if (depth >= maxDepth || now - pipe.heads[0]! > STALL_MS) continue;
+      // Stalled: no answer for a while although statements are in flight
+      // (a busy pipe answers all the time, however deep its queue).
+      if (depth >= maxDepth || now - Math.max(pipe.heads[0]!, pipe.lastDone) > STALL_MS) continue;
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
     if (busy < connections && this.#pipes.length < connections) return this.#open();

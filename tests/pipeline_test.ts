@@ -123,3 +123,23 @@ dbTest(
   },
   { config: { pipeline: false, statementCache: false } },
 );
+
+dbTest(
+  "the statement cache keeps the most recently used statements per connection",
+  async (cluster) => {
+    const texts = ["select $1::int as v", "select $1::int + 1 as v", "select $1::int + 2 as v"];
+    const prepared = async () =>
+      (await cluster.query<{ statement: string }>(
+        "select statement from pg_prepared_statements order by prepare_time",
+      )).map((r) => r.statement);
+    // One connection: every statement below runs on it.
+    for (const [i, text] of texts.entries()) {
+      assert.deepEqual(await cluster.query(text, [1]), [{ v: 1 + i }]);
+    }
+    assert.deepEqual(await prepared(), texts.slice(1), "the least recently used went");
+    assert.deepEqual(await cluster.query(texts[1]!, [5]), [{ v: 6 }], "a hit");
+    assert.deepEqual(await cluster.query(texts[0]!, [5]), [{ v: 5 }], "prepared again");
+    assert.deepEqual(await prepared(), [texts[1], texts[0]], "the older of the two went");
+  },
+  { config: { pipeline: false, statementCache: 2, pool: { max: 1 }, replicas: [] } },
+);
