@@ -316,7 +316,7 @@ export class Node implements BalancerNode {
    * @param signal Cancels the wait for a connection, or the statement on the server.
    * @returns The driver's result.
    */
-  async run(
+  run(
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
@@ -325,15 +325,17 @@ export class Node implements BalancerNode {
     // signal must be alone on its connection, so it never joins a pipe.
     const pipes = signal === undefined ? this.#pipes : undefined;
     const pipe = pipes?.pick(sql);
-    if (pipe !== undefined) {
-      return await sendCached(
-        pipe.client,
-        this.#statements,
-        sql,
-        args,
-        (config) => pipes!.run(pipe, config),
-      );
-    }
+    if (pipe === undefined) return this.#runPooled(sql, args, signal, pipes);
+    return sendCached(pipe.client, this.#statements, sql, args, (c) => pipes!.run(pipe, c));
+  }
+
+  /** Runs one statement on a pooled connection. */
+  async #runPooled(
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal: AbortSignal | undefined,
+    pipes: Pipes | undefined,
+  ): Promise<pg.QueryResult> {
     const client = await this.acquire(signal);
     let result: pg.QueryResult;
     try {

@@ -281,63 +281,77 @@ export class Pipes {
    * @param config The statement (text, values, name).
    * @returns The driver's result.
    */
-  async run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+  run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
     this.#inFlight++;
-    try {
-      if (!pipe.connected) {
-        try {
-          await pipe.ready;
-        } catch (err) {
-          // The pipe never opened: nothing was sent.
-          throw markNotSent(err);
+    if (pipe.connected) return this.#send(pipe, config);
+    return pipe.ready.then(
+      () => this.#send(pipe, config),
+      (err) => {
+        this.#settled();
+        // The pipe never opened: nothing was sent.
+        throw markNotSent(err);
+      },
+    );
+  }
+
+  /** One statement accepted by {@linkcode run} has its answer (or failed). */
+  #settled(): void {
+    if (--this.#inFlight === 0) this.#drained?.();
+  }
+
+  #send(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+    const started = performance.now();
+    pipe.heads.push(started);
+    corkForTick(pipe.client);
+    return new Promise<pg.QueryResult>((resolve, reject) => {
+      // The callback runs inside pg's handling of this statement's
+      // ReadyForQuery, before any later answer is handled: the transaction
+      // check below sees the status this statement left.
+      const answered = (err: Error | null, result: pg.QueryResult) => {
+        this.#settled();
+        pipe.heads.shift();
+        // Its own time, not the time spent queued behind earlier statements.
+        const now = performance.now();
+        this.took(config.text, now - Math.max(started, pipe.lastDone));
+        pipe.lastDone = now;
+        if (pipe.poisoned) {
+          // Pipelined behind a statement that opened a transaction: it ran
+          // inside that transaction, which the server rolls back as the pipe
+          // is cut -- unless another caller's COMMIT followed it. Treated as
+          // a lost connection (a read is retried, a write is not re-sent),
+          // but the node is fine.
+          reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
+          return;
         }
+        if (err) {
+          reject(err);
+          return;
+        }
+        if (pipe.client.getTransactionStatus() !== "I") {
+          // BEGIN through exec: what is pipelined behind it would run inside
+          // its transaction. Cut the pipe; the server rolls it back.
+          pipe.poisoned = true;
+          this.#drop(pipe);
+          destroySocket(pipe.client);
+          reject(
+            new DbxError(
+              "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
+              { kind: "other" },
+            ),
+          );
+          return;
+        }
+        resolve(result);
+      };
+      try {
+        pipe.client.query(config, answered);
+      } catch (err) {
+        // Refused before anything was queued (pg throws only for a missing config).
+        this.#settled();
+        pipe.heads.pop();
+        reject(err);
       }
-      const started = performance.now();
-      pipe.heads.push(started);
-      corkForTick(pipe.client);
-      return await new Promise<pg.QueryResult>((resolve, reject) => {
-        // The callback runs inside pg's handling of this statement's
-        // ReadyForQuery, before any later answer is handled: the transaction
-        // check below sees the status this statement left.
-        pipe.client.query(config, (err: Error | null, result: pg.QueryResult) => {
-          pipe.heads.shift();
-          // Its own time, not the time spent queued behind earlier statements.
-          const now = performance.now();
-          this.took(config.text, now - Math.max(started, pipe.lastDone));
-          pipe.lastDone = now;
-          if (pipe.poisoned) {
-            // Pipelined behind a statement that opened a transaction: it ran
-            // inside that transaction, which the server rolls back as the pipe
-            // is cut -- unless another caller's COMMIT followed it. Treated as
-            // a lost connection (a read is retried, a write is not re-sent),
-            // but the node is fine.
-            reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
-            return;
-          }
-          if (err) {
-            reject(err);
-            return;
-          }
-          if (pipe.client.getTransactionStatus() !== "I") {
-            // BEGIN through exec: what is pipelined behind it would run inside
-            // its transaction. Cut the pipe; the server rolls it back.
-            pipe.poisoned = true;
-            this.#drop(pipe);
-            destroySocket(pipe.client);
-            reject(
-              new DbxError(
-                "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
-                { kind: "other" },
-              ),
-            );
-            return;
-          }
-          resolve(result);
-        });
-      });
-    } finally {
-      if (--this.#inFlight === 0) this.#drained?.();
-    }
+    });
   }
 
   /**
