@@ -138,6 +138,7 @@ async function waitForPrimary(
     } catch (reason) {
       throw abortedError(reason);
     }
+    d.assertOpen();
     await d.checker.checkAll(true);
   }
   d.observer.log("debug", "dbx: a primary is known again", {
@@ -210,6 +211,8 @@ function retryOptions(
     const tokenLsn = token === undefined ? undefined : parseLsn(token);
     const fixed: ReadDemand = { maxLagMs, minLsn: tokenLsn };
     pick = (tried) => {
+      // A retry after close() began fails as closed, not on an ended pool.
+      d.assertOpen();
       const topology = d.checker.topology;
       let demand = fixed;
       if (session !== undefined) {
@@ -231,7 +234,7 @@ function retryOptions(
     };
     resendable = (f, err) => !f.readOnly && retryable(err);
   } else {
-    pick = (tried) => pickWriter(d.checker.topology, tried);
+    pick = (tried) => (d.assertOpen(), pickWriter(d.checker.topology, tried));
     resendable = kind === "write"
       ? (f, err) => (!f.sent || f.readOnly) && retryable(err)
       : (_f, err) => retryable(err);

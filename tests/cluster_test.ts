@@ -359,6 +359,31 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a write waiting for a primary when close() is called fails as closed" + why,
+  ignore: urls === undefined,
+  async fn() {
+    const waiting = Promise.withResolvers<void>();
+    // A replica as the only node: no primary, so writes wait for one.
+    const cluster = await connect({
+      master: urls!.replicas[0]!,
+      requirePrimary: false,
+      retry: { waitForPrimaryMs: 120_000 },
+      logger: {
+        debug: (msg) => msg.includes("waiting for a primary") && waiting.resolve(),
+        info() {},
+        warn() {},
+        error() {},
+      },
+    });
+    const write = cluster.exec("select 1").then(() => "ran", (e: unknown) => e);
+    await waiting.promise;
+    await cluster.close();
+    const ended = await write;
+    assert.ok(ended instanceof ClusterClosedError, `ended with ${ended}`);
+  },
+});
+
+Deno.test({
   name: "close() waits for statements in flight" + why,
   ignore: urls === undefined,
   async fn() {
