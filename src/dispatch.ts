@@ -43,7 +43,7 @@ export interface Dispatcher {
 }
 
 /** How a call is routed and what of it may be re-sent. */
-type Kind = "read" | "write" | "pin";
+export type Kind = "read" | "write" | "pin";
 
 /**
  * Builds the statement path of a cluster.
@@ -167,8 +167,14 @@ async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
  * - write: the primary; re-sent only when it never reached a server, or the
  *   server refused it for being read-only (nothing was applied);
  * - pin: the primary, nothing sent yet but maybe BEGIN (which changes nothing).
+ *
+ * @param d The cluster.
+ * @param kind How the call is routed.
+ * @param options The call's read options.
+ * @param signal The call's signal.
+ * @returns Options for `withRetry`.
  */
-function retryOptions(
+export function retryOptions(
   d: Dispatcher,
   kind: Kind,
   options: ReadOptions | undefined,
