@@ -14,15 +14,10 @@
  * @module
  */
 
-// @ts-types="@types/pg"
-import type pg from "pg";
-import { discardClient } from "./_pg.ts";
 import type { ClusterInternals } from "./cluster_base.ts";
-import { type Dispatcher, retryOptions, statement } from "./dispatch.ts";
+import { statement } from "./dispatch.ts";
 import type { QueryOptions } from "./executor.ts";
-import { isConnectionError } from "./failure.ts";
-import type { Node } from "./node.ts";
-import { backoffDelay, delay, withRetry } from "./retry.ts";
+import { Listener } from "./listener.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions, describe } from "./validate.ts";
 
@@ -138,12 +133,6 @@ export interface Subscription extends AsyncDisposable {
 /** Longest channel name: PostgreSQL identifiers are at most 63 bytes (NAMEDATALEN - 1). */
 const MAX_CHANNEL_BYTES = 63;
 
-/** Floor of the wait between two rounds of reconnect attempts, in ms: never a busy loop. */
-const MIN_RECONNECT_DELAY_MS = 100;
-
-/** Cap of the wait between two rounds of reconnect attempts, in ms. */
-const MAX_RECONNECT_DELAY_MS = 5_000;
-
 /**
  * Checks a channel name.
  *
@@ -182,11 +171,6 @@ function checkListenOptions(options: unknown): void {
   }
 }
 
-/** A quoted identifier: `"` doubled, so any channel name is one identifier. */
-function quoteIdent(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
-}
-
 /**
  * Opens a subscription: resolves once LISTEN is active on the primary.
  *
@@ -210,7 +194,12 @@ export async function listen(
     );
   }
   checkListenOptions(options);
-  const sub = new Listener(i.d, i.resources, channel, handler, options?.onReconnect);
+  const sub = new Listener(i.d, {
+    resources: i.resources,
+    channel,
+    handler,
+    onReconnect: options?.onReconnect,
+  });
   try {
     await withCall(options, (signal) => sub.open(signal));
   } catch (err) {
@@ -248,235 +237,4 @@ export async function notify(
   const tx = i.ambient();
   if (tx !== undefined) await tx.exec(sql, [channel, payload], options);
   else await statement(i.d, "notify", false, sql, [channel, payload], options);
-}
-
-/** The subscription behind {@linkcode Subscription}. */
-class Listener implements Subscription {
-  readonly channel: string;
-  readonly #d: Dispatcher;
-  readonly #resources: Set<AsyncDisposable>;
-  readonly #handler: NotificationHandler;
-  readonly #onReconnect: ((info: ReconnectInfo) => void) | undefined;
-  readonly #sql: string;
-  /** Aborted by unlisten(): ends connecting, reconnecting and waiting. */
-  readonly #closed = new AbortController();
-  /** The listening connection and its node, while there is one. */
-  #current: { client: pg.Client; node: Node } | undefined;
-  /** Every client opened, until its connection ended. */
-  readonly #ending = new Set<Promise<void>>();
-  /** Reconnects and connection checks in flight: unlisten() waits for them. */
-  readonly #tasks = new Set<Promise<void>>();
-  #watchdog: ReturnType<typeof setTimeout> | undefined;
-  #closing: Promise<void> | undefined;
-  #stopSignal: (() => void) | undefined;
-
-  constructor(
-    d: Dispatcher,
-    resources: Set<AsyncDisposable>,
-    channel: string,
-    handler: NotificationHandler,
-    onReconnect: ((info: ReconnectInfo) => void) | undefined,
-  ) {
-    this.#d = d;
-    this.#resources = resources;
-    this.channel = channel;
-    this.#handler = handler;
-    this.#onReconnect = onReconnect;
-    this.#sql = `LISTEN ${quoteIdent(channel)}`;
-    resources.add(this);
-  }
-
-  get node(): string | undefined {
-    return this.#current?.node.name;
-  }
-
-  /**
-   * Connects to the primary and LISTENs, with the statement path's retries.
-   *
-   * @param signal The call's signal (the first open), else none.
-   */
-  open(signal: AbortSignal | undefined): Promise<void> {
-    const closed = this.#closed.signal;
-    const s = signal === undefined ? closed : AbortSignal.any([signal, closed]);
-    const d = this.#d;
-    return withRetry(
-      (node, attempt) =>
-        d.runner.run(
-          node,
-          { sql: this.#sql, argCount: 0, attempt },
-          s,
-          () => this.#attach(node, s),
-        ),
-      retryOptions(d, "pin", undefined, s),
-    );
-  }
-
-  /** Ends the subscription when `signal` aborts. */
-  endOn(signal: AbortSignal): void {
-    const onAbort = () => void this.unlisten();
-    if (signal.aborted) return onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    this.#stopSignal = () => signal.removeEventListener("abort", onAbort);
-  }
-
-  /** One connection attempt on `node`: connect, LISTEN, then watch the connection. */
-  async #attach(node: Node, signal: AbortSignal): Promise<void> {
-    signal.throwIfAborted();
-    const client = node.dedicatedClient();
-    let lost: unknown;
-    // Without a listener a lost connection would be an unhandled 'error'.
-    client.on("error", (err) => lost ??= err);
-    const ended = new Promise<void>((resolve) => client.once("end", () => resolve()));
-    this.#ending.add(ended);
-    void ended.then(() => {
-      this.#ending.delete(ended);
-      this.#dropped(client, node, lost);
-    });
-    const onAbort = () => void discardClient(client);
-    signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      await client.connect();
-      await client.query(this.#sql);
-    } catch (err) {
-      discardClient(client);
-      throw err;
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-    }
-    client.on("notification", (msg) => {
-      if (msg.channel === this.channel) this.#deliver(msg.payload ?? "", msg.processId);
-    });
-    this.#current = { client, node };
-    this.#watch();
-  }
-
-  #deliver(payload: string, processId: number): void {
-    const report = (error: unknown) =>
-      this.#d.observer.log("error", "dbx: notification handler threw", {
-        channel: this.channel,
-        error,
-      });
-    try {
-      const result = this.#handler(payload, { channel: this.channel, processId });
-      if (result instanceof Promise) result.catch(report);
-    } catch (error) {
-      report(error);
-    }
-  }
-
-  /** The listening connection ended: unless on purpose, reconnect. */
-  #dropped(client: pg.Client, node: Node, err: unknown): void {
-    if (this.#current?.client !== client) return;
-    this.#current = undefined;
-    clearTimeout(this.#watchdog);
-    if (this.#closed.signal.aborted) return;
-    const downAt = performance.now();
-    this.#d.observer.log("warn", "dbx: listen connection lost; reconnecting", {
-      channel: this.channel,
-      node: node.name,
-      error: err instanceof Error ? err.message : err === undefined ? "connection ended" : err,
-    });
-    // As for a pooled connection that died: the probe decides about the node.
-    if (err === undefined || isConnectionError(err)) this.#d.checker.recheck(node);
-    this.#track(this.#reconnect(downAt));
-  }
-
-  #track(task: Promise<void>): void {
-    const tracked = task.finally(() => this.#tasks.delete(tracked));
-    this.#tasks.add(tracked);
-  }
-
-  /** Reconnects until LISTEN is active again or the subscription is closed. */
-  async #reconnect(downAt: number): Promise<void> {
-    const closed = this.#closed.signal;
-    for (let round = 1;; round++) {
-      try {
-        await this.open(undefined);
-        break;
-      } catch (error) {
-        if (closed.aborted) return;
-        this.#d.observer.log("warn", "dbx: listen could not reconnect yet", {
-          channel: this.channel,
-          error: error instanceof Error ? error.message : String(error),
-        });
-      }
-      const { baseDelayMs } = this.#d.config.retry;
-      const wait = MIN_RECONNECT_DELAY_MS +
-        backoffDelay(round, { baseDelayMs, maxDelayMs: MAX_RECONNECT_DELAY_MS });
-      try {
-        await delay(wait, closed);
-      } catch {
-        return;
-      }
-    }
-    const node = this.#current?.node.name;
-    if (node === undefined) return;
-    const downMs = Math.round(performance.now() - downAt);
-    this.#d.observer.log("info", "dbx: listening again", { channel: this.channel, node, downMs });
-    try {
-      this.#onReconnect?.({ downMs, node });
-    } catch (error) {
-      this.#d.observer.log("error", "dbx: onReconnect threw", { channel: this.channel, error });
-    }
-  }
-
-  /**
-   * Every health-check interval, while the checker no longer sees this
-   * connection's node as the healthy primary, asks the connection itself:
-   * a hung host or a cut network never closes a socket, and notifications
-   * would silently stop.
-   */
-  #watch(): void {
-    const { intervalMs, timeoutMs } = this.#d.config.healthCheck;
-    this.#watchdog = setTimeout(() => {
-      const current = this.#current;
-      if (current === undefined) return;
-      if (this.#d.checker.topology.primary === current.node) return this.#watch();
-      this.#track(
-        this.#answers(current.client, timeoutMs).then((ok) => {
-          if (this.#current !== current) return;
-          if (ok) this.#watch();
-          else discardClient(current.client);
-        }),
-      );
-    }, intervalMs);
-  }
-
-  /** Whether the connection answers, as a primary, within `timeoutMs`. */
-  async #answers(client: pg.Client, timeoutMs: number): Promise<boolean> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<false>((resolve) => {
-      timer = setTimeout(resolve, timeoutMs, false);
-    });
-    const answer = client.query("select pg_is_in_recovery() as r").then(
-      (res) => (res.rows[0] as { r: boolean } | undefined)?.r === false,
-      () => false,
-    );
-    try {
-      return await Promise.race([answer, late]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  unlisten(): Promise<void> {
-    return this.#closing ??= this.#close();
-  }
-
-  async #close(): Promise<void> {
-    this.#closed.abort();
-    this.#stopSignal?.();
-    clearTimeout(this.#watchdog);
-    this.#resources.delete(this);
-    const current = this.#current;
-    this.#current = undefined;
-    if (current !== undefined) discardClient(current.client);
-    while (this.#tasks.size > 0 || this.#ending.size > 0) {
-      await Promise.all([...this.#tasks, ...this.#ending]);
-    }
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.unlisten();
-  }
 }
