@@ -138,6 +138,11 @@ export class Listener implements Subscription {
     } finally {
       signal.removeEventListener("abort", onAbort);
     }
+    // unlisten() may have run after LISTEN was answered: it saw no connection to close.
+    if (signal.aborted) {
+      discardClient(client);
+      signal.throwIfAborted();
+    }
     client.on("notification", (msg) => {
       if (msg.channel === this.channel) this.#deliver(msg.payload ?? "", msg.processId);
     });

@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { type Cluster, connect, type ReconnectInfo } from "../mod.ts";
-import { dbTest, startLocalCluster, testCluster } from "../src/testing/mod.ts";
+import { dbTest, faultProxy, startLocalCluster, testCluster } from "../src/testing/mod.ts";
+import { testDatabase } from "../src/testing/db_test.ts";
 import { named, noPostgres, until } from "./helpers.ts";
 
 /** Backends whose last statement is this subscription's LISTEN (the channel is unique per test). */
@@ -197,3 +198,30 @@ Deno.test({
     assert.equal(reconnects.length, 1, `onReconnect calls: ${JSON.stringify(reconnects)}`);
   },
 });
+
+dbTest(
+  "a hung primary is noticed on the subscription's own connection, which comes back after it",
+  async () => {
+    const { master } = await testDatabase();
+    await using proxy = await faultProxy(master);
+    await using cluster = await connect({
+      master: proxy.url(master),
+      healthCheck: { intervalMs: 300, timeoutMs: 300 },
+    });
+    const channel = "listen_hung_host";
+    const got: string[] = [];
+    const reconnects: ReconnectInfo[] = [];
+    await using sub = await cluster.listen(channel, (payload) => void got.push(payload), {
+      onReconnect: (info) => void reconnects.push(info),
+    });
+    // Nothing arrives and nothing closes: only asking the connection tells it is gone.
+    proxy.blackhole();
+    await until("the silent connection was given up", () => sub.node === undefined, 30_000);
+    proxy.heal();
+    await until("the subscription reconnected", () => reconnects.length > 0, 60_000);
+    await cluster.notify(channel, "back");
+    await until("a notification arrived after the reconnect", () => got.includes("back"));
+    assert.equal(reconnects.length, 1, JSON.stringify(reconnects));
+    assert.equal(sub.node, reconnects[0]!.node);
+  },
+);
