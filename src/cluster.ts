@@ -373,6 +373,7 @@ export class Cluster extends ClusterBase implements Component {
    * @param options `onReconnect`; `signal` ends the subscription; `timeoutMs` bounds the first LISTEN.
    * @returns The subscription, once LISTEN is active; close it with `await using` or `unlisten()`.
    * @throws {TypeError} naming `channel` or `handler` when it is not valid.
+   * @throws {RangeError} for a channel longer than 63 bytes.
    * @throws {DbxError} when no primary could be reached.
    *
    * @example

@@ -204,6 +204,8 @@ export async function listen(
     await withCall(options, (signal) => sub.open(signal));
   } catch (err) {
     await sub.unlisten();
+    // Closing the cluster ended the attempt: say so rather than "canceled".
+    i.d.assertOpen();
     throw err;
   }
   const signal = options?.signal;

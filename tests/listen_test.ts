@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Cluster, connect, type ReconnectInfo } from "../mod.ts";
+import { type Cluster, ClusterClosedError, connect, type ReconnectInfo } from "../mod.ts";
 import { dbTest, faultProxy, startLocalCluster, testCluster } from "../src/testing/mod.ts";
 import { testDatabase } from "../src/testing/db_test.ts";
 import { named, noPostgres, until } from "./helpers.ts";
@@ -225,3 +225,10 @@ dbTest(
     assert.equal(sub.node, reconnects[0]!.node);
   },
 );
+
+dbTest("listen() and notify() on a closed cluster reject with ClusterClosedError", async () => {
+  const closed = await testCluster();
+  await closed.close();
+  await assert.rejects(closed.listen("after_close", () => {}), ClusterClosedError);
+  await assert.rejects(closed.notify("after_close", "x"), ClusterClosedError);
+});

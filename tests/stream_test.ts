@@ -5,8 +5,15 @@
  */
 
 import assert from "node:assert/strict";
-import { type Cluster, connect, DbxError, type QueryEndEvent, type RetryEvent } from "../mod.ts";
-import { dbTest, startLocalCluster } from "../src/testing/mod.ts";
+import {
+  type Cluster,
+  ClusterClosedError,
+  connect,
+  DbxError,
+  type QueryEndEvent,
+  type RetryEvent,
+} from "../mod.ts";
+import { dbTest, startLocalCluster, testCluster } from "../src/testing/mod.ts";
 import { named, noPostgres, until } from "./helpers.ts";
 
 /** Backends of the primary idle inside a transaction whose last statement was this FETCH. */
@@ -252,4 +259,11 @@ Deno.test({
     assert.equal(retries[0]!.node, replica.name);
     assert.equal(cluster.stats().nodes[1]!.healthy, false);
   },
+});
+
+dbTest("stream() on a closed cluster throws ClusterClosedError at once", async () => {
+  const closed = await testCluster();
+  await closed.close();
+  assert.throws(() => closed.stream("select 1"), ClusterClosedError);
+  assert.throws(() => closed.readStream("select 1"), ClusterClosedError);
 });
