@@ -90,6 +90,14 @@ export { BatchError } from "./src/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
 export { encodeCopyValue } from "./src/copy.ts";
 export type { CopyOptions, CopyRows } from "./src/copy.ts";
+export type {
+  ListenOptions,
+  NotificationHandler,
+  NotificationInfo,
+  ReconnectInfo,
+  Subscription,
+} from "./src/listen.ts";
+export type { ReadStreamOptions, StreamOptions } from "./src/stream.ts";
 export { noopLogger } from "./src/observe.ts";
 export type {
   Logger,

@@ -9,6 +9,8 @@
  *   raw for `select $1::int`;
  * - memory: RSS and heap before/after 200k `cluster.query` calls (after a
  *   warm-up and a GC), and the same for raw `pool.query` as the baseline;
+ * - stream: RSS before, after and at its peak while `cluster.stream` hands out
+ *   1 M rows (`streamRssGrowthMb` = peak − before);
  * - `pgbench -S -M prepared` on the primary as the server's ceiling, when
  *   `pgbench` sits next to the other PostgreSQL binaries;
  * - pipelining (`callers.ts`): dbx vs raw `pg.Pool` vs postgres.js at 1, 10
@@ -144,6 +146,38 @@ async function memory(fn: Call, signal: AbortSignal): Promise<MemorySample> {
     ) / 10,
     heapUsedGrowthMb: mb(after.heapUsed - before.heapUsed),
     rssSamplesMb,
+  };
+}
+
+/** Rows streamed by {@linkcode streamMemory}. */
+const STREAM_ROWS = 1_000_000;
+
+/**
+ * RSS before, after and at its peak (sampled every 50k rows) while
+ * `cluster.stream` hands out STREAM_ROWS rows: bounded by `batchSize`, not
+ * by the result's size.
+ */
+async function streamMemory(cluster: Cluster, signal: AbortSignal) {
+  const mb = (n: number) => Math.round((n / MB) * 10) / 10;
+  gc?.();
+  const before = Deno.memoryUsage().rss;
+  let peak = before;
+  let rows = 0;
+  for await (
+    const _ of cluster.stream("select g from generate_series(1, $1::int) g", [STREAM_ROWS], {
+      signal,
+    })
+  ) {
+    if (++rows % 50_000 === 0) peak = Math.max(peak, Deno.memoryUsage().rss);
+  }
+  if (rows !== STREAM_ROWS) throw new Error(`streamed ${rows} rows, expected ${STREAM_ROWS}`);
+  gc?.();
+  const after = Deno.memoryUsage().rss;
+  return {
+    beforeMb: mb(before),
+    afterMb: mb(after),
+    peakMb: mb(peak),
+    growthMb: mb(peak - before),
   };
 }
 
@@ -317,6 +351,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     raw: await memory((i) => raw.query("select $1::int", [i]), signal),
   };
 
+  console.log(`Stream: ${STREAM_ROWS} rows through cluster.stream ...`);
+  const streamed = await streamMemory(cluster, signal);
+
   console.log("Pipelining: raw pg.Pool vs dbx vs postgres.js at 1, 10, 64 callers ...");
   const scaling = await callerScaling(local.masterUrl, POOL_SIZE, signal);
 
@@ -384,6 +421,11 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
       `  ${k} RSS every ${MEMORY_STEP / 1000}k queries: ${mem[k].rssSamplesMb.join(" ")}`,
     );
   }
+
+  console.log(
+    `  stream ${STREAM_ROWS} rows: RSS before ${streamed.beforeMb} MB, after ${streamed.afterMb} MB, ` +
+      `peak ${streamed.peakMb} MB (growth ${streamed.growthMb} MB)`,
+  );
 
   console.log("\nCallers (select $1::int, q/s, median of alternating rounds; pool 10 each):");
   console.log(table(
@@ -473,6 +515,7 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     heapGrowthMbPer200k: mem.dbx.heapUsedGrowthMb,
     rawRssGrowthMbPer200k: mem.raw.rssGrowthMb,
     rssSamplesMb: { dbx: mem.dbx.rssSamplesMb, raw: mem.raw.rssSamplesMb },
+    streamRssGrowthMb: streamed.growthMb,
     gcExposed: gc !== undefined,
     pgbenchTps: "tps" in bench ? Math.round(bench.tps) : null,
     failoverWriteGapMs: Number.isNaN(fo.writeGapMs) ? null : fo.writeGapMs,

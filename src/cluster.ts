@@ -37,8 +37,16 @@ import {
   type Row,
   toCommandResult,
 } from "./executor.ts";
+import {
+  listen,
+  type ListenOptions,
+  type NotificationHandler,
+  notify,
+  type Subscription,
+} from "./listen.ts";
 import { runSession, type Session, type SessionOptions } from "./session.ts";
 import { withCall } from "./signal.ts";
+import { type ReadStreamOptions, stream, type StreamOptions } from "./stream.ts";
 import { checkCallOptions } from "./validate.ts";
 
 /**
@@ -353,6 +361,127 @@ export class Cluster extends ClusterBase implements Component {
       options,
     );
     return row.lsn;
+  }
+
+  /**
+   * Listens on `channel` on a dedicated connection to the primary (outside
+   * the pool). After the connection is lost (restart, failover, network) it
+   * reconnects to whichever node is primary then, re-issues LISTEN and calls
+   * `options.onReconnect` with the gap, during which notifications were missed.
+   *
+   * @param channel The channel (any name: it is quoted).
+   * @param handler Called with each notification's payload; a throw is logged.
+   * @param options `onReconnect`; `signal` ends the subscription; `timeoutMs` bounds the first LISTEN.
+   * @returns The subscription, once LISTEN is active; close it with `await using` or `unlisten()`.
+   * @throws {TypeError} naming `channel` or `handler` when it is not valid.
+   * @throws {RangeError} for a channel longer than 63 bytes.
+   * @throws {DbxError} when no primary could be reached.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * await using sub = await cluster.listen("orders", (payload) => console.log(payload), {
+   *   onReconnect: ({ downMs }) => console.warn(`reconnected after ${downMs} ms`),
+   * });
+   * await cluster.notify("orders", "42");
+   * ```
+   */
+  listen(
+    channel: string,
+    handler: NotificationHandler,
+    options?: ListenOptions,
+  ): Promise<Subscription> {
+    return listen(this.#i, channel, handler, options);
+  }
+
+  /**
+   * Sends a notification (`select pg_notify($1, $2)`) on the primary; inside
+   * a transaction, in it (delivered when it commits).
+   *
+   * @param channel The channel.
+   * @param payload The payload (under 8000 bytes).
+   * @param options Cancellation and deadline.
+   * @returns Resolves when the server accepted it.
+   * @throws {TypeError} naming `channel` or `payload` when it is not valid.
+   * @throws {DbxError} on failure.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * await cluster.notify("orders", JSON.stringify({ id: 42 }));
+   * ```
+   */
+  notify(channel: string, payload: string, options?: QueryOptions): Promise<void> {
+    return notify(this.#i, channel, payload, options);
+  }
+
+  /**
+   * Streams a SELECT's rows from the primary through a server-side cursor,
+   * `batchSize` rows per round trip, on one pinned connection. Retried only
+   * before the first row; leaving the loop early closes the cursor and
+   * releases the connection. Inside a transaction, the cursor lives in it.
+   *
+   * @param sql A SELECT (or VALUES) with `$1`, `$2` ... placeholders.
+   * @param args Values for the placeholders.
+   * @param options `batchSize` (default 1000); `signal` / `timeoutMs` bound the whole iteration.
+   * @returns The rows, in order; each iteration runs the statement anew.
+   * @throws {RangeError} for a `batchSize` that is not a positive integer.
+   * @throws {DbxError} from the iterator on failure (kind `connection` after a lost connection).
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * for await (const row of cluster.stream<{ id: number }>("select id from events", [], { batchSize: 500 })) {
+   *   console.log(row.id);
+   * }
+   * ```
+   */
+  stream<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: StreamOptions,
+  ): AsyncIterable<T> {
+    return stream<T>(this, this.#i, false, sql, args, options);
+  }
+
+  /**
+   * Like {@linkcode stream}, on a healthy replica (falling back to the
+   * primary), in a read-only transaction; before the first row, a failure is
+   * retried on another node.
+   *
+   * @param sql A SELECT (or VALUES) with `$1`, `$2` ... placeholders.
+   * @param args Values for the placeholders.
+   * @param options `batchSize` (default 1000), lag bound, read-your-writes token, `signal`, `timeoutMs`.
+   * @returns The rows, in order.
+   * @throws {RangeError} for a `batchSize` that is not a positive integer.
+   * @throws {DbxError} from the iterator on failure.
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   replicas: ["postgres://app@db2:5432/app"],
+   * });
+   * let total = 0;
+   * for await (const { amount } of cluster.readStream<{ amount: number }>("select amount from orders")) {
+   *   total += amount;
+   * }
+   * ```
+   */
+  readStream<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: ReadStreamOptions,
+  ): AsyncIterable<T> {
+    return stream<T>(this, this.#i, true, sql, args, options);
   }
 
   /**

@@ -47,6 +47,8 @@ export interface ClusterInternals {
   readonly d: Dispatcher;
   /** The active transaction of this cluster bound to the async context. */
   ambient(): Transaction | Savepoint | undefined;
+  /** Long-lived resources (subscriptions) that close() disposes of before the pools end. */
+  readonly resources: Set<AsyncDisposable>;
 }
 
 const internals = new WeakMap<object, ClusterInternals>();
@@ -79,6 +81,7 @@ export class ClusterBase implements AsyncDisposable {
   readonly #nodes: readonly Node[];
   readonly #checker: HealthChecker;
   readonly #d: Dispatcher;
+  readonly #resources = new Set<AsyncDisposable>();
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
 
@@ -120,6 +123,7 @@ export class ClusterBase implements AsyncDisposable {
     internals.set(this, {
       d: this.#d,
       ambient: () => this.#ambient(),
+      resources: this.#resources,
     });
   }
 
@@ -328,6 +332,7 @@ export class ClusterBase implements AsyncDisposable {
     // A start() in progress sees #closing and gives up; wait for it so its
     // probes are not cut mid-flight by a half-closed checker.
     await this.#started?.catch(() => {});
+    await Promise.all([...this.#resources].map((r) => r[Symbol.asyncDispose]()));
     await this.#checker.stop();
     await Promise.all(this.#nodes.map((n) => n.end(CLOSE_GRACE_MS)));
   }

@@ -48,7 +48,7 @@ export interface Dispatcher {
 }
 
 /** How a call is routed and what of it may be re-sent. */
-type Kind = "read" | "write" | "pin";
+export type Kind = "read" | "write" | "pin";
 
 /**
  * Builds the statement path of a cluster.
@@ -187,8 +187,14 @@ async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
  * - write: the primary; re-sent only when it never reached a server, or the
  *   server refused it for being read-only (nothing was applied);
  * - pin: the primary, nothing sent yet but maybe BEGIN (which changes nothing).
+ *
+ * @param d The cluster.
+ * @param kind How the call is routed.
+ * @param options The call's read options.
+ * @param signal The call's signal.
+ * @returns Options for `withRetry`.
  */
-function retryOptions(
+export function retryOptions(
   d: Dispatcher,
   kind: Kind,
   options: ReadOptions | undefined,
@@ -312,23 +318,39 @@ export function pin(
         client: await d.runner.run(node, undefined, signal, () => node.acquire(signal)),
       };
     }
-    const client = await d.runner.run(
-      node,
-      { sql: begin, argCount: 0, attempt },
-      signal,
-      async () => {
-        const client = await node.acquire(signal);
-        try {
-          await node.runOn(client, begin, undefined, signal);
-        } catch (err) {
-          node.release(client, true);
-          throw err;
-        }
-        return client;
-      },
-    );
-    return { node, client };
+    return { node, client: await openOn(d, node, begin, attempt, signal) };
   }, retryOptions(d, "pin", undefined, signal, undefined));
+}
+
+/**
+ * One attempt at opening a transaction on `node`: takes a connection and
+ * runs `begin` on it through the attempt runner; the connection is
+ * destroyed when BEGIN fails.
+ *
+ * @param d The cluster.
+ * @param node Where.
+ * @param begin The BEGIN statement.
+ * @param attempt Which attempt of the call this is.
+ * @param signal The call's signal.
+ * @returns The connection, inside the transaction.
+ */
+export function openOn(
+  d: Dispatcher,
+  node: Node,
+  begin: string,
+  attempt: number,
+  signal: AbortSignal | undefined,
+): Promise<pg.PoolClient> {
+  return d.runner.run(node, { sql: begin, argCount: 0, attempt }, signal, async () => {
+    const client = await node.acquire(signal);
+    try {
+      await node.runOn(client, begin, undefined, signal);
+    } catch (err) {
+      node.release(client, true);
+      throw err;
+    }
+    return client;
+  });
 }
 
 /**

@@ -283,6 +283,18 @@ export class Node implements BalancerNode {
   }
 
   /**
+   * A new connection set up exactly like the pool's (URL, TLS, value parsers,
+   * application name, connect timeout) but outside it: for a session that
+   * outlives statements (LISTEN). The caller connects and ends it.
+   *
+   * @returns An unconnected client.
+   */
+  dedicatedClient(): pg.Client {
+    const pool = this.#pool as pg.Pool & { Client: typeof pg.Client };
+    return new pool.Client(pool.options);
+  }
+
+  /**
    * Runs one statement on a connection taken from this node's pool (or a
    * transaction's), so that aborting `signal` cancels it on the server. A
    * statement with parameters runs as a named prepared statement when the
