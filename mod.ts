@@ -27,6 +27,7 @@
 
 export { Cluster, connect } from "./src/cluster.ts";
 export { ClusterBase } from "./src/cluster_base.ts";
+export { ClusterStatements } from "./src/cluster_statements.ts";
 export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/stats.ts";
 export type {
   CommandResult,

@@ -1,42 +1,17 @@
 /**
- * The {@linkcode Cluster}'s statement methods and {@linkcode connect}. Each
- * method is a short delegation: a statement is routed, retried and observed
- * in `dispatch.ts` (with `route.ts`, `retry.ts`, `attempt.ts`); lifecycle,
- * transactions and node views are in `cluster_base.ts`.
- *
- * Routing is by method, never by parsing SQL: `exec`, `query` and
- * `queryRow` go to the node that currently *is* primary; `readQuery` and
- * `readQueryRow` go to a healthy replica chosen by the balancer and fall
- * back to the primary. Inside a transaction of this cluster bound to the
- * async context (`runTx`, `runInTx`, `withExecutor(tx, fn)`), every
- * statement method runs in that transaction instead.
+ * {@linkcode Cluster} and {@linkcode connect}. The statement methods are in
+ * `cluster_statements.ts`, lifecycle, transactions and node views in
+ * `cluster_base.ts`; this file adds what builds on them: read-your-writes
+ * tokens and sessions, LISTEN/NOTIFY, streams.
  *
  * @module
  */
-
-import {
-  batchInfo,
-  type BatchOptions,
-  type BatchQuery,
-  type BatchResult,
-  checkBatchOptions,
-  runBatch,
-} from "./batch.ts";
-import { ClusterBase, type ClusterInternals, internalsOf } from "./cluster_base.ts";
+import { type ClusterInternals, internalsOf } from "./cluster_base.ts";
+import { ClusterStatements } from "./cluster_statements.ts";
 import type { Component } from "./component.ts";
 import type { ClusterConfig } from "./config.ts";
-import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
-import { onPinned, statement } from "./dispatch.ts";
 import { currentExecutor } from "./context.ts";
-import {
-  type CommandResult,
-  type Executor,
-  firstRow,
-  type QueryOptions,
-  type ReadOptions,
-  type Row,
-  toCommandResult,
-} from "./executor.ts";
+import type { Executor, QueryOptions, Row } from "./executor.ts";
 import {
   listen,
   type ListenOptions,
@@ -45,9 +20,7 @@ import {
   type Subscription,
 } from "./listen.ts";
 import { runSession, type Session, type SessionOptions } from "./session.ts";
-import { withCall } from "./signal.ts";
 import { type ReadStreamOptions, stream, type StreamOptions } from "./stream.ts";
-import { checkCallOptions } from "./validate.ts";
 
 /**
  * A primary and its read replicas behind one {@linkcode Executor}. Create it
@@ -65,7 +38,7 @@ import { checkCallOptions } from "./validate.ts";
  * const recent = await cluster.readQuery<{ kind: string }>("select kind from events limit 10");
  * ```
  */
-export class Cluster extends ClusterBase implements Component {
+export class Cluster extends ClusterStatements implements Component {
   readonly #i: ClusterInternals;
 
   /**
@@ -78,254 +51,6 @@ export class Cluster extends ClusterBase implements Component {
   constructor(config: ClusterConfig) {
     super(config);
     this.#i = internalsOf(this);
-  }
-
-  /**
-   * Runs a statement on the primary for its effect. A SELECT through `exec`
-   * still goes to the primary.
-   *
-   * @param sql Statement text with `$1`, `$2` ... placeholders.
-   * @param args Values for the placeholders.
-   * @param options Cancellation and deadline.
-   * @returns The command tag and row count.
-   * @throws {DbxError} on failure (see `kind`); {@linkcode RetryExhaustedError} when retries ran out.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const { rowCount } = await cluster.exec("delete from sessions where expires_at < now()");
-   * ```
-   */
-  async exec(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<CommandResult> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.exec(sql, args, options);
-    return toCommandResult(await statement(this.#i.d, "exec", false, sql, args, options));
-  }
-
-  /**
-   * Runs a statement on the primary and returns its rows.
-   *
-   * @param sql Statement text with `$1`, `$2` ... placeholders.
-   * @param args Values for the placeholders.
-   * @param options Cancellation and deadline.
-   * @returns Every row.
-   * @throws {DbxError} on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const ids = await cluster.query<{ id: number }>("insert into t(v) values ($1), ($2) returning id", [1, 2]);
-   * ```
-   */
-  async query<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<T[]> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.query<T>(sql, args, options);
-    return (await statement(this.#i.d, "query", false, sql, args, options)).rows as T[];
-  }
-
-  /**
-   * Runs a statement on the primary and returns its first row.
-   *
-   * @param sql Statement text with `$1`, `$2` ... placeholders.
-   * @param args Values for the placeholders.
-   * @param options Cancellation and deadline.
-   * @returns The first row.
-   * @throws {NoRowsError} when there is none; {@linkcode DbxError} on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const { id } = await cluster.queryRow<{ id: number }>("insert into t(v) values ($1) returning id", [1]);
-   * ```
-   */
-  async queryRow<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<T> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.queryRow<T>(sql, args, options);
-    return firstRow<T>((await statement(this.#i.d, "queryRow", false, sql, args, options)).rows);
-  }
-
-  /**
-   * Runs a read on a healthy replica (round-robin by default), falling back
-   * to the primary when no replica qualifies. Reads are retried on another
-   * node after a connection failure.
-   *
-   * @param sql Statement text with `$1`, `$2` ... placeholders.
-   * @param args Values for the placeholders.
-   * @param options Cancellation, deadline, lag bound and read-your-writes token.
-   * @returns Every row.
-   * @throws {DbxError} on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({
-   *   master: "postgres://app@db1:5432/app",
-   *   replicas: ["postgres://app@db2:5432/app"],
-   * });
-   * const users = await cluster.readQuery<{ id: number }>("select id from users where org = $1", [7]);
-   * ```
-   */
-  async readQuery<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: ReadOptions,
-  ): Promise<T[]> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.readQuery<T>(sql, args, options);
-    return (await statement(this.#i.d, "readQuery", true, sql, args, options)).rows as T[];
-  }
-
-  /**
-   * Like {@linkcode readQuery}, returning the first row.
-   *
-   * @param sql Statement text with `$1`, `$2` ... placeholders.
-   * @param args Values for the placeholders.
-   * @param options Cancellation, deadline, lag bound and read-your-writes token.
-   * @returns The first row.
-   * @throws {NoRowsError} when there is none; {@linkcode DbxError} on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const { n } = await cluster.readQueryRow<{ n: number }>("select count(*)::int as n from users");
-   * ```
-   */
-  async readQueryRow<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: ReadOptions,
-  ): Promise<T> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.readQueryRow<T>(sql, args, options);
-    return firstRow<T>((await statement(this.#i.d, "readQueryRow", true, sql, args, options)).rows);
-  }
-
-  /**
-   * Streams rows into a table with `COPY ... FROM STDIN` on the primary.
-   * Values are escaped for COPY's text format (NULL, tabs, newlines,
-   * backslashes; Dates, JSON and bytes encoded). A row of the wrong width
-   * aborts the COPY, so nothing is committed. Only taking the connection is
-   * retried; the COPY itself is a write and is never re-sent.
-   *
-   * @param table Table name, optionally schema-qualified (`"audit.events"`).
-   * @param columns Column names, in the order of each row's values.
-   * @param rows Arrays of values, from a sync or async iterable (consumed with back-pressure).
-   * @param options Cancellation and deadline: aborting sends CopyFail, so nothing is kept.
-   * @returns Number of rows copied.
-   * @throws {TypeError} / {RangeError} for bad arguments or a row of the wrong width.
-   * @throws {DbxError} when the server rejects the data.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const n = await cluster.copyFrom("events", ["id", "kind"], [[1, "login"], [2, null]]);
-   * ```
-   */
-  async copyFrom(
-    table: string,
-    columns: readonly string[],
-    rows: CopyRows,
-    options?: CopyOptions,
-  ): Promise<number> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
-    this.#i.d.assertOpen();
-    checkCopyArgs("copyFrom", table, columns, rows);
-    checkCallOptions("copyFrom", options);
-    return await withCall(
-      options,
-      (signal) =>
-        onPinned(
-          this.#i.d,
-          copyInfo(table),
-          signal,
-          ({ client }) => copyIn(client, table, columns, rows, signal),
-        ),
-    );
-  }
-
-  /**
-   * Sends statements pipelined on one primary connection (one round trip).
-   * Atomic by default: the batch runs in one transaction, and a failure
-   * rolls everything back and rejects with that statement's `DbxError`,
-   * its position in `batchIndex`. With `{ atomic: false }` each statement
-   * runs on its own and the result is one settled result per statement.
-   *
-   * @param queries The statements, in order.
-   * @param options `atomic` (default `true`), `signal`, `timeoutMs`.
-   * @returns One result per statement, in order.
-   * @throws {BatchError} (a DbxError with `batchIndex`) when an atomic batch fails.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const [, counted] = await cluster.sendBatch([
-   *   { sql: "insert into events(kind) values ($1)", args: ["login"] },
-   *   { sql: "select count(*)::int as n from events" },
-   * ]);
-   * console.log(counted?.rows[0]);
-   * ```
-   */
-  sendBatch(
-    queries: readonly BatchQuery[],
-    options?: BatchOptions & { atomic?: true },
-  ): Promise<BatchResult[]>;
-  /**
-   * Sends statements pipelined, each on its own: one settled result per statement.
-   *
-   * @param queries The statements, in order.
-   * @param options `{ atomic: false }`.
-   * @returns One settled result per statement, in order.
-   */
-  sendBatch(
-    queries: readonly BatchQuery[],
-    options: BatchOptions & { atomic: false },
-  ): Promise<PromiseSettledResult<BatchResult>[]>;
-  async sendBatch(
-    queries: readonly BatchQuery[],
-    options?: BatchOptions,
-  ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
-    const tx = this.#i.ambient();
-    if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
-    this.#i.d.assertOpen();
-    const atomic = checkBatchOptions(queries, options);
-    if (queries.length === 0) return [];
-    return await withCall(
-      options,
-      (signal) =>
-        onPinned(
-          this.#i.d,
-          batchInfo(queries),
-          signal,
-          ({ node, client }) =>
-            runBatch(client, node, signal, queries, { atomic, inTransaction: false }),
-        ),
-    );
   }
 
   /**
