@@ -16,9 +16,8 @@ import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import process from "node:process";
 import { promisify } from "node:util";
-import { pgBinariesUnavailable } from "../src/testing/pg_binaries.ts";
+import { findPgBinDir, pgBinariesUnavailable } from "../src/testing/pg_binaries.ts";
 import { freePorts, Runner, sql } from "../src/testing/pg_process.ts";
-import { findPgBinDir } from "../src/testing/local_cluster.ts";
 
 const execFileAsync = promisify(execFile);
 
@@ -52,6 +51,23 @@ function onPath(binary: string): boolean {
     }
   }
   return false;
+}
+
+/**
+ * GETs JSON, bounded by 2 s; the body is always read, and the timer cleared (not
+ * `AbortSignal.timeout`, whose timer would outlive the call).
+ */
+async function getJson<T>(url: string): Promise<T> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(new Error(`GET ${url} timed out`)), 2_000);
+  try {
+    const response = await fetch(url, { signal: abort.signal });
+    const body = await response.json() as T;
+    if (!response.ok) throw new Error(`GET ${url}: ${response.status}`);
+    return body;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** One member as Patroni's REST API `GET /cluster` reports it. */
@@ -165,11 +181,9 @@ export class PatroniCluster implements AsyncDisposable {
     let last: unknown;
     for (const node of this.nodes) {
       try {
-        const response = await fetch(`http://127.0.0.1:${node.apiPort}/cluster`, {
-          signal: AbortSignal.timeout(2_000),
-        });
-        const body = await response.json() as { members?: PatroniMember[] };
-        if (!response.ok) throw new Error(`GET /cluster on ${node.name}: ${response.status}`);
+        const body = await getJson<{ members?: PatroniMember[] }>(
+          `http://127.0.0.1:${node.apiPort}/cluster`,
+        );
         return body.members ?? [];
       } catch (error) {
         last = error;
@@ -224,9 +238,8 @@ export class PatroniCluster implements AsyncDisposable {
     throw new Error(
       `Patroni cluster ${this.scope} did not settle (leader${
         notLeader === undefined ? "" : ` other than ${notLeader}`
-      } + 2 streaming replicas) in ${SETTLE_MS} ms; last seen: ${
-        JSON.stringify(seen)
-      }\n${await this.logTails()}`,
+      } + 2 streaming replicas) in ${SETTLE_MS} ms; last seen: ${JSON.stringify(seen)}\n${await this
+        .logTails()}`,
     );
   }
 
@@ -325,7 +338,7 @@ export async function startPatroni(options: StartPatroniOptions = {}): Promise<P
   const dir = await mkdtemp(join(tmpdir(), "dbx-patroni-"));
   await chmod(dir, 0o755);
   const scope = `dbx-${crypto.randomUUID().slice(0, 8)}`;
-  const [etcdClient, etcdPeer, ...rest] = await freePorts(2 + NODE_NAMES.length * 2);
+  const [etcdClient = 0, etcdPeer = 0, ...rest] = await freePorts(2 + NODE_NAMES.length * 2);
   const nodes: PatroniNode[] = NODE_NAMES.map((name, i) => ({
     name,
     pgPort: rest[i * 2]!,
@@ -399,7 +412,8 @@ export async function startPatroni(options: StartPatroniOptions = {}): Promise<P
 }
 
 async function postgresUser(): Promise<{ uid: number; gid: number } | undefined> {
-  if (process.getuid?.() !== 0) return undefined;
+  // `id`, not process.getuid(): the test permissions include --allow-run, not --allow-sys.
+  if ((await execFileAsync("id", ["-u"])).stdout.trim() !== "0") return undefined;
   const uid = Number((await execFileAsync("id", ["-u", "postgres"])).stdout.trim());
   const gid = Number((await execFileAsync("id", ["-g", "postgres"])).stdout.trim());
   return { uid, gid };
@@ -410,10 +424,7 @@ async function waitEtcd(port: number, log: string, etcd: Spawned): Promise<void>
   while (Date.now() < deadline) {
     if (etcd.exited) break;
     try {
-      const response = await fetch(`http://127.0.0.1:${port}/health`, {
-        signal: AbortSignal.timeout(2_000),
-      });
-      const body = await response.json() as { health?: string };
+      const body = await getJson<{ health?: string }>(`http://127.0.0.1:${port}/health`);
       if (body.health === "true") return;
     } catch {
       // Not listening yet.
