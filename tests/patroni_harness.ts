@@ -210,6 +210,13 @@ export class PatroniCluster implements AsyncDisposable {
     const deadline = Date.now() + SETTLE_MS;
     let seen: unknown = "nothing yet";
     while (Date.now() < deadline) {
+      const exited = [...this.#patroni].filter(([, p]) => p.exited).map(([name]) => name);
+      if (exited.length > 0) {
+        throw new Error(
+          `Patroni of ${exited.join(", ")} exited; last seen: ${JSON.stringify(seen)}\n${await this
+            .logTails()}`,
+        );
+      }
       try {
         const members = await this.members();
         seen = members;

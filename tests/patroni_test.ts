@@ -24,7 +24,7 @@ class Writers {
   /** Acknowledged ids and when (performance.now()) each was acknowledged. */
   readonly acked: { id: number; at: number }[] = [];
   /** Failed with "may have been applied": in flight when their server went away. */
-  readonly ambiguous: number[] = [];
+  readonly ambiguous: { id: number; at: number }[] = [];
   /** Any other failure: not allowed. */
   readonly failed: { id: number; error: string }[] = [];
   #next = 1;
@@ -43,8 +43,9 @@ class Writers {
         this.acked.push({ id, at: performance.now() });
       } catch (error) {
         const message = error instanceof Error ? error.message : String(error);
-        if (message.includes("may have been applied")) this.ambiguous.push(id);
-        else this.failed.push({ id, error: message });
+        if (message.includes("may have been applied")) {
+          this.ambiguous.push({ id, at: performance.now() });
+        } else this.failed.push({ id, error: message });
         await sleep(10);
       }
     }
@@ -220,12 +221,16 @@ Deno.test({
         const landed = performance.now();
         await until(`writes flow after the ${label}`, () => writers.since(landed) > 100, SETTLE_MS);
         const gap = writers.gap(start, landed);
+        const ambiguous = writers.ambiguous.filter((w) => w.at >= start && w.at <= landed);
         console.log(
           `patroni ${label} (${old} -> ${elected.leader}, sync standby was ${sync}): ` +
             `write gap ${Math.round(gap.ms)} ms (last ack before +${
               Math.round(gap.before - start)
             } ms, first ack after +${Math.round(gap.after - start)} ms from the trigger); ` +
-            `Patroni showed the new leader after ${Math.round(elected.at - start)} ms`,
+            `Patroni showed the new leader after ${Math.round(elected.at - start)} ms; ` +
+            `${ambiguous.length} writes "may have been applied" (${
+              ambiguous.map((w) => w.id).join(", ") || "none"
+            })`,
         );
         return { old, leader: elected.leader, sync };
       };
@@ -260,7 +265,7 @@ Deno.test({
     const counts = new Map(rows.map((r) => [Number(r.id), r.n]));
     const missing = writers.acked.filter((a) => !counts.has(a.id)).map((a) => a.id);
     const doubled = rows.filter((r) => r.n > 1).map((r) => r.id);
-    const ambiguousPresent = writers.ambiguous.filter((id) => counts.has(id));
+    const ambiguousPresent = writers.ambiguous.filter((a) => counts.has(a.id));
     console.log(
       `patroni ledger on ${leader}: ${writers.acked.length} acknowledged, ${rows.length} present, ` +
         `${writers.ambiguous.length} "may have been applied" (${ambiguousPresent.length} of them ` +
