@@ -153,15 +153,18 @@ async function writePort(cluster: Cluster): Promise<number | undefined> {
 
 /** Waits until dbx's roles match Patroni's: the leader primary, the others healthy replicas. */
 async function dbxFollows(cluster: Cluster, patroni: PatroniCluster, leader: string) {
+  // dbx names a node "host:port" and lists them in config order (the first leader first).
+  const byName = (a: { name: string }, b: { name: string }) => a.name.localeCompare(b.name);
   const expected = patroni.nodes.map((n) => ({
     name: `127.0.0.1:${n.pgPort}`,
     role: n.name === leader ? "primary" : "replica",
     healthy: true,
-  }));
+  })).sort(byName);
   let seen: unknown;
   try {
     await until(`dbx sees ${leader} as primary and both others as healthy replicas`, () => {
-      seen = cluster.stats().nodes.map((n) => ({ name: n.name, role: n.role, healthy: n.healthy }));
+      seen = cluster.stats().nodes.map((n) => ({ name: n.name, role: n.role, healthy: n.healthy }))
+        .sort(byName);
       return JSON.stringify(seen) === JSON.stringify(expected);
     }, SETTLE_MS);
   } catch (error) {
@@ -199,7 +202,11 @@ Deno.test({
     const writers = new Writers(cluster, 2);
     const readers = new Readers(cluster, 4);
     try {
-      await until("writes and reads flow", () => writers.acked.length > 200 && readers.reads > 200);
+      await until(
+        "writes and reads flow",
+        () => writers.acked.length > 200 && readers.reads > 200,
+        SETTLE_MS,
+      );
 
       /**
        * Runs one HA event: triggers it, waits for Patroni's new leader and for dbx's
@@ -250,7 +257,11 @@ Deno.test({
       const settled = await patroni.waitHealthy(b.old);
       await dbxFollows(cluster, patroni, settled.leader);
       const atEnd = writers.acked.length;
-      await until("writes flow with all three nodes back", () => writers.acked.length > atEnd + 50);
+      await until(
+        "writes flow with all three nodes back",
+        () => writers.acked.length > atEnd + 50,
+        SETTLE_MS,
+      );
     } finally {
       await readers.stop();
       await writers.stop();
