@@ -217,15 +217,22 @@ export async function withRetry<N, R>(
       if (signal?.aborted) throw err;
       const failure = failureOf(err);
       if (!options.resendable(failure, err)) {
-        if (errors !== undefined) throw new RetryExhaustedError([...errors, err]);
-        if (failure.connectionLost && failure.sent && err instanceof DbxError) {
-          throw markInDoubt(
-            new DbxError(
-              `${err.message}; the statement may have been applied, so it was not re-sent`,
-              { cause: err, node: err.node },
-            ),
+        // Also after earlier re-sent attempts (a failover: refused, then lost on the new
+        // primary), the caller must learn that this last one may have been applied.
+        const lostSent = failure.connectionLost && failure.sent && err instanceof DbxError;
+        const last = lostSent
+          ? `${err.message}; the statement may have been applied, so it was not re-sent`
+          : undefined;
+        if (errors !== undefined) {
+          const exhausted = new RetryExhaustedError(
+            [...errors, err],
+            last === undefined
+              ? undefined
+              : `all ${errors.length + 1} attempts failed; last error: ${last}`,
           );
+          throw lostSent ? markInDoubt(exhausted) : exhausted;
         }
+        if (lostSent) throw markInDoubt(new DbxError(last!, { cause: err, node: err.node }));
         throw err;
       }
       (errors ??= []).push(err);

@@ -214,6 +214,25 @@ Deno.test("withRetry() never re-sends a failure the policy says may have been ap
   assert.equal(mayHaveBeenApplied(refused()), false);
 });
 
+Deno.test("withRetry() says a write lost mid-statement may have been applied, also after a re-send", async () => {
+  // A failover: the first node refuses the connection (re-sent), the next one dies mid-statement.
+  const calls: string[] = [];
+  const err = await withRetry((node) => {
+    calls.push(node);
+    return Promise.reject(
+      node === "a"
+        ? refused()
+        : new DbxError("Connection terminated unexpectedly", { cause: lost() }),
+    );
+  }, policy(["a", "b", "c"])).catch((e: unknown) => e);
+  assert.deepEqual(calls, ["a", "b"], "the lost statement is not re-sent");
+  assert.ok(err instanceof RetryExhaustedError);
+  assert.equal(err.errors.length, 2);
+  assert.match(err.message, /may have been applied, so it was not re-sent/);
+  assert.equal(err.kind, "connection");
+  assert.equal(mayHaveBeenApplied(err), true);
+});
+
 Deno.test("withRetry() gives up after maxAttempts with every attempt's error", async () => {
   const errors: unknown[] = [];
   const err = await withRetry(() => {
