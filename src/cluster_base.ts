@@ -13,12 +13,12 @@ import type pg from "pg";
 
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
+import { refusedNodes, unreachable } from "./connect_error.ts";
 import { boundExecutor } from "./context.ts";
 import {
   createDispatcher,
   type Dispatcher,
   nodeExecutor,
-  noPrimary,
   once,
   pin,
   reportRetry,
@@ -88,7 +88,7 @@ export class ClusterBase implements AsyncDisposable {
    * @param config A config; validated here.
    * @throws {ConfigError} when a setting is invalid.
    */
-  constructor(config: ClusterConfig) {
+  constructor(config: ClusterConfig | string) {
     const resolved = this.#config = resolveConfig(config);
     const statements = resolved.statementCache > 0
       ? new StatementCache(resolved.statementCache)
@@ -127,8 +127,13 @@ export class ClusterBase implements AsyncDisposable {
    * backoff) and starts the background health checker. `connect()` calls it;
    * calling it again returns the same promise.
    *
-   * @returns Resolves when a primary has answered.
-   * @throws {NoHealthyNodeError} when no node reported primary after every attempt.
+   * @returns Resolves when a primary has answered (a replica, with
+   * `target_session_attrs=standby`; any node, with `requirePrimary: false`).
+   * @throws {NoHealthyNodeError} when no node reported primary after every
+   * attempt; the message names each node that is down and why.
+   * @throws {DbxError} (kind `other`, not retryable) at once when every node
+   * that did not answer refused for a reason no retry fixes: a certificate
+   * that does not verify, a refused login (SQLSTATE class 28), no such database.
    */
   start(): Promise<void> {
     if (this.#closing !== undefined) return Promise.reject(new ClusterClosedError());
@@ -137,16 +142,31 @@ export class ClusterBase implements AsyncDisposable {
 
   async #start(): Promise<void> {
     const { maxAttempts, baseDelayMs, maxDelayMs } = this.#config.retry;
+    const { requirePrimary, requireStandby } = this.#config;
+    const answered = (n: Node) => n.healthy && n.state.probe !== undefined;
     for (let attempt = 1;; attempt++) {
       await this.#checker.checkAll();
       if (this.#closing !== undefined) throw new ClusterClosedError();
       const topology = this.#checker.topology;
-      if (topology.primary?.state.probe !== undefined) break;
-      // Replicas only, on purpose: reads can start; writes wait for a primary.
-      if (!this.#config.requirePrimary && this.#nodes.some((n) => n.healthy && n.state.probe)) {
+      if (requireStandby) {
+        // target_session_attrs=standby: a replica must answer; writes may wait.
+        if (this.#nodes.some((n) => answered(n) && n.role === "replica")) break;
+      } else if (topology.primary?.state.probe !== undefined) {
+        break;
+      } else if (!requirePrimary && this.#nodes.some(answered)) {
+        // Replicas only, on purpose: reads can start; writes wait for a primary.
         break;
       }
-      if (attempt >= maxAttempts) throw noPrimary(this.#d, topology);
+      // A certificate that does not verify or a refused login: no retry helps.
+      const refused = refusedNodes(this.#nodes);
+      if (refused !== undefined) throw refused;
+      if (attempt >= maxAttempts) {
+        throw unreachable(
+          this.#nodes,
+          topology,
+          requireStandby ? "standby" : requirePrimary ? "primary" : "any",
+        );
+      }
       await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
     }
     this.#checker.start();

@@ -6,10 +6,11 @@
  * @module
  */
 
-import { roundRobin } from "./balancer.ts";
+import { type Balancer, random, roundRobin } from "./balancer.ts";
 import {
   type ClusterConfig,
   HEALTH_CHECK_DEFAULTS,
+  type NodeConfig,
   POOL_DEFAULTS,
   type PoolConfig,
   redactUrl,
@@ -21,7 +22,9 @@ import {
 import { KNOWN, onlyKnownKeys } from "./config_keys.ts";
 import { ConfigError } from "./errors.ts";
 import { isRetryable } from "./failure.ts";
-import { noopLogger, type Tracer } from "./observe.ts";
+import { type LoadBalanceHosts, parseMultiHostUrl, type TargetSessionAttrs } from "./multi_host.ts";
+import { type NodeRole, noopLogger, type Tracer } from "./observe.ts";
+import { resolveSsl } from "./tls.ts";
 import { describe } from "./validate.ts";
 
 function fail(field: string, rule: string, value: unknown): never {
@@ -122,13 +125,36 @@ function urlProblem(url: string): string | undefined {
   return undefined;
 }
 
+/** libpq's cluster-wide parameters, as found in the URLs, with the field each came from. */
+interface LibpqParams {
+  targetSessionAttrs?: { value: TargetSessionAttrs; field: string };
+  loadBalanceHosts?: { value: LoadBalanceHosts; field: string };
+}
+
+function collect<K extends keyof LibpqParams>(
+  params: LibpqParams,
+  key: K,
+  name: string,
+  value: NonNullable<LibpqParams[K]>["value"] | undefined,
+  field: string,
+): void {
+  if (value === undefined) return;
+  const seen = params[key];
+  if (seen !== undefined && seen.value !== value) {
+    fail(field, `parameter '${name}' must agree with '${seen.field}' (${seen.value})`, value);
+  }
+  params[key] = { value, field } as LibpqParams[K];
+}
+
+/** One config entry (a URL or a NodeConfig), as one node per host of its URL. */
 function resolveNode(
   field: string,
   raw: unknown,
-  role: "primary" | "replica",
+  role: NodeRole,
   pool: Required<PoolConfig>,
   tracer: Tracer | undefined,
-): ResolvedNode {
+  params: LibpqParams,
+): ResolvedNode[] {
   const spec: Record<string, unknown> = typeof raw === "string"
     ? { url: raw }
     : plainObject(field, raw);
@@ -143,40 +169,136 @@ function resolveNode(
   }
   const problem = urlProblem(url);
   if (problem !== undefined) fail(urlField, problem, redactUrl(url));
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
+  const multi = parseMultiHostUrl(url, urlField);
+  collect(params, "targetSessionAttrs", "target_session_attrs", multi.targetSessionAttrs, urlField);
+  collect(params, "loadBalanceHosts", "load_balance_hosts", multi.loadBalanceHosts, urlField);
+  const many = multi.hosts.length > 1;
+  if (many && spec.name !== undefined) {
     fail(
-      urlField,
-      "must be a valid postgres:// connection string (check the port: digits only; percent-encode '@', ':' and '/' in the user and password)",
-      redactUrl(url),
+      `${field}.name`,
+      "cannot name the nodes of a multi-host URL (each is named host:port)",
+      spec.name,
     );
-  }
-  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
-    fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
-  }
-  // URL keeps the brackets of an IPv6 literal; sockets want the bare address.
-  const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
-    parsed.searchParams.get("host") || "";
-  if (host === "") fail(urlField, "must name a host", redactUrl(url));
-  const port = parsed.port === "" ? 5432 : Number(parsed.port);
-  const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
-  if (typeof name !== "string" || name.trim() === "") {
-    fail(`${field}.name`, "must be a non-empty string", name);
   }
   const nodeTracer = spec.tracer;
   if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
-  return {
-    name,
-    url,
-    redactedUrl: redactUrl(url),
-    host,
-    port,
-    configuredRole: role,
-    pool: resolvePool(`${field}.pool`, spec.pool, pool),
-    tracer: (nodeTracer as Tracer | undefined) ?? tracer,
+  const nodePool = resolvePool(`${field}.pool`, spec.pool, pool);
+  return multi.hosts.map((h) => {
+    const { ssl, url: pgUrl } = resolveSsl(field, spec.ssl as NodeConfig["ssl"], h.url, urlField);
+    let parsed: URL;
+    try {
+      parsed = new URL(pgUrl);
+    } catch {
+      fail(
+        urlField,
+        "must be a valid postgres:// connection string (check the port: digits only; percent-encode '@', ':' and '/' in the user and password)",
+        redactUrl(url),
+      );
+    }
+    if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+      fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
+    }
+    // URL keeps the brackets of an IPv6 literal; sockets want the bare address.
+    const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
+      parsed.searchParams.get("host") || "";
+    if (host === "") fail(urlField, "must name a host", redactUrl(url));
+    const port = parsed.port === "" ? 5432 : Number(parsed.port);
+    const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
+    if (typeof name !== "string" || name.trim() === "") {
+      fail(`${field}.name`, "must be a non-empty string", name);
+    }
+    return {
+      name,
+      url: pgUrl,
+      redactedUrl: redactUrl(pgUrl),
+      host,
+      port,
+      configuredRole: many ? "unknown" : role,
+      pool: nodePool,
+      tracer: (nodeTracer as Tracer | undefined) ?? tracer,
+      ssl,
+    };
+  });
+}
+
+/**
+ * The servers of a config, from `master` + `replicas` or from `nodes`
+ * (exactly one form), each with the field it came from.
+ */
+function resolveNodes(
+  c: Partial<ClusterConfig>,
+  pool: Required<PoolConfig>,
+  tracer: Tracer | undefined,
+  params: LibpqParams,
+): { nodes: ResolvedNode[]; fields: string[] } {
+  const nodes: ResolvedNode[] = [];
+  const fields: string[] = [];
+  const add = (field: string, raw: unknown, role: NodeRole) => {
+    for (const node of resolveNode(field, raw, role, pool, tracer, params)) {
+      nodes.push(node);
+      fields.push(field);
+    }
   };
+  if (c.nodes !== undefined) {
+    for (const other of ["master", "replicas"] as const) {
+      if (c[other] !== undefined) {
+        throw new ConfigError(
+          other,
+          `Cannot connect: give either 'nodes' or 'master' (with 'replicas'), not both: '${other}' is set next to 'nodes'`,
+        );
+      }
+    }
+    if (!Array.isArray(c.nodes) || c.nodes.length === 0) {
+      fail("nodes", "must be a non-empty array of connection strings or NodeConfigs", c.nodes);
+    }
+    c.nodes.forEach((n, i) => add(`nodes[${i}]`, n, "unknown"));
+    return { nodes, fields };
+  }
+  if (c.master === undefined || c.master === "") {
+    fail(
+      "master",
+      "must be a non-empty postgres:// connection string (or give 'nodes')",
+      c.master,
+    );
+  }
+  add("master", c.master, "primary");
+  const replicas = c.replicas ?? [];
+  if (!Array.isArray(replicas)) fail("replicas", "must be an array", replicas);
+  replicas.forEach((r, i) => add(`replicas[${i}]`, r, "replica"));
+  return { nodes, fields };
+}
+
+/**
+ * What `connect()` waits for and how reads are spread, from the config and
+ * libpq's `target_session_attrs` / `load_balance_hosts`; a URL contradicting
+ * an explicit setting is an error, not a silent choice.
+ */
+function sessionTarget(
+  c: Partial<ClusterConfig>,
+  params: LibpqParams,
+): { requirePrimary: boolean; requireStandby: boolean; balancer: Balancer } {
+  const explicit = flag("requirePrimary", c.requirePrimary, true);
+  const attrs = params.targetSessionAttrs;
+  let requirePrimary = explicit;
+  let requireStandby = false;
+  if (attrs !== undefined) {
+    requirePrimary = attrs.value === "read-write" || attrs.value === "primary";
+    requireStandby = attrs.value === "standby" || attrs.value === "read-only";
+    if (c.requirePrimary !== undefined && c.requirePrimary !== requirePrimary) {
+      fail(
+        "requirePrimary",
+        `contradicts 'target_session_attrs=${attrs.value}' in '${attrs.field}'`,
+        c.requirePrimary,
+      );
+    }
+  }
+  const lb = params.loadBalanceHosts;
+  if (lb?.value === "random" && c.balancer !== undefined) {
+    fail("balancer", `contradicts 'load_balance_hosts=random' in '${lb.field}'`, c.balancer);
+  }
+  if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
+  const balancer = c.balancer ?? (lb?.value === "random" ? random() : roundRobin());
+  return { requirePrimary, requireStandby, balancer };
 }
 
 function checkMethods(field: string, value: unknown, methods: readonly string[]): void {
@@ -220,25 +342,22 @@ function identity(node: ResolvedNode): string {
  * console.log(resolved.retry.maxAttempts); // 3
  * ```
  */
-export function resolveConfig(config: ClusterConfig): ResolvedConfig {
-  const c = plainObject("config", config) as Partial<ClusterConfig>;
-  if (config === undefined) fail("config", "must be an object", config);
+export function resolveConfig(config: ClusterConfig | string): ResolvedConfig {
+  const c =
+    (typeof config === "string" ? { nodes: [config] } : plainObject("config", config)) as Partial<
+      ClusterConfig
+    >;
+  if (config === undefined) fail("config", "must be an object or a connection string", config);
   onlyKnownKeys(undefined, c as Record<string, unknown>, KNOWN.cluster);
   const tracer = c.tracer;
   if (tracer !== undefined) checkTracer("tracer", tracer);
   const pool = resolvePool("pool", c.pool, POOL_DEFAULTS);
-  if (c.master === undefined || c.master === "") {
-    fail("master", "must be a non-empty postgres:// connection string", c.master);
-  }
-  const nodes = [resolveNode("master", c.master, "primary", pool, tracer)];
-  const replicas = c.replicas ?? [];
-  if (!Array.isArray(replicas)) fail("replicas", "must be an array", replicas);
-  replicas.forEach((r, i) => nodes.push(resolveNode(`replicas[${i}]`, r, "replica", pool, tracer)));
-
+  const params: LibpqParams = {};
+  const { nodes, fields } = resolveNodes(c, pool, tracer, params);
   const names = new Map<string, number>();
   const ids = new Map<string, number>();
   nodes.forEach((node, i) => {
-    const field = i === 0 ? "master" : `replicas[${i - 1}]`;
+    const field = fields[i]!;
     const sameId = ids.get(identity(node));
     if (sameId !== undefined) {
       fail(field, `must not repeat node ${nodes[sameId]!.name}`, node.redactedUrl);
@@ -247,6 +366,7 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
     if (names.has(node.name)) fail(`${field}.name`, "must be unique across nodes", node.name);
     names.set(node.name, i);
   });
+  const target = sessionTarget(c, params);
 
   const r = plainObject("retry", c.retry);
   onlyKnownKeys("retry", r, KNOWN.retry);
@@ -260,7 +380,6 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
   }
   const h = plainObject("healthCheck", c.healthCheck);
   onlyKnownKeys("healthCheck", h, KNOWN.healthCheck);
-  if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
   if (c.logger !== undefined) checkMethods("logger", c.logger, ["debug", "info", "warn", "error"]);
   if (c.metrics !== undefined) plainObjectOrInstance("metrics", c.metrics);
   const slow = c.slowQueryThresholdMs;
@@ -297,11 +416,12 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
         1,
       ),
     },
-    balancer: c.balancer ?? roundRobin(),
+    balancer: target.balancer,
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
-    requirePrimary: flag("requirePrimary", c.requirePrimary, true),
+    requirePrimary: target.requirePrimary,
+    requireStandby: target.requireStandby,
     pipeline: pipelineOf(c.pipeline),
     types: c.types === undefined
       ? undefined

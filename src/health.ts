@@ -78,7 +78,7 @@ class Prober {
         // No connectionTimeoutMillis: the probe's own timer bounds the
         // connect too, so an unanswered connect counts as a timeout.
         const c = client = this.#client = new pg.Client({
-          connectionString: this.#node.url,
+          ...this.#node.target as pg.ClientConfig,
           fallback_application_name: "dbx-health",
         });
         // A probe connection that dies while idle is simply replaced next round.
