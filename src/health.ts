@@ -307,7 +307,10 @@ export class HealthChecker {
       probeFailures: 0,
       probeTimeouts: 0,
     });
-    if (from !== to) {
+    if (from === "unknown") {
+      // A node listed without a role (`nodes`, a multi-host URL): learning it is no change.
+      this.#observer.log("debug", "dbx: node role learned", { node: node.name, role: to });
+    } else if (from !== to) {
       this.#observer.log("info", "dbx: node changed role", { node: node.name, from, to });
       this.#observer.hook("onRoleChange", { node: node.name, from, to });
     }
