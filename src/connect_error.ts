@@ -65,7 +65,11 @@ export function refusedNodes(nodes: readonly Node[]): DbxError | undefined {
   const errors = down.map((n) => n.state.error);
   return new DbxError(
     `Cannot connect: ${
-      down.map((n) => `${n.name} refused: ${messageOf(n.state.error)}`).join("; ")
+      down.map((n) => {
+        // Probe errors name their node already.
+        const message = messageOf(n.state.error);
+        return message.includes(n.name) ? message : `${n.name}: ${message}`;
+      }).join("; ")
     }`,
     {
       kind: "other",
