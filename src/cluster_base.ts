@@ -13,7 +13,6 @@ import type pg from "pg";
 
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
-import { refusedNodes, unreachable } from "./connect_error.ts";
 import { boundExecutor } from "./context.ts";
 import {
   createDispatcher,
@@ -30,10 +29,10 @@ import { HealthChecker } from "./health.ts";
 import { Node } from "./node.ts";
 import { Observer } from "./observe.ts";
 import { StatementCache } from "./pipeline.ts";
-import { backoffDelay, delay } from "./retry.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
 import { withCall } from "./signal.ts";
 import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
+import { waitForStartup } from "./startup.ts";
 import { Savepoint, Transaction } from "./tx.ts";
 import { checkCallOptions } from "./validate.ts";
 
@@ -141,34 +140,9 @@ export class ClusterBase implements AsyncDisposable {
   }
 
   async #start(): Promise<void> {
-    const { maxAttempts, baseDelayMs, maxDelayMs } = this.#config.retry;
-    const { requirePrimary, requireStandby } = this.#config;
-    const answered = (n: Node) => n.healthy && n.state.probe !== undefined;
-    for (let attempt = 1;; attempt++) {
-      await this.#checker.checkAll();
+    await waitForStartup(this.#checker, this.#nodes, this.#config, () => {
       if (this.#closing !== undefined) throw new ClusterClosedError();
-      const topology = this.#checker.topology;
-      if (requireStandby) {
-        // target_session_attrs=standby: a replica must answer; writes may wait.
-        if (this.#nodes.some((n) => answered(n) && n.role === "replica")) break;
-      } else if (topology.primary?.state.probe !== undefined) {
-        break;
-      } else if (!requirePrimary && this.#nodes.some(answered)) {
-        // Replicas only, on purpose: reads can start; writes wait for a primary.
-        break;
-      }
-      // A certificate that does not verify or a refused login: no retry helps.
-      const refused = refusedNodes(this.#nodes);
-      if (refused !== undefined) throw refused;
-      if (attempt >= maxAttempts) {
-        throw unreachable(
-          this.#nodes,
-          topology,
-          requireStandby ? "standby" : requirePrimary ? "primary" : "any",
-        );
-      }
-      await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
-    }
+    });
     this.#checker.start();
   }
 

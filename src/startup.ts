@@ -1,16 +1,68 @@
 /**
- * Why `connect()` gave up, naming every node that did not answer and what it
- * said, and the failures that no retry can fix (a certificate that does not
- * verify, a refused login, a database that does not exist): on those
- * `connect()` stops at once instead of probing again.
+ * What `connect()` waits for before it resolves (a primary; a replica with
+ * `target_session_attrs=standby`; any node with `requirePrimary: false`),
+ * probing every node with retry and backoff, and why it gives up: the nodes
+ * that did not answer and what they said. Failures no retry can fix (a
+ * certificate that does not verify, a refused login, a database that does
+ * not exist) stop it at once.
  *
  * @module
  */
 
+import type { ResolvedConfig } from "./config.ts";
 import { DbxError, NoHealthyNodeError } from "./errors.ts";
 import { pgErrorCode, walk } from "./failure.ts";
-import type { Topology } from "./health.ts";
+import type { HealthChecker, Topology } from "./health.ts";
 import type { Node } from "./node.ts";
+import { backoffDelay, delay } from "./retry.ts";
+
+/**
+ * Probes every node until what `connect()` needs has answered, with the
+ * retry policy's attempts and backoff.
+ *
+ * @param checker The cluster's health checker (not started yet).
+ * @param nodes Every node.
+ * @param config Retry policy, `requirePrimary`, `requireStandby`.
+ * @param assertOpen Throws when the cluster was closed meanwhile.
+ * @throws {DbxError} at once when every node that did not answer refused for a
+ * reason no retry fixes (see {@linkcode refusedNodes}).
+ * @throws {NoHealthyNodeError} after the last attempt.
+ */
+export async function waitForStartup(
+  checker: HealthChecker,
+  nodes: readonly Node[],
+  config: Pick<ResolvedConfig, "retry" | "requirePrimary" | "requireStandby">,
+  assertOpen: () => void,
+): Promise<void> {
+  const { maxAttempts, baseDelayMs, maxDelayMs } = config.retry;
+  const { requirePrimary, requireStandby } = config;
+  const answered = (n: Node) => n.healthy && n.state.probe !== undefined;
+  for (let attempt = 1;; attempt++) {
+    await checker.checkAll();
+    assertOpen();
+    const topology = checker.topology;
+    if (requireStandby) {
+      // target_session_attrs=standby: a replica must answer; writes may wait.
+      if (nodes.some((n) => answered(n) && n.role === "replica")) return;
+    } else if (topology.primary?.state.probe !== undefined) {
+      return;
+    } else if (!requirePrimary && nodes.some(answered)) {
+      // Replicas only, on purpose: reads can start; writes wait for a primary.
+      return;
+    }
+    // A certificate that does not verify or a refused login: no retry helps.
+    const refused = refusedNodes(nodes);
+    if (refused !== undefined) throw refused;
+    if (attempt >= maxAttempts) {
+      throw unreachable(
+        nodes,
+        topology,
+        requireStandby ? "standby" : requirePrimary ? "primary" : "any",
+      );
+    }
+    await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
+  }
+}
 
 /** `node:tls` / OpenSSL error codes of a certificate that does not verify, or TLS refused. */
 const TLS_CODE = /CERT|SELF_SIGNED|UNABLE_TO_(VERIFY|GET)|^ERR_TLS|^ERR_SSL|^HOSTNAME_MISMATCH/;
