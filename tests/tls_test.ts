@@ -82,6 +82,12 @@ const bad: { what: string; config: unknown; field: string; message: RegExp }[] =
     message: /must be a boolean or an object.*current value is a string of \d+ characters/,
   },
   {
+    what: "a key pasted into another setting",
+    config: { master: MASTER, tracer: KEY },
+    field: "tracer",
+    message: /current value is PEM text \(\d+ characters\)/,
+  },
+  {
     what: "a misspelt setting",
     config: { master: { url: MASTER, ssl: { rejectUnauthorised: false } } },
     field: "master.ssl.rejectUnauthorised",
@@ -325,6 +331,11 @@ Deno.test({
            where a.application_name = 'dbx-health' and s.ssl`,
           );
           assert.equal(probes.n, 1, "the health probe connection is TLS");
+          // The cancel request (plain TCP) still reaches a TLS server: the statement stops.
+          const cancelled = await cluster.queryRow("select pg_sleep(30)", [], { timeoutMs: 200 })
+            .catch((e) => e);
+          assert.ok(cancelled instanceof DbxError, `${cancelled}`);
+          assert.equal(cancelled.code, "57014", "canceled on the server");
         },
       );
 
