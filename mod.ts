@@ -55,6 +55,7 @@ export type {
   RetryConfig,
   TypeParsers,
 } from "./src/config.ts";
+export type { Pem, SslConfig } from "./src/tls.ts";
 export { leastInFlight, random, roundRobin } from "./src/balancer.ts";
 export type { Balancer, BalancerNode } from "./src/balancer.ts";
 export {

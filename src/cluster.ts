@@ -45,10 +45,10 @@ export class Cluster extends ClusterStatements implements Component {
    * Builds the cluster without connecting. Use {@linkcode connect}, which
    * also verifies the primary and starts the health checker.
    *
-   * @param config A config; validated here.
+   * @param config A config, or a (multi-host) connection string; validated here.
    * @throws {ConfigError} when a setting is invalid.
    */
-  constructor(config: ClusterConfig) {
+  constructor(config: ClusterConfig | string) {
     super(config);
     this.#i = internalsOf(this);
   }
@@ -266,10 +266,14 @@ export class Cluster extends ClusterStatements implements Component {
  * pool per node, verifies that a primary answers (with retry) and starts the
  * background health checker.
  *
- * @param config Nodes, pool, retry, health-check and observability settings.
+ * @param config Nodes, pool, retry, health-check and observability settings;
+ * or a connection string, single- or multi-host (`postgres://app@db1,db2/app`),
+ * which is `{ nodes: [url] }`: every host a node whose role the server tells.
  * @returns A connected cluster; dispose of it with `await using` or `close()`.
  * @throws {ConfigError} naming the invalid field and value.
  * @throws {NoHealthyNodeError} when no node reports primary after every attempt.
+ * @throws {DbxError} (not retryable) at once when the nodes refused for a reason
+ * no retry fixes: a certificate that does not verify, a refused login, no such database.
  *
  * @example
  * ```ts
@@ -282,8 +286,17 @@ export class Cluster extends ClusterStatements implements Component {
  *   retry: { maxAttempts: 4 },
  * });
  * ```
+ *
+ * @example A multi-host URL: writes go to whichever host is primary
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ *
+ * await using cluster = await connect(
+ *   "postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write",
+ * );
+ * ```
  */
-export async function connect(config: ClusterConfig): Promise<Cluster> {
+export async function connect(config: ClusterConfig | string): Promise<Cluster> {
   const cluster = new Cluster(config);
   try {
     await cluster.start();

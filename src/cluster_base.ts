@@ -18,7 +18,6 @@ import {
   createDispatcher,
   type Dispatcher,
   nodeExecutor,
-  noPrimary,
   once,
   pin,
   reportRetry,
@@ -30,11 +29,11 @@ import { HealthChecker } from "./health.ts";
 import { Node } from "./node.ts";
 import { Observer } from "./observe.ts";
 import { StatementCache } from "./pipeline.ts";
-import { backoffDelay, delay } from "./retry.ts";
 import { currentSession } from "./session.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
 import { withCall } from "./signal.ts";
 import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
+import { waitForStartup } from "./startup.ts";
 import { Savepoint, Transaction } from "./tx.ts";
 import { checkCallOptions } from "./validate.ts";
 
@@ -92,7 +91,7 @@ export class ClusterBase implements AsyncDisposable {
    * @param config A config; validated here.
    * @throws {ConfigError} when a setting is invalid.
    */
-  constructor(config: ClusterConfig) {
+  constructor(config: ClusterConfig | string) {
     const resolved = this.#config = resolveConfig(config);
     const statements = resolved.statementCache > 0
       ? new StatementCache(resolved.statementCache)
@@ -132,8 +131,13 @@ export class ClusterBase implements AsyncDisposable {
    * backoff) and starts the background health checker. `connect()` calls it;
    * calling it again returns the same promise.
    *
-   * @returns Resolves when a primary has answered.
-   * @throws {NoHealthyNodeError} when no node reported primary after every attempt.
+   * @returns Resolves when a primary has answered (a replica, with
+   * `target_session_attrs=standby`; any node, with `requirePrimary: false`).
+   * @throws {NoHealthyNodeError} when no node reported primary after every
+   * attempt; the message names each node that is down and why.
+   * @throws {DbxError} (kind `other`, not retryable) at once when every node
+   * that did not answer refused for a reason no retry fixes: a certificate
+   * that does not verify, a refused login (SQLSTATE class 28), no such database.
    */
   start(): Promise<void> {
     if (this.#closing !== undefined) return Promise.reject(new ClusterClosedError());
@@ -141,19 +145,9 @@ export class ClusterBase implements AsyncDisposable {
   }
 
   async #start(): Promise<void> {
-    const { maxAttempts, baseDelayMs, maxDelayMs } = this.#config.retry;
-    for (let attempt = 1;; attempt++) {
-      await this.#checker.checkAll();
+    await waitForStartup(this.#checker, this.#nodes, this.#config, () => {
       if (this.#closing !== undefined) throw new ClusterClosedError();
-      const topology = this.#checker.topology;
-      if (topology.primary?.state.probe !== undefined) break;
-      // Replicas only, on purpose: reads can start; writes wait for a primary.
-      if (!this.#config.requirePrimary && this.#nodes.some((n) => n.healthy && n.state.probe)) {
-        break;
-      }
-      if (attempt >= maxAttempts) throw noPrimary(this.#d, topology);
-      await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
-    }
+    });
     this.#checker.start();
   }
 

@@ -56,10 +56,10 @@ export class ClusterStatements extends ClusterBase implements Executor {
    * Builds the cluster without connecting. Use {@linkcode connect}, which
    * also verifies the primary and starts the health checker.
    *
-   * @param config A config; validated here.
+   * @param config A config, or a (multi-host) connection string; validated here.
    * @throws {ConfigError} when a setting is invalid.
    */
-  constructor(config: ClusterConfig) {
+  constructor(config: ClusterConfig | string) {
     super(config);
     this.#i = internalsOf(this);
   }

@@ -1,6 +1,6 @@
 /**
  * Cluster configuration: the plain-object form of the Go library's
- * functional options, its documented defaults and {@linkcode redactUrl}.
+ * functional options and its documented defaults.
  * Eager validation ({@linkcode resolveConfig}) lives in `config_resolve.ts`
  * and is re-exported here.
  *
@@ -8,10 +8,12 @@
  */
 
 import type { Balancer } from "./balancer.ts";
-import type { Logger, MetricsHook, Tracer } from "./observe.ts";
+import type { Logger, MetricsHook, NodeRole, Tracer } from "./observe.ts";
+import type { SslConfig } from "./tls.ts";
 
-// Validation lives in its own file; re-exported so `from "./config.ts"` keeps working.
+// Validation and redaction live in their own files; re-exported so `from "./config.ts"` keeps working.
 export { resolveConfig } from "./config_resolve.ts";
+export { redactUrl } from "./redact.ts";
 
 /**
  * Per-node connection pool settings (one `pg.Pool` per node).
@@ -108,10 +110,21 @@ export interface NodeConfig {
   pool?: PoolConfig;
   /** Tracer for this node, overriding the cluster one. @default undefined */
   tracer?: Tracer;
+  /**
+   * TLS for this node's connections (pool, pipelined connections, health
+   * probes): pg's `ssl` option. `true` verifies the server against the
+   * system's CAs; an object can give the CA, a client certificate and key,
+   * `rejectUnauthorized` and `servername`. Checked eagerly, never logged.
+   * The URL's `sslmode` must agree with it; certificate files in the URL
+   * (`sslrootcert`, ...) cannot be combined with it.
+   * @default undefined (what the URL's `sslmode` says; pg's default is no TLS)
+   */
+  ssl?: boolean | SslConfig;
 }
 
 /**
- * Everything `connect()` accepts. Only `master` is required.
+ * Everything `connect()` accepts. Give the servers either as `master` (plus
+ * `replicas`) or as `nodes`, exactly one of the two.
  *
  * @example
  * ```ts
@@ -129,10 +142,32 @@ export interface NodeConfig {
  * ```
  */
 export interface ClusterConfig {
-  /** The node configured as primary (the servers have the last word on roles). */
-  master: string | NodeConfig;
-  /** Read replicas. @default [] */
+  /**
+   * The node configured as primary (the servers have the last word on
+   * roles). A multi-host URL (`postgres://h1,h2:5433/app`) makes each host a
+   * node whose role is learned from the server. Required unless `nodes` is given.
+   */
+  master?: string | NodeConfig;
+  /** Read replicas, with `master`. @default [] */
   replicas?: readonly (string | NodeConfig)[];
+  /**
+   * Every server, instead of `master` and `replicas`: no role is assumed,
+   * each node's role comes from the server (`pg_is_in_recovery()`), and
+   * `connect()` resolves once the first probe round found the primary. Each
+   * entry may be a multi-host URL; libpq's `target_session_attrs` and
+   * `load_balance_hosts` are honoured (see the README).
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   nodes: ["postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write"],
+   *   pool: { max: 20 },
+   * });
+   * ```
+   */
+  nodes?: readonly (string | NodeConfig)[];
   /** Pool settings for every node. @default see {@linkcode PoolConfig} */
   pool?: PoolConfig;
   /** Retry policy. @default see {@linkcode RetryConfig} */
@@ -224,12 +259,14 @@ export interface ResolvedNode {
   readonly host: string;
   /** TCP port. */
   readonly port: number;
-  /** Role given by the config (the server's answer wins once probed). */
-  readonly configuredRole: "primary" | "replica";
+  /** Role given by the config, `"unknown"` for `nodes` and multi-host URLs (the server's answer wins once probed). */
+  readonly configuredRole: NodeRole;
   /** Pool settings with defaults and cluster-wide values applied. */
   readonly pool: Required<PoolConfig>;
   /** The node's tracer, else the cluster's. */
   readonly tracer: Tracer | undefined;
+  /** TLS settings for pg, when given (`url` then carries no TLS parameter). */
+  readonly ssl: boolean | SslConfig | undefined;
 }
 
 /**
@@ -262,6 +299,8 @@ export interface ResolvedConfig {
   readonly maxLagMs: number | undefined;
   /** Whether `connect()` waits for a primary. */
   readonly requirePrimary: boolean;
+  /** Whether `connect()` waits for a replica (`target_session_attrs=standby` or `read-only`). */
+  readonly requireStandby: boolean;
   /** Pipelining settings; undefined when off. */
   readonly pipeline: { readonly connections: number; readonly maxDepth: number } | undefined;
   /** Distinct statement texts that get a name; 0 when the cache is off. */
@@ -339,36 +378,3 @@ export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> 
   maxDelayMs: 1_000,
   waitForPrimaryMs: 5_000,
 });
-
-/**
- * Replaces the password of a connection string (userinfo and `password=`
- * query parameter) with `***`. Unparsable input is reduced to a marker
- * rather than echoed, since it may hold a password in an unexpected place.
- *
- * @param url A connection string.
- * @returns The same string without its password.
- *
- * @example
- * ```ts
- * import { redactUrl } from "@codelab/dbx";
- *
- * console.log(redactUrl("postgres://app:s3cret@db1:5432/app")); // "postgres://app:***@db1:5432/app"
- * ```
- */
-export function redactUrl(url: string): string {
-  const scheme = /^[a-z][a-z0-9+.-]*:/i.exec(url)?.[0] ?? "";
-  // Without an authority ("//"), where a password could sit is anyone's
-  // guess: keep only the scheme rather than echo it.
-  if (!url.startsWith("//", scheme.length)) return `${scheme}<redacted>`;
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return `${scheme}<unparsable url>`;
-  }
-  if (parsed.password !== "") parsed.password = "***";
-  for (const key of [...parsed.searchParams.keys()]) {
-    if (/password$/i.test(key)) parsed.searchParams.set(key, "***");
-  }
-  return parsed.href.replaceAll("%2A%2A%2A", "***");
-}

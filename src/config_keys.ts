@@ -27,6 +27,7 @@ export const KNOWN = {
   cluster: keysOf<ClusterConfig>({
     master: true,
     replicas: true,
+    nodes: true,
     pool: true,
     retry: true,
     healthCheck: true,
@@ -41,7 +42,7 @@ export const KNOWN = {
     statementCache: true,
     types: true,
   }),
-  node: keysOf<NodeConfig>({ name: true, url: true, pool: true, tracer: true }),
+  node: keysOf<NodeConfig>({ name: true, url: true, pool: true, tracer: true, ssl: true }),
   pool: keysOf<PoolConfig>({
     max: true,
     min: true,

@@ -6,30 +6,28 @@
  * @module
  */
 
-import { roundRobin } from "./balancer.ts";
+import { isRetryable } from "./failure.ts";
 import {
   type ClusterConfig,
   HEALTH_CHECK_DEFAULTS,
   POOL_DEFAULTS,
-  type PoolConfig,
-  redactUrl,
   type ResolvedConfig,
-  type ResolvedNode,
   RETRY_DEFAULTS,
   type RetryConfig,
 } from "./config.ts";
+import {
+  checkMethods,
+  checkTracer,
+  duration,
+  fail,
+  integer,
+  plainObject,
+  plainObjectOrInstance,
+  resolvePool,
+} from "./config_check.ts";
 import { KNOWN, onlyKnownKeys } from "./config_keys.ts";
-import { ConfigError } from "./errors.ts";
-import { isRetryable } from "./failure.ts";
-import { noopLogger, type Tracer } from "./observe.ts";
-import { describe } from "./validate.ts";
-
-function fail(field: string, rule: string, value: unknown): never {
-  throw new ConfigError(
-    field,
-    `Cannot connect: '${field}' ${rule}: current value is ${describe(value, redactUrl)}`,
-  );
-}
+import { resolveTopology } from "./config_nodes.ts";
+import { noopLogger } from "./observe.ts";
 
 function pipelineOf(
   value: unknown,
@@ -42,167 +40,6 @@ function pipelineOf(
     connections: integer("pipeline.connections", p.connections, 2, 1),
     maxDepth: integer("pipeline.maxDepth", p.maxDepth, 64, 1),
   };
-}
-
-function flag(field: string, value: unknown, fallback: boolean): boolean {
-  if (value === undefined) return fallback;
-  if (typeof value !== "boolean") fail(field, "must be a boolean", value);
-  return value as boolean;
-}
-
-function duration(field: string, value: unknown, fallback: number, positive = false): number {
-  if (value === undefined) return fallback;
-  if (
-    typeof value !== "number" || !Number.isFinite(value) || value < 0 || (positive && value === 0)
-  ) {
-    fail(field, `must be a ${positive ? "positive" : "non-negative"} finite number of ms`, value);
-  }
-  return value;
-}
-
-function integer(field: string, value: unknown, fallback: number, min: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
-    fail(
-      field,
-      min === 0 ? "must be a non-negative integer" : `must be an integer >= ${min}`,
-      value,
-    );
-  }
-  return value;
-}
-
-function plainObject(field: string, value: unknown): Record<string, unknown> {
-  if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    fail(field, "must be an object", value);
-  }
-  return value as Record<string, unknown>;
-}
-
-function resolvePool(
-  field: string,
-  raw: unknown,
-  base: Required<PoolConfig>,
-): Required<PoolConfig> {
-  const p = plainObject(field, raw);
-  onlyKnownKeys(field, p, KNOWN.pool);
-  const max = integer(`${field}.max`, p.max, base.max, 1);
-  const min = integer(`${field}.min`, p.min, base.min, 0);
-  if (min > max) fail(`${field}.min`, `must not exceed '${field}.max' (${max})`, min);
-  return {
-    max,
-    min,
-    idleTimeoutMs: duration(`${field}.idleTimeoutMs`, p.idleTimeoutMs, base.idleTimeoutMs),
-    maxLifetimeMs: duration(`${field}.maxLifetimeMs`, p.maxLifetimeMs, base.maxLifetimeMs),
-    connectTimeoutMs: duration(
-      `${field}.connectTimeoutMs`,
-      p.connectTimeoutMs,
-      base.connectTimeoutMs,
-      true,
-    ),
-  };
-}
-
-/**
- * Which part of a connection string is malformed, said without echoing it
- * (the value is shown redacted, so it cannot show what is wrong).
- */
-function urlProblem(url: string): string | undefined {
-  const lower = url.trimStart().toLowerCase();
-  if (/^postgres(ql)?\/\//.test(lower)) {
-    return "must start with postgres:// ('postgres' is followed by '//' without the ':')";
-  }
-  if (/^postgres(ql)?:\/?[^/]/.test(lower)) {
-    return "must start with postgres:// (two slashes after 'postgres:')";
-  }
-  if (!/^[a-z][a-z0-9+.-]*:/.test(lower)) {
-    return "must start with postgres:// or postgresql:// (no scheme found)";
-  }
-  return undefined;
-}
-
-function resolveNode(
-  field: string,
-  raw: unknown,
-  role: "primary" | "replica",
-  pool: Required<PoolConfig>,
-  tracer: Tracer | undefined,
-): ResolvedNode {
-  const spec: Record<string, unknown> = typeof raw === "string"
-    ? { url: raw }
-    : plainObject(field, raw);
-  if (raw === undefined || raw === null) {
-    fail(field, "must be a connection string or a NodeConfig", raw);
-  }
-  if (typeof raw !== "string") onlyKnownKeys(field, spec, KNOWN.node);
-  const urlField = typeof raw === "string" ? field : `${field}.url`;
-  const url = spec.url;
-  if (typeof url !== "string" || url.trim() === "") {
-    fail(urlField, "must be a non-empty postgres:// connection string", url);
-  }
-  const problem = urlProblem(url);
-  if (problem !== undefined) fail(urlField, problem, redactUrl(url));
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    fail(
-      urlField,
-      "must be a valid postgres:// connection string (check the port: digits only; percent-encode '@', ':' and '/' in the user and password)",
-      redactUrl(url),
-    );
-  }
-  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
-    fail(urlField, "must use the postgres:// or postgresql:// scheme", redactUrl(url));
-  }
-  // URL keeps the brackets of an IPv6 literal; sockets want the bare address.
-  const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
-    parsed.searchParams.get("host") || "";
-  if (host === "") fail(urlField, "must name a host", redactUrl(url));
-  const port = parsed.port === "" ? 5432 : Number(parsed.port);
-  const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
-  if (typeof name !== "string" || name.trim() === "") {
-    fail(`${field}.name`, "must be a non-empty string", name);
-  }
-  const nodeTracer = spec.tracer;
-  if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
-  return {
-    name,
-    url,
-    redactedUrl: redactUrl(url),
-    host,
-    port,
-    configuredRole: role,
-    pool: resolvePool(`${field}.pool`, spec.pool, pool),
-    tracer: (nodeTracer as Tracer | undefined) ?? tracer,
-  };
-}
-
-function checkMethods(field: string, value: unknown, methods: readonly string[]): void {
-  const obj = plainObjectOrInstance(field, value);
-  for (const m of methods) {
-    if (typeof obj[m] !== "function") fail(`${field}.${m}`, "must be a function", obj[m]);
-  }
-}
-
-function plainObjectOrInstance(field: string, value: unknown): Record<string, unknown> {
-  if (value === null || (typeof value !== "object" && typeof value !== "function")) {
-    fail(field, "must be an object", value);
-  }
-  return value as Record<string, unknown>;
-}
-
-function checkTracer(field: string, value: unknown): void {
-  checkMethods(field, value, ["queryStart", "queryEnd"]);
-}
-
-/** Stable identity of a server for duplicate detection: host, port, database and user. */
-function identity(node: ResolvedNode): string {
-  const u = new URL(node.url);
-  return `${node.host.toLowerCase()}:${node.port}/${decodeURIComponent(u.pathname.slice(1))}@${
-    decodeURIComponent(u.username)
-  }`;
 }
 
 /**
@@ -220,33 +57,20 @@ function identity(node: ResolvedNode): string {
  * console.log(resolved.retry.maxAttempts); // 3
  * ```
  */
-export function resolveConfig(config: ClusterConfig): ResolvedConfig {
-  const c = plainObject("config", config) as Partial<ClusterConfig>;
-  if (config === undefined) fail("config", "must be an object", config);
+export function resolveConfig(config: ClusterConfig | string): ResolvedConfig {
+  if (
+    typeof config !== "string" &&
+    (config === null || typeof config !== "object" || Array.isArray(config))
+  ) {
+    fail("config", "must be a ClusterConfig object or a connection string", config);
+  }
+  const c: Partial<ClusterConfig> = typeof config === "string" ? { nodes: [config] } : config;
   onlyKnownKeys(undefined, c as Record<string, unknown>, KNOWN.cluster);
   const tracer = c.tracer;
   if (tracer !== undefined) checkTracer("tracer", tracer);
   const pool = resolvePool("pool", c.pool, POOL_DEFAULTS);
-  if (c.master === undefined || c.master === "") {
-    fail("master", "must be a non-empty postgres:// connection string", c.master);
-  }
-  const nodes = [resolveNode("master", c.master, "primary", pool, tracer)];
-  const replicas = c.replicas ?? [];
-  if (!Array.isArray(replicas)) fail("replicas", "must be an array", replicas);
-  replicas.forEach((r, i) => nodes.push(resolveNode(`replicas[${i}]`, r, "replica", pool, tracer)));
-
-  const names = new Map<string, number>();
-  const ids = new Map<string, number>();
-  nodes.forEach((node, i) => {
-    const field = i === 0 ? "master" : `replicas[${i - 1}]`;
-    const sameId = ids.get(identity(node));
-    if (sameId !== undefined) {
-      fail(field, `must not repeat node ${nodes[sameId]!.name}`, node.redactedUrl);
-    }
-    ids.set(identity(node), i);
-    if (names.has(node.name)) fail(`${field}.name`, "must be unique across nodes", node.name);
-    names.set(node.name, i);
-  });
+  const target = resolveTopology(c, pool, tracer);
+  const nodes = target.nodes;
 
   const r = plainObject("retry", c.retry);
   onlyKnownKeys("retry", r, KNOWN.retry);
@@ -260,7 +84,6 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
   }
   const h = plainObject("healthCheck", c.healthCheck);
   onlyKnownKeys("healthCheck", h, KNOWN.healthCheck);
-  if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
   if (c.logger !== undefined) checkMethods("logger", c.logger, ["debug", "info", "warn", "error"]);
   if (c.metrics !== undefined) plainObjectOrInstance("metrics", c.metrics);
   const slow = c.slowQueryThresholdMs;
@@ -297,11 +120,12 @@ export function resolveConfig(config: ClusterConfig): ResolvedConfig {
         1,
       ),
     },
-    balancer: c.balancer ?? roundRobin(),
+    balancer: target.balancer,
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
-    requirePrimary: flag("requirePrimary", c.requirePrimary, true),
+    requirePrimary: target.requirePrimary,
+    requireStandby: target.requireStandby,
     pipeline: pipelineOf(c.pipeline),
     types: c.types === undefined
       ? undefined

@@ -78,7 +78,7 @@ class Prober {
         // No connectionTimeoutMillis: the probe's own timer bounds the
         // connect too, so an unanswered connect counts as a timeout.
         const c = client = this.#client = new pg.Client({
-          connectionString: this.#node.url,
+          ...this.#node.target as pg.ClientConfig,
           fallback_application_name: "dbx-health",
         });
         // A probe connection that dies while idle is simply replaced next round.
@@ -318,7 +318,10 @@ export class HealthChecker {
       probeFailures: 0,
       probeTimeouts: 0,
     });
-    if (from !== to) {
+    if (from === "unknown") {
+      // A node listed without a role (`nodes`, a multi-host URL): learning it is no change.
+      this.#observer.log("debug", "dbx: node role learned", { node: node.name, role: to });
+    } else if (from !== to) {
       this.#observer.log("info", "dbx: node changed role", { node: node.name, from, to });
       this.#observer.hook("onRoleChange", { node: node.name, from, to });
     }

@@ -16,6 +16,7 @@ import { DbxError } from "./errors.ts";
 import { isConnectionError, markNotSent, PoolExhaustedError } from "./failure.ts";
 import { Pipes, type PipeSettings, sendCached, type StatementCache } from "./pipeline.ts";
 import type { NodeRole, Tracer } from "./observe.ts";
+import { type PgTarget, pgTarget } from "./tls.ts";
 
 /** How many recent attempts the latency percentiles of `stats()` cover. */
 export const LATENCY_WINDOW = 1024;
@@ -81,6 +82,8 @@ export class Node implements BalancerNode {
   readonly host: string;
   readonly port: number;
   readonly url: string;
+  /** URL and TLS settings every connection to this node starts from. */
+  readonly target: PgTarget;
   readonly configuredRole: NodeRole;
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
@@ -116,6 +119,7 @@ export class Node implements BalancerNode {
     this.host = config.host;
     this.port = config.port;
     this.url = config.url;
+    const target = this.target = pgTarget(config);
     this.configuredRole = config.configuredRole;
     this.maxConns = config.pool.max;
     this.tracer = config.tracer;
@@ -133,9 +137,9 @@ export class Node implements BalancerNode {
     this.#statements = options.statements;
     this.#pipes = options.pipeline === undefined
       ? undefined
-      : new Pipes(config.url, connectTimeoutMs, options.pipeline, options.types);
+      : new Pipes(target, connectTimeoutMs, options.pipeline, options.types);
     this.#pool = new pg.Pool({
-      connectionString: config.url,
+      ...target as pg.ClientConfig,
       max: config.pool.max,
       min: config.pool.min,
       idleTimeoutMillis: config.pool.idleTimeoutMs,

@@ -12,7 +12,9 @@ export { callHook, log, Observer } from "./observer.ts";
 export type { Observation, ObservedNode } from "./observer.ts";
 
 /**
- * Role of a node as last reported by the server (or the config before the first probe).
+ * Role of a node as last reported by the server (or the config before the
+ * first probe). `"unknown"`: a node given in `nodes` or a multi-host URL that
+ * has not answered a probe yet; no statement is routed to it until it has.
  *
  * @example
  * ```ts
@@ -22,7 +24,7 @@ export type { Observation, ObservedNode } from "./observer.ts";
  * const roles: NodeRole[] = cluster.stats().nodes.map((n) => n.role);
  * ```
  */
-export type NodeRole = "primary" | "replica";
+export type NodeRole = "primary" | "replica" | "unknown";
 
 /**
  * Structured logger. `console` satisfies it as is; so do thin adapters over

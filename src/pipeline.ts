@@ -19,6 +19,7 @@ import pg from "pg";
 import { clientEnd, corkForTick, destroySocket, forgetStatement } from "./_pg.ts";
 import { DbxError } from "./errors.ts";
 import { markNodeFine, markNotSent, pgErrorCode } from "./failure.ts";
+import type { PgTarget } from "./tls.ts";
 
 /** Pipelining settings of a node. */
 export interface PipeSettings {
@@ -172,13 +173,13 @@ class Pipe {
   lastDone = 0;
 
   constructor(
-    url: string,
+    target: PgTarget,
     connectTimeoutMs: number,
     types: pg.CustomTypesConfig | undefined,
     onBroken: (pipe: Pipe) => void,
   ) {
     this.client = new pg.Client({
-      connectionString: url,
+      ...target as pg.ClientConfig,
       pipeline: true,
       connectionTimeoutMillis: connectTimeoutMs,
       fallback_application_name: "dbx",
@@ -195,7 +196,7 @@ class Pipe {
 
 /** The pipelined connections of one node. */
 export class Pipes {
-  readonly #url: string;
+  readonly #target: PgTarget;
   readonly #connectTimeoutMs: number;
   readonly #settings: PipeSettings;
   readonly #types: pg.CustomTypesConfig | undefined;
@@ -210,18 +211,18 @@ export class Pipes {
   #closed = false;
 
   /**
-   * @param url The node's connection string.
+   * @param target The node's connection string and TLS settings.
    * @param connectTimeoutMs Bound on opening a pipe.
    * @param settings Connections and depth.
    * @param types Value parsers, when not pg's.
    */
   constructor(
-    url: string,
+    target: PgTarget,
     connectTimeoutMs: number,
     settings: PipeSettings,
     types?: pg.CustomTypesConfig,
   ) {
-    this.#url = url;
+    this.#target = target;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#settings = settings;
     this.#types = types;
@@ -262,7 +263,7 @@ export class Pipes {
   }
 
   #open(): Pipe {
-    const pipe = new Pipe(this.#url, this.#connectTimeoutMs, this.#types, (p) => this.#drop(p));
+    const pipe = new Pipe(this.#target, this.#connectTimeoutMs, this.#types, (p) => this.#drop(p));
     this.#pipes.push(pipe);
     this.#all.add(pipe);
     pipe.ended.then(() => this.#all.delete(pipe));

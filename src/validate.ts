@@ -30,6 +30,8 @@ export function describe(value: unknown, redact?: (url: string) => string): stri
     redact !== undefined && /^[a-z][a-z0-9+.-]*:|\/\/|@/i.test(s) ? redact(s) : s;
   switch (typeof value) {
     case "string": {
+      // A certificate or key pasted in the wrong place: not one character of it.
+      if (/-----BEGIN [A-Z0-9 ]+-----/.test(value)) return `PEM text (${value.length} characters)`;
       const shown = hide(value);
       return JSON.stringify(
         shown.length > SHOWN_CHARS ? `${shown.slice(0, SHOWN_CHARS)}...` : shown,

@@ -215,7 +215,8 @@ interface BadCase {
 
 const badCases: BadCase[] = [
   { what: "a missing config", config: undefined, field: "config", value: "undefined" },
-  { what: "a config that is not an object", config: "postgres://x", field: "config" },
+  // A string is a connection string (`connect(url)`); other non-objects are refused.
+  { what: "a config that is not an object", config: 42, field: "config", value: "42" },
   { what: "an empty master", config: { master: "" }, field: "master", value: '""' },
   { what: "a blank master", config: { master: "   " }, field: "master", value: '"   "' },
   { what: "a missing master", config: {}, field: "master", value: "undefined" },

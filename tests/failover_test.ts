@@ -114,7 +114,7 @@ function readers(cluster: Cluster, n = 8) {
 async function withCluster(
   local: LocalCluster,
   fn: (cluster: Cluster) => Promise<void>,
-  config: Partial<Parameters<typeof connect>[0]> = {},
+  config: Partial<Exclude<Parameters<typeof connect>[0], string>> = {},
 ): Promise<void> {
   await using cluster = await connect({
     master: local.masterUrl,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connect, DbxError, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
+import { connect, DbxError, isRetryable, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
 import { parseLsn } from "../src/route.ts";
 import { startLocalCluster, testLogger } from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
@@ -245,7 +245,9 @@ Deno.test({
     const url = new URL(local.masterUrl);
     url.password = "";
     const err = await connect({ master: url.href, retry: { maxAttempts: 1 } }).catch((e) => e);
-    assert.ok(err instanceof NoHealthyNodeError, `${err}`);
+    // A login that cannot succeed: connect() stops at once, not retryable.
+    assert.ok(err instanceof DbxError && !(err instanceof NoHealthyNodeError), `${err}`);
+    assert.equal(isRetryable(err), false);
     assert.match(err.message, /password required/);
     assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${local.nodes[0]!.port}`));
   },
