@@ -14,6 +14,8 @@
  * @module
  */
 
+// @ts-types="@types/pg"
+import type pg from "pg";
 import {
   batchInfo,
   type BatchOptions,
@@ -37,6 +39,7 @@ import {
   type Row,
   toCommandResult,
 } from "./executor.ts";
+import { createPgPool, type PgPoolOptions } from "./pg_pool.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions } from "./validate.ts";
 
@@ -352,6 +355,30 @@ export class Cluster extends ClusterBase implements Component {
       options,
     );
     return row.lsn;
+  }
+
+  /**
+   * A `pg.Pool` (`instanceof pg.Pool`) over this cluster, for Drizzle,
+   * Prisma's `PrismaPg` and Kysely's `PostgresDialect`: `query()` is routed
+   * and retried by `route`; `connect()` pins a connection; both join the
+   * ambient `runTx`; errors are pg's own. Its `end()` leaves the cluster open.
+   *
+   * @param options `route`: `"primary"` (write rules, the default) or `"replica"` (read rules).
+   * @returns The pool facade.
+   * @throws {RangeError} for an unknown route.
+   *
+   * @example Drizzle with replicas
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * const primary = cluster.pgPool();
+   * const reads = cluster.pgPool({ route: "replica" });
+   * const { rows } = await reads.query("select $1::int as n", [1]);
+   * ```
+   */
+  pgPool(options?: PgPoolOptions): pg.Pool {
+    return createPgPool(this, options);
   }
 
   /**

@@ -416,3 +416,28 @@ export function nodeExecutor(
       firstRow<T>((await run("queryRow", sql, args, options)).rows),
   };
 }
+
+/**
+ * Runs work routed like a statement (`read`: read rules, else write rules),
+ * with retries, each attempt through the attempt runner: the `pgPool`
+ * facade's query configs (`rowMode`, `types`, `name`) and its connections.
+ *
+ * @param d The cluster.
+ * @param read Read rules (a replica, falling back to the primary).
+ * @param info What it is, for hooks and tracers; `undefined` for work that sends nothing.
+ * @param signal The call's signal.
+ * @param work One attempt on the picked node.
+ * @returns What `work` returned.
+ */
+export function routedWork<R>(
+  d: Dispatcher,
+  read: boolean,
+  info: Omit<AttemptInfo, "attempt"> | undefined,
+  signal: AbortSignal | undefined,
+  work: (node: Node) => Promise<R>,
+): Promise<R> {
+  return withRetry(
+    (node, attempt) => d.runner.run(node, info && { ...info, attempt }, signal, () => work(node)),
+    retryOptions(d, read ? "read" : "write", undefined, signal),
+  );
+}
