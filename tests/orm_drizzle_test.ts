@@ -84,25 +84,28 @@ dbTest("Drizzle transaction commits, and one that throws rolls back", async (clu
   assert.deepEqual(emails, ["kept@x", "nested@x"]);
 });
 
-dbTest("Drizzle reports a unique violation with pg's code, constraint and detail", async (cluster) => {
-  await fresh(cluster);
-  const db = drizzle({ client: cluster.pgPool() });
-  await db.insert(users).values({ email: "dup@x" });
-  const err = await db.insert(users).values({ email: "dup@x" }).then(
-    () => assert.fail("the duplicate was accepted"),
-    (e: unknown) => e as Error & { cause?: unknown },
-  );
-  const cause = (err.cause ?? err) as { code?: string; constraint?: string; detail?: string };
-  assert.ok(cause instanceof pg.DatabaseError, `pg's own error, got ${cause}`);
-  assert.equal(cause.code, "23505");
-  assert.equal(cause.constraint, "orm_drizzle_users_email_key");
-  assert.match(cause.detail ?? "", /\(email\)=\(dup@x\) already exists/);
-  // In a transaction too: the transaction rolls back and the error is pg's.
-  const inTx = await db.transaction(async (tx) => {
-    await tx.insert(users).values({ email: "dup@x" });
-  }).then(() => undefined, (e: { cause?: { code?: string } }) => e.cause?.code);
-  assert.equal(inTx, "23505");
-});
+dbTest(
+  "Drizzle reports a unique violation with pg's code, constraint and detail",
+  async (cluster) => {
+    await fresh(cluster);
+    const db = drizzle({ client: cluster.pgPool() });
+    await db.insert(users).values({ email: "dup@x" });
+    const err = await db.insert(users).values({ email: "dup@x" }).then(
+      () => assert.fail("the duplicate was accepted"),
+      (e: unknown) => e as Error & { cause?: unknown },
+    );
+    const cause = (err.cause ?? err) as { code?: string; constraint?: string; detail?: string };
+    assert.ok(cause instanceof pg.DatabaseError, `pg's own error, got ${cause}`);
+    assert.equal(cause.code, "23505");
+    assert.equal(cause.constraint, "orm_drizzle_users_email_key");
+    assert.match(cause.detail ?? "", /\(email\)=\(dup@x\) already exists/);
+    // In a transaction too: the transaction rolls back and the error is pg's.
+    const inTx = await db.transaction(async (tx) => {
+      await tx.insert(users).values({ email: "dup@x" });
+    }).then(() => undefined, (e: { cause?: { code?: string } }) => e.cause?.code);
+    assert.equal(inTx, "23505");
+  },
+);
 
 dbTest("Drizzle withReplicas: selects run on replicas, writes on the primary", async (cluster) => {
   await fresh(cluster);
