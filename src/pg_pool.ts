@@ -214,6 +214,30 @@ export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Pinned> {
   );
 }
 
+/**
+ * Runs a query config on a pinned connection, once, through the attempt
+ * runner (counted and observed like any statement).
+ *
+ * @param i The cluster's internals.
+ * @param p The node and its connection.
+ * @param config The query config.
+ * @param signal Cancels it on the server.
+ * @returns pg's result.
+ */
+export function runPinned(
+  i: ClusterInternals,
+  p: Pinned,
+  config: pg.QueryConfig,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  return i.d.runner.run(
+    p.node,
+    { ...infoOf(config), attempt: 1 },
+    signal,
+    () => send(p.client, p.node, config, signal),
+  );
+}
+
 /** Settles a promise into a node-style callback when one is given. */
 function settle<R>(promise: Promise<R>, cb: unknown): Promise<R> | undefined {
   if (typeof cb !== "function") return promise;
@@ -271,15 +295,11 @@ class PinnedClient extends EventEmitter {
     try {
       if (this.#released) throw new Error("Cannot query() as the client was released");
       const config = toConfig(text, values);
-      run = this.#i.d.runner.run(
-        this.#node,
-        { ...infoOf(config), attempt: 1 },
-        undefined,
-        () => this.#client.query(config),
-      ).catch((err) => {
-        if (failureOf(err).connectionLost) this.#broken = true;
-        throw driverError(err);
-      });
+      run = runPinned(this.#i, { node: this.#node, client: this.#client }, config, undefined)
+        .catch((err) => {
+          if (failureOf(err).connectionLost) this.#broken = true;
+          throw driverError(err);
+        });
     } catch (err) {
       run = Promise.reject(err);
     }
