@@ -14,8 +14,6 @@
  * @module
  */
 
-// @ts-types="@types/pg"
-import type pg from "pg";
 import {
   batchInfo,
   type BatchOptions,
@@ -39,7 +37,7 @@ import {
   type Row,
   toCommandResult,
 } from "./executor.ts";
-import { createPgPool, type PgPoolOptions } from "./pg_pool.ts";
+import { createPgPool, type PgPool, type PgPoolOptions } from "./pg_pool.ts";
 import { withCall } from "./signal.ts";
 import { checkCallOptions } from "./validate.ts";
 
@@ -377,7 +375,7 @@ export class Cluster extends ClusterBase implements Component {
    * const { rows } = await reads.query("select $1::int as n", [1]);
    * ```
    */
-  pgPool(options?: PgPoolOptions): pg.Pool {
+  pgPool(options?: PgPoolOptions): PgPool {
     return createPgPool(this, options);
   }
 

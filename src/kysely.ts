@@ -50,8 +50,24 @@ import {
 import type { Cluster } from "./cluster.ts";
 import { type ClusterInternals, internalsOf } from "./cluster_base.ts";
 import { DbxError } from "./errors.ts";
-import { driverError, inTx, type PgRoute, pinFor, runConfig, runPinned } from "./pg_pool.ts";
+import { isPlainRead } from "./kysely_route.ts";
+import { driverError, inTx, type PgRoute, pinFor, runConfig, runPinned } from "./pg_run.ts";
 import { Transaction } from "./tx.ts";
+
+/**
+ * Kysely's `Dialect` type: what {@linkcode dbxDialect} returns, for
+ * `new Kysely({ dialect })`.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "@codelab/dbx";
+ * import { dbxDialect, type KyselyDialect } from "@codelab/dbx/kysely";
+ *
+ * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+ * const dialect: KyselyDialect = dbxDialect(cluster);
+ * ```
+ */
+export type KyselyDialect = Dialect;
 
 /** Options of {@linkcode dbxDialect}. */
 export interface DbxDialectOptions {
@@ -95,7 +111,7 @@ export interface DbxDialectOptions {
  *   .executeTakeFirst();
  * ```
  */
-export function dbxDialect(cluster: Cluster, options?: DbxDialectOptions): Dialect {
+export function dbxDialect(cluster: Cluster, options?: DbxDialectOptions): KyselyDialect {
   const reads = options?.reads ?? "primary";
   if (reads !== "primary" && reads !== "replica") {
     throw new RangeError(
@@ -111,31 +127,6 @@ export function dbxDialect(cluster: Cluster, options?: DbxDialectOptions): Diale
     // deno-lint-ignore no-explicit-any
     createIntrospector: (db: Kysely<any>): DatabaseIntrospector => new PostgresIntrospector(db),
   };
-}
-
-/** `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE`. */
-const LOCKING = /\bfor\s+(no\s+key\s+update|update|key\s+share|share)\b/i;
-
-interface Node {
-  readonly kind: string;
-  readonly with?: { readonly expressions: readonly { readonly expression: Node }[] };
-}
-
-/** A SELECT whose CTEs are SELECTs too (data-modifying CTEs need the primary). */
-function selectOnly(node: Node): boolean {
-  return node.kind === "SelectQueryNode" &&
-    (node.with?.expressions ?? []).every((cte) => selectOnly(cte.expression));
-}
-
-/**
- * Whether a compiled query may run on a replica: a Kysely SELECT (not raw
- * SQL) with only SELECT CTEs and no locking clause.
- *
- * @param query The compiled query.
- * @returns `true` for a plain read.
- */
-export function isPlainRead(query: CompiledQuery): boolean {
-  return selectOnly(query.query as Node) && !LOCKING.test(query.sql);
 }
 
 function configOf(query: CompiledQuery): pg.QueryConfig {
