@@ -51,6 +51,17 @@ export async function replicaKilledUnderReads(
     healthCheck: { intervalMs: 500, timeoutMs: 500 },
   });
   const read = await setUp(cluster);
+  // The schema setUp made must have reached both replicas before reads go there.
+  const lsn = await cluster.writeToken();
+  for (const node of cluster.stats().nodes.slice(1)) {
+    await until(`${node.name} replayed ${lsn}`, async () => {
+      const { ok } = await cluster.node(node.name).queryRow<{ ok: boolean }>(
+        "select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok",
+        [lsn],
+      );
+      return ok;
+    }, 60_000);
+  }
   const load = readLoop(read);
   await until("reads flow", () => load.reads > 200, 60_000);
   const replica2 = cluster.stats().nodes[2]!;
