@@ -242,6 +242,15 @@ export class TxClient extends EventEmitter {
   }
 
   release(): void {
+    if (this.#released) return;
     this.#released = true;
+    // Released inside its own BEGIN: its work is undone, the ambient transaction goes on.
+    const outer = this.#savepoints[0];
+    this.#savepoints.length = 0;
+    if (outer === undefined) return;
+    const tx = this.#tx;
+    inTx(tx, { text: `rollback to savepoint ${outer}` }, undefined)
+      .then(() => inTx(tx, { text: `release savepoint ${outer}` }, undefined))
+      .catch(() => {});
   }
 }
