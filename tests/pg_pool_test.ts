@@ -99,8 +99,14 @@ dbTest(
       await c.query("insert into pg_pool_amb values (3)");
       await c.query("commit");
       c.release();
+      // Released inside its BEGIN: its work is undone, the runTx goes on.
+      const left = await pool.connect();
+      await left.query("begin");
+      await left.query("insert into pg_pool_amb values (4)");
+      left.release();
+      await pool.query("insert into pg_pool_amb values (5)");
     });
     const rows = await cluster.query("select x from pg_pool_amb order by x");
-    assert.deepEqual(rows, [{ x: 1 }, { x: 3 }]);
+    assert.deepEqual(rows, [{ x: 1 }, { x: 3 }, { x: 5 }]);
   },
 );
