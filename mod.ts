@@ -88,6 +88,7 @@ export type {
   StandardSchemaV1,
 } from "./src/rows.ts";
 export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/run_tx.ts";
+export type { PgPool, PgPoolOptions, PgRoute } from "./src/pg_pool.ts";
 export { BatchError } from "./src/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
 export { encodeCopyValue } from "./src/copy.ts";

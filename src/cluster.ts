@@ -19,6 +19,7 @@ import {
   notify,
   type Subscription,
 } from "./listen.ts";
+import { createPgPool, type PgPool, type PgPoolOptions } from "./pg_pool.ts";
 import { runSession, type Session, type SessionOptions } from "./session.ts";
 import { type ReadStreamOptions, stream, type StreamOptions } from "./stream.ts";
 
@@ -240,6 +241,30 @@ export class Cluster extends ClusterStatements implements Component {
    */
   session<T>(fn: (session: Session) => T, options?: SessionOptions): T {
     return runSession(this.#i.d.sessions, fn, options);
+  }
+
+  /**
+   * A `pg.Pool` (`instanceof pg.Pool`) over this cluster, for Drizzle,
+   * Prisma's `PrismaPg` and Kysely's `PostgresDialect`: `query()` is routed
+   * and retried by `route`; `connect()` pins a connection; both join the
+   * ambient `runTx`; errors are pg's own. Its `end()` leaves the cluster open.
+   *
+   * @param options `route`: `"primary"` (write rules, the default) or `"replica"` (read rules).
+   * @returns The pool facade.
+   * @throws {RangeError} for an unknown route.
+   *
+   * @example Drizzle with replicas
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * const primary = cluster.pgPool();
+   * const reads = cluster.pgPool({ route: "replica" });
+   * const { rows } = await reads.query("select $1::int as n", [1]);
+   * ```
+   */
+  pgPool(options?: PgPoolOptions): PgPool {
+    return createPgPool(this, options);
   }
 
   /**

@@ -286,15 +286,14 @@ export function routed(
   signal: AbortSignal | undefined,
   session?: SessionState,
 ): Promise<pg.QueryResult> {
-  const argCount = args?.length ?? 0;
-  const result = withRetry(
-    (node, attempt) =>
-      d.runner.run(node, { sql, argCount, attempt }, signal, () => node.run(sql, args, signal)),
-    retryOptions(d, read ? "read" : "write", options, signal, read ? session : undefined),
+  return routedWork(
+    d,
+    read,
+    { sql, argCount: args?.length ?? 0 },
+    signal,
+    (node) => node.run(sql, args, signal),
+    { options, session },
   );
-  if (read || session === undefined) return result;
-  // Succeeded or not (it may have been applied), the session's reads must see it.
-  return result.finally(() => session.noteWrite());
 }
 
 /**
@@ -479,4 +478,38 @@ export function nodeExecutor(
     queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
       firstRow<T>((await run("queryRow", sql, args, options)).rows),
   };
+}
+
+/**
+ * Runs work routed like a statement (`read`: read rules, else write rules),
+ * with retries, each attempt through the attempt runner: every statement
+ * method (through {@linkcode routed}), the `pgPool` facade's query configs
+ * (`rowMode`, `types`, `name`) and its connections. A write in a
+ * read-your-writes session is noted when it ends; a read in one goes only
+ * where the session's writes are.
+ *
+ * @param d The cluster.
+ * @param read Read rules (a replica, falling back to the primary).
+ * @param info What it is, for hooks and tracers; `undefined` for work that sends nothing.
+ * @param signal The call's signal.
+ * @param work One attempt on the picked node.
+ * @param route The call's read options (lag, token) and session.
+ * @returns What `work` returned.
+ */
+export function routedWork<R>(
+  d: Dispatcher,
+  read: boolean,
+  info: Omit<AttemptInfo, "attempt"> | undefined,
+  signal: AbortSignal | undefined,
+  work: (node: Node) => Promise<R>,
+  route?: { options?: ReadOptions | undefined; session?: SessionState | undefined },
+): Promise<R> {
+  const session = route?.session;
+  const result = withRetry(
+    (node, attempt) => d.runner.run(node, info && { ...info, attempt }, signal, () => work(node)),
+    retryOptions(d, read ? "read" : "write", route?.options, signal, read ? session : undefined),
+  );
+  if (read || session === undefined) return result;
+  // Succeeded or not (it may have been applied), the session's reads must see it.
+  return result.finally(() => session.noteWrite());
 }

@@ -5,7 +5,9 @@
  *
  * Starts a local primary + 1 replica, connects, and checks: writes run on the
  * primary and reads on the replica (by `inet_server_port()`), `runTx` commits
- * and rolls back, COPY, and `close()`. Prints one line per step; exits 0, or
+ * and rolls back, COPY, one Kysely (`dbxDialect`) and one Drizzle
+ * (`cluster.pgPool()`) query (kysely and drizzle-orm are root
+ * devDependencies), and `close()`. Prints one line per step; exits 0, or
  * 1 with the failed step and its error.
  *
  * @module
@@ -14,7 +16,11 @@
 import assert from "node:assert/strict";
 import process from "node:process";
 import { clearTimeout, setTimeout } from "node:timers";
+import { sql as drizzleSql } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/node-postgres";
+import { Kysely, sql } from "kysely";
 import { ClusterClosedError, connect } from "../mod.ts";
+import { dbxDialect } from "../src/kysely.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 
 const TIMEOUT_MS = 120_000;
@@ -90,6 +96,21 @@ try {
     const ids = await cluster.query<{ id: number }>("select id from smoke order by id");
     assert.deepEqual(ids.map((x) => x.id), [1, 3, 4], "commit kept, rollback undone, COPY in");
     ok(`${step}; table holds ${JSON.stringify(ids.map((x) => x.id))}`);
+
+    step = "Kysely on dbxDialect";
+    const kysely = new Kysely<{ smoke: { id: number } }>({
+      dialect: dbxDialect(cluster, { reads: "replica" }),
+    });
+    const k = await kysely.selectFrom("smoke").select(sql<number>`inet_server_port()`.as("port"))
+      .limit(1).executeTakeFirstOrThrow();
+    assert.equal(k.port, replica.port, "Kysely's select ran on the replica");
+    ok(`${step}: select on the replica (:${k.port})`);
+
+    step = "Drizzle on pgPool()";
+    const db = drizzle({ client: cluster.pgPool() });
+    const d = await db.execute<{ port: number }>(drizzleSql`select inet_server_port() as port`);
+    assert.equal(d.rows[0]?.port, primary.port, "Drizzle's query ran on the primary");
+    ok(`${step}: query on the primary (:${d.rows[0]?.port})`);
   } finally {
     step = "close()";
     await cluster.close();

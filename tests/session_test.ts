@@ -198,6 +198,41 @@ dbTest(
   FAST,
 );
 
+dbTest("the pgPool facade's writes and replica reads follow the session", async (cluster) => {
+  const ports = await portsOf(cluster);
+  await freshTable(cluster, "session_f", 1);
+  const names = replicaNames(cluster);
+  const primary = cluster.pgPool();
+  const reads = cluster.pgPool({ route: "replica" });
+  await withPausedReplay(cluster, names, async () => {
+    await cluster.session(async () => {
+      await primary.query("update session_f set v = 3 where id = 1");
+      const { rows } = await reads.query(
+        "select v, inet_server_port() as p from session_f where id = 1",
+      );
+      assert.deepEqual(rows, [{ v: 3, p: ports.primary }], "the facade's read saw the write");
+      // A transaction on a connection of the facade, as Drizzle and Prisma run them.
+      const client = await primary.connect();
+      try {
+        await client.query("begin");
+        await client.query("update session_f set v = 4 where id = 1");
+        await client.query("commit");
+      } finally {
+        client.release();
+      }
+      const again = await cluster.readQueryRow<{ v: number }>(
+        "select v from session_f where id = 1",
+      );
+      assert.equal(again.v, 4, "the transaction on a pinned connection counts as a write");
+    });
+    // Outside the session the same read goes to a (paused) replica.
+    const { rows } = await reads.query("select inet_server_port() as p");
+    assert.ok(ports.replicas.includes(rows[0]!.p), `outside: ${rows[0]!.p}`);
+  });
+  await primary.end();
+  await reads.end();
+}, FAST);
+
 dbTest("a session inside runTx changes nothing about the transaction", async (cluster) => {
   await cluster.exec("create table if not exists session_d(id int)");
   await cluster.exec("truncate session_d");
