@@ -367,6 +367,30 @@ bouncerTest("behind pgbouncer, runTx commits and rolls back", async (bouncer) =>
 });
 
 bouncerTest(
+  "behind pgbouncer, concurrent batches get their own rows, atomic or not",
+  async (bouncer) => {
+    await using cluster = await connectThrough(bouncer);
+    const batch = (k: number) =>
+      Array.from({ length: 5 }, (_, i) => ({ sql: "select $1::int as i", args: [k * 10 + i] }));
+    const rowsOf = (k: number) => Array.from({ length: 5 }, (_, i) => [{ i: k * 10 + i }]);
+    const atomic = await Promise.all(
+      Array.from({ length: 20 }, (_, k) => cluster.sendBatch(batch(k))),
+    );
+    assert.deepEqual(
+      atomic.map((r) => r.map((s) => s.rows)),
+      Array.from({ length: 20 }, (_, k) => rowsOf(k)),
+    );
+    const separate = await Promise.all(
+      Array.from({ length: 20 }, (_, k) => cluster.sendBatch(batch(k), { atomic: false })),
+    );
+    assert.deepEqual(
+      separate.map((r) => r.map((s) => s.status === "fulfilled" ? s.value.rows : String(s.reason))),
+      Array.from({ length: 20 }, (_, k) => rowsOf(k)),
+    );
+  },
+);
+
+bouncerTest(
   "behind pgbouncer, 4 writers and 4 readers: every acknowledged row is there exactly once",
   async (bouncer) => {
     await using cluster = await connectThrough(bouncer);
