@@ -61,7 +61,10 @@ async function sendCancel(host: string, port: number, client: pg.ClientBase): Pr
   message.setInt32(12, secretKey);
   await new Promise<void>((resolve) => {
     const socket = connect({ host, port }, () => {
-      socket.end(new Uint8Array(message.buffer));
+      // Written, not ended: as libpq does, the server (or a pooler) closes
+      // first. PgBouncer 1.18 exits on a cancel connection that the client
+      // closes while the cancel is still being forwarded.
+      socket.write(new Uint8Array(message.buffer));
     });
     // A hung host would keep this connection (and the caller) waiting forever.
     const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
