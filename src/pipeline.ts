@@ -30,13 +30,13 @@ export interface PipeSettings {
 }
 
 /** A pipe with statements in flight and no answer for this long takes no more (head-of-line). */
-const STALL_MS = 5;
+const STALL_MS = 2;
 
 /**
  * A statement text whose recent runs took this long (on average) is sent on
  * a pooled connection: on a pipe it would hold up every statement behind it.
  */
-const SLOW_MS = 5;
+const SLOW_MS = 2;
 
 /** Statement texts whose durations are remembered (the map is reset when full). */
 const DURATIONS_MAX = 4_096;
@@ -50,6 +50,11 @@ export class StatementCache {
   readonly #max: number;
   /** Per connection: text → name, least recently used first. */
   readonly #names = new WeakMap<pg.ClientBase, Map<string, string>>();
+  /**
+   * Random per cache: behind a pooler that shares server connections
+   * between clients, another client's `dbx_1` must not pass for ours.
+   */
+  readonly #prefix = `dbx_${Math.floor(Math.random() * 36 ** 6).toString(36)}_`;
   #next = 0;
 
   /**
@@ -81,7 +86,7 @@ export class StatementCache {
       names.delete(oldText);
       this.#deallocate(client, oldName);
     }
-    const name = `dbx_${(++this.#next).toString(36)}`;
+    const name = `${this.#prefix}${(++this.#next).toString(36)}`;
     names.set(text, name);
     return name;
   }
@@ -149,6 +154,14 @@ export function sendCached(
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
   if (name === undefined) return send({ text: sql, values });
   return send({ text: sql, values, name }).catch((err) => {
+    if (pgErrorCode(err) === "42P05") {
+      // Our own name already prepared on this server connection: only a
+      // pooler handing one server connection to several clients does that.
+      throw new DbxError(
+        `prepared statement "${name}" already exists on the server connection: behind a transaction-mode pooler (PgBouncer) set statementCache: false`,
+        { kind: "other", cause: err },
+      );
+    }
     const why = staleStatement(err);
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") throw err;
@@ -169,6 +182,8 @@ class Pipe {
   poisoned = false;
   /** Start times of the statements in flight, oldest first (answers come in order). */
   readonly heads: number[] = [];
+  /** Their texts, in the same order. */
+  readonly texts: string[] = [];
   /** When the last answer arrived: the next statement's own time starts there at the latest. */
   lastDone = 0;
 
@@ -253,9 +268,17 @@ export class Pipes {
       const depth = pipe.heads.length;
       if (depth === 0) return pipe;
       busy++;
+      if (depth >= maxDepth) continue;
       // Stalled: no answer for a while although statements are in flight
-      // (a busy pipe answers all the time, however deep its queue).
-      if (depth >= maxDepth || now - Math.max(pipe.heads[0]!, pipe.lastDone) > STALL_MS) continue;
+      // (a busy pipe answers all the time, however deep its queue). Its
+      // oldest statement is slow: more of the same text go to the pool
+      // now, not once the first has ended.
+      const waited = now - Math.max(pipe.heads[0]!, pipe.lastDone);
+      if (waited > STALL_MS) {
+        const text = pipe.texts[0]!;
+        if ((this.#durations.get(text) ?? 0) < waited) this.#durations.set(text, waited);
+        continue;
+      }
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
     if (busy < connections && this.#pipes.length < connections) return this.#open();
@@ -284,11 +307,17 @@ export class Pipes {
    */
   run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
     this.#inFlight++;
-    if (pipe.connected) return this.#send(pipe, config);
+    // Counted at once, connected or not: `maxDepth` holds for a pipe still connecting.
+    const started = performance.now();
+    pipe.heads.push(started);
+    pipe.texts.push(config.text);
+    if (pipe.connected) return this.#send(pipe, config, started);
     return pipe.ready.then(
-      () => this.#send(pipe, config),
+      () => this.#send(pipe, config, started),
       (err) => {
         this.#settled();
+        pipe.heads.shift();
+        pipe.texts.shift();
         // The pipe never opened: nothing was sent.
         throw markNotSent(err);
       },
@@ -300,9 +329,7 @@ export class Pipes {
     if (--this.#inFlight === 0) this.#drained?.();
   }
 
-  #send(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
-    const started = performance.now();
-    pipe.heads.push(started);
+  #send(pipe: Pipe, config: pg.QueryConfig, started: number): Promise<pg.QueryResult> {
     corkForTick(pipe.client);
     return new Promise<pg.QueryResult>((resolve, reject) => {
       // The callback runs inside pg's handling of this statement's
@@ -311,6 +338,7 @@ export class Pipes {
       const answered = (err: Error | null, result: pg.QueryResult) => {
         this.#settled();
         pipe.heads.shift();
+        pipe.texts.shift();
         // Its own time, not the time spent queued behind earlier statements.
         const now = performance.now();
         this.took(config.text, now - Math.max(started, pipe.lastDone));
@@ -349,7 +377,9 @@ export class Pipes {
       } catch (err) {
         // Refused before anything was queued (pg throws only for a missing config).
         this.#settled();
-        pipe.heads.pop();
+        const i = pipe.heads.lastIndexOf(started);
+        pipe.heads.splice(i, 1);
+        pipe.texts.splice(i, 1);
         reject(err);
       }
     });
