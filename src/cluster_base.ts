@@ -14,21 +14,15 @@ import type pg from "pg";
 import { AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { boundExecutor } from "./context.ts";
-import {
-  createDispatcher,
-  type Dispatcher,
-  nodeExecutor,
-  once,
-  pin,
-  reportRetry,
-} from "./dispatch.ts";
+import { createDispatcher, type Dispatcher, nodeExecutor, once, pin } from "./dispatch.ts";
 import { ClusterClosedError, type DbxError, handleError } from "./errors.ts";
 import type { Executor, QueryOptions, Tx } from "./executor.ts";
 import { isConnectionError } from "./failure.ts";
 import { HealthChecker } from "./health.ts";
 import { Node } from "./node.ts";
 import { Observer } from "./observe.ts";
-import { StatementCache } from "./pipeline.ts";
+import { StatementCache } from "./statement_cache.ts";
+import { reportRetry } from "./retry_contract.ts";
 import { currentSession } from "./session.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "./run_tx.ts";
 import { withCall } from "./signal.ts";

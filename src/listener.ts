@@ -10,7 +10,8 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import { discardClient } from "./_pg.ts";
-import { type Dispatcher, retryOptions } from "./dispatch.ts";
+import type { Dispatcher } from "./dispatch.ts";
+import { retryOptions } from "./retry_contract.ts";
 import { isConnectionError } from "./failure.ts";
 import type { NotificationHandler, ReconnectInfo, Subscription } from "./listen.ts";
 import type { Node } from "./node.ts";

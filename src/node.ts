@@ -14,7 +14,8 @@ import type { BalancerNode } from "./balancer.ts";
 import type { ResolvedNode } from "./config.ts";
 import { DbxError } from "./errors.ts";
 import { isConnectionError, markNotSent, PoolExhaustedError } from "./failure.ts";
-import { Pipes, type PipeSettings, sendCached, type StatementCache } from "./pipeline.ts";
+import { Pipes, type PipeSettings } from "./pipeline.ts";
+import { sendCached, type StatementCache } from "./statement_cache.ts";
 import type { NodeRole, Tracer } from "./observe.ts";
 import { type PgTarget, pgTarget } from "./tls.ts";
 

@@ -16,7 +16,8 @@
  */
 
 import type { ClusterInternals } from "./cluster_base.ts";
-import { openOn, retryOptions } from "./dispatch.ts";
+import { openOn } from "./dispatch.ts";
+import { retryOptions } from "./retry_contract.ts";
 import type { QueryOptions, ReadOptions } from "./executor.ts";
 import { withRetry } from "./retry.ts";
 import { currentSession } from "./session.ts";
