@@ -45,7 +45,14 @@ const MEMORY_QUERIES = 200_000;
 /** Long enough for RSS to settle at the workload's plateau (~40k queries here). */
 const MEMORY_WARMUP = 50_000;
 const MEMORY_STEP = 20_000;
-const TARGET_RATIO = 0.97;
+/** The pipelining targets (issue #10): lower bounds on dbx ÷ peer, upper bound on p99 ÷ raw. */
+const TARGETS = {
+  dbxOverRaw: 2.0,
+  dbxOverRaw64: 2.5,
+  dbxOverRaw1: 0.95,
+  dbxOverPostgresJs: 2.0,
+  p99OverRaw: 1.0,
+} as const;
 const TARGET_RSS_MB = 10;
 
 type Contender = "raw" | "dbx" | "replicas";
@@ -520,7 +527,12 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     pgbenchTps: "tps" in bench ? Math.round(bench.tps) : null,
     failoverWriteGapMs: Number.isNaN(fo.writeGapMs) ? null : fo.writeGapMs,
     targetsMet: {
-      dbxOverRaw: dbxOverRaw >= TARGET_RATIO,
+      dbxOverRaw: dbxOverRaw >= TARGETS.dbxOverRaw,
+      dbxOverRaw64: scaling.qps["64"]!.dbx / scaling.qps["64"]!.raw >= TARGETS.dbxOverRaw64,
+      dbxOverRaw1: scaling.qps["1"]!.dbx / scaling.qps["1"]!.raw >= TARGETS.dbxOverRaw1,
+      dbxOverPostgresJs: scaling.qps["10"]!.dbx / scaling.qps["10"]!.postgresjs >=
+        TARGETS.dbxOverPostgresJs,
+      p99OverRaw: scaling.mixedFastP99.dbx <= scaling.mixedFastP99.raw * TARGETS.p99OverRaw,
       rssGrowth: mem.dbx.rssGrowthMb < TARGET_RSS_MB,
       rssPeakGrowth: mem.dbx.rssPeakGrowthMb < TARGET_RSS_MB,
     },
@@ -537,9 +549,11 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   summary.durationS = Math.round((performance.now() - t0) / 1000);
   await writeFile(join(dir, "latest.json"), JSON.stringify(summary, null, 2) + "\n");
   const verdict = (ok: boolean) => ok ? "met" : "NOT met";
+  const ratios = (["dbxOverRaw", "dbxOverRaw64", "dbxOverRaw1", "dbxOverPostgresJs"] as const)
+    .map((k) => `${k} ${summary[k]} ≥ ${TARGETS[k]} ${verdict(summary.targetsMet[k])}`);
   console.log(
-    `\ntargets: dbxOverRaw ${summary.dbxOverRaw} ≥ ${TARGET_RATIO} ${
-      verdict(summary.targetsMet.dbxOverRaw)
+    `\ntargets: ${ratios.join(", ")}, p99OverRaw ${summary.p99OverRaw} ≤ ${TARGETS.p99OverRaw} ${
+      verdict(summary.targetsMet.p99OverRaw)
     }; RSS growth per 200k < ${TARGET_RSS_MB} MB: before/after ${summary.rssGrowthMbPer200k} MB ${
       verdict(summary.targetsMet.rssGrowth)
     }, peak ${summary.rssPeakGrowthMbPer200k} MB ${verdict(summary.targetsMet.rssPeakGrowth)}`,
