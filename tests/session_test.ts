@@ -136,6 +136,7 @@ dbTest(
         `counted: ${cluster.stats().totals.sessionReadsOnPrimary - before}`,
       );
       // Replay resumed: the next probes see the replicas caught up.
+      const resumed = performance.now();
       const served: number[] = [];
       await until("a session read is served by a replica again", async () => {
         const row = await cluster.readQueryRow<{ v: number; p: number }>(
@@ -145,6 +146,11 @@ dbTest(
         served.push(row.p);
         return ports.replicas.includes(row.p);
       }, 30_000);
+      const ms = performance.now() - resumed;
+      console.log(
+        `session reads back on a replica ${Math.round(ms)} ms after replay resumed ` +
+          `(${(ms / FAST.config.healthCheck.intervalMs).toFixed(1)} probe intervals)`,
+      );
     });
   },
   FAST,
