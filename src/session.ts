@@ -135,8 +135,7 @@ export class SessionState implements Session {
   }
 
   async token(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<string> {
-    const demand = this.#pendingSince === undefined ? this.#minLsn : undefined;
-    if (this.#pendingSince === undefined) return formatLsn(demand ?? 0n);
+    if (this.#pendingSince === undefined) return formatLsn(this.#minLsn ?? 0n);
     const writes = this.#writes;
     const lsn = parseLsn(await this.host.primaryLsn(options));
     if (lsn !== undefined) {
