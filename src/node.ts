@@ -347,18 +347,36 @@ export class Node implements BalancerNode {
   }
 
   /** Runs one statement on a pooled connection. */
-  async #runPooled(
+  #runPooled(
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
     pipes: Pipes | undefined,
   ): Promise<pg.QueryResult> {
-    const client = await this.acquire(signal);
-    let result: pg.QueryResult;
-    try {
+    return this.onPooled(signal, async (client) => {
       const started = pipes === undefined ? 0 : performance.now();
-      result = await this.runOn(client, sql, args, signal);
+      const result = await this.runOn(client, sql, args, signal);
       pipes?.took(sql, performance.now() - started);
+      return result;
+    });
+  }
+
+  /**
+   * Runs `work` on a connection taken from the pool and hands it back; a
+   * connection whose work failed on a lost connection is destroyed.
+   *
+   * @param signal Cancels the wait for a connection.
+   * @param work What to do with it.
+   * @returns What `work` returned.
+   */
+  async onPooled<R>(
+    signal: AbortSignal | undefined,
+    work: (client: pg.PoolClient) => Promise<R>,
+  ): Promise<R> {
+    const client = await this.acquire(signal);
+    let result: R;
+    try {
+      result = await work(client);
     } catch (err) {
       // The server may have closed the connection (57P01) with its socket
       // not yet seen as ended: it must not go back to the pool.

@@ -15,7 +15,6 @@ import { cancellable } from "./_pg.ts";
 import type { ClusterInternals } from "./cluster_base.ts";
 import { pin, type Pinned, routedWork } from "./dispatch.ts";
 import { DbxError } from "./errors.ts";
-import { isConnectionError } from "./failure.ts";
 import type { Node } from "./node.ts";
 import { currentSession } from "./session.ts";
 import type { Transaction } from "./tx.ts";
@@ -60,24 +59,6 @@ export function send(
   return cancellable(client, node, signal, () => client.query(config));
 }
 
-/** One attempt of a query config on a connection taken from `node`'s pool. */
-async function attemptOn(
-  node: Node,
-  config: pg.QueryConfig,
-  signal: AbortSignal | undefined,
-): Promise<pg.QueryResult> {
-  const client = await node.acquire(signal);
-  let result: pg.QueryResult;
-  try {
-    result = await send(client, node, config, signal);
-  } catch (err) {
-    node.release(client, isConnectionError(err));
-    throw err;
-  }
-  node.release(client);
-  return result;
-}
-
 /** What hooks and tracers see of a query config. */
 export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number } {
   return { sql: config.text, argCount: config.values?.length ?? 0 };
@@ -113,7 +94,7 @@ export function runConfig(
     route === "replica",
     infoOf(config),
     signal,
-    (node) => attemptOn(node, config, signal),
+    (node) => node.onPooled(signal, (client) => send(client, node, config, signal)),
     { session: currentSession(i.d.sessions) },
   );
 }

@@ -20,7 +20,7 @@ import {
   startLocalCluster,
   testLogger,
 } from "../src/testing/mod.ts";
-import { named, noPostgres, sleep, until } from "./helpers.ts";
+import { named, noPostgres, readLoop, sleep, until } from "./helpers.ts";
 
 /** Fast checks, as a latency-sensitive service would configure them. */
 const FAST = { healthCheck: { intervalMs: 500, timeoutMs: 500 } } as const;
@@ -84,31 +84,9 @@ class Ledger {
   }
 }
 
-/** Eight readers looping on readQuery, counting failures. */
+/** Readers looping on readQuery, counting failures. */
 function readers(cluster: Cluster, n = 8) {
-  let running = true;
-  const failures: unknown[] = [];
-  let reads = 0;
-  const loops = Array.from({ length: n }, async () => {
-    while (running) {
-      try {
-        await cluster.readQuery("select 1");
-        reads++;
-      } catch (err) {
-        failures.push(err);
-      }
-    }
-  });
-  return {
-    get reads() {
-      return reads;
-    },
-    failures,
-    async stop() {
-      running = false;
-      await Promise.all(loops);
-    },
-  };
+  return readLoop(() => cluster.readQuery("select 1"), n);
 }
 
 async function withCluster(

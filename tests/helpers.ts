@@ -36,3 +36,34 @@ export async function until(
   }
   throw new Error(`timed out waiting until ${what}`);
 }
+
+/** Readers looping on `read`, counting reads and failures. */
+export function readLoop(read: () => Promise<unknown>, n = 4): {
+  readonly reads: number;
+  readonly failures: unknown[];
+  stop(): Promise<void>;
+} {
+  let running = true;
+  let reads = 0;
+  const failures: unknown[] = [];
+  const loops = Array.from({ length: n }, async () => {
+    while (running) {
+      try {
+        await read();
+        reads++;
+      } catch (err) {
+        failures.push(err);
+      }
+    }
+  });
+  return {
+    get reads() {
+      return reads;
+    },
+    failures,
+    async stop() {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}

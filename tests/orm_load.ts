@@ -3,38 +3,7 @@
 import assert from "node:assert/strict";
 import { type Cluster, connect } from "../mod.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
-import { until } from "./helpers.ts";
-
-/** Readers looping on `read`, counting reads and failures. */
-export function readLoop(read: () => Promise<unknown>, n = 4): {
-  readonly reads: number;
-  readonly failures: unknown[];
-  stop(): Promise<void>;
-} {
-  let running = true;
-  let reads = 0;
-  const failures: unknown[] = [];
-  const loops = Array.from({ length: n }, async () => {
-    while (running) {
-      try {
-        await read();
-        reads++;
-      } catch (err) {
-        failures.push(err);
-      }
-    }
-  });
-  return {
-    get reads() {
-      return reads;
-    },
-    failures,
-    async stop() {
-      running = false;
-      await Promise.all(loops);
-    },
-  };
-}
+import { readLoop, until } from "./helpers.ts";
 
 /**
  * Starts a cluster of its own (1 primary, 2 replicas), runs `setUp` and then a
