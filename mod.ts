@@ -25,10 +25,10 @@
  * @module
  */
 
-export { Cluster, connect } from "./src/cluster.ts";
-export { ClusterBase } from "./src/cluster_base.ts";
-export { ClusterStatements } from "./src/cluster_statements.ts";
-export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/stats.ts";
+export { Cluster, connect } from "./src/cluster/cluster.ts";
+export { ClusterBase } from "./src/cluster/cluster_base.ts";
+export { ClusterStatements } from "./src/cluster/cluster_statements.ts";
+export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster/stats.ts";
 export type {
   CommandResult,
   Executor,
@@ -37,14 +37,10 @@ export type {
   Row,
   Tx,
 } from "./src/executor.ts";
-export type { Client, Component } from "./src/component.ts";
-export {
-  HEALTH_CHECK_DEFAULTS,
-  POOL_DEFAULTS,
-  redactUrl,
-  resolveConfig,
-  RETRY_DEFAULTS,
-} from "./src/config.ts";
+export type { Client, Component } from "./src/cluster/component.ts";
+export { HEALTH_CHECK_DEFAULTS, POOL_DEFAULTS, RETRY_DEFAULTS } from "./src/config/config.ts";
+export { resolveConfig } from "./src/config/resolve.ts";
+export { redactUrl } from "./src/config/redact.ts";
 export type {
   ClusterConfig,
   HealthCheckConfig,
@@ -54,10 +50,10 @@ export type {
   ResolvedNode,
   RetryConfig,
   TypeParsers,
-} from "./src/config.ts";
-export type { Pem, SslConfig } from "./src/tls.ts";
-export { leastInFlight, random, roundRobin } from "./src/balancer.ts";
-export type { Balancer, BalancerNode } from "./src/balancer.ts";
+} from "./src/config/config.ts";
+export type { Pem, SslConfig } from "./src/config/tls.ts";
+export { leastInFlight, random, roundRobin } from "./src/call/balancer.ts";
+export type { Balancer, BalancerNode } from "./src/call/balancer.ts";
 export {
   ClusterClosedError,
   ConfigError,
@@ -76,10 +72,10 @@ export {
   pgErrorCode,
 } from "./src/failure.ts";
 export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
-export { backoffDelay, delay } from "./src/retry.ts";
-export type { BackoffOptions } from "./src/retry.ts";
-export { currentExecutor, withExecutor } from "./src/context.ts";
-export { type Session, type SessionOptions, withSession } from "./src/session.ts";
+export { backoffDelay, delay } from "./src/call/retry.ts";
+export type { BackoffOptions } from "./src/call/retry.ts";
+export { currentExecutor, withExecutor } from "./src/cluster/context.ts";
+export { type Session, type SessionOptions, withSession } from "./src/call/session.ts";
 export { collect, collectOne, RowValidationError } from "./src/rows.ts";
 export type {
   RowMapper,
@@ -87,21 +83,21 @@ export type {
   StandardSchemaResult,
   StandardSchemaV1,
 } from "./src/rows.ts";
-export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/run_tx.ts";
-export type { PgPool, PgPoolOptions, PgRoute } from "./src/pg_pool.ts";
-export { BatchError } from "./src/batch.ts";
-export type { BatchOptions, BatchQuery, BatchResult } from "./src/batch.ts";
-export { encodeCopyValue } from "./src/copy.ts";
-export type { CopyOptions, CopyRows } from "./src/copy.ts";
+export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/tx/run_tx.ts";
+export type { PgPool, PgPoolOptions, PgRoute } from "./src/compat/pg_pool.ts";
+export { BatchError } from "./src/tx/batch.ts";
+export type { BatchOptions, BatchQuery, BatchResult } from "./src/tx/batch.ts";
+export { encodeCopyValue } from "./src/tx/copy.ts";
+export type { CopyOptions, CopyRows } from "./src/tx/copy.ts";
 export type {
   ListenOptions,
   NotificationHandler,
   NotificationInfo,
   ReconnectInfo,
   Subscription,
-} from "./src/listen.ts";
-export type { ReadStreamOptions, StreamOptions } from "./src/stream.ts";
-export { noopLogger } from "./src/observe.ts";
+} from "./src/listen/listen.ts";
+export type { ReadStreamOptions, StreamOptions } from "./src/tx/stream.ts";
+export { noopLogger } from "./src/observe/observe.ts";
 export type {
   Logger,
   MetricsHook,
@@ -115,4 +111,4 @@ export type {
   TraceQueryInfo,
   TraceQueryOutcome,
   Tracer,
-} from "./src/observe.ts";
+} from "./src/observe/observe.ts";

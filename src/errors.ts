@@ -11,7 +11,7 @@
  * @module
  */
 
-import { isConnectionError, pgErrorCode, walk } from "./failure.ts";
+import { isConnectionError, pgErrorCode, walk } from "./sqlstate.ts";
 
 /**
  * What kind of failure a {@linkcode DbxError} is: a stable, coarse category

@@ -8,8 +8,8 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import type { BatchOptions, BatchQuery, BatchResult } from "./batch.ts";
-import type { CopyOptions, CopyRows } from "./copy.ts";
+import type { BatchOptions, BatchQuery, BatchResult } from "./tx/batch.ts";
+import type { CopyOptions, CopyRows } from "./tx/copy.ts";
 import { NoRowsError } from "./errors.ts";
 
 /**

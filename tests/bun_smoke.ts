@@ -20,7 +20,7 @@ import { sql as drizzleSql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
 import { Kysely, sql } from "kysely";
 import { ClusterClosedError, connect } from "../mod.ts";
-import { dbxDialect } from "../src/kysely.ts";
+import { dbxDialect } from "../src/compat/kysely.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 
 const TIMEOUT_MS = 120_000;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 // @ts-types="@types/pg"
 import pg from "pg";
 import { type Cluster, DbxError, encodeCopyValue } from "../mod.ts";
-import { checkCopyArgs, copyIn } from "../src/copy.ts";
+import { checkCopyArgs, copyIn } from "../src/tx/copy.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 import { dbTest } from "../src/testing/mod.ts";
 

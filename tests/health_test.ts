@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, DbxError, isRetryable, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
-import { parseLsn } from "../src/route.ts";
+import { parseLsn } from "../src/call/route.ts";
 import { startLocalCluster, testLogger } from "../src/testing/mod.ts";
 import { named, noPostgres, sleep, until } from "./helpers.ts";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, type MetricsHook, NoHealthyNodeError, type QueryEvent } from "../mod.ts";
-import { splitAuthority } from "../src/multi_host.ts";
+import { splitAuthority } from "../src/config/multi_host.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 import { testLogger } from "../src/testing/mod.ts";
 import { until } from "./helpers.ts";

@@ -7,7 +7,7 @@ import {
   resolveConfig,
   roundRobin,
 } from "../mod.ts";
-import { parseMultiHostUrl, queryParams, withoutParams } from "../src/multi_host.ts";
+import { parseMultiHostUrl, queryParams, withoutParams } from "../src/config/multi_host.ts";
 
 /** The ConfigError that `fn` throws. */
 function configError(fn: () => unknown): ConfigError {

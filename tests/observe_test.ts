@@ -6,7 +6,7 @@ import {
   type QueryEvent,
   type RetryEvent,
 } from "../mod.ts";
-import { callHook } from "../src/observe.ts";
+import { callHook } from "../src/observe/observe.ts";
 import { dbTest, testLogger } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 

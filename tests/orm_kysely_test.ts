@@ -10,8 +10,8 @@ import { CompiledQuery, type Generated, Kysely, PostgresDialect, sql } from "kys
 // @ts-types="@types/pg-cursor"
 import Cursor from "pg-cursor";
 import type { Cluster } from "../mod.ts";
-import { dbxDialect } from "../src/kysely.ts";
-import { isPlainRead } from "../src/kysely_route.ts";
+import { dbxDialect } from "../src/compat/kysely.ts";
+import { isPlainRead } from "../src/compat/kysely_route.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { named, noPostgres, until } from "./helpers.ts";
 import { replicaKilledUnderReads } from "./orm_load.ts";

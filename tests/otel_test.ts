@@ -7,8 +7,8 @@ import {
   type ReadableSpan,
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
-import type { TraceQueryInfo } from "../src/observe.ts";
-import { otelTracer, type TracerProviderLike } from "../src/otel.ts";
+import type { TraceQueryInfo } from "../src/observe/observe.ts";
+import { otelTracer, type TracerProviderLike } from "../src/observe/otel.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { DbxError, mayHaveBeenApplied, NoHealthyNodeError, RetryExhaustedError } from "../mod.ts";
 import { markNotSent } from "../src/failure.ts";
-import { type RetryOptions, withRetry } from "../src/retry.ts";
+import { type RetryOptions, withRetry } from "../src/call/retry.ts";
 import { backoffDelay, delay } from "../mod.ts";
 
 const almostOne = 1 - Number.EPSILON;

@@ -7,7 +7,7 @@ import {
   pickWriter,
   type RouteNode,
   type RouteTopology,
-} from "../src/route.ts";
+} from "../src/call/route.ts";
 
 /** A node as routing sees it: no server behind it. */
 function node(

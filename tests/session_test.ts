@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import type { Cluster } from "../mod.ts";
-import { SessionState } from "../src/session.ts";
+import { SessionState } from "../src/call/session.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { sleep, until } from "./helpers.ts";
 

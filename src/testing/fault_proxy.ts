@@ -7,8 +7,8 @@
  */
 
 import { createServer, type Server, type Socket } from "node:net";
-import { redactUrl } from "../config.ts";
-import { describe } from "../validate.ts";
+import { redactUrl } from "../config/redact.ts";
+import { describe } from "../call/validate.ts";
 import { type Address, ignore, Link, type Mode } from "./fault_proxy_link.ts";
 
 /**

@@ -15,7 +15,7 @@ import process from "node:process";
 import { promisify } from "node:util";
 // @ts-types="@types/pg"
 import pg from "pg";
-import { delay } from "../retry.ts";
+import { delay } from "../call/retry.ts";
 import { exists } from "./embedded_pg.ts";
 import { isExecutable } from "./pg_binaries.ts";
 

@@ -5,10 +5,10 @@
  * @module
  */
 
-import type { Cluster } from "../cluster.ts";
-import { withExecutor } from "../context.ts";
+import type { Cluster } from "../cluster/cluster.ts";
+import { withExecutor } from "../cluster/context.ts";
 import type { Tx } from "../executor.ts";
-import type { TxOptions } from "../run_tx.ts";
+import type { TxOptions } from "../tx/run_tx.ts";
 
 /**
  * Runs `fn(tx)` in a transaction that is always rolled back, whatever `fn`

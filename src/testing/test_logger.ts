@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { Logger } from "../observe.ts";
+import type { Logger } from "../observe/observe.ts";
 
 /**
  * One recorded log call.

@@ -1,0 +1,332 @@
+/**
+ * The statement path of a routed call, in one place: choose a node
+ * (`route.ts`), run one attempt on it (`attempt.ts`), and retry by the
+ * retry contract (`retry_contract.ts`, with `withRetry` in `retry.ts`). The cluster's `exec`, `query`,
+ * `queryRow`, `read*`, `begin`, `copyFrom` and `sendBatch` all come here.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import { type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
+import type { ResolvedConfig } from "../config/config.ts";
+import {
+  type Executor,
+  firstRow,
+  type QueryOptions,
+  type ReadOptions,
+  type Row,
+  toCommandResult,
+} from "../executor.ts";
+import type { HealthChecker } from "../node/health.ts";
+import type { Node } from "../node/node.ts";
+import type { Observer } from "../observe/observe.ts";
+import { type RetryOptions, withRetry } from "./retry.ts";
+import { retryOptions } from "./retry_contract.ts";
+import { currentSession, type SessionHost, type SessionState } from "./session.ts";
+import { withCall } from "./signal.ts";
+import { checkCallOptions, checkStatement } from "./validate.ts";
+
+/** What the statement path needs from the cluster. */
+export interface Dispatcher {
+  readonly config: ResolvedConfig;
+  readonly nodes: readonly Node[];
+  readonly checker: HealthChecker;
+  readonly runner: AttemptRunner;
+  readonly observer: Observer;
+  /** Throws ClusterClosedError once the cluster is closing. */
+  assertOpen(): void;
+  /** Retry options of calls without a signal or read bounds, made once (the hot path). */
+  readonly plain: Readonly<Record<Kind, RetryOptions<Node>>>;
+  /** What read-your-writes sessions of this cluster ask of it. */
+  readonly sessions: SessionHost;
+  /** Reads of a session sent to the primary because no replica was known to have its writes. */
+  sessionReadsOnPrimary: number;
+}
+
+/** How a call is routed and what of it may be re-sent. */
+export type Kind = "read" | "write" | "pin";
+
+/**
+ * Builds the statement path of a cluster.
+ *
+ * @param parts The cluster's config, nodes, checker, runner and observer.
+ * @returns The dispatcher.
+ */
+export function createDispatcher(
+  parts: Omit<Dispatcher, "plain" | "sessions" | "sessionReadsOnPrimary">,
+): Dispatcher {
+  const plain = {} as Record<Kind, RetryOptions<Node>>;
+  const sessions: SessionHost = {
+    get probeSeq() {
+      return parts.checker.probeSeq;
+    },
+    primaryLsn: (options) =>
+      // Not through `statement()`: asking is not a write of the session.
+      withCall(options, (signal) =>
+        routed(d, false, "select pg_current_wal_lsn()::text as lsn", undefined, undefined, signal))
+        .then((r) =>
+          (r.rows[0] as { lsn: string }).lsn
+        ),
+  };
+  const d: Dispatcher = { ...parts, plain, sessions, sessionReadsOnPrimary: 0 };
+  for (const kind of ["read", "write", "pin"] as const) {
+    plain[kind] = retryOptions(d, kind, undefined, undefined, undefined);
+  }
+  return d;
+}
+
+/** A connection taken for a transaction, a COPY or a batch. */
+export interface Pinned {
+  readonly node: Node;
+  readonly client: pg.PoolClient;
+}
+
+/**
+ * Runs one statement where its method routes it, with retries.
+ *
+ * @param d The cluster.
+ * @param read A `read*` method.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's read options.
+ * @param signal The call's signal (deadline included).
+ * @returns The driver's result.
+ */
+export function routed(
+  d: Dispatcher,
+  read: boolean,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+  signal: AbortSignal | undefined,
+  session?: SessionState,
+): Promise<pg.QueryResult> {
+  return routedWork(
+    d,
+    read,
+    { sql, argCount: args?.length ?? 0 },
+    signal,
+    (node) => node.run(sql, args, signal),
+    { options, session },
+  );
+}
+
+/**
+ * Takes a connection on the primary, with retries; given a BEGIN statement,
+ * opens a transaction on it (through the attempt runner).
+ *
+ * @param d The cluster.
+ * @param begin The BEGIN statement, or undefined for a bare connection.
+ * @param signal The call's signal.
+ * @returns The node and its connection; hand it back with `node.release`.
+ */
+export function pin(
+  d: Dispatcher,
+  begin: string | undefined,
+  signal: AbortSignal | undefined,
+): Promise<Pinned> {
+  return withRetry(async (node, attempt) => {
+    if (begin === undefined) {
+      return {
+        node,
+        client: await d.runner.run(node, undefined, signal, () => node.acquire(signal)),
+      };
+    }
+    return { node, client: await openOn(d, node, begin, attempt, signal) };
+  }, retryOptions(d, "pin", undefined, signal, undefined));
+}
+
+/**
+ * One attempt at opening a transaction on `node`: takes a connection and
+ * runs `begin` on it through the attempt runner; the connection is
+ * destroyed when BEGIN fails.
+ *
+ * @param d The cluster.
+ * @param node Where.
+ * @param begin The BEGIN statement.
+ * @param attempt Which attempt of the call this is.
+ * @param signal The call's signal.
+ * @returns The connection, inside the transaction.
+ */
+export function openOn(
+  d: Dispatcher,
+  node: Node,
+  begin: string,
+  attempt: number,
+  signal: AbortSignal | undefined,
+): Promise<pg.PoolClient> {
+  return d.runner.run(node, { sql: begin, argCount: 0, attempt }, signal, async () => {
+    const client = await node.acquire(signal);
+    try {
+      await node.runOn(client, begin, undefined, signal);
+    } catch (err) {
+      node.release(client, true);
+      throw err;
+    }
+    return client;
+  });
+}
+
+/**
+ * Runs work (a COPY, a batch) on a connection pinned to the primary: the
+ * connection is taken with retries, the work runs once through the attempt
+ * runner, and the connection is handed back.
+ *
+ * @param d The cluster.
+ * @param info What the work is, for hooks and tracers.
+ * @param signal The call's signal.
+ * @param work The work.
+ * @returns What `work` returned.
+ */
+export async function onPinned<R>(
+  d: Dispatcher,
+  info: AttemptInfo,
+  signal: AbortSignal | undefined,
+  work: (p: Pinned) => Promise<R>,
+): Promise<R> {
+  const session = currentSession(d.sessions);
+  const p = await pin(d, undefined, signal);
+  let result: R;
+  try {
+    result = await d.runner.run(p.node, info, signal, () => work(p));
+  } catch (err) {
+    p.node.release(p.client, failureOf(err).connectionLost);
+    throw err;
+  } finally {
+    session?.noteWrite();
+  }
+  p.node.release(p.client);
+  return result;
+}
+
+/** The checks every statement call makes before anything is sent. */
+function precheck(
+  d: Dispatcher,
+  method: string,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+): void {
+  d.assertOpen();
+  checkStatement(method, sql, args);
+  checkCallOptions(method, options);
+}
+
+/**
+ * A statement method's call: checked, within the call's signal, routed.
+ *
+ * @param d The cluster.
+ * @param method Method name for argument errors.
+ * @param read A `read*` method.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's options.
+ * @returns The driver's result.
+ */
+export function statement(
+  d: Dispatcher,
+  method: string,
+  read: boolean,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: ReadOptions | undefined,
+): Promise<pg.QueryResult> {
+  try {
+    precheck(d, method, sql, args, options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const session = currentSession(d.sessions);
+  return withCall(options, (signal) => routed(d, read, sql, args, options, signal, session));
+}
+
+/**
+ * One attempt on one node, whatever its role or health: no routing, no
+ * retry (per-node handles and `ping`).
+ *
+ * @param d The cluster.
+ * @param node The node.
+ * @param method Method name for argument errors.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param options The call's signal and deadline.
+ * @returns The driver's result.
+ */
+export function once(
+  d: Dispatcher,
+  node: Node,
+  method: string,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  options: QueryOptions | undefined,
+): Promise<pg.QueryResult> {
+  try {
+    precheck(d, method, sql, args, options);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const info = { sql, argCount: args?.length ?? 0, attempt: 1 };
+  return withCall(
+    options,
+    (signal) => d.runner.run(node, info, signal, () => node.run(sql, args, signal)),
+  );
+}
+
+/**
+ * An {@linkcode Executor} over a function that runs one statement.
+ *
+ * @param run Runs one statement.
+ * @returns The executor.
+ */
+export function nodeExecutor(
+  run: (
+    method: string,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    options: QueryOptions | undefined,
+  ) => Promise<pg.QueryResult>,
+): Executor {
+  return {
+    exec: async (sql, args, options) => toCommandResult(await run("exec", sql, args, options)),
+    query: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+      (await run("query", sql, args, options)).rows as T[],
+    queryRow: async <T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions) =>
+      firstRow<T>((await run("queryRow", sql, args, options)).rows),
+  };
+}
+
+/**
+ * Runs work routed like a statement (`read`: read rules, else write rules),
+ * with retries, each attempt through the attempt runner: every statement
+ * method (through {@linkcode routed}), the `pgPool` facade's query configs
+ * (`rowMode`, `types`, `name`) and its connections. A write in a
+ * read-your-writes session is noted when it ends; a read in one goes only
+ * where the session's writes are.
+ *
+ * @param d The cluster.
+ * @param read Read rules (a replica, falling back to the primary).
+ * @param info What it is, for hooks and tracers; `undefined` for work that sends nothing.
+ * @param signal The call's signal.
+ * @param work One attempt on the picked node.
+ * @param route The call's read options (lag, token) and session.
+ * @returns What `work` returned.
+ */
+export function routedWork<R>(
+  d: Dispatcher,
+  read: boolean,
+  info: Omit<AttemptInfo, "attempt"> | undefined,
+  signal: AbortSignal | undefined,
+  work: (node: Node) => Promise<R>,
+  route?: { options?: ReadOptions | undefined; session?: SessionState | undefined },
+): Promise<R> {
+  const session = route?.session;
+  const result = withRetry(
+    (node, attempt) => d.runner.run(node, info && { ...info, attempt }, signal, () => work(node)),
+    retryOptions(d, read ? "read" : "write", route?.options, signal, read ? session : undefined),
+  );
+  if (read || session === undefined) return result;
+  // Succeeded or not (it may have been applied), the session's reads must see it.
+  return result.finally(() => session.noteWrite());
+}

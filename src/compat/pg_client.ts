@@ -1,0 +1,261 @@
+/**
+ * The clients of the `pgPool` facade's `connect()`, as node-postgres pool
+ * clients: one on a pinned connection (statements run there once, never
+ * retried), and one inside the ambient transaction (statements join it; an
+ * ORM's BEGIN / COMMIT / ROLLBACK become a savepoint, so its transaction
+ * nests). Both pass a Submittable (a cursor, a stream) to pg's client.
+ *
+ * @module
+ */
+
+import { EventEmitter } from "node:events";
+// @ts-types="@types/pg"
+import pg from "pg";
+import { failureOf } from "../call/attempt.ts";
+import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import type { Pinned } from "../call/dispatch.ts";
+import type { Node } from "../node/node.ts";
+import { driverError, inTx, runPinned } from "./pg_run.ts";
+import { currentSession, type SessionState } from "../call/session.ts";
+import type { Transaction } from "../tx/tx.ts";
+
+type Callback = (err: Error | undefined, result?: pg.QueryResult) => void;
+
+/**
+ * Whether a query argument is a Submittable (pg-cursor, pg-query-stream).
+ *
+ * @param arg The first argument of `query()`.
+ * @returns `true` when it has a `submit` method.
+ */
+export function isSubmittable(arg: unknown): arg is pg.Submittable {
+  return typeof arg === "object" && arg !== null &&
+    typeof (arg as { submit?: unknown }).submit === "function";
+}
+
+/**
+ * A query's arguments as one query config, as `pg.Client#query` reads them.
+ *
+ * @param text Statement text, or a query config.
+ * @param values Bind parameters (they replace the config's).
+ * @returns A fresh query config.
+ * @throws {TypeError} when `text` is neither a string nor a config with a string `text`.
+ */
+export function toConfig(text: unknown, values: unknown): pg.QueryConfig {
+  const config: pg.QueryConfig = typeof text === "string"
+    ? { text }
+    : typeof text === "object" && text !== null &&
+        typeof (text as { text?: unknown }).text === "string"
+    ? { ...(text as pg.QueryConfig) }
+    : (() => {
+      throw new TypeError(
+        `Cannot query() as 'text' must be a string or a query config with a 'text': current value is ${
+          typeof text === "object" ? JSON.stringify(text) : String(text)
+        }`,
+      );
+    })();
+  if (Array.isArray(values)) config.values = values;
+  return config;
+}
+
+/**
+ * Settles a promise into a node-style callback when one is given.
+ *
+ * @param promise The call.
+ * @param cb The caller's callback, if any.
+ * @returns The promise, or undefined when a callback takes the outcome.
+ */
+export function settle<R>(promise: Promise<R>, cb: unknown): Promise<R> | undefined {
+  if (typeof cb !== "function") return promise;
+  promise.then((r) => (cb as Callback)(undefined, r as pg.QueryResult), (e) => (cb as Callback)(e));
+  return undefined;
+}
+
+/**
+ * Splits `query(text, values?, cb?)` / `query(text, cb)`.
+ *
+ * @param args The arguments of `query()`.
+ * @returns Text (or config), values and callback.
+ */
+export function queryArgs(args: unknown[]): { text: unknown; values: unknown; cb: unknown } {
+  const [text, values, cb] = args;
+  return typeof values === "function"
+    ? { text, values: undefined, cb: values }
+    : { text, values, cb };
+}
+
+/** A pinned connection as a node-postgres pool client. */
+export class PinnedClient extends EventEmitter {
+  readonly #i: ClusterInternals;
+  readonly #node: Node;
+  readonly #client: pg.PoolClient;
+  readonly #forward = (err: Error) => {
+    if (this.listenerCount("error") > 0) this.emit("error", err);
+  };
+  #released = false;
+  #broken = false;
+  /** The read-your-writes session that took it: what ran on the primary may have written. */
+  readonly #session: SessionState | undefined;
+
+  constructor(i: ClusterInternals, { node, client }: Pinned) {
+    super();
+    this.#i = i;
+    this.#node = node;
+    this.#client = client;
+    this.#session = currentSession(i.d.sessions);
+    client.on("error", this.#forward);
+  }
+
+  /** The backend's process id (Kysely reads it). */
+  get processID(): number | null {
+    return (this.#client as unknown as { processID: number | null }).processID;
+  }
+
+  escapeIdentifier(s: string): string {
+    return this.#client.escapeIdentifier(s);
+  }
+
+  escapeLiteral(s: string): string {
+    return this.#client.escapeLiteral(s);
+  }
+
+  query(...args: unknown[]): unknown {
+    const { text, values, cb } = queryArgs(args);
+    if (isSubmittable(text)) {
+      if (this.#released) throw new Error("Cannot query() as the client was released");
+      return this.#client.query(text);
+    }
+    let run: Promise<pg.QueryResult>;
+    try {
+      if (this.#released) throw new Error("Cannot query() as the client was released");
+      const config = toConfig(text, values);
+      run = runPinned(this.#i, { node: this.#node, client: this.#client }, config, undefined)
+        .catch((err) => {
+          if (failureOf(err).connectionLost) this.#broken = true;
+          throw driverError(err);
+        });
+    } catch (err) {
+      run = Promise.reject(err);
+    }
+    return settle(run, cb);
+  }
+
+  release(err?: unknown): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#client.removeListener("error", this.#forward);
+    // Not idle (inside a transaction, a statement running) or broken: destroyed.
+    this.#node.release(this.#client, Boolean(err) || this.#broken);
+    if (this.#node.role === "primary") this.#session?.noteWrite();
+  }
+}
+
+/** What the facade client sends for an ORM's transaction control inside an ambient transaction. */
+const CONTROL = {
+  begin: /^\s*(begin|start\s+transaction)\b/i,
+  commit: /^\s*(commit|end)(\s+(work|transaction))?\s*;?\s*$/i,
+  rollback: /^\s*(rollback|abort)(\s+(work|transaction))?\s*;?\s*$/i,
+};
+
+function controlResult(command: string): pg.QueryResult {
+  return { command, rowCount: null, oid: 0, rows: [], fields: [] } as unknown as pg.QueryResult;
+}
+
+/** A facade client inside an ambient transaction: statements join it, BEGIN nests. */
+export class TxClient extends EventEmitter {
+  readonly #tx: Transaction;
+  readonly #savepoints: string[] = [];
+  #released = false;
+  static #next = 0;
+
+  constructor(tx: Transaction) {
+    super();
+    this.#tx = tx;
+  }
+
+  get processID(): number | null {
+    return null;
+  }
+
+  escapeIdentifier(s: string): string {
+    return pg.escapeIdentifier(s);
+  }
+
+  escapeLiteral(s: string): string {
+    return pg.escapeLiteral(s);
+  }
+
+  query(...args: unknown[]): unknown {
+    const { text, values, cb } = queryArgs(args);
+    if (this.#released) {
+      return settle(
+        Promise.reject(new Error("Cannot query() as the client was released")),
+        cb,
+      );
+    }
+    if (isSubmittable(text)) {
+      // pg's client queues it behind the transaction's earlier statements.
+      this.#tx.enqueue(
+        { sql: "submittable", argCount: 0, attempt: 1 },
+        undefined,
+        (client) => Promise.resolve(void client.query(text)),
+      ).catch(() => {});
+      return text;
+    }
+    let run: Promise<pg.QueryResult>;
+    try {
+      run = this.#run(toConfig(text, values)).catch((err) => {
+        throw driverError(err);
+      });
+    } catch (err) {
+      run = Promise.reject(err);
+    }
+    return settle(run, cb);
+  }
+
+  async #run(config: pg.QueryConfig): Promise<pg.QueryResult> {
+    const tx = this.#tx;
+    const sql = (text: string) => inTx(tx, { text }, undefined);
+    if (CONTROL.begin.test(config.text)) {
+      const name = `dbx_pool_${++TxClient.#next}`;
+      await sql(`savepoint ${name}`);
+      this.#savepoints.push(name);
+      return controlResult("BEGIN");
+    }
+    const top = this.#savepoints.at(-1);
+    if (top !== undefined && CONTROL.commit.test(config.text)) {
+      this.#savepoints.pop();
+      try {
+        await sql(`release savepoint ${top}`);
+        return controlResult("COMMIT");
+      } catch (err) {
+        // The nested work failed (25P02): like COMMIT of a failed transaction, it rolls back.
+        await sql(`rollback to savepoint ${top}`);
+        await sql(`release savepoint ${top}`);
+        if ((driverError(err) as { code?: unknown }).code === "25P02") {
+          return controlResult("ROLLBACK");
+        }
+        throw err;
+      }
+    }
+    if (top !== undefined && CONTROL.rollback.test(config.text)) {
+      this.#savepoints.pop();
+      await sql(`rollback to savepoint ${top}`);
+      await sql(`release savepoint ${top}`);
+      return controlResult("ROLLBACK");
+    }
+    return await inTx(tx, config, undefined);
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    // Released inside its own BEGIN: its work is undone, the ambient transaction goes on.
+    const outer = this.#savepoints[0];
+    this.#savepoints.length = 0;
+    if (outer === undefined) return;
+    const tx = this.#tx;
+    inTx(tx, { text: `rollback to savepoint ${outer}` }, undefined)
+      .then(() => inTx(tx, { text: `release savepoint ${outer}` }, undefined))
+      .catch(() => {});
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * How the `pgPool` facade and the Kysely dialect run node-postgres query
+ * configs (`text`, `values`, `name`, `rowMode`, `types`) on the cluster:
+ * routed and retried through the one statement path (`routedWork` in
+ * `dispatch.ts`), in the ambient transaction, or on a pinned connection,
+ * every attempt through the attempt runner. And the error node-postgres
+ * callers expect: the driver's own, under dbx's wrapping.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import { cancellable } from "../node/pg_internals.ts";
+import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import { pin, type Pinned, routedWork } from "../call/dispatch.ts";
+import { DbxError } from "../errors.ts";
+import type { Node } from "../node/node.ts";
+import { currentSession } from "../call/session.ts";
+import type { Transaction } from "../tx/tx.ts";
+
+/** Which rules a statement follows: the write rules, or the read rules. */
+export type PgRoute = "primary" | "replica";
+
+/**
+ * The error an ORM expects: the driver's own under dbx's wrapping (a
+ * DbxError naming the node, a RetryExhaustedError around it). dbx's own
+ * conditions stay as they are.
+ *
+ * @param err What the statement path threw.
+ * @returns The error to throw to node-postgres callers.
+ */
+export function driverError(err: unknown): unknown {
+  let e = err;
+  while (
+    e instanceof DbxError && (e.name === "DbxError" || e.name === "RetryExhaustedError") &&
+    e.kind !== "canceled" && e.kind !== "timeout" && e.cause instanceof Error
+  ) {
+    e = e.cause;
+  }
+  return e;
+}
+
+/**
+ * Sends one query config on a connection; aborting `signal` cancels it on the server.
+ *
+ * @param client The connection.
+ * @param node Its node (where the cancel goes).
+ * @param config The query config.
+ * @param signal Cancels the statement.
+ * @returns pg's result.
+ */
+export function send(
+  client: pg.ClientBase,
+  node: Node,
+  config: pg.QueryConfig,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  return cancellable(client, node, signal, () => client.query(config));
+}
+
+/** What hooks and tracers see of a query config. */
+export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number } {
+  return { sql: config.text, argCount: config.values?.length ?? 0 };
+}
+
+/**
+ * Runs a query config through the cluster's statement path: in the ambient
+ * transaction when there is one, else routed by `route`, with retries.
+ * Rejections are the raw {@linkcode DbxError}s; callers that speak pg map
+ * them with {@linkcode driverError}.
+ *
+ * @param i The cluster's internals.
+ * @param route Which rules the statement follows.
+ * @param config The query config, passed to pg as it is.
+ * @param signal Cancels the call (a running statement on the server).
+ * @returns pg's result (`command`, `rowCount`, `rows`, `fields`).
+ */
+export function runConfig(
+  i: ClusterInternals,
+  route: PgRoute,
+  config: pg.QueryConfig,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  try {
+    i.d.assertOpen();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const tx = i.ambient();
+  if (tx !== undefined) return inTx(tx.root, config, signal);
+  return routedWork(
+    i.d,
+    route === "replica",
+    infoOf(config),
+    signal,
+    (node) => node.onPooled(signal, (client) => send(client, node, config, signal)),
+    { session: currentSession(i.d.sessions) },
+  );
+}
+
+/**
+ * Runs a query config in a transaction, after its earlier statements.
+ *
+ * @param tx The transaction.
+ * @param config The query config.
+ * @param signal Cancels it on the server.
+ * @returns pg's result.
+ */
+export function inTx(
+  tx: Transaction,
+  config: pg.QueryConfig,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  return tx.enqueue(
+    { ...infoOf(config), attempt: 1 },
+    { signal },
+    (client, s) => send(client, tx.node, config, s),
+  );
+}
+
+/**
+ * Takes a connection for the facade's `connect()`: on the primary (the
+ * pin of `begin`), or where a read would go.
+ *
+ * @param i The cluster's internals.
+ * @param route Which node.
+ * @returns The node and its connection.
+ */
+export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Pinned> {
+  i.d.assertOpen();
+  if (route === "primary") return pin(i.d, undefined, undefined);
+  return routedWork(
+    i.d,
+    true,
+    undefined,
+    undefined,
+    async (node) => ({ node, client: await node.acquire() }),
+  );
+}
+
+/**
+ * Runs a query config on a pinned connection, once, through the attempt
+ * runner (counted and observed like any statement).
+ *
+ * @param i The cluster's internals.
+ * @param p The node and its connection.
+ * @param config The query config.
+ * @param signal Cancels it on the server.
+ * @returns pg's result.
+ */
+export function runPinned(
+  i: ClusterInternals,
+  p: Pinned,
+  config: pg.QueryConfig,
+  signal: AbortSignal | undefined,
+): Promise<pg.QueryResult> {
+  return i.d.runner.run(
+    p.node,
+    { ...infoOf(config), attempt: 1 },
+    signal,
+    () => send(p.client, p.node, config, signal),
+  );
+}

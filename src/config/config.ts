@@ -1,0 +1,376 @@
+/**
+ * Cluster configuration: the plain-object form of the Go library's
+ * functional options and its documented defaults.
+ * Eager validation ({@linkcode resolveConfig}) lives in `config_resolve.ts`
+ * and is re-exported here.
+ *
+ * @module
+ */
+
+import type { Balancer } from "../call/balancer.ts";
+import type { Logger, MetricsHook, NodeRole, Tracer } from "../observe/observe.ts";
+import type { SslConfig } from "./tls.ts";
+
+/**
+ * Per-node connection pool settings (one `pg.Pool` per node).
+ *
+ * @example
+ * ```ts
+ * import type { PoolConfig } from "@codelab/dbx";
+ *
+ * const pool: PoolConfig = { max: 20, min: 2, idleTimeoutMs: 10_000 };
+ * ```
+ */
+export interface PoolConfig {
+  /** Most connections open at once. @default 10 */
+  max?: number;
+  /** Connections kept open even when idle. @default 0 */
+  min?: number;
+  /** Close a connection idle for this long (0 = never). @default 30_000 */
+  idleTimeoutMs?: number;
+  /** Retire a connection after this long, once idle (0 = never). @default 3_600_000 */
+  maxLifetimeMs?: number;
+  /** Give up establishing a connection (or waiting for a free one) after this long. @default 5_000 */
+  connectTimeoutMs?: number;
+}
+
+/**
+ * How failed statements are retried (see the retry contract in the README).
+ *
+ * @example
+ * ```ts
+ * import { isConnectionError, type RetryConfig } from "@codelab/dbx";
+ *
+ * // Retry only connection failures, a little longer than the default.
+ * const retry: RetryConfig = { maxAttempts: 5, baseDelayMs: 100, retryable: isConnectionError };
+ * ```
+ */
+export interface RetryConfig {
+  /** Attempts in total, the first included; 1 disables retries. @default 3 */
+  maxAttempts?: number;
+  /** Backoff base: the cap before jitter is `baseDelayMs * 2 ** (n - 1)`. @default 50 */
+  baseDelayMs?: number;
+  /** Upper bound of one backoff delay. @default 1_000 */
+  maxDelayMs?: number;
+  /**
+   * When no primary is known (a failover in progress), how long a write or
+   * `begin` waits for the checker to find one, re-probing every ~100 ms,
+   * within the call's `signal` / `timeoutMs`; `0` fails at once with
+   * `NoHealthyNodeError`.
+   * @default 5_000
+   */
+  waitForPrimaryMs?: number;
+  /**
+   * Extra veto on retrying: return `false` to fail at once. It cannot make an
+   * unsafe retry happen (a write that may have reached the server is never re-sent).
+   * @default isRetryable
+   */
+  retryable?: (err: unknown) => boolean;
+}
+
+/**
+ * Background health checking.
+ *
+ * @example
+ * ```ts
+ * import type { HealthCheckConfig } from "@codelab/dbx";
+ *
+ * const healthCheck: HealthCheckConfig = { intervalMs: 500, timeoutMs: 300, failuresBeforeDown: 2 };
+ * ```
+ */
+export interface HealthCheckConfig {
+  /** Time between probe rounds. @default 2_000 */
+  intervalMs?: number;
+  /** Bound on one probe (connect and query). @default 1_000 */
+  timeoutMs?: number;
+  /** Consecutive failed probes before a node is marked down. @default 1 */
+  failuresBeforeDown?: number;
+}
+
+/**
+ * One node given as an object, to name it or tune it.
+ *
+ * @example
+ * ```ts
+ * import type { NodeConfig } from "@codelab/dbx";
+ *
+ * const replica: NodeConfig = { name: "eu-replica", url: "postgres://app@db2:5432/app", pool: { max: 4 } };
+ * ```
+ */
+export interface NodeConfig {
+  /** Display name in stats, logs and errors. @default "host:port" of the URL */
+  name?: string;
+  /** `postgres://user:password@host:port/database?...` */
+  url: string;
+  /** Overrides of the cluster-wide pool settings for this node. @default {} */
+  pool?: PoolConfig;
+  /** Tracer for this node, overriding the cluster one. @default undefined */
+  tracer?: Tracer;
+  /**
+   * TLS for this node's connections (pool, pipelined connections, health
+   * probes): pg's `ssl` option. `true` verifies the server against the
+   * system's CAs; an object can give the CA, a client certificate and key,
+   * `rejectUnauthorized` and `servername`. Checked eagerly, never logged.
+   * The URL's `sslmode` must agree with it; certificate files in the URL
+   * (`sslrootcert`, ...) cannot be combined with it.
+   * @default undefined (what the URL's `sslmode` says; pg's default is no TLS)
+   */
+  ssl?: boolean | SslConfig;
+}
+
+/**
+ * Everything `connect()` accepts. Give the servers either as `master` (plus
+ * `replicas`) or as `nodes`, exactly one of the two.
+ *
+ * @example
+ * ```ts
+ * import { connect, leastInFlight, type ClusterConfig } from "@codelab/dbx";
+ *
+ * const config: ClusterConfig = {
+ *   master: "postgres://app@db1:5432/app",
+ *   replicas: [{ name: "db2", url: "postgres://app@db2:5432/app", pool: { max: 20 } }],
+ *   retry: { maxAttempts: 4 },
+ *   healthCheck: { intervalMs: 500 },
+ *   balancer: leastInFlight(),
+ *   maxLagMs: 1_000,
+ * };
+ * await using cluster = await connect(config);
+ * ```
+ */
+export interface ClusterConfig {
+  /**
+   * The node configured as primary (the servers have the last word on
+   * roles). A multi-host URL (`postgres://h1,h2:5433/app`) makes each host a
+   * node whose role is learned from the server. Required unless `nodes` is given.
+   */
+  master?: string | NodeConfig;
+  /** Read replicas, with `master`. @default [] */
+  replicas?: readonly (string | NodeConfig)[];
+  /**
+   * Every server, instead of `master` and `replicas`: no role is assumed,
+   * each node's role comes from the server (`pg_is_in_recovery()`), and
+   * `connect()` resolves once the first probe round found the primary. Each
+   * entry may be a multi-host URL; libpq's `target_session_attrs` and
+   * `load_balance_hosts` are honoured (see the README).
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   nodes: ["postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write"],
+   *   pool: { max: 20 },
+   * });
+   * ```
+   */
+  nodes?: readonly (string | NodeConfig)[];
+  /** Pool settings for every node. @default see {@linkcode PoolConfig} */
+  pool?: PoolConfig;
+  /** Retry policy. @default see {@linkcode RetryConfig} */
+  retry?: RetryConfig;
+  /** Health checking. @default see {@linkcode HealthCheckConfig} */
+  healthCheck?: HealthCheckConfig;
+  /** Replica selection. @default roundRobin() */
+  balancer?: Balancer;
+  /** Where dbx logs node changes, retries and slow queries. @default a silent logger */
+  logger?: Logger;
+  /** Metrics callbacks. @default undefined */
+  metrics?: MetricsHook;
+  /** Tracer for every node without its own. @default undefined */
+  tracer?: Tracer;
+  /** Log statements slower than this at warn level (undefined = off). @default undefined */
+  slowQueryThresholdMs?: number;
+  /**
+   * Default `maxLagMs` for every read: replicas whose replay lag is above it
+   * are skipped (a call's own `maxLagMs` overrides it).
+   * @default undefined (any healthy replica)
+   */
+  maxLagMs?: number;
+  /**
+   * Automatic pipelining of statements that need no session of their own
+   * (`exec`, `query`, `queryRow`, `readQuery`, `readQueryRow` without a
+   * `signal` / `timeoutMs`, outside a transaction): they share `connections`
+   * pipelined connections per node, up to `maxDepth` in flight on each; the
+   * rest use the pool. `false` sends every statement on a pooled connection.
+   * @default { connections: 2, maxDepth: 64 }
+   */
+  pipeline?: boolean | { connections?: number; maxDepth?: number };
+  /**
+   * How result values are parsed, by type OID: pg's `types` option (the
+   * shape of `pg.types`). Default: pg's parsers (`int8` and `numeric` come back
+   * as strings, to lose no precision).
+   * @default pg's built-in parsers
+   *
+   * @example bigint columns as BigInt
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   * import pg from "pg";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   types: {
+   *     getTypeParser: (oid: number, format?: "text" | "binary") =>
+   *       oid === 20 ? BigInt : pg.types.getTypeParser(oid, format),
+   *   },
+   * });
+   * const { n } = await cluster.queryRow<{ n: bigint }>("select 9007199254740993::int8 as n");
+   * ```
+   */
+  types?: TypeParsers;
+  /**
+   * Statement cache: statements with parameters run as named prepared
+   * statements, so each connection parses a text once; this many per
+   * connection, the least recently used deallocated to make room. `false`
+   * turns it off (PgBouncer in transaction pooling mode).
+   * @default 256
+   */
+  statementCache?: number | false;
+  /**
+   * `false`: `connect()` resolves once any node answers, even when none is
+   * primary yet (reads work; writes wait or fail as `retry.waitForPrimaryMs` says).
+   * @default true
+   */
+  requirePrimary?: boolean;
+}
+
+/**
+ * A node's settings after validation and defaults.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const [master] = resolveConfig({ master: "postgres://app:pw@db1:5433/app" }).nodes;
+ * console.log(master?.name, master?.redactedUrl); // "db1:5433" "postgres://app:***@db1:5433/app"
+ * ```
+ */
+export interface ResolvedNode {
+  /** Display name (never contains a password). */
+  readonly name: string;
+  /** The URL as given (with its password): only ever handed to the driver. */
+  readonly url: string;
+  /** The URL with the password replaced by `***`, for display. */
+  readonly redactedUrl: string;
+  /** Host name or address (IPv6 without brackets). */
+  readonly host: string;
+  /** TCP port. */
+  readonly port: number;
+  /** Role given by the config, `"unknown"` for `nodes` and multi-host URLs (the server's answer wins once probed). */
+  readonly configuredRole: NodeRole;
+  /** Pool settings with defaults and cluster-wide values applied. */
+  readonly pool: Required<PoolConfig>;
+  /** The node's tracer, else the cluster's. */
+  readonly tracer: Tracer | undefined;
+  /** TLS settings for pg, when given (`url` then carries no TLS parameter). */
+  readonly ssl: boolean | SslConfig | undefined;
+}
+
+/**
+ * The whole config after validation and defaults.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const resolved = resolveConfig({ master: "postgres://app@db1:5432/app", retry: { maxAttempts: 5 } });
+ * console.log(resolved.retry.maxAttempts, resolved.healthCheck.intervalMs); // 5 2000
+ * ```
+ */
+export interface ResolvedConfig {
+  /** Master first, then replicas in config order. */
+  readonly nodes: readonly ResolvedNode[];
+  /** Retry policy with defaults. */
+  readonly retry: Required<RetryConfig>;
+  /** Health checking with defaults. */
+  readonly healthCheck: Required<HealthCheckConfig>;
+  /** Replica selection. */
+  readonly balancer: Balancer;
+  /** Logger (silent by default). */
+  readonly logger: Logger;
+  /** Metrics callbacks, if any. */
+  readonly metrics: MetricsHook | undefined;
+  /** Slow-query threshold, if set. */
+  readonly slowQueryThresholdMs: number | undefined;
+  /** Default replica lag bound for reads, if set. */
+  readonly maxLagMs: number | undefined;
+  /** Whether `connect()` waits for a primary. */
+  readonly requirePrimary: boolean;
+  /** Whether `connect()` waits for a replica (`target_session_attrs=standby` or `read-only`). */
+  readonly requireStandby: boolean;
+  /** Pipelining settings; undefined when off. */
+  readonly pipeline: { readonly connections: number; readonly maxDepth: number } | undefined;
+  /** Distinct statement texts that get a name; 0 when the cache is off. */
+  readonly statementCache: number;
+  /** Value parsers, when not pg's. */
+  readonly types: TypeParsers | undefined;
+}
+
+/**
+ * Value parsers by type OID, in the shape of pg's `types` (so `pg.types`
+ * itself, or an object delegating to it, fits).
+ *
+ * @example
+ * ```ts
+ * import type { TypeParsers } from "@codelab/dbx";
+ * import pg from "pg";
+ *
+ * const types: TypeParsers = {
+ *   getTypeParser: (oid, format) => oid === 1700 ? Number : pg.types.getTypeParser(oid, format),
+ * };
+ * ```
+ */
+export interface TypeParsers {
+  /** The parser of a type's values; `format` is `"text"` unless binary results are asked for. */
+  getTypeParser(oid: number, format?: "text" | "binary"): (value: string) => unknown;
+}
+
+/**
+ * Defaults of {@linkcode PoolConfig}.
+ *
+ * @example
+ * ```ts
+ * import { POOL_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(POOL_DEFAULTS.max); // 10
+ * ```
+ */
+export const POOL_DEFAULTS: Readonly<Required<PoolConfig>> = Object.freeze({
+  max: 10,
+  min: 0,
+  idleTimeoutMs: 30_000,
+  maxLifetimeMs: 3_600_000,
+  connectTimeoutMs: 5_000,
+});
+
+/**
+ * Defaults of {@linkcode HealthCheckConfig}.
+ *
+ * @example
+ * ```ts
+ * import { HEALTH_CHECK_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(HEALTH_CHECK_DEFAULTS.intervalMs); // 2000
+ * ```
+ */
+export const HEALTH_CHECK_DEFAULTS: Readonly<Required<HealthCheckConfig>> = Object.freeze({
+  intervalMs: 2_000,
+  timeoutMs: 1_000,
+  failuresBeforeDown: 1,
+});
+
+/**
+ * Defaults of the numeric {@linkcode RetryConfig} fields.
+ *
+ * @example
+ * ```ts
+ * import { RETRY_DEFAULTS } from "@codelab/dbx";
+ *
+ * console.log(RETRY_DEFAULTS.maxAttempts); // 3
+ * ```
+ */
+export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> = Object.freeze({
+  maxAttempts: 3,
+  baseDelayMs: 50,
+  maxDelayMs: 1_000,
+  waitForPrimaryMs: 5_000,
+});

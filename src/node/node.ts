@@ -1,0 +1,452 @@
+/**
+ * One server behind the cluster: its `pg.Pool` and pipelined connections,
+ * identity, state and counters. The state (role, health, last probe) is an immutable snapshot
+ * that only the health checker replaces; the counters are moved only by the
+ * attempt runner (`attempt.ts`). Everything else reads.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import { cancellable, clientEnd, connectPool, destroySocket, reusable } from "./pg_internals.ts";
+import type { BalancerNode } from "../call/balancer.ts";
+import type { ResolvedNode } from "../config/config.ts";
+import { DbxError } from "../errors.ts";
+import { isConnectionError, markNotSent, PoolExhaustedError } from "../failure.ts";
+import { Pipes, type PipeSettings } from "./pipeline.ts";
+import { sendCached, type StatementCache } from "./statement_cache.ts";
+import type { NodeRole, Tracer } from "../observe/observe.ts";
+import { type PgTarget, pgTarget } from "../config/tls.ts";
+
+/** How many recent attempts the latency percentiles of `stats()` cover. */
+export const LATENCY_WINDOW = 1024;
+
+/** Last successful probe of a node. */
+export interface ProbeSample {
+  /** Role the server reported. */
+  readonly role: NodeRole;
+  /** Round trip of the probe in ms. */
+  readonly latencyMs: number;
+  /** WAL position: current insert LSN on a primary, last replayed LSN on a replica. */
+  readonly lsn: bigint | undefined;
+  /** `now() - pg_last_xact_replay_timestamp()` on a replica, in ms. */
+  readonly replayAgeMs: number | undefined;
+  /** When the probe finished (performance.now()). */
+  readonly at: number;
+  /**
+   * The checker's probe sequence number, taken when the probe started: a
+   * probe with a larger number than {@linkcode HealthChecker.probeSeq} read at
+   * some moment started after that moment (sessions' read-your-writes).
+   */
+  readonly seq: number;
+}
+
+/** What the health checker knows of a node; replaced whole, never edited. */
+export interface NodeState {
+  /** Role as last reported by the server (the config's until the first probe). */
+  readonly role: NodeRole;
+  /** Whether statements may be routed here. */
+  readonly healthy: boolean;
+  /** Last successful probe. */
+  readonly probe: ProbeSample | undefined;
+  /** Why the node is down; undefined while it is up. */
+  readonly error: unknown;
+  /** Consecutive failed probes. */
+  readonly probeFailures: number;
+  /** Consecutive probes that got no answer in time (a hung host, or a very busy one). */
+  readonly probeTimeouts: number;
+  /** While down: earliest time (performance.now()) for the next probe. */
+  readonly nextProbeAt: number;
+  /** While down: when it went down (performance.now()). */
+  readonly downSince: number;
+}
+
+function ignoreError(): void {}
+
+/** What a node shares with its cluster beyond its own config. */
+export interface NodeOptions {
+  /** Pipelining settings; undefined when off. */
+  readonly pipeline?: PipeSettings | undefined;
+  /** The cluster's statement names; undefined when the cache is off. */
+  readonly statements?: StatementCache | undefined;
+  /** Value parsers, when not pg's. */
+  readonly types?: pg.CustomTypesConfig | undefined;
+}
+
+/**
+ * A node of the cluster. Internal: users see nodes through `stats()`,
+ * `health()` and `cluster.node(name)`.
+ */
+export class Node implements BalancerNode {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly url: string;
+  /** URL and TLS settings every connection to this node starts from. */
+  readonly target: PgTarget;
+  readonly configuredRole: NodeRole;
+  readonly maxConns: number;
+  readonly tracer: Tracer | undefined;
+  readonly #pool: pg.Pool;
+  readonly #pipes: Pipes | undefined;
+  readonly #statements: StatementCache | undefined;
+  readonly #connectTimeoutMs: number;
+  #state: NodeState;
+
+  /** Every open client until its `end` event: what a forced close cuts and close() waits for. */
+  readonly #clients = new Map<pg.PoolClient, Promise<void>>();
+
+  readonly #latencies = new Float64Array(LATENCY_WINDOW);
+  #latencyCount = 0;
+  #queries = 0;
+  #errors = 0;
+  #retries = 0;
+  #inFlight = 0;
+
+  /**
+   * Creates the node and its pool (no connection is opened yet).
+   *
+   * @param config Resolved node settings.
+   * @param onPoolError Called when an idle pooled connection dies.
+   * @param options Pipelining and the statement cache.
+   */
+  constructor(
+    config: ResolvedNode,
+    onPoolError: (node: Node, err: Error) => void,
+    options: NodeOptions = {},
+  ) {
+    this.name = config.name;
+    this.host = config.host;
+    this.port = config.port;
+    this.url = config.url;
+    const target = this.target = pgTarget(config);
+    this.configuredRole = config.configuredRole;
+    this.maxConns = config.pool.max;
+    this.tracer = config.tracer;
+    this.#state = {
+      role: config.configuredRole,
+      healthy: true,
+      probe: undefined,
+      error: undefined,
+      probeFailures: 0,
+      probeTimeouts: 0,
+      nextProbeAt: 0,
+      downSince: 0,
+    };
+    const connectTimeoutMs = this.#connectTimeoutMs = config.pool.connectTimeoutMs;
+    this.#statements = options.statements;
+    this.#pipes = options.pipeline === undefined
+      ? undefined
+      : new Pipes(target, connectTimeoutMs, options.pipeline, options.types);
+    this.#pool = new pg.Pool({
+      ...target as pg.ClientConfig,
+      max: config.pool.max,
+      min: config.pool.min,
+      idleTimeoutMillis: config.pool.idleTimeoutMs,
+      maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
+      fallback_application_name: "dbx",
+      ...(options.types === undefined ? {} : { types: options.types }),
+      // Not pg-pool's connectionTimeoutMillis: it arms a timer on every
+      // checkout, even when a connection is free. New connections get the
+      // timeout themselves, and acquire() bounds the wait only when the pool
+      // is exhausted.
+      Client: class extends pg.Client {
+        constructor(options?: pg.ClientConfig) {
+          super({ ...options, connectionTimeoutMillis: connectTimeoutMs });
+        }
+      },
+    });
+    // Without a listener, an idle connection dying (server restart, network
+    // drop) emits an unhandled 'error' and takes the whole process down.
+    this.#pool.on("error", (err) => onPoolError(this, err));
+    // pg-pool listens for a client's errors only while it is idle. A client
+    // checked out that loses its connection would emit an unhandled 'error';
+    // the statement's own rejection already reports it.
+    this.#pool.on("connect", (client) => {
+      client.on("error", ignoreError);
+      this.#clients.set(client, clientEnd(client).then(() => void this.#clients.delete(client)));
+    });
+  }
+
+  /** The health checker's latest snapshot of this node. */
+  get state(): NodeState {
+    return this.#state;
+  }
+
+  /**
+   * Replaces the state snapshot. Only the health checker calls this.
+   *
+   * @param next The new snapshot.
+   */
+  setState(next: NodeState): void {
+    this.#state = next;
+  }
+
+  /** Role as last reported by the server. */
+  get role(): NodeRole {
+    return this.#state.role;
+  }
+
+  /** Whether statements may be routed here. */
+  get healthy(): boolean {
+    return this.#state.healthy;
+  }
+
+  /** Statements running on this node now. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Counters since the cluster started. */
+  get counters(): { queries: number; errors: number; retries: number; inFlight: number } {
+    return {
+      queries: this.#queries,
+      errors: this.#errors,
+      retries: this.#retries,
+      inFlight: this.#inFlight,
+    };
+  }
+
+  /** Counts an attempt that starts now (attempt runner only). */
+  attemptStarted(): void {
+    this.#queries++;
+    this.#inFlight++;
+  }
+
+  /**
+   * Counts an attempt that ended (attempt runner only).
+   *
+   * @param ms Its duration.
+   * @param failed Whether it failed.
+   */
+  attemptEnded(ms: number, failed: boolean): void {
+    this.#inFlight--;
+    if (failed) this.#errors++;
+    this.#latencies[this.#latencyCount++ % LATENCY_WINDOW] = ms;
+  }
+
+  /** Counts a failed attempt that is tried again (retry reporting only). */
+  attemptRetried(): void {
+    this.#retries++;
+  }
+
+  /**
+   * Latency percentiles over the recorded window.
+   *
+   * @returns p50 and p99 in ms, or undefined before any attempt.
+   */
+  latencyPercentiles(): { p50: number; p99: number } | undefined {
+    const n = Math.min(this.#latencyCount, LATENCY_WINDOW);
+    if (n === 0) return undefined;
+    const sorted = this.#latencies.slice(0, n).sort();
+    const at = (q: number) => sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
+    return { p50: at(0.5), p99: at(0.99) };
+  }
+
+  /** Pool counts for stats. */
+  poolCounts(): { total: number; idle: number; waiting: number } {
+    const pool = this.#pool;
+    const pipes = this.#pipes?.counts();
+    return {
+      total: pool.totalCount + (pipes?.total ?? 0),
+      idle: pool.idleCount + (pipes?.idle ?? 0),
+      waiting: pool.waitingCount,
+    };
+  }
+
+  /**
+   * Takes a connection from the pool. A failure is marked as not sent.
+   *
+   * @param signal Gives up waiting when it aborts.
+   * @returns A pooled client; hand it back with {@linkcode release}.
+   */
+  async acquire(signal?: AbortSignal): Promise<pg.PoolClient> {
+    const pool = this.#pool;
+    try {
+      if (pool.idleCount > 0 || pool.totalCount < this.maxConns) {
+        return signal === undefined ? await pool.connect() : await connectPool(pool, signal);
+      }
+      // Every connection is busy: wait for one, but not longer than a connect may take.
+      const ms = this.#connectTimeoutMs;
+      const wait = new AbortController();
+      const timer = setTimeout(
+        () => wait.abort(new PoolExhaustedError(ms)),
+        ms,
+      );
+      try {
+        return await connectPool(
+          pool,
+          signal === undefined ? wait.signal : AbortSignal.any([signal, wait.signal]),
+        );
+      } finally {
+        clearTimeout(timer);
+      }
+    } catch (err) {
+      throw markNotSent(err);
+    }
+  }
+
+  /**
+   * A new connection set up exactly like the pool's (URL, TLS, value parsers,
+   * application name, connect timeout) but outside it: for a session that
+   * outlives statements (LISTEN). The caller connects and ends it.
+   *
+   * @returns An unconnected client.
+   */
+  dedicatedClient(): pg.Client {
+    const pool = this.#pool as pg.Pool & { Client: typeof pg.Client };
+    return new pool.Client(pool.options);
+  }
+
+  /**
+   * Runs one statement on a connection taken from this node's pool (or a
+   * transaction's), so that aborting `signal` cancels it on the server. A
+   * statement with parameters runs as a named prepared statement when the
+   * cache is on.
+   *
+   * @param client The connection.
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param signal Cancels the statement on the server.
+   * @returns The driver's result.
+   */
+  runOn(
+    client: pg.PoolClient,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<pg.QueryResult> {
+    const send = (config: pg.QueryConfig) =>
+      signal === undefined
+        ? client.query(config)
+        : cancellable(client, this, signal, () => client.query(config));
+    return sendCached(client, this.#statements, sql, args, send);
+  }
+
+  /**
+   * Runs one statement on this node: pipelined when it needs no session
+   * (no `signal`) and a pipe has room, else on a pooled connection.
+   *
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param signal Cancels the wait for a connection, or the statement on the server.
+   * @returns The driver's result.
+   */
+  run(
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<pg.QueryResult> {
+    // A cancel request stops whatever runs on a backend: a statement with a
+    // signal must be alone on its connection, so it never joins a pipe.
+    const pipes = signal === undefined ? this.#pipes : undefined;
+    const pipe = pipes?.pick(sql);
+    if (pipe === undefined) return this.#runPooled(sql, args, signal, pipes);
+    return sendCached(pipe.client, this.#statements, sql, args, (c) => pipes!.run(pipe, c));
+  }
+
+  /** Runs one statement on a pooled connection. */
+  #runPooled(
+    sql: string,
+    args: readonly unknown[] | undefined,
+    signal: AbortSignal | undefined,
+    pipes: Pipes | undefined,
+  ): Promise<pg.QueryResult> {
+    return this.onPooled(signal, async (client) => {
+      const started = pipes === undefined ? 0 : performance.now();
+      const result = await this.runOn(client, sql, args, signal);
+      pipes?.took(sql, performance.now() - started);
+      return result;
+    });
+  }
+
+  /**
+   * Runs `work` on a connection taken from the pool and hands it back; a
+   * connection whose work failed on a lost connection is destroyed.
+   *
+   * @param signal Cancels the wait for a connection.
+   * @param work What to do with it.
+   * @returns What `work` returned.
+   */
+  async onPooled<R>(
+    signal: AbortSignal | undefined,
+    work: (client: pg.PoolClient) => Promise<R>,
+  ): Promise<R> {
+    const client = await this.acquire(signal);
+    let result: R;
+    try {
+      result = await work(client);
+    } catch (err) {
+      // The server may have closed the connection (57P01) with its socket
+      // not yet seen as ended: it must not go back to the pool.
+      this.release(client, isConnectionError(err));
+      throw err;
+    }
+    this.release(client);
+    return result;
+  }
+
+  /**
+   * Hands a connection back. It is pooled again only when it is idle and has
+   * no cancel in flight; otherwise it is destroyed.
+   *
+   * @param client A client from {@linkcode acquire}.
+   * @param destroy Destroy it regardless.
+   */
+  release(client: pg.PoolClient, destroy = false): void {
+    client.release(!destroy && reusable(client) ? undefined : true);
+  }
+
+  /**
+   * Wraps an error raised on this node into a {@linkcode DbxError} naming the
+   * node, keeping the original as `cause`.
+   *
+   * @param err The error.
+   * @returns A DbxError for the caller.
+   */
+  wrap(err: unknown): DbxError {
+    if (err instanceof DbxError) return err;
+    let message = err instanceof Error ? err.message : String(err);
+    // pg's words for a SCRAM login without a password say nothing a user can act on.
+    if (message.includes("client password must be a string")) {
+      message =
+        "password required: the server asks for a password (SCRAM) and the connection string has none";
+    }
+    return new DbxError(`${message} (node ${this.name})`, { cause: err, node: this.name });
+  }
+
+  /**
+   * Ends the pool: running statements may finish and idle connections close
+   * gracefully; after `graceMs` every socket still open is cut. Resolves only
+   * when every client emitted `end`, so no pg-pool timer is left behind.
+   *
+   * @param graceMs How long to wait before cutting connections.
+   * @returns Resolves when every connection is closed.
+   */
+  async end(graceMs: number): Promise<void> {
+    const ended = Promise.all([this.#pool.end().catch(() => {}), this.#pipes?.end()]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const graceOver = new Promise<boolean>((resolve) => {
+      timer = setTimeout(resolve, graceMs, true);
+    });
+    const forced = await Promise.race([ended.then(() => false), graceOver]);
+    clearTimeout(timer);
+    if (forced) {
+      // pg-pool cannot abort busy clients, and a graceful close of an idle
+      // one waits for a server that may never answer (a hung host).
+      this.cutConnections();
+      await ended;
+    }
+    await Promise.all(this.#clients.values());
+  }
+
+  /**
+   * Cuts every connection of this node now (busy ones included): their
+   * statements fail with a connection error, and the pool drops them.
+   */
+  cutConnections(): void {
+    this.#pipes?.cut();
+    for (const c of this.#clients.keys()) destroySocket(c);
+  }
+}

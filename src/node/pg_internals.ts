@@ -1,0 +1,247 @@
+/**
+ * The few node-postgres internals dbx has to touch, in one place: the
+ * CancelRequest (pg has no public cancel), the socket under a client (to cut
+ * a connection to a hung host), the Terminate message, pg's message for a
+ * client that refuses statements, and the `end` of a pooled client (pg-pool
+ * clears its per-client lifetime timer only then).
+ *
+ * Internal: nothing here is exported from `mod.ts`.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import process from "node:process";
+import { markNotSent } from "../failure.ts";
+
+/** Longest wait for a CancelRequest to be delivered. */
+const CANCEL_TIMEOUT_MS = 2_000;
+
+/** The protocol's Terminate message ('X', length 4). */
+const TERMINATE = new Uint8Array([0x58, 0, 0, 0, 4]);
+
+/** The parts of pg's Client that its types leave out. */
+interface RawClient {
+  processID: number | null;
+  secretKey: number | null;
+  _ended: boolean;
+  _connected: boolean;
+  _queryable: boolean;
+  readyForQuery: boolean;
+  connection: {
+    once(event: "end", listener: () => void): void;
+    stream: {
+      write(data: Uint8Array, cb: () => void): void;
+      destroy(): void;
+      cork?(): void;
+      uncork?(): void;
+    };
+  };
+}
+
+const raw = (client: pg.ClientBase): RawClient => client as unknown as RawClient;
+
+/** Connections on which a cancel was sent that no statement consumed. */
+const strayCancel = new WeakSet<object>();
+
+/**
+ * Cancels the statement running on a client's backend by sending a
+ * CancelRequest on a fresh connection, as libpq's PQcancel does. Resolves once
+ * the server closed the cancel connection (or after {@linkcode CANCEL_TIMEOUT_MS}).
+ */
+async function sendCancel(host: string, port: number, client: pg.ClientBase): Promise<void> {
+  const { processID, secretKey } = raw(client);
+  if (processID === null || secretKey === null) return;
+  const { connect } = await import("node:net");
+  const message = new DataView(new ArrayBuffer(16));
+  message.setInt32(0, 16);
+  message.setInt32(4, 80877102); // CancelRequest code: 1234 << 16 | 5678
+  message.setInt32(8, processID);
+  message.setInt32(12, secretKey);
+  await new Promise<void>((resolve) => {
+    const socket = connect({ host, port }, () => {
+      // Written, not ended: as libpq does, the server (or a pooler) closes
+      // first. PgBouncer 1.18 exits on a cancel connection that the client
+      // closes while the cancel is still being forwarded.
+      socket.write(new Uint8Array(message.buffer));
+    });
+    // A hung host would keep this connection (and the caller) waiting forever.
+    const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
+    // The server never answers a CancelRequest; it just closes. An error only
+    // means the cancel could not be delivered; the statement's own outcome
+    // tells the caller what happened.
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Runs `work` (statements on `client`) so that aborting `signal` cancels what
+ * runs on the server. A cancel that no statement consumed (the work ended some
+ * other way than 57014) could hit a later statement: the connection is then
+ * flagged so {@linkcode reusable} refuses it.
+ *
+ * @param client The connection the work runs on.
+ * @param address Where to send the CancelRequest.
+ * @param signal Cancels the work on the server.
+ * @param work The statements.
+ * @returns What `work` returned.
+ */
+export async function cancellable<R>(
+  client: pg.ClientBase,
+  address: { readonly host: string; readonly port: number },
+  signal: AbortSignal | undefined,
+  work: () => Promise<R>,
+): Promise<R> {
+  let cancel: Promise<void> | undefined;
+  const onAbort = () => {
+    cancel = sendCancel(address.host, address.port, client);
+  };
+  try {
+    if (signal === undefined) return await work();
+    if (signal.aborted) throw markNotSent(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await work();
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  } catch (err) {
+    // A cancel is consumed by the statement only when it failed with 57014.
+    if (cancel !== undefined && (err as { code?: unknown }).code === "57014") cancel = undefined;
+    throw err;
+  } finally {
+    if (cancel !== undefined) {
+      strayCancel.add(client);
+      await cancel;
+    }
+  }
+}
+
+/**
+ * Whether a pooled connection may serve the next caller: idle (not inside a
+ * transaction, not broken) and with no cancel in flight.
+ *
+ * @param client A pooled connection.
+ * @returns `true` when it can go back to the pool.
+ */
+export function reusable(client: pg.PoolClient): boolean {
+  return client.getTransactionStatus() === "I" && !strayCancel.has(client);
+}
+
+/** Clients whose socket is corked until the current tick ends. */
+const corked = new WeakSet<object>();
+
+/**
+ * Holds a client's writes until the current tick (its microtasks included)
+ * ends, then sends them in one write: statements of many callers that are
+ * pipelined in the same tick cost one system call instead of one each. pg
+ * corks around each statement's messages already; this only widens it.
+ *
+ * @param client A pipelined client.
+ */
+export function corkForTick(client: pg.ClientBase): void {
+  if (corked.has(client)) return;
+  const stream = raw(client).connection.stream;
+  if (stream.cork === undefined || stream.uncork === undefined) return;
+  corked.add(client);
+  stream.cork();
+  // After every microtask queued so far (Node and Deno run the tick queue
+  // once the microtasks are drained), before any I/O.
+  process.nextTick(() => {
+    corked.delete(client);
+    stream.uncork!();
+  });
+}
+
+/**
+ * Cuts a client's socket now: its statements fail with a connection error.
+ *
+ * @param client The client.
+ */
+export function destroySocket(client: pg.ClientBase): void {
+  raw(client).connection.stream.destroy();
+}
+
+/**
+ * Closes a client without waiting on the server: an idle one is sent
+ * Terminate, then its socket is destroyed; a busy or half-open one is cut.
+ *
+ * @param client The client.
+ * @returns Resolves when its connection ended; `undefined` when it already had.
+ */
+export function discardClient(client: pg.ClientBase): Promise<void> | undefined {
+  const c = raw(client);
+  if (c._ended) return undefined;
+  const conn = c.connection;
+  const ended = new Promise<void>((resolve) => conn.once("end", resolve));
+  const idle = c._connected && c._queryable && c.readyForQuery === true;
+  if (idle) conn.stream.write(TERMINATE, () => conn.stream.destroy());
+  else conn.stream.destroy();
+  return ended;
+}
+
+/**
+ * Resolves when a client emitted `end`: pg emits it a tick after its socket
+ * closed, and pg-pool clears the client's `maxLifetimeSeconds` timer only
+ * then, so a pool's `end()` resolving is not yet "nothing left".
+ *
+ * @param client A client of a pool, just connected.
+ * @returns Resolves on the client's `end` event.
+ */
+export function clientEnd(client: pg.ClientBase): Promise<void> {
+  return new Promise((resolve) => client.once("end", () => resolve()));
+}
+
+/**
+ * Makes a client forget that it prepared `name`, so its next use parses it
+ * again (the server lost it, or it must be re-planned under a new name).
+ *
+ * @param client The client.
+ * @param name The statement name.
+ */
+export function forgetStatement(client: pg.ClientBase, name: string): void {
+  const c = client as unknown as {
+    connection: {
+      parsedStatements: Record<string, string>;
+      submittedNamedStatements: Record<string, string>;
+    };
+  };
+  delete c.connection.parsedStatements[name];
+  delete c.connection.submittedNamedStatements[name];
+}
+
+/**
+ * Waits for a pooled client, giving up (and returning the client later)
+ * when `signal` aborts: pg-pool's `connect()` takes no signal.
+ *
+ * @param pool The pool.
+ * @param signal Ends the wait.
+ * @returns The client.
+ */
+export function connectPool(pool: pg.Pool, signal: AbortSignal): Promise<pg.PoolClient> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    let abandoned = false;
+    const onAbort = () => {
+      abandoned = true;
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    pool.connect().then(
+      (client) => {
+        signal.removeEventListener("abort", onAbort);
+        if (abandoned) client.release();
+        else resolve(client);
+      },
+      (err) => {
+        signal.removeEventListener("abort", onAbort);
+        if (!abandoned) reject(err);
+      },
+    );
+  });
+}

@@ -1,0 +1,290 @@
+/**
+ * Automatic pipelining: statements of concurrent callers that need no
+ * session of their own (no transaction, no cancel signal) share a few
+ * connections per node in pg's `pipeline` mode, each with its own Sync, so
+ * one failure affects only its statement. A statement goes to the least
+ * loaded pipe that is not stalled; when every pipe is full or stalled it
+ * takes a pooled connection instead, so one slow statement never holds up
+ * unrelated callers for its whole duration. Statements pipelined in one tick
+ * leave in one socket write. (Named statements: `statement_cache.ts`.)
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import { clientEnd, corkForTick, destroySocket } from "./pg_internals.ts";
+import { DbxError } from "../errors.ts";
+import { markNodeFine, markNotSent } from "../failure.ts";
+import type { PgTarget } from "../config/tls.ts";
+
+/** Pipelining settings of a node. */
+export interface PipeSettings {
+  /** Pipelined connections per node. */
+  readonly connections: number;
+  /** Statements in flight on one pipe before the next goes elsewhere. */
+  readonly maxDepth: number;
+}
+
+/** A pipe with statements in flight and no answer for this long takes no more (head-of-line). */
+const STALL_MS = 2;
+
+/**
+ * A statement text whose recent runs took this long (on average) is sent on
+ * a pooled connection: on a pipe it would hold up every statement behind it.
+ */
+const SLOW_MS = 2;
+
+/** Statement texts whose durations are remembered (the map is reset when full). */
+const DURATIONS_MAX = 4_096;
+
+/** One pipelined connection. */
+class Pipe {
+  readonly client: pg.Client;
+  readonly ready: Promise<void>;
+  readonly ended: Promise<void>;
+  connected = false;
+  /** Cut on purpose because a statement left it inside a transaction. */
+  poisoned = false;
+  /** Start times of the statements in flight, oldest first (answers come in order). */
+  readonly heads: number[] = [];
+  /** Their texts, in the same order. */
+  readonly texts: string[] = [];
+  /** When the last answer arrived: the next statement's own time starts there at the latest. */
+  lastDone = 0;
+
+  constructor(
+    target: PgTarget,
+    connectTimeoutMs: number,
+    types: pg.CustomTypesConfig | undefined,
+    onBroken: (pipe: Pipe) => void,
+  ) {
+    this.client = new pg.Client({
+      ...target as pg.ClientConfig,
+      pipeline: true,
+      connectionTimeoutMillis: connectTimeoutMs,
+      fallback_application_name: "dbx",
+      ...(types === undefined ? {} : { types }),
+    } as pg.ClientConfig);
+    this.client.on("error", () => onBroken(this));
+    this.ended = clientEnd(this.client).then(() => onBroken(this));
+    this.ready = this.client.connect().then(() => {
+      this.connected = true;
+    });
+    this.ready.catch(() => {});
+  }
+}
+
+/** The pipelined connections of one node. */
+export class Pipes {
+  readonly #target: PgTarget;
+  readonly #connectTimeoutMs: number;
+  readonly #settings: PipeSettings;
+  readonly #types: pg.CustomTypesConfig | undefined;
+  #pipes: Pipe[] = [];
+  #all = new Set<Pipe>();
+  /** Statements accepted and not yet answered, on every pipe. */
+  #inFlight = 0;
+  /** Told when the last statement in flight was answered (while closing). */
+  #drained: (() => void) | undefined;
+  /** Recent duration (ms, moving average) per statement text run on a pipe. */
+  readonly #durations = new Map<string, number>();
+  #closed = false;
+
+  /**
+   * @param target The node's connection string and TLS settings.
+   * @param connectTimeoutMs Bound on opening a pipe.
+   * @param settings Connections and depth.
+   * @param types Value parsers, when not pg's.
+   */
+  constructor(
+    target: PgTarget,
+    connectTimeoutMs: number,
+    settings: PipeSettings,
+    types?: pg.CustomTypesConfig,
+  ) {
+    this.#target = target;
+    this.#connectTimeoutMs = connectTimeoutMs;
+    this.#settings = settings;
+    this.#types = types;
+  }
+
+  /** Open pipes and those of them with nothing in flight (for stats). */
+  counts(): { total: number; idle: number } {
+    let idle = 0;
+    for (const p of this.#pipes) if (p.heads.length === 0) idle++;
+    return { total: this.#pipes.length, idle };
+  }
+
+  /**
+   * A pipe to send `sql` on now: the least loaded one that is neither full
+   * nor stalled, a new one while there is room; undefined (use the pool)
+   * when there is none, or when `sql` is known to be slow.
+   *
+   * @param sql The statement text.
+   * @returns The pipe, or undefined.
+   */
+  pick(sql: string): Pipe | undefined {
+    if (this.#closed || (this.#durations.get(sql) ?? 0) > SLOW_MS) return undefined;
+    const { connections, maxDepth } = this.#settings;
+    let best: Pipe | undefined;
+    let busy = 0;
+    const now = performance.now();
+    for (const pipe of this.#pipes) {
+      const depth = pipe.heads.length;
+      if (depth === 0) return pipe;
+      busy++;
+      if (depth >= maxDepth) continue;
+      // Stalled: no answer for a while although statements are in flight
+      // (a busy pipe answers all the time, however deep its queue). Its
+      // oldest statement is slow: more of the same text go to the pool
+      // now, not once the first has ended.
+      const waited = now - Math.max(pipe.heads[0]!, pipe.lastDone);
+      if (waited > STALL_MS) {
+        const text = pipe.texts[0]!;
+        if ((this.#durations.get(text) ?? 0) < waited) this.#durations.set(text, waited);
+        continue;
+      }
+      if (best === undefined || depth < best.heads.length) best = pipe;
+    }
+    if (busy < connections && this.#pipes.length < connections) return this.#open();
+    return best;
+  }
+
+  #open(): Pipe {
+    const pipe = new Pipe(this.#target, this.#connectTimeoutMs, this.#types, (p) => this.#drop(p));
+    this.#pipes.push(pipe);
+    this.#all.add(pipe);
+    pipe.ended.then(() => this.#all.delete(pipe));
+    return pipe;
+  }
+
+  #drop(pipe: Pipe): void {
+    const i = this.#pipes.indexOf(pipe);
+    if (i >= 0) this.#pipes.splice(i, 1);
+  }
+
+  /**
+   * Sends one statement on `pipe`.
+   *
+   * @param pipe From {@linkcode pick}.
+   * @param config The statement (text, values, name).
+   * @returns The driver's result.
+   */
+  run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+    this.#inFlight++;
+    // Counted at once, connected or not: `maxDepth` holds for a pipe still connecting.
+    const started = performance.now();
+    pipe.heads.push(started);
+    pipe.texts.push(config.text);
+    if (pipe.connected) return this.#send(pipe, config, started);
+    return pipe.ready.then(
+      () => this.#send(pipe, config, started),
+      (err) => {
+        this.#settled();
+        pipe.heads.shift();
+        pipe.texts.shift();
+        // The pipe never opened: nothing was sent.
+        throw markNotSent(err);
+      },
+    );
+  }
+
+  /** One statement accepted by {@linkcode run} has its answer (or failed). */
+  #settled(): void {
+    if (--this.#inFlight === 0) this.#drained?.();
+  }
+
+  #send(pipe: Pipe, config: pg.QueryConfig, started: number): Promise<pg.QueryResult> {
+    corkForTick(pipe.client);
+    return new Promise<pg.QueryResult>((resolve, reject) => {
+      // The callback runs inside pg's handling of this statement's
+      // ReadyForQuery, before any later answer is handled: the transaction
+      // check below sees the status this statement left.
+      const answered = (err: Error | null, result: pg.QueryResult) => {
+        this.#settled();
+        pipe.heads.shift();
+        pipe.texts.shift();
+        // Its own time, not the time spent queued behind earlier statements.
+        const now = performance.now();
+        this.took(config.text, now - Math.max(started, pipe.lastDone));
+        pipe.lastDone = now;
+        if (pipe.poisoned) {
+          // Pipelined behind a statement that opened a transaction: it ran
+          // inside that transaction, which the server rolls back as the pipe
+          // is cut -- unless another caller's COMMIT followed it. Treated as
+          // a lost connection (a read is retried, a write is not re-sent),
+          // but the node is fine.
+          reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
+          return;
+        }
+        if (err) {
+          reject(err);
+          return;
+        }
+        if (pipe.client.getTransactionStatus() !== "I") {
+          // BEGIN through exec: what is pipelined behind it would run inside
+          // its transaction. Cut the pipe; the server rolls it back.
+          pipe.poisoned = true;
+          this.#drop(pipe);
+          destroySocket(pipe.client);
+          reject(
+            new DbxError(
+              "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
+              { kind: "other" },
+            ),
+          );
+          return;
+        }
+        resolve(result);
+      };
+      try {
+        pipe.client.query(config, answered);
+      } catch (err) {
+        // Refused before anything was queued (pg throws only for a missing config).
+        this.#settled();
+        const i = pipe.heads.lastIndexOf(started);
+        pipe.heads.splice(i, 1);
+        pipe.texts.splice(i, 1);
+        reject(err);
+      }
+    });
+  }
+
+  /**
+   * Remembers how long a statement text took on the server (moving average),
+   * on a pipe or a pooled connection: a text found slow once comes back to
+   * the pipes when its runs are fast again.
+   *
+   * @param text The statement text.
+   * @param ms Its own time.
+   */
+  took(text: string, ms: number): void {
+    const durations = this.#durations;
+    const before = durations.get(text);
+    if (before === undefined && durations.size >= DURATIONS_MAX) durations.clear();
+    durations.set(text, before === undefined ? ms : before * 0.8 + ms * 0.2);
+  }
+
+  /**
+   * Ends every pipe: statements already accepted are answered first.
+   *
+   * @returns Resolves when every pipe's connection ended.
+   */
+  async end(): Promise<void> {
+    this.#closed = true;
+    // Statements already accepted are sent and answered first (a pipe still
+    // connecting included); a forced close cuts them instead (cut()).
+    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+    const all = [...this.#all];
+    this.#pipes = [];
+    await Promise.all(all.map((p) => p.client.end().catch(() => {})));
+    await Promise.all(all.map((p) => p.ended));
+  }
+
+  /** Cuts every pipe now (a hung host, or a forced close). */
+  cut(): void {
+    for (const p of this.#all) destroySocket(p.client);
+    this.#pipes = [];
+  }
+}

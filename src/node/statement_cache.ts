@@ -1,0 +1,145 @@
+/**
+ * The statement cache: statements with parameters run as named prepared
+ * statements, so each connection parses a text once (LRU-bounded per
+ * connection), and a prepared form that is gone or stale is prepared again.
+ * Used on pipelined and pooled connections alike.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import { forgetStatement } from "./pg_internals.ts";
+import { DbxError } from "../errors.ts";
+import { pgErrorCode } from "../failure.ts";
+
+/**
+ * Named statements, per connection: each connection prepares a statement
+ * text the first time it sees it and reuses it, keeping the `max` most
+ * recently used; the least recently used is deallocated to make room.
+ */
+export class StatementCache {
+  readonly #max: number;
+  /** Per connection: text → name, least recently used first. */
+  readonly #names = new WeakMap<pg.ClientBase, Map<string, string>>();
+  /**
+   * Random per cache: behind a pooler that shares server connections
+   * between clients, another client's `dbx_1` must not pass for ours.
+   */
+  readonly #prefix = `dbx_${Math.floor(Math.random() * 36 ** 6).toString(36)}_`;
+  #next = 0;
+
+  /**
+   * @param max Most statements prepared per connection.
+   */
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /**
+   * The name of a statement text on a connection, given one on first sight.
+   *
+   * @param client The connection.
+   * @param text Statement text.
+   * @returns Its name there.
+   */
+  name(client: pg.ClientBase, text: string): string {
+    let names = this.#names.get(client);
+    if (names === undefined) this.#names.set(client, names = new Map());
+    const known = names.get(text);
+    if (known !== undefined) {
+      // Most recently used last.
+      names.delete(text);
+      names.set(text, known);
+      return known;
+    }
+    if (names.size >= this.#max) {
+      const [oldText, oldName] = names.entries().next().value!;
+      names.delete(oldText);
+      this.#deallocate(client, oldName);
+    }
+    const name = `${this.#prefix}${(++this.#next).toString(36)}`;
+    names.set(text, name);
+    return name;
+  }
+
+  /**
+   * Gives a text a fresh name on a connection (its plan no longer fits:
+   * 0A000), dropping the stale one.
+   *
+   * @param client The connection.
+   * @param text Statement text.
+   * @returns The new name.
+   */
+  rename(client: pg.ClientBase, text: string): string {
+    const old = this.#names.get(client)?.get(text);
+    this.#names.get(client)?.delete(text);
+    if (old !== undefined) this.#deallocate(client, old);
+    return this.name(client, text);
+  }
+
+  /**
+   * Drops a prepared statement: queued behind everything already sent on
+   * the connection, so statements using it still run first.
+   */
+  #deallocate(client: pg.ClientBase, name: string): void {
+    forgetStatement(client, name);
+    // A connection inside a failed transaction refuses it: the statement
+    // then stays on the server until the connection closes, unused.
+    client.query(`deallocate "${name}"`).catch(() => {});
+  }
+}
+
+/** Whether a named statement failed only because its prepared form is gone or stale (nothing ran). */
+function staleStatement(err: unknown): "gone" | "stale" | undefined {
+  const code = pgErrorCode(err);
+  if (code === "26000") return "gone";
+  if (
+    code === "0A000" &&
+    /cached plan must not change result type/.test(String((err as Error).message))
+  ) {
+    return "stale";
+  }
+  return undefined;
+}
+
+/**
+ * Sends a statement, named when the cache gives it a name; re-prepares and
+ * re-sends it once when its prepared form is gone (26000) or stale (0A000):
+ * the server ran nothing.
+ *
+ * @param client The connection it goes to (its prepared statements).
+ * @param cache The statement names; undefined when off.
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @param send Sends one query config.
+ * @returns The driver's result.
+ */
+export function sendCached(
+  client: pg.ClientBase,
+  cache: StatementCache | undefined,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
+): Promise<pg.QueryResult> {
+  const values = args as unknown[];
+  const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
+  if (name === undefined) return send({ text: sql, values });
+  return send({ text: sql, values, name }).catch((err) => {
+    if (pgErrorCode(err) === "42P05") {
+      // Our own name already prepared on this server connection: only a
+      // pooler handing one server connection to several clients does that.
+      throw new DbxError(
+        `prepared statement "${name}" already exists on the server connection: behind a transaction-mode pooler (PgBouncer) set statementCache: false`,
+        { kind: "other", cause: err },
+      );
+    }
+    const why = staleStatement(err);
+    // Inside a transaction the failure aborted it: nothing can be re-sent.
+    if (why === undefined || client.getTransactionStatus() !== "I") throw err;
+    let again = name;
+    if (why === "gone") forgetStatement(client, name);
+    else again = cache!.rename(client, sql);
+    return send({ text: sql, values, name: again });
+  });
+}
