@@ -8,7 +8,6 @@
  * @module
  */
 
-import { DbxError } from "./errors.ts";
 import { isConnectionError, pgErrorCode, walk } from "./sqlstate.ts";
 
 export { isConnectionError, pgErrorCode, walk };
