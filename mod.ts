@@ -83,6 +83,7 @@ export type {
   StandardSchemaResult,
   StandardSchemaV1,
 } from "./src/rows.ts";
+export type { ConnectionOptions } from "./src/call/connection.ts";
 export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/tx/run_tx.ts";
 export type { PgPool, PgPoolOptions, PgRoute } from "./src/compat/pg_pool.ts";
 export { BatchError } from "./src/tx/batch.ts";

@@ -61,7 +61,6 @@ dbTest("readQuery() runs on a server in recovery and exec() does not", async (cl
 });
 
 dbTest("exec() returns the command tag and affected row count", async (cluster) => {
-  await cluster.exec("create temp table if not exists _x(id int)");
   await cluster.exec("drop table if exists exec_count");
   await cluster.exec("create table exec_count(id int)");
   try {

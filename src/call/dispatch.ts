@@ -9,7 +9,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { type AttemptInfo, type AttemptRunner, failureOf } from "./attempt.ts";
+import type { AttemptInfo, AttemptRunner } from "./attempt.ts";
 import type { ResolvedConfig } from "../config/config.ts";
 import {
   type Executor,
@@ -20,13 +20,14 @@ import {
   toCommandResult,
 } from "../executor.ts";
 import type { HealthChecker } from "../node/health.ts";
+import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import type { Observer } from "../observe/observe.ts";
 import { type RetryOptions, withRetry } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
 import { withCall } from "./signal.ts";
-import { checkCallOptions, checkStatement } from "./validate.ts";
+import { checkCallOptions, checkShared, checkStatement } from "./validate.ts";
 
 /** What the statement path needs from the cluster. */
 export interface Dispatcher {
@@ -77,12 +78,6 @@ export function createDispatcher(
   return d;
 }
 
-/** A connection taken for a transaction, a COPY or a batch. */
-export interface Pinned {
-  readonly node: Node;
-  readonly client: pg.PoolClient;
-}
-
 /**
  * Runs one statement where its method routes it, with retries.
  *
@@ -120,21 +115,18 @@ export function routed(
  * @param d The cluster.
  * @param begin The BEGIN statement, or undefined for a bare connection.
  * @param signal The call's signal.
- * @returns The node and its connection; hand it back with `node.release`.
+ * @returns The lease; hand it back with `lease.release()`.
  */
 export function pin(
   d: Dispatcher,
   begin: string | undefined,
   signal: AbortSignal | undefined,
-): Promise<Pinned> {
+): Promise<Lease<Node>> {
   return withRetry(async (node, attempt) => {
     if (begin === undefined) {
-      return {
-        node,
-        client: await d.runner.run(node, undefined, signal, () => node.acquire(signal)),
-      };
+      return await d.runner.run(node, undefined, signal, () => node.acquire(signal));
     }
-    return { node, client: await openOn(d, node, begin, attempt, signal) };
+    return await openOn(d, node, begin, attempt, signal);
   }, retryOptions(d, "pin", undefined, signal, undefined));
 }
 
@@ -148,7 +140,7 @@ export function pin(
  * @param begin The BEGIN statement.
  * @param attempt Which attempt of the call this is.
  * @param signal The call's signal.
- * @returns The connection, inside the transaction.
+ * @returns The lease, inside the transaction.
  */
 export function openOn(
   d: Dispatcher,
@@ -156,16 +148,16 @@ export function openOn(
   begin: string,
   attempt: number,
   signal: AbortSignal | undefined,
-): Promise<pg.PoolClient> {
+): Promise<Lease<Node>> {
   return d.runner.run(node, { sql: begin, argCount: 0, attempt }, signal, async () => {
-    const client = await node.acquire(signal);
+    const lease = await node.acquire(signal);
     try {
-      await node.runOn(client, begin, undefined, signal);
+      await lease.run(begin, undefined, signal);
     } catch (err) {
-      node.release(client, true);
+      lease.release(true);
       throw err;
     }
-    return client;
+    return lease;
   });
 }
 
@@ -184,21 +176,16 @@ export async function onPinned<R>(
   d: Dispatcher,
   info: AttemptInfo,
   signal: AbortSignal | undefined,
-  work: (p: Pinned) => Promise<R>,
+  work: (lease: Lease<Node>) => Promise<R>,
 ): Promise<R> {
   const session = currentSession(d.sessions);
-  const p = await pin(d, undefined, signal);
-  let result: R;
+  const lease = await pin(d, undefined, signal);
   try {
-    result = await d.runner.run(p.node, info, signal, () => work(p));
-  } catch (err) {
-    p.node.release(p.client, failureOf(err).connectionLost);
-    throw err;
+    return await d.runner.run(lease.node, info, signal, () => work(lease));
   } finally {
+    lease.release();
     session?.noteWrite();
   }
-  p.node.release(p.client);
-  return result;
 }
 
 /** The checks every statement call makes before anything is sent. */
@@ -211,6 +198,7 @@ function precheck(
 ): void {
   d.assertOpen();
   checkStatement(method, sql, args);
+  checkShared(method, sql);
   checkCallOptions(method, options);
 }
 

@@ -7,6 +7,8 @@
  * @module
  */
 
+import { DbxError } from "../errors.ts";
+import { sessionAdvice, sessionEffect } from "../node/session_state.ts";
 import { parseLsn } from "./route.ts";
 
 /** Most bind parameters one statement can carry (the protocol counts them in 16 bits). */
@@ -83,6 +85,27 @@ export function checkStatement(method: string, sql: unknown, args: unknown): voi
       `Cannot run ${method}() as 'args' must hold at most ${MAX_BIND_PARAMETERS} values (the protocol's limit of bind parameters): current value has ${args.length}`,
     );
   }
+}
+
+/**
+ * Refuses a statement that would change session state on a shared
+ * connection (a pipe, or a pooled connection the next caller gets): other
+ * callers would run under its settings, role, locks or temporary objects.
+ *
+ * @param method Method name for the message.
+ * @param sql The statement text.
+ * @throws {DbxError} (kind `other`) naming the statement and the right tool.
+ */
+export function checkShared(method: string, sql: string): void {
+  if (sessionEffect(sql) === undefined) return;
+  throw new DbxError(
+    `Cannot run ${method}() with ${
+      describe(sql.length > 80 ? `${sql.slice(0, 77)}...` : sql)
+    } as it changes session state that other callers would see on a shared connection: ${
+      sessionAdvice(sql)
+    }`,
+    { kind: "other" },
+  );
 }
 
 /**

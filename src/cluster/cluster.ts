@@ -9,6 +9,7 @@
 import { type ClusterInternals, internalsOf } from "./cluster_base.ts";
 import { ClusterStatements } from "./cluster_statements.ts";
 import type { Component } from "./component.ts";
+import { type ConnectionOptions, withConnection } from "../call/connection.ts";
 import type { ClusterConfig } from "../config/config.ts";
 import { currentExecutor } from "./context.ts";
 import type { Executor, QueryOptions, Row } from "../executor.ts";
@@ -241,6 +242,41 @@ export class Cluster extends ClusterStatements implements Component {
    */
   session<T>(fn: (session: Session) => T, options?: SessionOptions): T {
     return runSession(this.#i.d.sessions, fn, options);
+  }
+
+  /**
+   * Runs `fn` on one connection of its own: for work that needs a session
+   * (session advisory locks, temporary tables, `SET`), which the other
+   * methods refuse because they share connections. When `fn` settles the
+   * connection is reset (`DISCARD ALL`: settings, temporary tables, locks,
+   * prepared statements) or, if anything is left running or open, destroyed;
+   * nothing `fn` changed reaches another caller. Statements on it are never
+   * retried; taking the connection is.
+   *
+   * @param fn The work; `conn` runs its statements on the one connection.
+   * @param options `route` (`"primary"`, the default, or `"replica"`), `signal` and `timeoutMs` for the whole call.
+   * @returns What `fn` returned.
+   * @throws {TypeError} when `fn` is not a function.
+   * @throws {RangeError} for an unknown route.
+   *
+   * @example A session advisory lock around a job
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
+   * await cluster.withConnection(async (conn) => {
+   *   const { locked } = await conn.queryRow<{ locked: boolean }>(
+   *     "select pg_try_advisory_lock($1) as locked",
+   *     [42],
+   *   );
+   *   if (!locked) return;
+   *   await conn.exec("set statement_timeout = '10min'");
+   *   await conn.exec("refresh materialized view daily_totals");
+   * });
+   * ```
+   */
+  withConnection<T>(fn: (conn: Executor) => Promise<T>, options?: ConnectionOptions): Promise<T> {
+    return withConnection(this.#i.d, fn, options);
   }
 
   /**

@@ -370,8 +370,8 @@ export class ClusterBase implements AsyncDisposable {
     signal: AbortSignal | undefined,
   ): Promise<Transaction> {
     const session = currentSession(this.#d.sessions);
-    const { node, client } = await pin(this.#d, sql, signal);
-    return new Transaction(this, node, client, this.#d.runner, { signal: txSignal, session });
+    const lease = await pin(this.#d, sql, signal);
+    return new Transaction(this, lease, this.#d.runner, { signal: txSignal, session });
   }
 
   /**
@@ -420,11 +420,15 @@ export class ClusterBase implements AsyncDisposable {
     );
   }
 
-  /** The transaction of this cluster bound to the async context, if any is active. */
+  /**
+   * The transaction of this cluster bound to the async context, if any,
+   * ended or not: a statement sent from a callback of a transaction that
+   * already ended is refused by it, never run outside it.
+   */
   #ambient(): Transaction | Savepoint | undefined {
     const bound = boundExecutor();
     if (bound === undefined) return undefined;
     if (!(bound instanceof Transaction || bound instanceof Savepoint)) return undefined;
-    return bound.root.owner === this && bound.active ? bound : undefined;
+    return bound.root.owner === this ? bound : undefined;
   }
 }

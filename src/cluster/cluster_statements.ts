@@ -246,7 +246,8 @@ export class ClusterStatements extends ClusterBase implements Executor {
           this.#i.d,
           copyInfo(table),
           signal,
-          ({ client }) => copyIn(client, table, columns, rows, signal),
+          // COPY answers an abort with CopyFail itself: no cancel request.
+          (lease) => lease.use(undefined, (client) => copyIn(client, table, columns, rows, signal)),
         ),
     );
   }
@@ -306,8 +307,7 @@ export class ClusterStatements extends ClusterBase implements Executor {
           this.#i.d,
           batchInfo(queries),
           signal,
-          ({ node, client }) =>
-            runBatch(client, node, signal, queries, { atomic, inTransaction: false }),
+          (lease) => runBatch(lease, signal, queries, { atomic, inTransaction: false }),
         ),
     );
   }

@@ -253,7 +253,7 @@ class DbxConnection implements DatabaseConnection {
     } finally {
       if (pinned !== undefined) {
         // Left early (a break, an error): the connection is still inside BEGIN and is destroyed.
-        pinned.node.release(pinned.client, broken);
+        pinned.release(broken);
       } else if (!broken && !closed && tx!.active) {
         await inTx(tx!, { text: `close ${cursor}` }, undefined).catch(() => {});
       }

@@ -11,9 +11,8 @@
 import { EventEmitter } from "node:events";
 // @ts-types="@types/pg"
 import pg from "pg";
-import { failureOf } from "../call/attempt.ts";
 import type { ClusterInternals } from "../cluster/cluster_base.ts";
-import type { Pinned } from "../call/dispatch.ts";
+import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import { driverError, inTx, runPinned } from "./pg_run.ts";
 import { currentSession, type SessionState } from "../call/session.ts";
@@ -83,54 +82,51 @@ export function queryArgs(args: unknown[]): { text: unknown; values: unknown; cb
     : { text, values, cb };
 }
 
-/** A pinned connection as a node-postgres pool client. */
+/** A leased connection as a node-postgres pool client. */
 export class PinnedClient extends EventEmitter {
   readonly #i: ClusterInternals;
-  readonly #node: Node;
-  readonly #client: pg.PoolClient;
-  readonly #forward = (err: Error) => {
-    if (this.listenerCount("error") > 0) this.emit("error", err);
-  };
-  #released = false;
-  #broken = false;
+  readonly #lease: Lease<Node>;
+  readonly #unwatch: () => void;
   /** The read-your-writes session that took it: what ran on the primary may have written. */
   readonly #session: SessionState | undefined;
 
-  constructor(i: ClusterInternals, { node, client }: Pinned) {
+  constructor(i: ClusterInternals, lease: Lease<Node>) {
     super();
     this.#i = i;
-    this.#node = node;
-    this.#client = client;
+    this.#lease = lease;
     this.#session = currentSession(i.d.sessions);
-    client.on("error", this.#forward);
+    this.#unwatch = lease.watchErrors((err) => {
+      if (this.listenerCount("error") > 0) this.emit("error", err);
+    });
   }
 
   /** The backend's process id (Kysely reads it). */
   get processID(): number | null {
-    return (this.#client as unknown as { processID: number | null }).processID;
+    return this.#lease.processID;
   }
 
   escapeIdentifier(s: string): string {
-    return this.#client.escapeIdentifier(s);
+    return pg.escapeIdentifier(s);
   }
 
   escapeLiteral(s: string): string {
-    return this.#client.escapeLiteral(s);
+    return pg.escapeLiteral(s);
   }
 
   query(...args: unknown[]): unknown {
     const { text, values, cb } = queryArgs(args);
+    const released = () => new Error("Cannot query() as the client was released");
     if (isSubmittable(text)) {
-      if (this.#released) throw new Error("Cannot query() as the client was released");
-      return this.#client.query(text);
+      if (this.#lease.released) throw released();
+      // Sent at once (pg queues it); the lease sees it running until it ends.
+      void this.#lease.use(undefined, (client) => Promise.resolve(void client.query(text)));
+      return text;
     }
     let run: Promise<pg.QueryResult>;
     try {
-      if (this.#released) throw new Error("Cannot query() as the client was released");
-      const config = toConfig(text, values);
-      run = runPinned(this.#i, { node: this.#node, client: this.#client }, config, undefined)
+      if (this.#lease.released) throw released();
+      run = runPinned(this.#i, this.#lease, toConfig(text, values), undefined)
         .catch((err) => {
-          if (failureOf(err).connectionLost) this.#broken = true;
           throw driverError(err);
         });
     } catch (err) {
@@ -140,12 +136,13 @@ export class PinnedClient extends EventEmitter {
   }
 
   release(err?: unknown): void {
-    if (this.#released) return;
-    this.#released = true;
-    this.#client.removeListener("error", this.#forward);
-    // Not idle (inside a transaction, a statement running) or broken: destroyed.
-    this.#node.release(this.#client, Boolean(err) || this.#broken);
-    if (this.#node.role === "primary") this.#session?.noteWrite();
+    if (this.#lease.released) return;
+    this.#unwatch();
+    // The lease's rule: a statement still running (a BEGIN not yet
+    // answered), an open transaction or a broken connection is destroyed;
+    // changed session state is reset.
+    this.#lease.release(Boolean(err));
+    if (this.#lease.node.role === "primary") this.#session?.noteWrite();
   }
 }
 
@@ -197,7 +194,7 @@ export class TxClient extends EventEmitter {
       this.#tx.enqueue(
         { sql: "submittable", argCount: 0, attempt: 1 },
         undefined,
-        (client) => Promise.resolve(void client.query(text)),
+        (lease) => lease.use(undefined, (client) => Promise.resolve(void client.query(text))),
       ).catch(() => {});
       return text;
     }

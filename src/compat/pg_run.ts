@@ -11,10 +11,11 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { cancellable } from "../node/pg_internals.ts";
 import type { ClusterInternals } from "../cluster/cluster_base.ts";
-import { pin, type Pinned, routedWork } from "../call/dispatch.ts";
+import { pin, routedWork } from "../call/dispatch.ts";
+import { checkShared } from "../call/validate.ts";
 import { DbxError } from "../errors.ts";
+import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import { currentSession } from "../call/session.ts";
 import type { Transaction } from "../tx/tx.ts";
@@ -41,24 +42,6 @@ export function driverError(err: unknown): unknown {
   return e;
 }
 
-/**
- * Sends one query config on a connection; aborting `signal` cancels it on the server.
- *
- * @param client The connection.
- * @param node Its node (where the cancel goes).
- * @param config The query config.
- * @param signal Cancels the statement.
- * @returns pg's result.
- */
-export function send(
-  client: pg.ClientBase,
-  node: Node,
-  config: pg.QueryConfig,
-  signal: AbortSignal | undefined,
-): Promise<pg.QueryResult> {
-  return cancellable(client, node, signal, () => client.query(config));
-}
-
 /** What hooks and tracers see of a query config. */
 export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number } {
   return { sql: config.text, argCount: config.values?.length ?? 0 };
@@ -82,19 +65,20 @@ export function runConfig(
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
 ): Promise<pg.QueryResult> {
+  const tx = i.ambient();
   try {
     i.d.assertOpen();
+    if (tx === undefined) checkShared("query", config.text);
   } catch (err) {
     return Promise.reject(err);
   }
-  const tx = i.ambient();
   if (tx !== undefined) return inTx(tx.root, config, signal);
   return routedWork(
     i.d,
     route === "replica",
     infoOf(config),
     signal,
-    (node) => node.onPooled(signal, (client) => send(client, node, config, signal)),
+    (node) => node.leased(signal, (lease) => lease.send(config, signal)),
     { session: currentSession(i.d.sessions) },
   );
 }
@@ -115,7 +99,7 @@ export function inTx(
   return tx.enqueue(
     { ...infoOf(config), attempt: 1 },
     { signal },
-    (client, s) => send(client, tx.node, config, s),
+    (lease, s) => lease.send(config, s),
   );
 }
 
@@ -125,9 +109,9 @@ export function inTx(
  *
  * @param i The cluster's internals.
  * @param route Which node.
- * @returns The node and its connection.
+ * @returns The lease.
  */
-export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Pinned> {
+export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Lease<Node>> {
   i.d.assertOpen();
   if (route === "primary") return pin(i.d, undefined, undefined);
   return routedWork(
@@ -135,7 +119,7 @@ export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Pinned> {
     true,
     undefined,
     undefined,
-    async (node) => ({ node, client: await node.acquire() }),
+    (node) => node.acquire(),
   );
 }
 
@@ -144,21 +128,21 @@ export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Pinned> {
  * runner (counted and observed like any statement).
  *
  * @param i The cluster's internals.
- * @param p The node and its connection.
+ * @param lease The connection.
  * @param config The query config.
  * @param signal Cancels it on the server.
  * @returns pg's result.
  */
 export function runPinned(
   i: ClusterInternals,
-  p: Pinned,
+  lease: Lease<Node>,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
 ): Promise<pg.QueryResult> {
   return i.d.runner.run(
-    p.node,
+    lease.node,
     { ...infoOf(config), attempt: 1 },
     signal,
-    () => send(p.client, p.node, config, signal),
+    () => lease.send(config, signal),
   );
 }

@@ -9,11 +9,12 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { cancellable, clientEnd, connectPool, destroySocket, reusable } from "./pg_internals.ts";
+import { clientEnd, connectPool, destroySocket } from "./pg_internals.ts";
+import { Lease } from "./lease.ts";
 import type { BalancerNode } from "../call/balancer.ts";
 import type { ResolvedNode } from "../config/config.ts";
 import { DbxError } from "../errors.ts";
-import { isConnectionError, markNotSent, PoolExhaustedError } from "../failure.ts";
+import { markNotSent, PoolExhaustedError } from "../failure.ts";
 import { Pipes, type PipeSettings } from "./pipeline.ts";
 import { sendCached, type StatementCache } from "./statement_cache.ts";
 import type { NodeRole, Tracer } from "../observe/observe.ts";
@@ -82,12 +83,12 @@ export class Node implements BalancerNode {
   readonly name: string;
   readonly host: string;
   readonly port: number;
-  readonly url: string;
-  /** URL and TLS settings every connection to this node starts from. */
-  readonly target: PgTarget;
+
   readonly configuredRole: NodeRole;
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
+  /** URL (with its password) and TLS settings: private, so no inspect or JSON shows them. */
+  readonly #target: PgTarget;
   readonly #pool: pg.Pool;
   readonly #pipes: Pipes | undefined;
   readonly #statements: StatementCache | undefined;
@@ -119,8 +120,7 @@ export class Node implements BalancerNode {
     this.name = config.name;
     this.host = config.host;
     this.port = config.port;
-    this.url = config.url;
-    const target = this.target = pgTarget(config);
+    const target = this.#target = pgTarget(config);
     this.configuredRole = config.configuredRole;
     this.maxConns = config.pool.max;
     this.tracer = config.tracer;
@@ -167,6 +167,11 @@ export class Node implements BalancerNode {
       client.on("error", ignoreError);
       this.#clients.set(client, clientEnd(client).then(() => void this.#clients.delete(client)));
     });
+  }
+
+  /** URL and TLS settings every connection to this node starts from (secret: never logged). */
+  get target(): PgTarget {
+    return this.#target;
   }
 
   /** The health checker's latest snapshot of this node. */
@@ -256,12 +261,16 @@ export class Node implements BalancerNode {
   }
 
   /**
-   * Takes a connection from the pool. A failure is marked as not sent.
+   * Leases a connection from the pool. A failure is marked as not sent.
    *
    * @param signal Gives up waiting when it aborts.
-   * @returns A pooled client; hand it back with {@linkcode release}.
+   * @returns The lease; hand it back with `lease.release()`.
    */
-  async acquire(signal?: AbortSignal): Promise<pg.PoolClient> {
+  async acquire(signal?: AbortSignal): Promise<Lease<Node>> {
+    return new Lease(this, await this.#connect(signal), this.#statements);
+  }
+
+  async #connect(signal: AbortSignal | undefined): Promise<pg.PoolClient> {
     const pool = this.#pool;
     try {
       if (pool.idleCount > 0 || pool.totalCount < this.maxConns) {
@@ -300,31 +309,6 @@ export class Node implements BalancerNode {
   }
 
   /**
-   * Runs one statement on a connection taken from this node's pool (or a
-   * transaction's), so that aborting `signal` cancels it on the server. A
-   * statement with parameters runs as a named prepared statement when the
-   * cache is on.
-   *
-   * @param client The connection.
-   * @param sql Statement text.
-   * @param args Bind parameters.
-   * @param signal Cancels the statement on the server.
-   * @returns The driver's result.
-   */
-  runOn(
-    client: pg.PoolClient,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult> {
-    const send = (config: pg.QueryConfig) =>
-      signal === undefined
-        ? client.query(config)
-        : cancellable(client, this, signal, () => client.query(config));
-    return sendCached(client, this.#statements, sql, args, send);
-  }
-
-  /**
    * Runs one statement on this node: pipelined when it needs no session
    * (no `signal`) and a pipe has room, else on a pooled connection.
    *
@@ -346,56 +330,39 @@ export class Node implements BalancerNode {
     return sendCached(pipe.client, this.#statements, sql, args, (c) => pipes!.run(pipe, c));
   }
 
-  /** Runs one statement on a pooled connection. */
+  /** Runs one statement on a leased connection. */
   #runPooled(
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
     pipes: Pipes | undefined,
   ): Promise<pg.QueryResult> {
-    return this.onPooled(signal, async (client) => {
+    return this.leased(signal, async (lease) => {
       const started = pipes === undefined ? 0 : performance.now();
-      const result = await this.runOn(client, sql, args, signal);
+      const result = await lease.run(sql, args, signal);
       pipes?.took(sql, performance.now() - started);
       return result;
     });
   }
 
   /**
-   * Runs `work` on a connection taken from the pool and hands it back; a
-   * connection whose work failed on a lost connection is destroyed.
+   * Acquire → work → release: runs `work` on a leased connection and hands
+   * it back by the lease's rule.
    *
    * @param signal Cancels the wait for a connection.
    * @param work What to do with it.
    * @returns What `work` returned.
    */
-  async onPooled<R>(
+  async leased<R>(
     signal: AbortSignal | undefined,
-    work: (client: pg.PoolClient) => Promise<R>,
+    work: (lease: Lease<Node>) => Promise<R>,
   ): Promise<R> {
-    const client = await this.acquire(signal);
-    let result: R;
+    const lease = await this.acquire(signal);
     try {
-      result = await work(client);
-    } catch (err) {
-      // The server may have closed the connection (57P01) with its socket
-      // not yet seen as ended: it must not go back to the pool.
-      this.release(client, isConnectionError(err));
-      throw err;
+      return await work(lease);
+    } finally {
+      lease.release();
     }
-    this.release(client);
-    return result;
-  }
-
-  /**
-   * Hands a connection back. It is pooled again only when it is idle and has
-   * no cancel in flight; otherwise it is destroyed.
-   *
-   * @param client A client from {@linkcode acquire}.
-   * @param destroy Destroy it regardless.
-   */
-  release(client: pg.PoolClient, destroy = false): void {
-    client.release(!destroy && reusable(client) ? undefined : true);
   }
 
   /**

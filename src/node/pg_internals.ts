@@ -29,7 +29,12 @@ interface RawClient {
   _connected: boolean;
   _queryable: boolean;
   readyForQuery: boolean;
+  _ending: boolean;
+  _activeQuery: unknown;
+  _queryQueue: unknown[];
   connection: {
+    parsedStatements: Record<string, string>;
+    submittedNamedStatements: Record<string, string>;
     once(event: "end", listener: () => void): void;
     stream: {
       write(data: Uint8Array, cb: () => void): void;
@@ -123,14 +128,18 @@ export async function cancellable<R>(
 }
 
 /**
- * Whether a pooled connection may serve the next caller: idle (not inside a
- * transaction, not broken) and with no cancel in flight.
+ * Whether a leased connection is idle: nothing sent and unanswered, nothing
+ * queued (pg's `getTransactionStatus()` is the last ReadyForQuery's, not the
+ * state of a statement still running), outside any transaction, usable, and
+ * with no cancel in flight.
  *
  * @param client A pooled connection.
- * @returns `true` when it can go back to the pool.
+ * @returns `true` when it can serve the next caller as it is.
  */
-export function reusable(client: pg.PoolClient): boolean {
-  return client.getTransactionStatus() === "I" && !strayCancel.has(client);
+export function connectionIdle(client: pg.ClientBase): boolean {
+  const c = raw(client);
+  return c._activeQuery == null && c._queryQueue.length === 0 && c._queryable && !c._ending &&
+    client.getTransactionStatus() === "I" && !strayCancel.has(client);
 }
 
 /** Clients whose socket is corked until the current tick ends. */
@@ -205,14 +214,21 @@ export function clientEnd(client: pg.ClientBase): Promise<void> {
  * @param name The statement name.
  */
 export function forgetStatement(client: pg.ClientBase, name: string): void {
-  const c = client as unknown as {
-    connection: {
-      parsedStatements: Record<string, string>;
-      submittedNamedStatements: Record<string, string>;
-    };
-  };
-  delete c.connection.parsedStatements[name];
-  delete c.connection.submittedNamedStatements[name];
+  const { connection } = raw(client);
+  delete connection.parsedStatements[name];
+  delete connection.submittedNamedStatements[name];
+}
+
+/**
+ * Makes a client forget every statement it prepared (the session ran
+ * `DEALLOCATE ALL` or `DISCARD ALL`).
+ *
+ * @param client The client.
+ */
+export function forgetAllStatements(client: pg.ClientBase): void {
+  const { connection } = raw(client);
+  connection.parsedStatements = {};
+  connection.submittedNamedStatements = {};
 }
 
 /**

@@ -79,6 +79,32 @@ export class StatementCache {
   }
 
   /**
+   * Gives a text a fresh name on a connection because its prepared form is
+   * gone from the server: never the old name again, so concurrent
+   * re-prepares of one text on a pipe cannot collide (42P05).
+   *
+   * @param client The connection.
+   * @param text Statement text.
+   * @returns The new name.
+   */
+  renew(client: pg.ClientBase, text: string): string {
+    const old = this.#names.get(client)?.get(text);
+    this.#names.get(client)?.delete(text);
+    if (old !== undefined) forgetStatement(client, old);
+    return this.name(client, text);
+  }
+
+  /**
+   * Forgets every name given on a connection (the session dropped its
+   * prepared statements: `DEALLOCATE ALL`, `DISCARD ALL`).
+   *
+   * @param client The connection.
+   */
+  forget(client: pg.ClientBase): void {
+    this.#names.delete(client);
+  }
+
+  /**
    * Drops a prepared statement: queued behind everything already sent on
    * the connection, so statements using it still run first.
    */
@@ -137,9 +163,7 @@ export function sendCached(
     const why = staleStatement(err);
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") throw err;
-    let again = name;
-    if (why === "gone") forgetStatement(client, name);
-    else again = cache!.rename(client, sql);
+    const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
     return send({ text: sql, values, name: again });
   });
 }

@@ -25,7 +25,7 @@ import type pg from "pg";
 import { DbxError } from "../errors.ts";
 import type { Row } from "../executor.ts";
 import type { AttemptInfo } from "../call/attempt.ts";
-import { cancellable } from "../node/pg_internals.ts";
+import type { Lease } from "../node/lease.ts";
 import { checkCallOptions, describe } from "../call/validate.ts";
 
 /**
@@ -320,8 +320,7 @@ async function all(sent: readonly Sent[]): Promise<Outcome[]> {
  * `begin`/`commit`: the enclosing transaction is the unit. Aborting
  * `signal` cancels what runs on the server.
  *
- * @param client A connection taken from the primary's pool, idle, or a transaction's.
- * @param node Node name and address (errors, cancel).
+ * @param lease A connection leased on the primary, idle, or a transaction's.
  * @param signal Cancels the batch.
  * @param queries The statements (validated by {@linkcode checkBatch}).
  * @param mode Atomic or not; inside a transaction or not.
@@ -331,13 +330,13 @@ async function all(sent: readonly Sent[]): Promise<Outcome[]> {
  * failing statement, or `queries.length` when COMMIT itself failed.
  */
 export function runBatch(
-  client: pg.PoolClient,
-  node: { readonly name: string; readonly host: string; readonly port: number },
+  lease: Lease,
   signal: AbortSignal | undefined,
   queries: readonly BatchQuery[],
   mode: { readonly atomic: boolean; readonly inTransaction: boolean },
 ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
-  return cancellable(client, node, signal, () => pipelineBatch(client, queries, mode, node.name));
+  for (const q of queries) lease.noteStatement(q.sql);
+  return lease.use(signal, (client) => pipelineBatch(client, queries, mode, lease.node.name));
 }
 
 async function pipelineBatch(

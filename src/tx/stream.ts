@@ -209,8 +209,8 @@ async function* pinned<T>(
   const session = call.read ? currentSession(d.sessions) : undefined;
   const { tx, first, fetch } = await withRetry(
     async (node, attempt) => {
-      const client = await openOn(d, node, begin, attempt, signal);
-      const tx = new Transaction(call.owner, node, client, d.runner, { signal });
+      const lease = await openOn(d, node, begin, attempt, signal);
+      const tx = new Transaction(call.owner, lease, d.runner, { signal });
       try {
         const { declare, fetch } = statements(call, cursorName(tx));
         await tx.exec(declare, call.args, opts);

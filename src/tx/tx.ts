@@ -34,15 +34,23 @@ import {
   toCommandResult,
   type Tx,
 } from "../executor.ts";
+import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import type { SessionState } from "../call/session.ts";
 import { type CallOptions, withCall } from "../call/signal.ts";
 import { checkCallOptions, checkStatement } from "../call/validate.ts";
 
-type TxState = "active" | "committed" | "rolled back" | "failed";
+/** Where a transaction is: once commit() or rollback() is called, nothing else is accepted. */
+type TxState =
+  | "active"
+  | "being committed"
+  | "being rolled back"
+  | "committed"
+  | "rolled back"
+  | "failed";
 
 /** Work on a transaction's connection: a statement, a COPY or a batch. */
-type TxWork<R> = (client: pg.PoolClient, signal: AbortSignal | undefined) => Promise<R>;
+type TxWork<R> = (lease: Lease, signal: AbortSignal | undefined) => Promise<R>;
 
 /** Base of a top-level transaction and a savepoint: the statement methods. */
 abstract class TxBase implements Tx {
@@ -74,11 +82,10 @@ abstract class TxBase implements Tx {
     } catch (err) {
       return Promise.reject(err);
     }
-    const node = this.root.node;
     return this.root.enqueue(
       { sql, argCount: args?.length ?? 0, attempt: 1 },
       options,
-      (client, signal) => node.runOn(client, sql, args, signal),
+      (lease, signal) => lease.run(sql, args, signal),
     );
   }
 
@@ -138,7 +145,9 @@ abstract class TxBase implements Tx {
     return this.root.enqueue(
       copyInfo(table),
       options,
-      (client, signal) => copyIn(client, table, columns, rows, signal),
+      // COPY answers an abort with CopyFail itself: no cancel request.
+      (lease, signal) =>
+        lease.use(undefined, (client) => copyIn(client, table, columns, rows, signal)),
     );
   }
 
@@ -162,11 +171,10 @@ abstract class TxBase implements Tx {
       return Promise.reject(err);
     }
     if (queries.length === 0) return Promise.resolve([]);
-    const node = this.root.node;
     return this.root.enqueue(
       batchInfo(queries),
       options,
-      (client, signal) => runBatch(client, node, signal, queries, { atomic, inTransaction: true }),
+      (lease, signal) => runBatch(lease, signal, queries, { atomic, inTransaction: true }),
     );
   }
 
@@ -188,7 +196,7 @@ export class Transaction extends TxBase {
   readonly node: Node;
   /** The cluster that opened it: its methods join it, nested `runTx` uses a savepoint. */
   readonly owner: object;
-  readonly #client: pg.PoolClient;
+  readonly #lease: Lease;
   readonly #runner: AttemptRunner;
   /** `runTx`'s signal: cancels whatever runs when it aborts. */
   readonly #signal: AbortSignal | undefined;
@@ -200,22 +208,20 @@ export class Transaction extends TxBase {
 
   /**
    * @param owner The cluster that opened it.
-   * @param node Where the connection is.
-   * @param client The connection, inside BEGIN.
+   * @param lease The connection, inside BEGIN.
    * @param runner The cluster's attempt runner.
    * @param signal Cancels every statement of the transaction.
    */
   constructor(
     owner: object,
-    node: Node,
-    client: pg.PoolClient,
+    lease: Lease<Node>,
     runner: AttemptRunner,
     options?: { signal?: AbortSignal | undefined; session?: SessionState | undefined },
   ) {
     super();
     this.owner = owner;
-    this.node = node;
-    this.#client = client;
+    this.node = lease.node;
+    this.#lease = lease;
     this.#runner = runner;
     this.#signal = options?.signal;
     this.#session = options?.session;
@@ -236,6 +242,13 @@ export class Transaction extends TxBase {
    * @returns What `work` returned.
    */
   enqueue<R>(info: AttemptInfo, options: CallOptions | undefined, work: TxWork<R>): Promise<R> {
+    if (this.state !== "active") {
+      // A late statement (a callback still running after commit() was
+      // called): never run on the released connection, outside the transaction.
+      return Promise.reject(
+        new DbxError(`Cannot run a statement as the transaction is already ${this.state}`),
+      );
+    }
     const own = options?.signal;
     const txSignal = this.#signal;
     const call: CallOptions | undefined = txSignal === undefined ? options : {
@@ -245,7 +258,7 @@ export class Transaction extends TxBase {
     const run = () =>
       withCall(
         call,
-        (signal) => this.#runner.run(this.node, info, signal, () => work(this.#client, signal)),
+        (signal) => this.#runner.run(this.node, info, signal, () => work(this.#lease, signal)),
       )
         .catch((err) => {
           // A lost connection ends the transaction: the server rolls it back.
@@ -265,7 +278,7 @@ export class Transaction extends TxBase {
         this.node,
         info,
         undefined,
-        () => this.node.runOn(this.#client, sql, undefined, undefined),
+        () => this.#lease.run(sql, undefined, undefined),
       )
         .catch((err) => {
           if (failureOf(err).connectionLost) this.#finish("failed");
@@ -278,6 +291,7 @@ export class Transaction extends TxBase {
 
   override async commit(): Promise<void> {
     this.assertActive("commit");
+    this.state = "being committed";
     let result: pg.QueryResult;
     try {
       result = await this.control("commit");
@@ -301,6 +315,7 @@ export class Transaction extends TxBase {
 
   override async rollback(): Promise<void> {
     this.assertActive("rollback");
+    this.state = "being rolled back";
     try {
       await this.control("rollback");
     } catch (err) {
@@ -324,10 +339,11 @@ export class Transaction extends TxBase {
 
   /** Ends the transaction's hold on the connection (once). */
   #finish(state: TxState): void {
-    if (this.state !== "active") return;
+    if (this.#lease.released) return;
     this.state = state;
-    // Anything but a clean end (status idle) destroys the connection.
-    this.node.release(this.#client, state === "failed");
+    // The lease's rule: anything but a clean end destroys the connection,
+    // a plain SET inside the transaction has it reset.
+    this.#lease.release(state === "failed");
   }
 }
 
