@@ -25,9 +25,8 @@
  * @module
  */
 
-export { Cluster, connect } from "./src/cluster/cluster.ts";
-export { ClusterBase } from "./src/cluster/cluster_base.ts";
-export { ClusterStatements } from "./src/cluster/cluster_statements.ts";
+export { Cluster } from "./src/cluster/cluster.ts";
+export { connect } from "./src/cluster/connect.ts";
 export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster/stats.ts";
 export type {
   CommandResult,

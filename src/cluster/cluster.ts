@@ -1,28 +1,31 @@
 /**
- * {@linkcode Cluster} and {@linkcode connect}. The statement methods are in
- * `cluster_statements.ts`, lifecycle, transactions and node views in
- * `cluster_base.ts`; this file adds what builds on them: read-your-writes
- * tokens and sessions, LISTEN/NOTIFY, streams.
+ * {@linkcode Cluster}, the public face of a cluster: every method is a short
+ * delegation to its private core (`core.ts`) or to the module that
+ * implements it (`call/`, `tx/`, `listen/`, `compat/`).
  *
  * @module
  */
-import { type ClusterInternals, internalsOf } from "./cluster_base.ts";
-import { ClusterStatements } from "./cluster_statements.ts";
-import type { Component } from "./component.ts";
+
 import { type ConnectionOptions, withConnection } from "../call/connection.ts";
-import type { ClusterConfig } from "../config/config.ts";
-import { currentExecutor } from "./context.ts";
-import type { Executor, QueryOptions, Row } from "../executor.ts";
-import {
-  listen,
-  type ListenOptions,
-  type NotificationHandler,
-  notify,
-  type Subscription,
-} from "../listen/listen.ts";
-import { createPgPool, type PgPool, type PgPoolOptions } from "../compat/pg_pool.ts";
 import { runSession, type Session, type SessionOptions } from "../call/session.ts";
+import { createPgPool, type PgPool, type PgPoolOptions } from "../compat/pg_pool.ts";
+import type { ClusterConfig } from "../config/config.ts";
+import { type DbxError, handleError } from "../errors.ts";
+import type { CommandResult, Executor, QueryOptions, ReadOptions, Row, Tx } from "../executor.ts";
+import { firstRow, toCommandResult } from "../executor.ts";
+import type { ListenOptions, NotificationHandler, Subscription } from "../listen/listen.ts";
+import { listen, notify } from "../listen/listen.ts";
+import type { BatchOptions, BatchQuery, BatchResult } from "../tx/batch.ts";
+import type { CopyOptions, CopyRows } from "../tx/copy.ts";
+import type { RunTxOptions, TxOptions } from "../tx/run_tx.ts";
 import { type ReadStreamOptions, stream, type StreamOptions } from "../tx/stream.ts";
+import type { Component } from "./component.ts";
+import { currentExecutor } from "./context.ts";
+import { ClusterCore } from "./core.ts";
+import type { ClusterStats, HealthReport } from "./stats.ts";
+
+/** Reads a cluster's core; set once by `Cluster`'s static block. */
+let coreOf: (cluster: Cluster) => ClusterCore;
 
 /**
  * A primary and its read replicas behind one {@linkcode Executor}. Create it
@@ -40,223 +43,193 @@ import { type ReadStreamOptions, stream, type StreamOptions } from "../tx/stream
  * const recent = await cluster.readQuery<{ kind: string }>("select kind from events limit 10");
  * ```
  */
-export class Cluster extends ClusterStatements implements Component {
-  readonly #i: ClusterInternals;
+export class Cluster implements Executor, Component, AsyncDisposable {
+  readonly #core: ClusterCore;
+
+  static {
+    coreOf = (cluster) => cluster.#core;
+  }
 
   /**
-   * Builds the cluster without connecting. Use {@linkcode connect}, which
-   * also verifies the primary and starts the health checker.
+   * Builds the cluster without connecting; {@linkcode connect} also verifies
+   * the primary and starts the health checker.
    *
    * @param config A config, or a (multi-host) connection string; validated here.
    * @throws {ConfigError} when a setting is invalid.
    */
   constructor(config: ClusterConfig | string) {
-    super(config);
-    this.#i = internalsOf(this);
+    this.#core = new ClusterCore(this, config);
   }
 
   /**
-   * A read-your-writes token: the primary's current WAL position. Pass it as
-   * `consistentWith` to a later read (in this process or another one, e.g.
-   * carried in a cookie or a response header) and that read only uses
-   * replicas that have replayed at least this far, else the primary. Take it
-   * after the write (or `runTx`) has returned.
+   * Verifies that a primary answers (probing every node, with retry and
+   * backoff) and starts the health checker; `connect()` calls it, again is the same promise.
    *
-   * @param options Cancellation and deadline.
-   * @returns An opaque token (today the LSN text, e.g. `"0/3000148"`).
-   * @throws {DbxError} when the primary cannot be reached.
-   *
-   * @example Read your own write from a replica
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({
-   *   master: "postgres://app@db1:5432/app",
-   *   replicas: ["postgres://app@db2:5432/app"],
-   * });
-   * await cluster.runTx((tx) => tx.exec("update users set name = $1 where id = $2", ["Ada", 1]));
-   * const token = await cluster.writeToken();
-   * const [user] = await cluster.readQuery("select name from users where id = $1", [1], {
-   *   consistentWith: token,
-   * });
-   * ```
+   * @returns Resolves when a primary (or, by config, a replica or any node) answered.
+   * @throws {NoHealthyNodeError} when no node qualified after every attempt, naming each and why.
+   * @throws {DbxError} (not retryable) at once when every node refused for a reason no retry fixes.
    */
-  async writeToken(options?: QueryOptions): Promise<string> {
-    const row = await this.queryRow<{ lsn: string }>(
-      "select pg_current_wal_lsn()::text as lsn",
-      undefined,
-      options,
-    );
-    return row.lsn;
+  start(): Promise<void> {
+    return this.#core.start();
+  }
+
+  /** Same as {@linkcode close} (the `Component` contract). */
+  stop(): Promise<void> {
+    return this.#core.close();
   }
 
   /**
-   * Listens on `channel` on a dedicated connection to the primary (outside
-   * the pool). After the connection is lost (restart, failover, network) it
-   * reconnects to whichever node is primary then, re-issues LISTEN and calls
-   * `options.onReconnect` with the gap, during which notifications were missed.
+   * Stops the checker, lets running statements finish (5 s grace, then cuts
+   * them) and ends every pool. Every call returns the same promise; other
+   * methods then throw {@linkcode ClusterClosedError}.
    *
-   * @param channel The channel (any name: it is quoted).
-   * @param handler Called with each notification's payload; a throw is logged.
-   * @param options `onReconnect`; `signal` ends the subscription; `timeoutMs` bounds the first LISTEN.
-   * @returns The subscription, once LISTEN is active; close it with `await using` or `unlisten()`.
-   * @throws {TypeError} naming `channel` or `handler` when it is not valid.
-   * @throws {RangeError} for a channel longer than 63 bytes.
-   * @throws {DbxError} when no primary could be reached.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * await using sub = await cluster.listen("orders", (payload) => console.log(payload), {
-   *   onReconnect: ({ downMs }) => console.warn(`reconnected after ${downMs} ms`),
-   * });
-   * await cluster.notify("orders", "42");
-   * ```
+   * @returns Resolves when nothing is left running.
    */
-  listen(
-    channel: string,
-    handler: NotificationHandler,
-    options?: ListenOptions,
-  ): Promise<Subscription> {
-    return listen(this.#i, channel, handler, options);
+  close(): Promise<void> {
+    return this.#core.close();
+  }
+
+  /** Same as {@linkcode close}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.#core.close();
   }
 
   /**
-   * Sends a notification (`select pg_notify($1, $2)`) on the primary; inside
-   * a transaction, in it (delivered when it commits).
+   * Runs a statement on the primary for its effect (in the ambient `runTx`
+   * when there is one); re-sent only when it provably never reached a server.
    *
-   * @param channel The channel.
-   * @param payload The payload (under 8000 bytes).
-   * @param options Cancellation and deadline.
-   * @returns Resolves when the server accepted it.
-   * @throws {TypeError} naming `channel` or `payload` when it is not valid.
-   * @throws {DbxError} on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * await cluster.notify("orders", JSON.stringify({ id: 42 }));
-   * ```
-   */
-  notify(channel: string, payload: string, options?: QueryOptions): Promise<void> {
-    return notify(this.#i, channel, payload, options);
-  }
-
-  /**
-   * Streams a SELECT's rows from the primary through a server-side cursor,
-   * `batchSize` rows per round trip, on one pinned connection. Retried only
-   * before the first row; leaving the loop early closes the cursor and
-   * releases the connection. Inside a transaction, the cursor lives in it.
-   *
-   * @param sql A SELECT (or VALUES) with `$1`, `$2` ... placeholders.
+   * @param sql Statement text with `$1`, `$2` ... placeholders.
    * @param args Values for the placeholders.
-   * @param options `batchSize` (default 1000); `signal` / `timeoutMs` bound the whole iteration.
-   * @returns The rows, in order; each iteration runs the statement anew.
-   * @throws {RangeError} for a `batchSize` that is not a positive integer.
-   * @throws {DbxError} from the iterator on failure (kind `connection` after a lost connection).
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * for await (const row of cluster.stream<{ id: number }>("select id from events", [], { batchSize: 500 })) {
-   *   console.log(row.id);
-   * }
-   * ```
+   * @param options Cancellation and deadline.
+   * @returns The command tag and row count.
+   * @throws {DbxError} on failure (see `kind`); {@linkcode RetryExhaustedError} when retries ran out.
    */
-  stream<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: StreamOptions,
-  ): AsyncIterable<T> {
-    return stream<T>(this, this.#i, false, sql, args, options);
+  exec(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<CommandResult> {
+    return this.#core.statement("exec", false, sql, args, options).then(toCommandResult);
   }
 
   /**
-   * Like {@linkcode stream}, on a healthy replica (falling back to the
-   * primary), in a read-only transaction; before the first row, a failure is
-   * retried on another node.
+   * Like {@linkcode exec}, returning the rows.
    *
-   * @param sql A SELECT (or VALUES) with `$1`, `$2` ... placeholders.
+   * @returns Every row, in order.
+   */
+  query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]> {
+    return this.#core.statement("query", false, sql, args, options).then((r) => r.rows as T[]);
+  }
+
+  /**
+   * Like {@linkcode exec}, returning the first row.
+   *
+   * @returns The first row.
+   * @throws {NoRowsError} when there is none.
+   */
+  queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T> {
+    return this.#core.statement("queryRow", false, sql, args, options).then(rowOf<T>);
+  }
+
+  /**
+   * Runs a read on a healthy replica (by the balancer, within `maxLagMs`
+   * and `consistentWith`), else the primary; retried on another node after
+   * a connection failure.
+   *
+   * @param sql Statement text.
    * @param args Values for the placeholders.
-   * @param options `batchSize` (default 1000), lag bound, read-your-writes token, `signal`, `timeoutMs`.
-   * @returns The rows, in order.
-   * @throws {RangeError} for a `batchSize` that is not a positive integer.
-   * @throws {DbxError} from the iterator on failure.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({
-   *   master: "postgres://app@db1:5432/app",
-   *   replicas: ["postgres://app@db2:5432/app"],
-   * });
-   * let total = 0;
-   * for await (const { amount } of cluster.readStream<{ amount: number }>("select amount from orders")) {
-   *   total += amount;
-   * }
-   * ```
+   * @param options Cancellation, deadline, lag bound and read-your-writes token.
+   * @returns Every row, in order.
    */
-  readStream<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: ReadStreamOptions,
-  ): AsyncIterable<T> {
-    return stream<T>(this, this.#i, true, sql, args, options);
+  readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]> {
+    return this.#core.statement("readQuery", true, sql, args, options).then((r) => r.rows as T[]);
   }
 
   /**
-   * Runs `fn` in a read-your-writes session: after a write in it (`exec`,
-   * `query`, `queryRow`, a committed transaction, `copyFrom`, `sendBatch`),
-   * its `read*` calls use only replicas known to have replayed that write,
-   * else the primary; before any write they use replicas as usual. The write
-   * path gains no round trip: the health checker's samples tell which
-   * replicas have caught up. Sessions hold no connection; a session inside
-   * one of the same cluster joins it.
+   * Like {@linkcode readQuery}, returning the first row.
    *
-   * @param fn The code to run (a request handler, a job).
-   * @param options A token (`writeToken()`, `session.token()`) to start from.
+   * @returns The first row.
+   * @throws {NoRowsError} when there is none.
+   */
+  readQueryRow<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T> {
+    return this.#core.statement("readQueryRow", true, sql, args, options).then(rowOf<T>);
+  }
+
+  /**
+   * Streams rows into a table with `COPY … FROM STDIN` on the primary, with
+   * back-pressure; a bad row or an abort keeps nothing. Never re-sent.
+   *
+   * @param table Table name, optionally schema-qualified.
+   * @param columns Column names, in the order of each row's values.
+   * @param rows Arrays of values, from a sync or async iterable.
+   * @param options Cancellation and deadline.
+   * @returns Number of rows copied.
+   */
+  copyFrom(
+    table: string,
+    columns: readonly string[],
+    rows: CopyRows,
+    options?: CopyOptions,
+  ): Promise<number> {
+    return this.#core.copyFrom(table, columns, rows, options);
+  }
+
+  /**
+   * Sends statements pipelined on one primary connection, in one
+   * transaction: a failure rolls all back and rejects with `batchIndex`.
+   *
+   * @param queries The statements, in order.
+   * @param options `atomic` (default `true`), `signal`, `timeoutMs`.
+   * @returns One result per statement.
+   * @throws {BatchError} when a statement fails.
+   */
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options?: BatchOptions & { atomic?: true },
+  ): Promise<BatchResult[]>;
+  /** Like the above with `{ atomic: false }`: each statement on its own, one settled result each. */
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options: BatchOptions & { atomic: false },
+  ): Promise<PromiseSettledResult<BatchResult>[]>;
+  sendBatch(
+    queries: readonly BatchQuery[],
+    options?: BatchOptions,
+  ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+    return this.#core.sendBatch(queries, options);
+  }
+
+  /**
+   * Opens a transaction on a primary connection of its own (opening it is
+   * retried; its statements never are). Dispose of it to roll back.
+   *
+   * @param options Isolation, read-only, deferrable; `signal` / `timeoutMs` bound opening it.
+   * @returns The open transaction.
+   */
+  begin(options?: TxOptions): Promise<Tx> {
+    return this.#core.begin(options);
+  }
+
+  /**
+   * Runs `fn` in a transaction on the primary, bound to the async context
+   * (the cluster's methods below `fn` join it; a nested `runTx` is a
+   * savepoint): commits when it returns, rolls back and re-throws when it
+   * throws. `retries` re-runs the whole callback on 40001 / 40P01.
+   *
+   * @param fn The transaction body.
+   * @param options Isolation, read-only, deferrable, retries, `signal`, `timeoutMs`.
    * @returns What `fn` returned.
-   * @throws {RangeError} when `options.consistentWith` is not a token.
-   *
-   * @example Read your own writes from replicas
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({
-   *   master: "postgres://app@db1:5432/app",
-   *   replicas: ["postgres://app@db2:5432/app"],
-   * });
-   * const name = await cluster.session(async () => {
-   *   await cluster.exec("update users set name = $1 where id = $2", ["Ada", 1]);
-   *   // A replica that has not replayed the update is never used here.
-   *   return await cluster.readQueryRow<{ name: string }>("select name from users where id = $1", [1]);
-   * });
-   * ```
+   * @throws Whatever `fn` threw, or the commit's error.
    */
-  session<T>(fn: (session: Session) => T, options?: SessionOptions): T {
-    return runSession(this.#i.d.sessions, fn, options);
+  runTx<T>(fn: (tx: Tx) => Promise<T>, options?: RunTxOptions): Promise<T> {
+    return this.#core.runTx(fn, options);
   }
 
   /**
-   * Runs `fn` on one connection of its own: for work that needs a session
-   * (session advisory locks, temporary tables, `SET`), which the other
-   * methods refuse because they share connections. When `fn` settles the
-   * connection is reset (`DISCARD ALL`: settings, temporary tables, locks,
-   * prepared statements) or, if anything is left running or open, destroyed;
-   * nothing `fn` changed reaches another caller. Statements on it are never
-   * retried; taking the connection is.
+   * Runs `fn` on one connection of its own, for work that needs a session
+   * (advisory locks, temporary tables, `SET`), which shared paths refuse.
+   * Afterwards the connection is reset (`DISCARD ALL`), or destroyed if
+   * anything is left running or open. Taking it is retried; statements are not.
    *
    * @param fn The work; `conn` runs its statements on the one connection.
-   * @param options `route` (`"primary"`, the default, or `"replica"`), `signal` and `timeoutMs` for the whole call.
+   * @param options `route` (`"primary"` or `"replica"`), `signal`, `timeoutMs` for the whole call.
    * @returns What `fn` returned.
-   * @throws {TypeError} when `fn` is not a function.
    * @throws {RangeError} for an unknown route.
    *
    * @example A session advisory lock around a job
@@ -265,105 +238,182 @@ export class Cluster extends ClusterStatements implements Component {
    *
    * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
    * await cluster.withConnection(async (conn) => {
-   *   const { locked } = await conn.queryRow<{ locked: boolean }>(
-   *     "select pg_try_advisory_lock($1) as locked",
-   *     [42],
-   *   );
-   *   if (!locked) return;
-   *   await conn.exec("set statement_timeout = '10min'");
+   *   await conn.queryRow("select pg_advisory_lock($1)", [42]);
    *   await conn.exec("refresh materialized view daily_totals");
    * });
    * ```
    */
   withConnection<T>(fn: (conn: Executor) => Promise<T>, options?: ConnectionOptions): Promise<T> {
-    return withConnection(this.#i.d, fn, options);
+    return withConnection(this.#core.d, fn, options);
   }
 
   /**
-   * A `pg.Pool` (`instanceof pg.Pool`) over this cluster, for Drizzle,
-   * Prisma's `PrismaPg` and Kysely's `PostgresDialect`: `query()` is routed
-   * and retried by `route`; `connect()` pins a connection; both join the
-   * ambient `runTx`; errors are pg's own. Its `end()` leaves the cluster open.
+   * Runs `fn` in a read-your-writes session: after a write in it, its
+   * `read*` calls use only replicas known to have replayed that write, else
+   * the primary (as `withSession()` does). Sessions hold no connection.
    *
-   * @param options `route`: `"primary"` (write rules, the default) or `"replica"` (read rules).
-   * @returns The pool facade.
-   * @throws {RangeError} for an unknown route.
+   * @param fn The code to run (a request handler, a job).
+   * @param options A token (`writeToken()`, `session.token()`) to start from.
+   * @returns What `fn` returned.
+   */
+  session<T>(fn: (session: Session) => T, options?: SessionOptions): T {
+    return runSession(this.#core.d.sessions, fn, options);
+  }
+
+  /**
+   * A read-your-writes token: the primary's current WAL position, for a
+   * later read's `consistentWith` (here or in another process).
    *
-   * @example Drizzle with replicas
-   * ```ts
-   * import { connect } from "@codelab/dbx";
+   * @param options Cancellation and deadline.
+   * @returns The token, e.g. `"0/3000148"`.
+   */
+  async writeToken(options?: QueryOptions): Promise<string> {
+    const sql = "select pg_current_wal_lsn()::text as lsn";
+    return (await this.queryRow<{ lsn: string }>(sql, undefined, options)).lsn;
+  }
+
+  /**
+   * Streams a query's rows through a cursor on the primary (in the ambient
+   * transaction, or one of its own), `batchSize` rows per round trip.
    *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * const primary = cluster.pgPool();
-   * const reads = cluster.pgPool({ route: "replica" });
-   * const { rows } = await reads.query("select $1::int as n", [1]);
-   * ```
+   * @param sql Statement text.
+   * @param args Values for the placeholders.
+   * @param options `batchSize`, `signal`, `timeoutMs`.
+   * @returns The rows, one at a time; leaving the loop early closes the cursor.
+   */
+  stream<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: StreamOptions,
+  ): AsyncIterable<T> {
+    return stream<T>(this.#core, false, sql, args, options);
+  }
+
+  /**
+   * Like {@linkcode stream}, on a replica chosen as for `readQuery`.
+   *
+   * @returns The rows, one at a time.
+   */
+  readStream<T = Row>(
+    sql: string,
+    args?: readonly unknown[],
+    options?: ReadStreamOptions,
+  ): AsyncIterable<T> {
+    return stream<T>(this.#core, true, sql, args, options);
+  }
+
+  /**
+   * Listens on `channel` on a dedicated primary connection that follows
+   * failovers (re-issuing LISTEN and reporting the gap to `onReconnect`).
+   *
+   * @param channel The channel (quoted).
+   * @param handler Called with each payload; a throw is logged.
+   * @param options `onReconnect`, `signal` (ends it), `timeoutMs` (the first LISTEN).
+   * @returns The subscription; end it with `await using` or `unlisten()`.
+   */
+  listen(
+    channel: string,
+    handler: NotificationHandler,
+    options?: ListenOptions,
+  ): Promise<Subscription> {
+    return listen(this.#core, channel, handler, options);
+  }
+
+  /**
+   * Sends `payload` on `channel` (`pg_notify`) through the primary, or in the ambient transaction.
+   *
+   * @returns Resolves when sent.
+   */
+  notify(channel: string, payload: string, options?: QueryOptions): Promise<void> {
+    return notify(this.#core, channel, payload, options);
+  }
+
+  /**
+   * A `pg.Pool` (`instanceof pg.Pool`) over this cluster for Drizzle,
+   * Prisma's `PrismaPg` and Kysely: `query()` routed by `route` and
+   * retried, `connect()` leases a connection; both join the ambient `runTx`.
+   *
+   * @param options `route`: `"primary"` (the default) or `"replica"`.
+   * @returns The pool facade; its `end()` leaves the cluster open.
    */
   pgPool(options?: PgPoolOptions): PgPool {
-    return createPgPool(this, options);
+    return createPgPool(this.#core, options);
   }
 
   /**
-   * The executor bound to the current async context by the innermost
-   * `runTx` / `withExecutor`, else this cluster.
+   * The executor of the async context: the ambient transaction, else this cluster.
    *
-   * @returns The bound transaction or the cluster.
-   *
-   * @example
-   * ```ts
-   * import { connect } from "@codelab/dbx";
-   *
-   * await using cluster = await connect({ master: "postgres://app@db1:5432/app" });
-   * await cluster.getExecutor().exec("select 1");
-   * ```
+   * @returns The executor.
    */
   getExecutor(): Executor {
     return currentExecutor(this);
   }
+
+  /**
+   * An {@linkcode Executor} on one node whatever its role or health, never
+   * routed elsewhere nor retried (administration, diagnostics, tests).
+   *
+   * @param name The node's name, as in `stats()`.
+   * @returns An executor for that node.
+   * @throws {RangeError} when no node has that name (the message lists them).
+   */
+  node(name: string): Executor {
+    return this.#core.node(name);
+  }
+
+  /**
+   * Runs `select 1` on every node, healthy or not (no retry).
+   *
+   * @param options Cancellation and deadline.
+   * @returns Resolves when every node answered.
+   * @throws {AggregateError} naming each failed node.
+   */
+  ping(options?: QueryOptions): Promise<void> {
+    return this.#core.ping(options);
+  }
+
+  /**
+   * Probes every node now: role, health, latency and lag, for readiness endpoints.
+   *
+   * @param options Cancellation and deadline for the probe round.
+   * @returns The report.
+   */
+  health(options?: QueryOptions): Promise<HealthReport> {
+    return this.#core.health(options);
+  }
+
+  /**
+   * A snapshot of every node's pool and counters.
+   *
+   * @returns Per-node stats and totals.
+   */
+  stats(): ClusterStats {
+    return this.#core.stats();
+  }
+
+  /**
+   * Normalises any error into a {@linkcode DbxError} (dbx's own are returned as they are).
+   *
+   * @param err Any thrown value.
+   * @returns A DbxError with `code`, `kind` and `cause`.
+   */
+  handleError(err: unknown): DbxError {
+    return handleError(err);
+  }
 }
 
 /**
- * Creates a {@linkcode Cluster}: validates the config eagerly, creates one
- * pool per node, verifies that a primary answers (with retry) and starts the
- * background health checker.
- *
- * @param config Nodes, pool, retry, health-check and observability settings;
- * or a connection string, single- or multi-host (`postgres://app@db1,db2/app`),
- * which is `{ nodes: [url] }`: every host a node whose role the server tells.
- * @returns A connected cluster; dispose of it with `await using` or `close()`.
- * @throws {ConfigError} naming the invalid field and value.
- * @throws {NoHealthyNodeError} when no node reports primary after every attempt.
- * @throws {DbxError} (not retryable) at once when the nodes refused for a reason
- * no retry fixes: a certificate that does not verify, a refused login, no such database.
- *
- * @example
- * ```ts
- * import { connect } from "@codelab/dbx";
- *
- * await using cluster = await connect({
- *   master: "postgres://app@db1:5432/app",
- *   replicas: ["postgres://app@db2:5432/app", { name: "db3", url: "postgres://app@db3:5432/app" }],
- *   pool: { max: 20 },
- *   retry: { maxAttempts: 4 },
- * });
- * ```
- *
- * @example A multi-host URL: writes go to whichever host is primary
- * ```ts
- * import { connect } from "@codelab/dbx";
- *
- * await using cluster = await connect(
- *   "postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write",
- * );
- * ```
+ * The core of a cluster, for the one adapter built from a `Cluster` rather
+ * than by it (the Kysely dialect: `dbxDialect(cluster)`). Internal.
  */
-export async function connect(config: ClusterConfig | string): Promise<Cluster> {
-  const cluster = new Cluster(config);
-  try {
-    await cluster.start();
-  } catch (err) {
-    await cluster.close();
-    throw err;
+export function clusterCore(cluster: Cluster): ClusterCore {
+  if (!(cluster instanceof Cluster)) {
+    throw new TypeError("Cannot use the cluster as it is not a Cluster from connect()");
   }
-  return cluster;
+  return coreOf(cluster);
+}
+
+/** The first row of a result, or NoRowsError. */
+function rowOf<T>(result: { rows: unknown[] }): T {
+  return firstRow<T>(result.rows);
 }

@@ -47,8 +47,8 @@ import {
   type QueryResult,
   type TransactionSettings,
 } from "kysely";
-import type { Cluster } from "../cluster/cluster.ts";
-import { type ClusterInternals, internalsOf } from "../cluster/cluster_base.ts";
+import { type Cluster, clusterCore } from "../cluster/cluster.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import { DbxError } from "../errors.ts";
 import { isPlainRead } from "./kysely_route.ts";
 import { driverError, inTx, type PgRoute, pinFor, runConfig, runPinned } from "./pg_run.ts";
@@ -180,11 +180,11 @@ let cursors = 0;
 
 /** A Kysely connection: unpinned until a transaction pins it. */
 class DbxConnection implements DatabaseConnection {
-  readonly #i: ClusterInternals;
+  readonly #i: ClusterCore;
   readonly #reads: PgRoute;
   tx: Transaction | undefined;
 
-  constructor(i: ClusterInternals, reads: PgRoute) {
+  constructor(i: ClusterCore, reads: PgRoute) {
     this.#i = i;
     this.#reads = reads;
   }
@@ -264,12 +264,12 @@ class DbxConnection implements DatabaseConnection {
 /** The driver: connections are cheap handles; transactions pin with `cluster.begin`. */
 class DbxDriver implements Driver {
   readonly #cluster: Cluster;
-  readonly #i: ClusterInternals;
+  readonly #i: ClusterCore;
   readonly #reads: PgRoute;
 
   constructor(cluster: Cluster, reads: PgRoute) {
     this.#cluster = cluster;
-    this.#i = internalsOf(cluster);
+    this.#i = clusterCore(cluster);
     this.#reads = reads;
   }
 

@@ -11,7 +11,7 @@
 import { EventEmitter } from "node:events";
 // @ts-types="@types/pg"
 import pg from "pg";
-import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import { driverError, inTx, runPinned } from "./pg_run.ts";
@@ -84,13 +84,13 @@ export function queryArgs(args: unknown[]): { text: unknown; values: unknown; cb
 
 /** A leased connection as a node-postgres pool client. */
 export class PinnedClient extends EventEmitter {
-  readonly #i: ClusterInternals;
+  readonly #i: ClusterCore;
   readonly #lease: Lease<Node>;
   readonly #unwatch: () => void;
   /** The read-your-writes session that took it: what ran on the primary may have written. */
   readonly #session: SessionState | undefined;
 
-  constructor(i: ClusterInternals, lease: Lease<Node>) {
+  constructor(i: ClusterCore, lease: Lease<Node>) {
     super();
     this.#i = i;
     this.#lease = lease;

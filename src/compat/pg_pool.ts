@@ -21,7 +21,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { type ClusterInternals, internalsOf } from "../cluster/cluster_base.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import { isSubmittable, PinnedClient, queryArgs, settle, toConfig, TxClient } from "./pg_client.ts";
 import { driverError, type PgRoute, pinFor, runConfig } from "./pg_run.ts";
 
@@ -71,11 +71,11 @@ export interface PgPoolOptions {
  * cluster's. Internal: users get it as `pg.Pool` from `cluster.pgPool()`.
  */
 class DbxPgPool extends pg.Pool {
-  readonly #i: ClusterInternals;
+  readonly #i: ClusterCore;
   readonly #route: PgRoute;
   #ended = false;
 
-  constructor(i: ClusterInternals, route: PgRoute) {
+  constructor(i: ClusterCore, route: PgRoute) {
     super({ max: Number.MAX_SAFE_INTEGER, application_name: "dbx" });
     this.#i = i;
     this.#route = route;
@@ -137,12 +137,12 @@ class DbxPgPool extends pg.Pool {
 /**
  * A `pg.Pool` over a cluster (see the module doc); `cluster.pgPool()`.
  *
- * @param cluster The cluster.
+ * @param core The cluster's core.
  * @param options The route.
  * @returns The facade.
  * @throws {RangeError} for an unknown route.
  */
-export function createPgPool(cluster: object, options?: PgPoolOptions): PgPool {
+export function createPgPool(core: ClusterCore, options?: PgPoolOptions): PgPool {
   const route = options?.route ?? "primary";
   if (route !== "primary" && route !== "replica") {
     throw new RangeError(
@@ -151,5 +151,5 @@ export function createPgPool(cluster: object, options?: PgPoolOptions): PgPool {
       }`,
     );
   }
-  return new DbxPgPool(internalsOf(cluster), route);
+  return new DbxPgPool(core, route);
 }

@@ -11,7 +11,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import { pin, routedWork } from "../call/dispatch.ts";
 import { checkShared } from "../call/validate.ts";
 import { DbxError } from "../errors.ts";
@@ -60,7 +60,7 @@ export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number 
  * @returns pg's result (`command`, `rowCount`, `rows`, `fields`).
  */
 export function runConfig(
-  i: ClusterInternals,
+  i: ClusterCore,
   route: PgRoute,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
@@ -111,7 +111,7 @@ export function inTx(
  * @param route Which node.
  * @returns The lease.
  */
-export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Lease<Node>> {
+export function pinFor(i: ClusterCore, route: PgRoute): Promise<Lease<Node>> {
   i.d.assertOpen();
   if (route === "primary") return pin(i.d, undefined, undefined);
   return routedWork(
@@ -134,7 +134,7 @@ export function pinFor(i: ClusterInternals, route: PgRoute): Promise<Lease<Node>
  * @returns pg's result.
  */
 export function runPinned(
-  i: ClusterInternals,
+  i: ClusterCore,
   lease: Lease<Node>,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,

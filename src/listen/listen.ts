@@ -14,7 +14,7 @@
  * @module
  */
 
-import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import { statement } from "../call/dispatch.ts";
 import type { QueryOptions } from "../executor.ts";
 import { Listener } from "./listener.ts";
@@ -181,7 +181,7 @@ function checkListenOptions(options: unknown): void {
  * @returns The subscription.
  */
 export async function listen(
-  i: ClusterInternals,
+  i: ClusterCore,
   channel: string,
   handler: NotificationHandler,
   options: ListenOptions | undefined,
@@ -224,7 +224,7 @@ export async function listen(
  * @returns Resolves when the server accepted it.
  */
 export async function notify(
-  i: ClusterInternals,
+  i: ClusterCore,
   channel: string,
   payload: string,
   options: QueryOptions | undefined,

@@ -15,7 +15,7 @@
  * @module
  */
 
-import type { ClusterInternals } from "../cluster/cluster_base.ts";
+import type { ClusterCore } from "../cluster/core.ts";
 import { openOn } from "../call/dispatch.ts";
 import { retryOptions } from "../call/retry_contract.ts";
 import type { QueryOptions, ReadOptions } from "../executor.ts";
@@ -107,8 +107,7 @@ function callSignal(
 
 /** One stream call, checked and bound to where it was made. */
 interface StreamCall {
-  readonly owner: object;
-  readonly i: ClusterInternals;
+  readonly i: ClusterCore;
   readonly read: boolean;
   readonly sql: string;
   readonly args: readonly unknown[] | undefined;
@@ -122,8 +121,7 @@ interface StreamCall {
  * A stream over a server-side cursor. Each iteration runs the statement
  * anew; nothing happens before the first `next()`.
  *
- * @param owner The cluster (owner of the transactions it opens).
- * @param i The cluster's internals.
+ * @param i The cluster's core.
  * @param read `readStream` (a replica) rather than `stream` (the primary).
  * @param sql A SELECT or VALUES statement.
  * @param args Bind parameters.
@@ -131,8 +129,7 @@ interface StreamCall {
  * @returns The rows, in order.
  */
 export function stream<T>(
-  owner: object,
-  i: ClusterInternals,
+  i: ClusterCore,
   read: boolean,
   sql: string,
   args: readonly unknown[] | undefined,
@@ -141,7 +138,6 @@ export function stream<T>(
   i.d.assertOpen();
   const batchSize = check(read ? "readStream" : "stream", sql, args, options);
   const call: StreamCall = {
-    owner,
     i,
     read,
     sql,
@@ -210,7 +206,7 @@ async function* pinned<T>(
   const { tx, first, fetch } = await withRetry(
     async (node, attempt) => {
       const lease = await openOn(d, node, begin, attempt, signal);
-      const tx = new Transaction(call.owner, lease, d.runner, { signal });
+      const tx = new Transaction(call.i.owner, lease, d.runner, { signal });
       try {
         const { declare, fetch } = statements(call, cursorName(tx));
         await tx.exec(declare, call.args, opts);

@@ -69,7 +69,17 @@ abstract class TxBase implements Tx {
     }
   }
 
-  #statement(
+  /**
+   * Runs one statement in the transaction, after its earlier ones (the
+   * statement methods, and the cluster's while this transaction is ambient).
+   *
+   * @param method Method name for argument errors.
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param options The call's signal and deadline.
+   * @returns The driver's result.
+   */
+  statement(
     method: string,
     sql: string,
     args: readonly unknown[] | undefined,
@@ -94,7 +104,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<CommandResult> {
-    return toCommandResult(await this.#statement("exec", sql, args, options));
+    return toCommandResult(await this.statement("exec", sql, args, options));
   }
 
   async query<T = Row>(
@@ -102,7 +112,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<T[]> {
-    return (await this.#statement("query", sql, args, options)).rows as T[];
+    return (await this.statement("query", sql, args, options)).rows as T[];
   }
 
   async queryRow<T = Row>(
@@ -110,7 +120,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: QueryOptions,
   ): Promise<T> {
-    return firstRow<T>((await this.#statement("queryRow", sql, args, options)).rows);
+    return firstRow<T>((await this.statement("queryRow", sql, args, options)).rows);
   }
 
   async readQuery<T = Row>(
@@ -118,7 +128,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: ReadOptions,
   ): Promise<T[]> {
-    return (await this.#statement("readQuery", sql, args, options)).rows as T[];
+    return (await this.statement("readQuery", sql, args, options)).rows as T[];
   }
 
   async readQueryRow<T = Row>(
@@ -126,7 +136,7 @@ abstract class TxBase implements Tx {
     args?: readonly unknown[],
     options?: ReadOptions,
   ): Promise<T> {
-    return firstRow<T>((await this.#statement("readQueryRow", sql, args, options)).rows);
+    return firstRow<T>((await this.statement("readQueryRow", sql, args, options)).rows);
   }
 
   copyFrom(

@@ -1,0 +1,288 @@
+/**
+ * The private core of a {@linkcode Cluster}: its nodes and health checker,
+ * the statement path (`call/dispatch.ts`), the lifecycle (start, close), the
+ * ambient transaction and the entry points every public method delegates
+ * to. `Cluster` owns exactly one; adapters built by the cluster (the
+ * `pgPool` facade, LISTEN, streams) are handed it, never look it up.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+import { AttemptRunner } from "../call/attempt.ts";
+import {
+  createDispatcher,
+  type Dispatcher,
+  nodeExecutor,
+  once,
+  onPinned,
+  pin,
+  statement,
+} from "../call/dispatch.ts";
+import { reportRetry } from "../call/retry_contract.ts";
+import { currentSession } from "../call/session.ts";
+import { withCall } from "../call/signal.ts";
+import { checkCallOptions } from "../call/validate.ts";
+import type { ClusterConfig, ResolvedConfig } from "../config/config.ts";
+import { resolveConfig } from "../config/resolve.ts";
+import { ClusterClosedError, type DbxError } from "../errors.ts";
+import type { Executor, QueryOptions, ReadOptions, Tx } from "../executor.ts";
+import { isConnectionError } from "../failure.ts";
+import { HealthChecker } from "../node/health.ts";
+import { Node } from "../node/node.ts";
+import { StatementCache } from "../node/statement_cache.ts";
+import { Observer } from "../observe/observe.ts";
+import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "../tx/run_tx.ts";
+import {
+  batchInfo,
+  type BatchOptions,
+  type BatchQuery,
+  type BatchResult,
+  checkBatchOptions,
+  runBatch,
+} from "../tx/batch.ts";
+import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "../tx/copy.ts";
+import { Savepoint, Transaction } from "../tx/tx.ts";
+import { boundExecutor } from "./context.ts";
+import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
+import { waitForStartup } from "./startup.ts";
+
+/** Grace given to running statements by close() before their connections are cut. */
+const CLOSE_GRACE_MS = 5_000;
+
+/** The state and entry points behind one `Cluster`. Internal. */
+export class ClusterCore {
+  /** The statement path. */
+  readonly d: Dispatcher;
+  /** Long-lived resources (subscriptions) that close() disposes of before the pools end. */
+  readonly resources: Set<AsyncDisposable> = new Set();
+  /** The `Cluster` this core belongs to: transactions bound to the async context name it. */
+  readonly owner: object;
+  readonly #config: ResolvedConfig;
+  readonly #nodes: readonly Node[];
+  readonly #checker: HealthChecker;
+  #started: Promise<void> | undefined;
+  #closing: Promise<void> | undefined;
+
+  /**
+   * @param owner The cluster.
+   * @param config A config; validated here.
+   */
+  constructor(owner: object, config: ClusterConfig | string) {
+    this.owner = owner;
+    const resolved = this.#config = resolveConfig(config);
+    const statements = resolved.statementCache > 0
+      ? new StatementCache(resolved.statementCache)
+      : undefined;
+    const observer = new Observer(resolved.logger, resolved.metrics, resolved.slowQueryThresholdMs);
+    const nodes = this.#nodes = resolved.nodes.map((n) =>
+      new Node(n, (node, err) => {
+        // An idle connection died: the pool already dropped it. Take the node
+        // out of rotation only if the server itself is gone; the probe decides.
+        observer.log("debug", "dbx: idle connection lost", { node: node.name, error: err.message });
+        if (isConnectionError(err)) checker.recheck(node);
+      }, {
+        pipeline: resolved.pipeline,
+        statements,
+        types: resolved.types as pg.CustomTypesConfig | undefined,
+      })
+    );
+    const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
+    const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));
+    this.d = createDispatcher({
+      config: resolved,
+      nodes,
+      checker,
+      runner,
+      observer,
+      assertOpen: () => this.assertOpen(),
+    });
+  }
+
+  /** Throws ClusterClosedError once the cluster is closing. */
+  assertOpen(): void {
+    if (this.#closing !== undefined) throw new ClusterClosedError();
+  }
+
+  /** Verifies a primary answers and starts the checker; once. */
+  start(): Promise<void> {
+    if (this.#closing !== undefined) return Promise.reject(new ClusterClosedError());
+    return this.#started ??= (async () => {
+      await waitForStartup(this.#checker, this.#nodes, this.#config, () => this.assertOpen());
+      this.#checker.start();
+    })();
+  }
+
+  /** Closes everything; the same promise to every caller. */
+  close(): Promise<void> {
+    return this.#closing ??= (async () => {
+      // A start() in progress sees #closing and gives up; wait for it so its
+      // probes are not cut mid-flight by a half-closed checker.
+      await this.#started?.catch(() => {});
+      await Promise.all([...this.resources].map((r) => r[Symbol.asyncDispose]()));
+      await this.#checker.stop();
+      await Promise.all(this.#nodes.map((n) => n.end(CLOSE_GRACE_MS)));
+    })();
+  }
+
+  /**
+   * The transaction of this cluster bound to the async context, if any,
+   * ended or not: a statement sent from a callback of a transaction that
+   * already ended is refused by it, never run outside it.
+   */
+  ambient(): Transaction | Savepoint | undefined {
+    const bound = boundExecutor();
+    if (!(bound instanceof Transaction || bound instanceof Savepoint)) return undefined;
+    return bound.root.owner === this.owner ? bound : undefined;
+  }
+
+  /**
+   * One statement method's call: in the ambient transaction when there is
+   * one, else routed (`read`: the read rules) with retries.
+   */
+  statement(
+    method: string,
+    read: boolean,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    options: ReadOptions | undefined,
+  ): Promise<pg.QueryResult> {
+    const tx = this.ambient();
+    if (tx !== undefined) return tx.statement(method, sql, args, options);
+    return statement(this.d, method, read, sql, args, options);
+  }
+
+  /** `cluster.copyFrom()`: in the ambient transaction, else on a leased primary connection. */
+  async copyFrom(
+    table: string,
+    columns: readonly string[],
+    rows: CopyRows,
+    options: CopyOptions | undefined,
+  ): Promise<number> {
+    const tx = this.ambient();
+    if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
+    this.assertOpen();
+    checkCopyArgs("copyFrom", table, columns, rows);
+    checkCallOptions("copyFrom", options);
+    return await withCall(options, (signal) =>
+      onPinned(this.d, copyInfo(table), signal, (lease) =>
+        // COPY answers an abort with CopyFail itself: no cancel request.
+        lease.use(undefined, (client) => copyIn(client, table, columns, rows, signal))));
+  }
+
+  /** `cluster.sendBatch()`: in the ambient transaction, else on a leased primary connection. */
+  async sendBatch(
+    queries: readonly BatchQuery[],
+    options: BatchOptions | undefined,
+  ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
+    const tx = this.ambient();
+    if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
+    this.assertOpen();
+    const atomic = checkBatchOptions(queries, options);
+    if (queries.length === 0) return [];
+    return await withCall(
+      options,
+      (signal) =>
+        onPinned(
+          this.d,
+          batchInfo(queries),
+          signal,
+          (lease) => runBatch(lease, signal, queries, { atomic, inTransaction: false }),
+        ),
+    );
+  }
+
+  /** Opens a transaction on a leased primary connection; `txSignal` (runTx's) cancels its statements. */
+  async open(
+    sql: string,
+    txSignal: AbortSignal | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Transaction> {
+    const session = currentSession(this.d.sessions);
+    const lease = await pin(this.d, sql, signal);
+    return new Transaction(this.owner, lease, this.d.runner, { signal: txSignal, session });
+  }
+
+  /** `cluster.begin()`. */
+  async begin(options: TxOptions | undefined): Promise<Tx> {
+    this.assertOpen();
+    const sql = beginStatement("begin", options);
+    return await withCall(options, (signal) => this.open(sql, undefined, signal));
+  }
+
+  /** `cluster.runTx()`: a transaction, or a savepoint inside the ambient one. */
+  runTx<T>(fn: (tx: Tx) => Promise<T>, options: RunTxOptions | undefined): Promise<T> {
+    try {
+      this.assertOpen();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const { baseDelayMs, maxDelayMs } = this.#config.retry;
+    return runTransaction(
+      {
+        open: (opts, signal) => this.open(beginStatement("runTx", opts), signal, signal),
+        retried: (tx, attempt, error) => reportRetry(this.d, tx.node, attempt, error),
+        backoff: { baseDelayMs, maxDelayMs },
+      },
+      fn,
+      options,
+      this.ambient(),
+    );
+  }
+
+  /** `cluster.node(name)`. */
+  node(name: string): Executor {
+    const node = this.#nodes.find((n) => n.name === name);
+    if (node === undefined) {
+      throw new RangeError(
+        `Cannot get node() as 'name' must be one of ${
+          this.#nodes.map((n) => JSON.stringify(n.name)).join(", ")
+        }: current value is ${JSON.stringify(name)}`,
+      );
+    }
+    return nodeExecutor((method, sql, args, options) =>
+      once(this.d, node, method, sql, args, options)
+    );
+  }
+
+  /** `cluster.ping()`: `select 1` on every node, no retry. */
+  async ping(options: QueryOptions | undefined): Promise<void> {
+    this.assertOpen();
+    const results = await Promise.allSettled(
+      this.#nodes.map((n) => once(this.d, n, "ping", "select 1", undefined, options)),
+    );
+    const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
+    if (failed.length > 0) {
+      throw new AggregateError(
+        failed,
+        `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
+          failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
+            .join(", ")
+        }`,
+      );
+    }
+  }
+
+  /** `cluster.health()`: a probe round now, then the report. */
+  async health(options: QueryOptions | undefined): Promise<HealthReport> {
+    this.assertOpen();
+    checkCallOptions("health", options);
+    await withCall(options, (signal) => {
+      const round = this.#checker.checkAll();
+      if (signal === undefined) return round;
+      signal.throwIfAborted();
+      return new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+        round.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+      });
+    });
+    return buildHealth(this.#nodes, this.#checker.topology);
+  }
+
+  /** `cluster.stats()`. */
+  stats(): ClusterStats {
+    return buildStats(this.#nodes, this.d);
+  }
+}
