@@ -11,7 +11,7 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 
-import { AttemptRunner } from "./attempt.ts";
+import { abortedError, AttemptRunner } from "./attempt.ts";
 import { type ClusterConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import { boundExecutor } from "./context.ts";
 import { createDispatcher, type Dispatcher, nodeExecutor, once, pin } from "./dispatch.ts";
@@ -220,6 +220,8 @@ export class ClusterBase implements AsyncDisposable {
    * @param options Cancellation and deadline.
    * @returns Resolves when every node answered.
    * @throws {AggregateError} naming each failed node, its errors in `errors`.
+   * @throws {DbxError} kind `canceled` when `signal` aborted, `timeout` when
+   * `timeoutMs` passed, before every node answered (like every other method).
    *
    * @example
    * ```ts
@@ -231,19 +233,27 @@ export class ClusterBase implements AsyncDisposable {
    */
   async ping(options?: QueryOptions): Promise<void> {
     this.#assertOpen();
-    const results = await Promise.allSettled(
-      this.#nodes.map((n) => once(this.#d, n, "ping", "select 1", undefined, options)),
-    );
-    const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
-    if (failed.length > 0) {
-      throw new AggregateError(
-        failed,
-        `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
-          failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
-            .join(", ")
-        }`,
+    checkCallOptions("ping", options);
+    await withCall(options, async (signal) => {
+      if (signal?.aborted) throw abortedError(signal.reason);
+      const results = await Promise.allSettled(
+        this.#nodes.map((n) =>
+          once(this.#d, n, "ping", "select 1", undefined, signal && { signal })
+        ),
       );
-    }
+      // Nodes cut short by the caller's signal or deadline did not fail.
+      if (signal?.aborted) throw abortedError(signal.reason);
+      const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
+      if (failed.length > 0) {
+        throw new AggregateError(
+          failed,
+          `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
+            failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
+              .join(", ")
+          }`,
+        );
+      }
+    });
   }
 
   /**
@@ -269,6 +279,8 @@ export class ClusterBase implements AsyncDisposable {
    *
    * @param options Cancellation and deadline for the probe round.
    * @returns The report.
+   * @throws {DbxError} kind `canceled` when `signal` aborted, `timeout` when
+   * `timeoutMs` passed, before the probe round ended.
    *
    * @example
    * ```ts
@@ -283,11 +295,11 @@ export class ClusterBase implements AsyncDisposable {
     this.#assertOpen();
     checkCallOptions("health", options);
     await withCall(options, (signal) => {
+      if (signal?.aborted) return Promise.reject(abortedError(signal.reason));
       const round = this.#checker.checkAll();
       if (signal === undefined) return round;
-      signal.throwIfAborted();
       return new Promise<void>((resolve, reject) => {
-        const onAbort = () => reject(signal.reason);
+        const onAbort = () => reject(abortedError(signal.reason));
         signal.addEventListener("abort", onAbort, { once: true });
         round.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
       });

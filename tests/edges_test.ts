@@ -1,0 +1,49 @@
+import assert from "node:assert/strict";
+import { connect, DbxError } from "../mod.ts";
+import { dbTest } from "../src/testing/mod.ts";
+import { testDatabaseUrls } from "../src/testing/db_test.ts";
+import { faultProxy } from "../src/testing/fault_proxy.ts";
+
+const urls = testDatabaseUrls();
+/** Appended to the names of tests that need the database, when it is not configured. */
+const why = urls === undefined ? " (ignored: DBX_TEST_MASTER_URL is not set)" : "";
+
+/** Asserts that `promise` rejects with a DbxError of `kind`. */
+async function rejectsWithKind(promise: Promise<unknown>, kind: string, what: string) {
+  await assert.rejects(promise, (err) => {
+    assert.ok(err instanceof DbxError, `${what} rejected with ${err} instead of a DbxError`);
+    assert.equal(err.kind, kind, `${what}: ${err.message}`);
+    return true;
+  });
+}
+
+dbTest("ping() and health() with an aborted signal reject with DbxError kind canceled", async (
+  cluster,
+) => {
+  const aborted = AbortSignal.abort();
+  await rejectsWithKind(cluster.ping({ signal: aborted }), "canceled", "ping (aborted)");
+  await rejectsWithKind(cluster.health({ signal: aborted }), "canceled", "health (aborted)");
+  const pinging = new AbortController();
+  const ping = cluster.ping({ signal: pinging.signal });
+  pinging.abort();
+  await rejectsWithKind(ping, "canceled", "ping (aborting)");
+  const checking = new AbortController();
+  const health = cluster.health({ signal: checking.signal });
+  checking.abort();
+  await rejectsWithKind(health, "canceled", "health (aborting)");
+  await cluster.ping();
+  assert.equal((await cluster.health()).writable, true);
+});
+
+Deno.test({
+  name: "ping() and health() past their timeoutMs reject with DbxError kind timeout" + why,
+  ignore: urls === undefined,
+  async fn() {
+    await using proxy = await faultProxy(urls!.master);
+    await using cluster = await connect({ master: proxy.url(urls!.master) });
+    proxy.delay(300);
+    await rejectsWithKind(cluster.ping({ timeoutMs: 100 }), "timeout", "ping");
+    await rejectsWithKind(cluster.health({ timeoutMs: 100 }), "timeout", "health");
+    proxy.heal();
+  },
+});
