@@ -3,6 +3,7 @@ import { connect, DbxError } from "../mod.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 import { faultProxy } from "../src/testing/fault_proxy.ts";
+import { sleep } from "./helpers.ts";
 
 const urls = testDatabaseUrls();
 /** Appended to the names of tests that need the database, when it is not configured. */
@@ -47,3 +48,34 @@ Deno.test({
     proxy.heal();
   },
 });
+
+dbTest(
+  "callers that gave up waiting for a pooled connection no longer count as waiting",
+  async (cluster) => {
+    const waiting = () => cluster.stats().totals.waitingClients;
+    const tx = await cluster.begin(); // the primary's only connection
+    try {
+      const canceller = new AbortController();
+      const calls = Array.from({ length: 40 }, (_, i) =>
+        cluster.query(
+          "select $1::int as n",
+          [i],
+          i % 2 === 0 ? { timeoutMs: 50 } : { signal: canceller.signal },
+        ).then(() => undefined, (err: unknown) => err));
+      await sleep(10);
+      assert.equal(waiting(), 40, "every caller waits for the held connection");
+      canceller.abort();
+      const errors = await Promise.all(calls);
+      assert.deepEqual(
+        errors.map((err) => err instanceof DbxError ? err.kind : String(err)),
+        errors.map((_, i) => i % 2 === 0 ? "timeout" : "canceled"),
+      );
+      assert.equal(waiting(), 0, "no caller that gave up is still waiting");
+    } finally {
+      await tx.rollback();
+    }
+    assert.deepEqual(await cluster.query("select $1::int as n", [7]), [{ n: 7 }]);
+    assert.equal(waiting(), 0);
+  },
+  { config: { pool: { max: 1 }, pipeline: false } },
+);
