@@ -79,3 +79,57 @@ dbTest(
   },
   { config: { pool: { max: 1 }, pipeline: false } },
 );
+
+dbTest(
+  "a statement with a value pg cannot serialise fails alone; pipelined neighbours get their own answers",
+  async (cluster) => {
+    const good = (from: number) =>
+      Array.from(
+        { length: 100 },
+        (_, i) => cluster.queryRow<{ n: number }>("select $1::int as n", [from + i]),
+      );
+    const before = good(0);
+    const bad = cluster.query("select $1::jsonb as j", [{ n: 1n }]);
+    const after = good(100);
+    await assert.rejects(bad, (err) => {
+      assert.ok(err instanceof TypeError, `rejected with ${err}`);
+      assert.match(err.message, /BigInt/);
+      return true;
+    });
+    const answers = await Promise.all([...before, ...after]);
+    assert.deepEqual(answers.map((r) => r.n), Array.from({ length: 200 }, (_, i) => i));
+
+    // The failed statement is forgotten once: the pipe a slow statement then
+    // runs on does not look idle, so a quick one goes elsewhere, not behind it.
+    const failing = cluster.query("select $1::json as doc", [{ n: 2n }]);
+    const slow = cluster.query("select pg_sleep(1)");
+    await assert.rejects(failing, /BigInt/);
+    await sleep(100);
+    const started = performance.now();
+    assert.deepEqual(await cluster.query("select 2 as two"), [{ two: 2 }]);
+    const waited = performance.now() - started;
+    assert.ok(waited < 500, `a quick statement waited ${Math.round(waited)} ms behind a slow one`);
+    await slow;
+
+    assert.deepEqual(await cluster.query("select $1::jsonb as j", [{ n: 1 }]), [{ j: { n: 1 } }]);
+    assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
+  },
+);
+
+dbTest(
+  "a statement with a value pg cannot serialise fails alone on a pooled connection too",
+  async (cluster) => {
+    const good = Array.from(
+      { length: 20 },
+      (_, i) => cluster.queryRow<{ n: number }>("select $1::int as n", [i]),
+    );
+    await assert.rejects(cluster.query("select $1::jsonb as j", [{ n: 1n }]), /BigInt/);
+    assert.deepEqual(
+      (await Promise.all(good)).map((r) => r.n),
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    assert.deepEqual(await cluster.query("select $1::jsonb as j", [{ n: 1 }]), [{ j: { n: 1 } }]);
+    assert.equal(cluster.stats().totals.waitingClients, 0);
+  },
+  { config: { pool: { max: 2 }, pipeline: false } },
+);
