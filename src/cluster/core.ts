@@ -10,7 +10,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { AttemptRunner } from "../call/attempt.ts";
+import { abortedError, AttemptRunner } from "../call/attempt.ts";
 import {
   createDispatcher,
   type Dispatcher,
@@ -249,19 +249,27 @@ export class ClusterCore {
   /** `cluster.ping()`: `select 1` on every node, no retry. */
   async ping(options: QueryOptions | undefined): Promise<void> {
     this.assertOpen();
-    const results = await Promise.allSettled(
-      this.#nodes.map((n) => once(this.d, n, "ping", "select 1", undefined, options)),
-    );
-    const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
-    if (failed.length > 0) {
-      throw new AggregateError(
-        failed,
-        `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
-          failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
-            .join(", ")
-        }`,
+    checkCallOptions("ping", options);
+    await withCall(options, async (signal) => {
+      if (signal?.aborted) throw abortedError(signal.reason);
+      const results = await Promise.allSettled(
+        this.#nodes.map((n) =>
+          once(this.d, n, "ping", "select 1", undefined, signal && { signal })
+        ),
       );
-    }
+      // Nodes cut short by the caller's signal or deadline did not fail.
+      if (signal?.aborted) throw abortedError(signal.reason);
+      const failed = results.flatMap((r) => r.status === "rejected" ? [r.reason as DbxError] : []);
+      if (failed.length > 0) {
+        throw new AggregateError(
+          failed,
+          `ping failed on ${failed.length} of ${this.#nodes.length} nodes: ${
+            failed.map((e) => `${e.node} (${(e.cause as Error | undefined)?.message ?? e.message})`)
+              .join(", ")
+          }`,
+        );
+      }
+    });
   }
 
   /** `cluster.health()`: a probe round now, then the report. */
@@ -269,11 +277,11 @@ export class ClusterCore {
     this.assertOpen();
     checkCallOptions("health", options);
     await withCall(options, (signal) => {
+      if (signal?.aborted) return Promise.reject(abortedError(signal.reason));
       const round = this.#checker.checkAll();
       if (signal === undefined) return round;
-      signal.throwIfAborted();
       return new Promise<void>((resolve, reject) => {
-        const onAbort = () => reject(signal.reason);
+        const onAbort = () => reject(abortedError(signal.reason));
         signal.addEventListener("abort", onAbort, { once: true });
         round.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
       });

@@ -2,8 +2,9 @@
  * The few node-postgres internals dbx has to touch, in one place: the
  * CancelRequest (pg has no public cancel), the socket under a client (to cut
  * a connection to a hung host), the Terminate message, pg's message for a
- * client that refuses statements, and the `end` of a pooled client (pg-pool
- * clears its per-client lifetime timer only then).
+ * client that refuses statements, the `end` of a pooled client (pg-pool
+ * clears its per-client lifetime timer only then), and pg-pool's queue of
+ * callers waiting for a client (one that gives up must leave it).
  *
  * Internal: nothing here is exported from `mod.ts`.
  *
@@ -231,9 +232,17 @@ export function forgetAllStatements(client: pg.ClientBase): void {
   connection.submittedNamedStatements = {};
 }
 
+/** The part of pg-pool's Pool that its types leave out: the callers waiting for a client. */
+interface RawPool {
+  _pendingQueue: unknown[];
+}
+
 /**
  * Waits for a pooled client, giving up (and returning the client later)
- * when `signal` aborts: pg-pool's `connect()` takes no signal.
+ * when `signal` aborts: pg-pool's `connect()` takes no signal. A caller that
+ * gives up leaves pg-pool's queue of waiters at once (pg-pool drops a waiter
+ * only at its own `connectionTimeoutMillis`, which dbx does not set), so it
+ * is neither counted in `waitingCount` nor handed a client later.
  *
  * @param pool The pool.
  * @param signal Ends the wait.
@@ -242,22 +251,28 @@ export function forgetAllStatements(client: pg.ClientBase): void {
 export function connectPool(pool: pg.Pool, signal: AbortSignal): Promise<pg.PoolClient> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise((resolve, reject) => {
+    const queue = (pool as unknown as RawPool)._pendingQueue;
+    let waiter: unknown;
+    let done = false;
     let abandoned = false;
     const onAbort = () => {
       abandoned = true;
+      const i = waiter === undefined ? -1 : queue.indexOf(waiter);
+      if (i >= 0) queue.splice(i, 1);
       reject(signal.reason);
     };
-    signal.addEventListener("abort", onAbort, { once: true });
-    pool.connect().then(
-      (client) => {
-        signal.removeEventListener("abort", onAbort);
-        if (abandoned) client.release();
-        else resolve(client);
-      },
-      (err) => {
-        signal.removeEventListener("abort", onAbort);
+    const queued = queue.length;
+    pool.connect((err, client) => {
+      done = true;
+      signal.removeEventListener("abort", onAbort);
+      if (client === undefined) {
         if (!abandoned) reject(err);
-      },
-    );
+      } else if (abandoned) client.release();
+      else resolve(client);
+    });
+    if (done) return;
+    // When no client is free, pg-pool queues the waiter before connect() returns.
+    if (queue.length > queued) waiter = queue.at(-1);
+    signal.addEventListener("abort", onAbort, { once: true });
   });
 }

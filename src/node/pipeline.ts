@@ -201,14 +201,27 @@ export class Pipes {
       // The callback runs inside pg's handling of this statement's
       // ReadyForQuery, before any later answer is handled: the transaction
       // check below sees the status this statement left.
+      //
+      // pg answers twice a statement with a value it cannot serialise (a
+      // BigInt in a JSON value): at once with the error, out of order, and
+      // again at the ReadyForQuery of the Sync it sent. Only the first counts.
+      let settled = false;
       const answered = (err: Error | null, result: pg.QueryResult) => {
+        if (settled) return;
+        settled = true;
         this.#settled();
-        pipe.heads.shift();
-        pipe.texts.shift();
-        // Its own time, not the time spent queued behind earlier statements.
-        const now = performance.now();
-        this.took(config.text, now - Math.max(started, pipe.lastDone));
-        pipe.lastDone = now;
+        // In order, its entry is the oldest; an early answer removes its own.
+        const i = pipe.heads[0] === started ? 0 : pipe.heads.lastIndexOf(started);
+        if (i >= 0) {
+          pipe.heads.splice(i, 1);
+          pipe.texts.splice(i, 1);
+        }
+        if (i === 0) {
+          // Its own time, not the time spent queued behind earlier statements.
+          const now = performance.now();
+          this.took(config.text, now - Math.max(started, pipe.lastDone));
+          pipe.lastDone = now;
+        }
         if (pipe.poisoned) {
           // Pipelined behind a statement that opened a transaction: it ran
           // inside that transaction, which the server rolls back as the pipe
