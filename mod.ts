@@ -27,7 +27,13 @@
 
 export { Cluster } from "./src/cluster/cluster.ts";
 export { connect } from "./src/cluster/connect.ts";
-export type { ClusterStats, HealthReport, NodeHealth, NodeStats } from "./src/cluster/stats.ts";
+export type {
+  ClusterStats,
+  HealthReport,
+  NodeHealth,
+  NodeStats,
+  SummedStat,
+} from "./src/cluster/stats.ts";
 export type {
   CommandResult,
   Executor,

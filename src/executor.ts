@@ -23,6 +23,27 @@ export function toCommandResult(r: pg.QueryResult): CommandResult {
 }
 
 /**
+ * The rows of a driver result, typed.
+ *
+ * @param result A driver result.
+ * @returns Its rows.
+ */
+export function rowsOf<T>(result: { rows: unknown[] }): T[] {
+  return result.rows as T[];
+}
+
+/**
+ * The first row of a driver result.
+ *
+ * @param result A driver result.
+ * @returns Its first row.
+ * @throws {NoRowsError} when it has none.
+ */
+export function rowOf<T>(result: { rows: unknown[] }): T {
+  return firstRow<T>(result.rows);
+}
+
+/**
  * The first row, for `queryRow`-style methods. Internal.
  *
  * @param rows The rows.

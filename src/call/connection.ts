@@ -15,7 +15,7 @@ import type { Node } from "../node/node.ts";
 import { type Dispatcher, nodeExecutor, pin, routedWork } from "./dispatch.ts";
 import { currentSession } from "./session.ts";
 import { withCall } from "./signal.ts";
-import { checkCallOptions, checkStatement, describe } from "./validate.ts";
+import { checkCall, checkCallOptions, checkRoute, describe } from "./validate.ts";
 
 /**
  * Options of `cluster.withConnection()`.
@@ -61,14 +61,7 @@ export function withConnection<T>(
       );
     }
     checkCallOptions("withConnection", options);
-    const route = options?.route ?? "primary";
-    if (route !== "primary" && route !== "replica") {
-      throw new RangeError(
-        `Cannot run withConnection() as 'route' must be "primary" or "replica": current value is ${
-          describe(route)
-        }`,
-      );
-    }
+    checkRoute("run withConnection()", "route", options?.route);
   } catch (err) {
     return Promise.reject(err);
   }
@@ -82,8 +75,7 @@ export function withConnection<T>(
     const conn = nodeExecutor((method, sql, args, opts) => {
       try {
         d.assertOpen();
-        checkStatement(method, sql, args);
-        checkCallOptions(method, opts);
+        checkCall(method, sql, args, opts);
       } catch (err) {
         return Promise.reject(err);
       }

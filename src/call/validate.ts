@@ -158,3 +158,37 @@ export function checkCallOptions(method: string, options: unknown): void {
     );
   }
 }
+
+/**
+ * Checks a route option: `"primary"` (the write rules) or `"replica"` (the read rules).
+ *
+ * @param method Method name for the message.
+ * @param field The option's name.
+ * @param value Its value (undefined means `"primary"`).
+ * @returns The route.
+ * @throws {RangeError} naming the field and the value.
+ */
+export function checkRoute(method: string, field: string, value: unknown): "primary" | "replica" {
+  if (value === undefined) return "primary";
+  if (value === "primary" || value === "replica") return value;
+  throw new RangeError(
+    `Cannot ${method} as '${field}' must be "primary" or "replica": current value is ${
+      describe(value)
+    }`,
+  );
+}
+
+/**
+ * The checks of one statement call before anything is sent: its text,
+ * arguments and options.
+ *
+ * @param method Method name for the message.
+ * @param sql The statement text.
+ * @param args Bind parameters.
+ * @param options The call's options.
+ * @throws {TypeError} / {RangeError} naming the bad argument.
+ */
+export function checkCall(method: string, sql: unknown, args: unknown, options: unknown): void {
+  checkStatement(method, sql, args);
+  checkCallOptions(method, options);
+}

@@ -12,7 +12,7 @@ import { createPgPool, type PgPool, type PgPoolOptions } from "../compat/pg_pool
 import type { ClusterConfig } from "../config/config.ts";
 import { type DbxError, handleError } from "../errors.ts";
 import type { CommandResult, Executor, QueryOptions, ReadOptions, Row, Tx } from "../executor.ts";
-import { firstRow, toCommandResult } from "../executor.ts";
+import { rowOf, rowsOf, toCommandResult } from "../executor.ts";
 import type { ListenOptions, NotificationHandler, Subscription } from "../listen/listen.ts";
 import { listen, notify } from "../listen/listen.ts";
 import type { BatchOptions, BatchQuery, BatchResult } from "../tx/batch.ts";
@@ -114,7 +114,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @returns Every row, in order.
    */
   query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]> {
-    return this.#core.statement("query", false, sql, args, options).then((r) => r.rows as T[]);
+    return this.#core.statement("query", false, sql, args, options).then(rowsOf<T>);
   }
 
   /**
@@ -138,7 +138,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @returns Every row, in order.
    */
   readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]> {
-    return this.#core.statement("readQuery", true, sql, args, options).then((r) => r.rows as T[]);
+    return this.#core.statement("readQuery", true, sql, args, options).then(rowsOf<T>);
   }
 
   /**
@@ -411,9 +411,4 @@ export function clusterCore(cluster: Cluster): ClusterCore {
     throw new TypeError("Cannot use the cluster as it is not a Cluster from connect()");
   }
   return coreOf(cluster);
-}
-
-/** The first row of a result, or NoRowsError. */
-function rowOf<T>(result: { rows: unknown[] }): T {
-  return firstRow<T>(result.rows);
 }

@@ -16,7 +16,6 @@ import {
   type Dispatcher,
   nodeExecutor,
   once,
-  onPinned,
   pin,
   statement,
 } from "../call/dispatch.ts";
@@ -34,19 +33,16 @@ import { Node } from "../node/node.ts";
 import { StatementCache } from "../node/statement_cache.ts";
 import { Observer } from "../observe/observe.ts";
 import { beginStatement, runTransaction, type RunTxOptions, type TxOptions } from "../tx/run_tx.ts";
-import {
-  batchInfo,
-  type BatchOptions,
-  type BatchQuery,
-  type BatchResult,
-  checkBatchOptions,
-  runBatch,
-} from "../tx/batch.ts";
-import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "../tx/copy.ts";
+import type { BatchOptions, BatchQuery, BatchResult } from "../tx/batch.ts";
+import type { CopyOptions, CopyRows } from "../tx/copy.ts";
+import { batchCall, copyCall, onPrimary } from "../tx/lease_calls.ts";
 import { Savepoint, Transaction } from "../tx/tx.ts";
 import { boundExecutor } from "./context.ts";
 import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
 import { waitForStartup } from "./startup.ts";
+
+/** A statement method's arguments: text, bind parameters, options. */
+type StatementCall = [sql: string, args?: readonly unknown[], options?: ReadOptions];
 
 /** Grace given to running statements by close() before their connections are cut. */
 const CLOSE_GRACE_MS = 5_000;
@@ -141,20 +137,15 @@ export class ClusterCore {
    * One statement method's call: in the ambient transaction when there is
    * one, else routed (`read`: the read rules) with retries.
    */
-  statement(
-    method: string,
-    read: boolean,
-    sql: string,
-    args: readonly unknown[] | undefined,
-    options: ReadOptions | undefined,
-  ): Promise<pg.QueryResult> {
+  statement(method: string, read: boolean, ...call: StatementCall): Promise<pg.QueryResult> {
     const tx = this.ambient();
-    if (tx !== undefined) return tx.statement(method, sql, args, options);
-    return statement(this.d, method, read, sql, args, options);
+    return tx !== undefined
+      ? tx.statement(method, ...call)
+      : statement(this.d, method, read, ...call);
   }
 
   /** `cluster.copyFrom()`: in the ambient transaction, else on a leased primary connection. */
-  async copyFrom(
+  copyFrom(
     table: string,
     columns: readonly string[],
     rows: CopyRows,
@@ -162,35 +153,27 @@ export class ClusterCore {
   ): Promise<number> {
     const tx = this.ambient();
     if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
-    this.assertOpen();
-    checkCopyArgs("copyFrom", table, columns, rows);
-    checkCallOptions("copyFrom", options);
-    return await withCall(options, (signal) =>
-      onPinned(this.d, copyInfo(table), signal, (lease) =>
-        // COPY answers an abort with CopyFail itself: no cancel request.
-        lease.use(undefined, (client) => copyIn(client, table, columns, rows, signal))));
+    try {
+      this.assertOpen();
+      return onPrimary(this.d, copyCall(table, columns, rows, options), options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** `cluster.sendBatch()`: in the ambient transaction, else on a leased primary connection. */
-  async sendBatch(
+  sendBatch(
     queries: readonly BatchQuery[],
     options: BatchOptions | undefined,
   ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
     const tx = this.ambient();
     if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
-    this.assertOpen();
-    const atomic = checkBatchOptions(queries, options);
-    if (queries.length === 0) return [];
-    return await withCall(
-      options,
-      (signal) =>
-        onPinned(
-          this.d,
-          batchInfo(queries),
-          signal,
-          (lease) => runBatch(lease, signal, queries, { atomic, inTransaction: false }),
-        ),
-    );
+    try {
+      this.assertOpen();
+      return onPrimary(this.d, batchCall(queries, options, false), options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** Opens a transaction on a leased primary connection; `txSignal` (runTx's) cancels its statements. */

@@ -50,6 +50,17 @@ export interface NodeStats {
   readonly latencyP99Ms?: number;
 }
 
+/** The counters of {@linkcode NodeStats} that {@linkcode ClusterStats} sums. */
+export type SummedStat =
+  | "totalConns"
+  | "idleConns"
+  | "waitingClients"
+  | "maxConns"
+  | "queries"
+  | "errors"
+  | "retries"
+  | "inFlight";
+
 /**
  * {@linkcode Cluster.stats} result: one entry per node plus sums.
  *
@@ -65,20 +76,12 @@ export interface NodeStats {
 export interface ClusterStats {
   /** Per node, config order (master first). */
   readonly nodes: readonly NodeStats[];
-  /** Sums over every node. */
-  readonly totals: {
-    readonly totalConns: number;
-    readonly idleConns: number;
-    readonly waitingClients: number;
-    readonly maxConns: number;
-    readonly queries: number;
-    readonly errors: number;
-    readonly retries: number;
-    readonly inFlight: number;
-    /**
-     * Reads of read-your-writes sessions sent to the primary because no
-     * replica was known to have replayed the session's writes yet.
-     */
+  /**
+   * Sums over every node of {@linkcode NodeStats}' counters, and
+   * `sessionReadsOnPrimary`: reads of read-your-writes sessions sent to the
+   * primary because no replica was known to have replayed their writes yet.
+   */
+  readonly totals: Readonly<Pick<NodeStats, SummedStat>> & {
     readonly sessionReadsOnPrimary: number;
   };
 }

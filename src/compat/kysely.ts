@@ -47,6 +47,7 @@ import {
   type QueryResult,
   type TransactionSettings,
 } from "kysely";
+import { checkRoute } from "../call/validate.ts";
 import { type Cluster, clusterCore } from "../cluster/cluster.ts";
 import type { ClusterCore } from "../cluster/core.ts";
 import { DbxError } from "../errors.ts";
@@ -112,14 +113,7 @@ export interface DbxDialectOptions {
  * ```
  */
 export function dbxDialect(cluster: Cluster, options?: DbxDialectOptions): KyselyDialect {
-  const reads = options?.reads ?? "primary";
-  if (reads !== "primary" && reads !== "replica") {
-    throw new RangeError(
-      `Cannot create dbxDialect() as 'reads' must be "primary" or "replica": current value is ${
-        JSON.stringify(reads)
-      }`,
-    );
-  }
+  const reads = checkRoute("create dbxDialect()", "reads", options?.reads);
   return {
     createAdapter: (): DialectAdapter => new PostgresAdapter(),
     createDriver: (): Driver => new DbxDriver(cluster, reads),

@@ -82,8 +82,52 @@ export function queryArgs(args: unknown[]): { text: unknown; values: unknown; cb
     : { text, values, cb };
 }
 
+/**
+ * What both facade clients share: pg's escaping, and `query()` in every
+ * form pg accepts (text or config, values, callback, a Submittable), over
+ * what each does with a statement.
+ */
+abstract class FacadeClient extends EventEmitter {
+  escapeIdentifier(s: string): string {
+    return pg.escapeIdentifier(s);
+  }
+
+  escapeLiteral(s: string): string {
+    return pg.escapeLiteral(s);
+  }
+
+  /** Whether `release()` was called. */
+  protected abstract get released(): boolean;
+  /** Sends a Submittable (a cursor, a stream) on the connection, behind what runs there. */
+  protected abstract submit(submittable: pg.Submittable): void;
+  /** Runs one query config. */
+  protected abstract run(config: pg.QueryConfig): Promise<pg.QueryResult>;
+
+  query(...args: unknown[]): unknown {
+    const { text, values, cb } = queryArgs(args);
+    const released = this.released
+      ? new Error("Cannot query() as the client was released")
+      : undefined;
+    if (isSubmittable(text)) {
+      if (released !== undefined) throw released;
+      this.submit(text);
+      return text;
+    }
+    let run: Promise<pg.QueryResult>;
+    try {
+      if (released !== undefined) throw released;
+      run = this.run(toConfig(text, values)).catch((err) => {
+        throw driverError(err);
+      });
+    } catch (err) {
+      run = Promise.reject(err);
+    }
+    return settle(run, cb);
+  }
+}
+
 /** A leased connection as a node-postgres pool client. */
-export class PinnedClient extends EventEmitter {
+export class PinnedClient extends FacadeClient {
   readonly #i: ClusterCore;
   readonly #lease: Lease<Node>;
   readonly #unwatch: () => void;
@@ -105,34 +149,17 @@ export class PinnedClient extends EventEmitter {
     return this.#lease.processID;
   }
 
-  escapeIdentifier(s: string): string {
-    return pg.escapeIdentifier(s);
+  protected get released(): boolean {
+    return this.#lease.released;
   }
 
-  escapeLiteral(s: string): string {
-    return pg.escapeLiteral(s);
+  protected submit(submittable: pg.Submittable): void {
+    // Sent at once (pg queues it); the lease sees it running until it ends.
+    void this.#lease.use(undefined, (client) => Promise.resolve(void client.query(submittable)));
   }
 
-  query(...args: unknown[]): unknown {
-    const { text, values, cb } = queryArgs(args);
-    const released = () => new Error("Cannot query() as the client was released");
-    if (isSubmittable(text)) {
-      if (this.#lease.released) throw released();
-      // Sent at once (pg queues it); the lease sees it running until it ends.
-      void this.#lease.use(undefined, (client) => Promise.resolve(void client.query(text)));
-      return text;
-    }
-    let run: Promise<pg.QueryResult>;
-    try {
-      if (this.#lease.released) throw released();
-      run = runPinned(this.#i, this.#lease, toConfig(text, values), undefined)
-        .catch((err) => {
-          throw driverError(err);
-        });
-    } catch (err) {
-      run = Promise.reject(err);
-    }
-    return settle(run, cb);
+  protected run(config: pg.QueryConfig): Promise<pg.QueryResult> {
+    return runPinned(this.#i, this.#lease, config, undefined);
   }
 
   release(err?: unknown): void {
@@ -158,7 +185,7 @@ function controlResult(command: string): pg.QueryResult {
 }
 
 /** A facade client inside an ambient transaction: statements join it, BEGIN nests. */
-export class TxClient extends EventEmitter {
+export class TxClient extends FacadeClient {
   readonly #tx: Transaction;
   readonly #savepoints: string[] = [];
   #released = false;
@@ -173,43 +200,20 @@ export class TxClient extends EventEmitter {
     return null;
   }
 
-  escapeIdentifier(s: string): string {
-    return pg.escapeIdentifier(s);
+  protected get released(): boolean {
+    return this.#released;
   }
 
-  escapeLiteral(s: string): string {
-    return pg.escapeLiteral(s);
+  protected submit(submittable: pg.Submittable): void {
+    // pg's client queues it behind the transaction's earlier statements.
+    this.#tx.enqueue(
+      { sql: "submittable", argCount: 0, attempt: 1 },
+      undefined,
+      (lease) => lease.use(undefined, (client) => Promise.resolve(void client.query(submittable))),
+    ).catch(() => {});
   }
 
-  query(...args: unknown[]): unknown {
-    const { text, values, cb } = queryArgs(args);
-    if (this.#released) {
-      return settle(
-        Promise.reject(new Error("Cannot query() as the client was released")),
-        cb,
-      );
-    }
-    if (isSubmittable(text)) {
-      // pg's client queues it behind the transaction's earlier statements.
-      this.#tx.enqueue(
-        { sql: "submittable", argCount: 0, attempt: 1 },
-        undefined,
-        (lease) => lease.use(undefined, (client) => Promise.resolve(void client.query(text))),
-      ).catch(() => {});
-      return text;
-    }
-    let run: Promise<pg.QueryResult>;
-    try {
-      run = this.#run(toConfig(text, values)).catch((err) => {
-        throw driverError(err);
-      });
-    } catch (err) {
-      run = Promise.reject(err);
-    }
-    return settle(run, cb);
-  }
-
-  async #run(config: pg.QueryConfig): Promise<pg.QueryResult> {
+  protected async run(config: pg.QueryConfig): Promise<pg.QueryResult> {
     const tx = this.#tx;
     const sql = (text: string) => inTx(tx, { text }, undefined);
     if (CONTROL.begin.test(config.text)) {

@@ -23,6 +23,7 @@
 import pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
 import { isSubmittable, PinnedClient, queryArgs, settle, toConfig, TxClient } from "./pg_client.ts";
+import { checkRoute } from "../call/validate.ts";
 import { driverError, type PgRoute, pinFor, runConfig } from "./pg_run.ts";
 
 export type { PgRoute } from "./pg_run.ts";
@@ -143,13 +144,5 @@ class DbxPgPool extends pg.Pool {
  * @throws {RangeError} for an unknown route.
  */
 export function createPgPool(core: ClusterCore, options?: PgPoolOptions): PgPool {
-  const route = options?.route ?? "primary";
-  if (route !== "primary" && route !== "replica") {
-    throw new RangeError(
-      `Cannot create pgPool() as 'route' must be "primary" or "replica": current value is ${
-        JSON.stringify(route)
-      }`,
-    );
-  }
-  return new DbxPgPool(core, route);
+  return new DbxPgPool(core, checkRoute("create pgPool()", "route", options?.route));
 }

@@ -14,23 +14,18 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import { type AttemptInfo, type AttemptRunner, failureOf } from "../call/attempt.ts";
-import {
-  batchInfo,
-  type BatchOptions,
-  type BatchQuery,
-  type BatchResult,
-  checkBatchOptions,
-  runBatch,
-} from "./batch.ts";
-import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
+import type { BatchOptions, BatchQuery, BatchResult } from "./batch.ts";
+import type { CopyOptions, CopyRows } from "./copy.ts";
+import { batchCall, copyCall, type LeaseCall } from "./lease_calls.ts";
 import { DbxError } from "../errors.ts";
 import { markInDoubt } from "../failure.ts";
 import {
   type CommandResult,
-  firstRow,
   type QueryOptions,
   type ReadOptions,
   type Row,
+  rowOf,
+  rowsOf,
   toCommandResult,
   type Tx,
 } from "../executor.ts";
@@ -38,7 +33,7 @@ import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import type { SessionState } from "../call/session.ts";
 import { type CallOptions, withCall } from "../call/signal.ts";
-import { checkCallOptions, checkStatement } from "../call/validate.ts";
+import { checkCall } from "../call/validate.ts";
 
 /** Where a transaction is: once commit() or rollback() is called, nothing else is accepted. */
 type TxState =
@@ -87,8 +82,7 @@ abstract class TxBase implements Tx {
   ): Promise<pg.QueryResult> {
     try {
       this.assertActive(method);
-      checkStatement(method, sql, args);
-      checkCallOptions(method, options);
+      checkCall(method, sql, args, options);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -99,44 +93,24 @@ abstract class TxBase implements Tx {
     );
   }
 
-  async exec(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<CommandResult> {
-    return toCommandResult(await this.statement("exec", sql, args, options));
+  exec(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<CommandResult> {
+    return this.statement("exec", sql, args, options).then(toCommandResult);
   }
 
-  async query<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<T[]> {
-    return (await this.statement("query", sql, args, options)).rows as T[];
+  query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]> {
+    return this.statement("query", sql, args, options).then(rowsOf<T>);
   }
 
-  async queryRow<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: QueryOptions,
-  ): Promise<T> {
-    return firstRow<T>((await this.statement("queryRow", sql, args, options)).rows);
+  queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T> {
+    return this.statement("queryRow", sql, args, options).then(rowOf<T>);
   }
 
-  async readQuery<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: ReadOptions,
-  ): Promise<T[]> {
-    return (await this.statement("readQuery", sql, args, options)).rows as T[];
+  readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]> {
+    return this.statement("readQuery", sql, args, options).then(rowsOf<T>);
   }
 
-  async readQueryRow<T = Row>(
-    sql: string,
-    args?: readonly unknown[],
-    options?: ReadOptions,
-  ): Promise<T> {
-    return firstRow<T>((await this.statement("readQueryRow", sql, args, options)).rows);
+  readQueryRow<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T> {
+    return this.statement("readQueryRow", sql, args, options).then(rowOf<T>);
   }
 
   copyFrom(
@@ -145,20 +119,14 @@ abstract class TxBase implements Tx {
     rows: CopyRows,
     options?: CopyOptions,
   ): Promise<number> {
+    let call: LeaseCall<number>;
     try {
       this.assertActive("copyFrom");
-      checkCopyArgs("copyFrom", table, columns, rows);
-      checkCallOptions("copyFrom", options);
+      call = copyCall(table, columns, rows, options);
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.root.enqueue(
-      copyInfo(table),
-      options,
-      // COPY answers an abort with CopyFail itself: no cancel request.
-      (lease, signal) =>
-        lease.use(undefined, (client) => copyIn(client, table, columns, rows, signal)),
-    );
+    return this.root.enqueue(call.info, options, (lease, signal) => call.work(lease, signal));
   }
 
   sendBatch(
@@ -173,19 +141,15 @@ abstract class TxBase implements Tx {
     queries: readonly BatchQuery[],
     options?: BatchOptions,
   ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
-    let atomic: boolean;
+    let call: LeaseCall<BatchResult[] | PromiseSettledResult<BatchResult>[]>;
     try {
       this.assertActive("sendBatch");
-      atomic = checkBatchOptions(queries, options);
+      call = batchCall(queries, options, true);
     } catch (err) {
       return Promise.reject(err);
     }
     if (queries.length === 0) return Promise.resolve([]);
-    return this.root.enqueue(
-      batchInfo(queries),
-      options,
-      (lease, signal) => runBatch(lease, signal, queries, { atomic, inTransaction: true }),
-    );
+    return this.root.enqueue(call.info, options, (lease, signal) => call.work(lease, signal));
   }
 
   abstract commit(): Promise<void>;
@@ -265,6 +229,17 @@ export class Transaction extends TxBase {
       signal: own === undefined ? txSignal : AbortSignal.any([own, txSignal]),
       timeoutMs: options?.timeoutMs,
     };
+    return this.#queue(info, call, work);
+  }
+
+  /** Runs a transaction-control statement (never cancelled by the call's signal). */
+  control(sql: string): Promise<pg.QueryResult> {
+    const info = { sql, argCount: 0, attempt: 1 };
+    return this.#queue(info, undefined, (lease) => lease.run(sql, undefined, undefined));
+  }
+
+  /** Runs `work` after every earlier one, through the attempt runner. */
+  #queue<R>(info: AttemptInfo, call: CallOptions | undefined, work: TxWork<R>): Promise<R> {
     const run = () =>
       withCall(
         call,
@@ -272,25 +247,6 @@ export class Transaction extends TxBase {
       )
         .catch((err) => {
           // A lost connection ends the transaction: the server rolls it back.
-          if (failureOf(err).connectionLost) this.#finish("failed");
-          throw err;
-        });
-    const result = this.#tail.then(run, run);
-    this.#tail = result.catch(() => {});
-    return result;
-  }
-
-  /** Runs a transaction-control statement (never cancelled by the call's signal). */
-  control(sql: string): Promise<pg.QueryResult> {
-    const info = { sql, argCount: 0, attempt: 1 };
-    const run = () =>
-      this.#runner.run(
-        this.node,
-        info,
-        undefined,
-        () => this.#lease.run(sql, undefined, undefined),
-      )
-        .catch((err) => {
           if (failureOf(err).connectionLost) this.#finish("failed");
           throw err;
         });
