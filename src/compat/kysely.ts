@@ -258,19 +258,21 @@ class DbxConnection implements DatabaseConnection {
 /** The driver: connections are cheap handles; transactions pin with `cluster.begin`. */
 class DbxDriver implements Driver {
   readonly #cluster: Cluster;
-  readonly #i: ClusterCore;
+  #i: ClusterCore | undefined;
   readonly #reads: PgRoute;
 
   constructor(cluster: Cluster, reads: PgRoute) {
     this.#cluster = cluster;
-    this.#i = clusterCore(cluster);
     this.#reads = reads;
   }
 
-  async init(): Promise<void> {}
+  /** Kysely calls it before the first query: the cluster is checked here, not when the dialect is built. */
+  async init(): Promise<void> {
+    this.#i = clusterCore(this.#cluster);
+  }
 
   acquireConnection(): Promise<DatabaseConnection> {
-    return Promise.resolve(new DbxConnection(this.#i, this.#reads));
+    return Promise.resolve(new DbxConnection(this.#i!, this.#reads));
   }
 
   async beginTransaction(
