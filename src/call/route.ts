@@ -50,7 +50,10 @@ export interface ReadDemand {
 export function parseLsn(text: string | null | undefined): bigint | undefined {
   if (typeof text !== "string") return undefined;
   const slash = text.indexOf("/");
-  if (slash <= 0 || slash === text.length - 1 || !/^[0-9A-Fa-f]+\/[0-9A-Fa-f]+$/.test(text)) {
+  // pg_lsn's halves are 32 bits: a wider one is no position any server reports.
+  if (
+    slash <= 0 || slash === text.length - 1 || !/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(text)
+  ) {
     return undefined;
   }
   return (BigInt(`0x${text.slice(0, slash)}`) << 32n) | BigInt(`0x${text.slice(slash + 1)}`);

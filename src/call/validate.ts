@@ -50,14 +50,20 @@ export function describe(value: unknown, redact?: (url: string) => string): stri
       return "a symbol";
   }
   if (Array.isArray(value)) {
-    const json = JSON.stringify(
-      value.slice(0, 10),
-      (_, v) => typeof v === "bigint" ? `${v}n` : typeof v === "string" ? hide(v) : v,
+    // Items one level deep only: an object in a list (a NodeConfig with its
+    // `ssl.key`, a `password` field) is named, never printed.
+    const items = value.slice(0, 10).map((v) =>
+      v !== null && typeof v === "object"
+        ? Array.isArray(v) ? `an array of ${v.length}` : "an object"
+        : describe(v, redact)
     );
-    return value.length > 10 ? `${json.slice(0, -1)},...] (${value.length} items)` : json;
+    return `[${items.join(",")}${value.length > 10 ? `,...] (${value.length} items)` : "]"}`;
   }
   return `an object (${Object.prototype.toString.call(value)})`;
 }
+
+/** Longest `timeoutMs` a timer honours: a longer one would fire at once. */
+const MAX_TIMEOUT_MS = 2_147_483_647;
 
 /**
  * Checks the statement and arguments of a statement method.
@@ -147,12 +153,17 @@ export function checkCallOptions(method: string, options: unknown): void {
       );
     }
   }
+  if (typeof timeoutMs === "number" && timeoutMs > MAX_TIMEOUT_MS) {
+    throw new RangeError(
+      `Cannot run ${method}() as 'options.timeoutMs' must be at most ${MAX_TIMEOUT_MS} ms (a longer timer would fire at once): current value is ${timeoutMs}`,
+    );
+  }
   if (
     consistentWith !== undefined &&
     (typeof consistentWith !== "string" || parseLsn(consistentWith) === undefined)
   ) {
     throw new RangeError(
-      `Cannot run ${method}() as 'options.consistentWith' must be a token from writeToken(): current value is ${
+      `Cannot run ${method}() as 'options.consistentWith' must be a token from writeToken() (two hex numbers of 1 to 8 digits, 'X/X'): current value is ${
         describe(consistentWith)
       }`,
     );

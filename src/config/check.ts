@@ -26,6 +26,9 @@ export function flag(field: string, value: unknown, fallback: boolean): boolean 
   return value as boolean;
 }
 
+/** Longest timer a runtime honours: a longer one fires at once (Node's and Deno's timers are 32-bit). */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 export function duration(
   field: string,
   value: unknown,
@@ -37,6 +40,13 @@ export function duration(
     typeof value !== "number" || !Number.isFinite(value) || value < 0 || (positive && value === 0)
   ) {
     fail(field, `must be a ${positive ? "positive" : "non-negative"} finite number of ms`, value);
+  }
+  if (value > MAX_TIMER_MS) {
+    fail(
+      field,
+      `must be at most ${MAX_TIMER_MS} ms (about 24.8 days; a longer timer would fire at once)`,
+      value,
+    );
   }
   return value;
 }

@@ -1,7 +1,7 @@
 /**
  * Cluster configuration: the plain-object form of the Go library's
  * functional options and its documented defaults.
- * Eager validation ({@linkcode resolveConfig}) lives in `config_resolve.ts`
+ * Eager validation ({@linkcode resolveConfig}) lives in `resolve.ts`
  * and is re-exported here.
  *
  * @module
@@ -116,6 +116,12 @@ export interface NodeConfig {
    * @default undefined (what the URL's `sslmode` says; pg's default is no TLS)
    */
   ssl?: boolean | SslConfig;
+  /**
+   * PostgreSQL settings for this node's connections, merged over the
+   * cluster-wide {@linkcode ClusterConfig.session} (this node's value wins).
+   * @default {}
+   */
+  session?: Record<string, string>;
 }
 
 /**
@@ -172,6 +178,28 @@ export interface ClusterConfig {
   healthCheck?: HealthCheckConfig;
   /** Replica selection. @default roundRobin() */
   balancer?: Balancer;
+  /**
+   * PostgreSQL settings applied to every connection dbx opens (pool,
+   * pipelined connections, health probes, LISTEN): sent at connect time in
+   * the `options` startup parameter (`-c name=value`), so every session
+   * starts with them and no reset loses them. Names are setting names
+   * (`search_path`, `statement_timeout`, `app.tenant`), values strings. A
+   * URL's own `options=-c name=value` settings apply too; these win over
+   * them, and a node's own `session` wins over these. A setting the server
+   * does not know makes it refuse the connection.
+   * @default {}
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   session: { search_path: "app, public", statement_timeout: "5s" },
+   * });
+   * ```
+   */
+  session?: Record<string, string>;
   /** Where dbx logs node changes, retries and slow queries. @default a silent logger */
   logger?: Logger;
   /** Metrics callbacks. @default undefined */
@@ -263,6 +291,8 @@ export interface ResolvedNode {
   readonly tracer: Tracer | undefined;
   /** TLS settings for pg, when given (`url` then carries no TLS parameter). */
   readonly ssl: boolean | SslConfig | undefined;
+  /** PostgreSQL settings every connection starts with: the URL's `options`, then `session` (cluster, then node). */
+  readonly session: Readonly<Record<string, string>>;
 }
 
 /**

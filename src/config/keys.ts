@@ -41,8 +41,16 @@ export const KNOWN = {
     pipeline: true,
     statementCache: true,
     types: true,
+    session: true,
   }),
-  node: keysOf<NodeConfig>({ name: true, url: true, pool: true, tracer: true, ssl: true }),
+  node: keysOf<NodeConfig>({
+    name: true,
+    url: true,
+    pool: true,
+    tracer: true,
+    ssl: true,
+    session: true,
+  }),
   pool: keysOf<PoolConfig>({
     max: true,
     min: true,

@@ -13,28 +13,17 @@ import type { ClusterConfig, NodeConfig, PoolConfig, ResolvedNode } from "./conf
 import { redactUrl } from "./redact.ts";
 import { checkMethods, checkTracer, fail, flag, plainObject, resolvePool } from "./check.ts";
 import { KNOWN, onlyKnownKeys } from "./keys.ts";
+import { parseOptions, resolveSession } from "./session.ts";
+import { checkUrl } from "./url.ts";
 import { ConfigError } from "../errors.ts";
-import { type LoadBalanceHosts, parseMultiHostUrl, type TargetSessionAttrs } from "./multi_host.ts";
+import {
+  type LoadBalanceHosts,
+  parseMultiHostUrl,
+  queryParams,
+  type TargetSessionAttrs,
+} from "./multi_host.ts";
 import type { NodeRole, Tracer } from "../observe/observe.ts";
 import { resolveSsl } from "./tls.ts";
-
-/**
- * Which part of a connection string is malformed, said without echoing it
- * (the value is shown redacted, so it cannot show what is wrong).
- */
-function urlProblem(url: string): string | undefined {
-  const lower = url.trimStart().toLowerCase();
-  if (/^postgres(ql)?\/\//.test(lower)) {
-    return "must start with postgres:// ('postgres' is followed by '//' without the ':')";
-  }
-  if (/^postgres(ql)?:\/?[^/]/.test(lower)) {
-    return "must start with postgres:// (two slashes after 'postgres:')";
-  }
-  if (!/^[a-z][a-z0-9+.-]*:/.test(lower)) {
-    return "must start with postgres:// or postgresql:// (no scheme found)";
-  }
-  return undefined;
-}
 
 /** libpq's cluster-wide parameters, as found in the URLs, with the field each came from. */
 interface LibpqParams {
@@ -64,6 +53,7 @@ function resolveNode(
   role: NodeRole,
   pool: Required<PoolConfig>,
   tracer: Tracer | undefined,
+  session: Readonly<Record<string, string>>,
   params: LibpqParams,
 ): ResolvedNode[] {
   const spec: Record<string, unknown> = typeof raw === "string"
@@ -78,8 +68,7 @@ function resolveNode(
   if (typeof url !== "string" || url.trim() === "") {
     fail(urlField, "must be a non-empty postgres:// connection string", url);
   }
-  const problem = urlProblem(url);
-  if (problem !== undefined) fail(urlField, problem, redactUrl(url));
+  checkUrl(urlField, url);
   const multi = parseMultiHostUrl(url, urlField);
   collect(params, "targetSessionAttrs", "target_session_attrs", multi.targetSessionAttrs, urlField);
   collect(params, "loadBalanceHosts", "load_balance_hosts", multi.loadBalanceHosts, urlField);
@@ -94,6 +83,14 @@ function resolveNode(
   const nodeTracer = spec.tracer;
   if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
   const nodePool = resolvePool(`${field}.pool`, spec.pool, pool);
+  const nodeSession = resolveSession(`${field}.session`, spec.session);
+  const options = queryParams(url).get("options");
+  // The URL's settings first, then the cluster's, then the node's: the config wins.
+  const merged = Object.freeze({
+    ...(options === undefined ? {} : parseOptions(urlField, options)),
+    ...session,
+    ...nodeSession,
+  });
   return multi.hosts.map((h) => {
     const { ssl, url: pgUrl } = resolveSsl(field, spec.ssl as NodeConfig["ssl"], h.url, urlField);
     let parsed: URL;
@@ -113,7 +110,8 @@ function resolveNode(
     const host = decodeURIComponent(parsed.hostname).replace(/^\[(.*)\]$/, "$1") ||
       parsed.searchParams.get("host") || "";
     if (host === "") fail(urlField, "must name a host", redactUrl(url));
-    const port = parsed.port === "" ? 5432 : Number(parsed.port);
+    // A URL without a port may give it as a parameter (checked in url.ts).
+    const port = Number(parsed.port || parsed.searchParams.get("port") || 5432);
     const name = spec.name ?? `${host.includes(":") ? `[${host}]` : host}:${port}`;
     if (typeof name !== "string" || name.trim() === "") {
       fail(`${field}.name`, "must be a non-empty string", name);
@@ -128,6 +126,7 @@ function resolveNode(
       pool: nodePool,
       tracer: (nodeTracer as Tracer | undefined) ?? tracer,
       ssl,
+      session: merged,
     };
   });
 }
@@ -144,8 +143,9 @@ function resolveNodes(
 ): { nodes: ResolvedNode[]; fields: string[] } {
   const nodes: ResolvedNode[] = [];
   const fields: string[] = [];
+  const session = resolveSession("session", c.session);
   const add = (field: string, raw: unknown, role: NodeRole) => {
-    for (const node of resolveNode(field, raw, role, pool, tracer, params)) {
+    for (const node of resolveNode(field, raw, role, pool, tracer, session, params)) {
       nodes.push(node);
       fields.push(field);
     }

@@ -35,6 +35,10 @@ export function redactUrl(url: string): string {
   // Without an authority ("//"), where a password could sit is anyone's
   // guess: keep only the scheme rather than echo it.
   if (!url.startsWith("//", scheme.length)) return `${scheme}<redacted>`;
+  // An '@' after the host is most likely a password's end, its unencoded
+  // '/', '?' or '#' having ended the authority early: the parser would show
+  // the password's start as the host.
+  if (parts?.tail.includes("@")) return `${scheme}//<redacted>`;
   let parsed: URL;
   try {
     parsed = new URL(url);

@@ -8,6 +8,7 @@
  */
 
 import type { NodeConfig } from "./config.ts";
+import { sessionOptions } from "./session.ts";
 import { ConfigError } from "../errors.ts";
 import { queryParams, withoutParams } from "./multi_host.ts";
 
@@ -198,29 +199,49 @@ export function resolveSsl(
         JSON.stringify(mode),
       );
     }
+    const verifying = mode === "require" || mode === "verify-ca" || mode === "verify-full";
+    if (verifying && typeof ssl === "object" && ssl.rejectUnauthorized === false) {
+      fail(
+        urlField,
+        `parameter 'sslmode=${mode}' contradicts '${sslField}.rejectUnauthorized: false' (the URL asks for a verified server, the setting turns verification off; use 'sslmode=no-verify' to mean it)`,
+        JSON.stringify(mode),
+      );
+    }
   }
   return { ssl, url: withoutParams(url, ["sslmode"]) };
 }
 
-/** What pg needs to reach a node: its URL and, when set, its TLS settings. */
+/** What pg needs to reach a node: its URL and, when set, its TLS settings and session settings. */
 export interface PgTarget {
   /** The connection string handed to pg (no password is ever shown from it). */
   readonly connectionString: string;
   /** pg's `ssl` option, when the node has one. */
   readonly ssl?: boolean | SslConfig;
+  /** pg's `options` startup parameter (`-c name=value ...`), when the node has session settings. */
+  readonly options?: string;
 }
 
 /**
  * The pg options every connection to a node starts from (pool, pipelined
- * connections, health probes), so TLS applies to each of them.
+ * connections, health probes), so TLS and session settings apply to each
+ * of them. pg lets a connection string's `options` replace the `options`
+ * field, so with session settings (which already hold the URL's) the URL
+ * loses its `options` and the field carries them all.
  *
- * @param node The node's resolved URL and TLS settings.
- * @returns `connectionString` and, when set, `ssl`.
+ * @param node The node's resolved URL, TLS and session settings.
+ * @returns `connectionString` and, when set, `ssl` and `options`.
  */
 export function pgTarget(
-  node: { readonly url: string; readonly ssl: boolean | SslConfig | undefined },
+  node: {
+    readonly url: string;
+    readonly ssl: boolean | SslConfig | undefined;
+    readonly session?: Readonly<Record<string, string>>;
+  },
 ): PgTarget {
-  return node.ssl === undefined
-    ? { connectionString: node.url }
-    : { connectionString: node.url, ssl: node.ssl };
+  const options = node.session === undefined ? "" : sessionOptions(node.session);
+  return {
+    connectionString: options === "" ? node.url : withoutParams(node.url, ["options"]),
+    ...(node.ssl === undefined ? {} : { ssl: node.ssl }),
+    ...(options === "" ? {} : { options }),
+  };
 }
