@@ -170,7 +170,8 @@ export class ClusterCore {
     if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
     try {
       this.assertOpen();
-      return onPrimary(this.d, batchCall(queries, options, false), options);
+      const call = batchCall(queries, options, false);
+      return queries.length === 0 ? Promise.resolve([]) : onPrimary(this.d, call, options);
     } catch (err) {
       return Promise.reject(err);
     }
