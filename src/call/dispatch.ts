@@ -39,7 +39,7 @@ export interface Dispatcher {
   /** Throws ClusterClosedError once the cluster is closing. */
   assertOpen(): void;
   /** Retry options of calls without a signal or read bounds, made once (the hot path). */
-  readonly plain: Readonly<Record<Kind, RetryOptions<Node>>>;
+  readonly plain: Readonly<Record<CallKind, RetryOptions<Node>>>;
   /** What read-your-writes sessions of this cluster ask of it. */
   readonly sessions: SessionHost;
   /** Reads of a session sent to the primary because no replica was known to have its writes. */
@@ -47,7 +47,7 @@ export interface Dispatcher {
 }
 
 /** How a call is routed and what of it may be re-sent. */
-export type Kind = "read" | "write" | "pin";
+export type CallKind = "read" | "write" | "pin";
 
 /**
  * Builds the statement path of a cluster.
@@ -58,7 +58,7 @@ export type Kind = "read" | "write" | "pin";
 export function createDispatcher(
   parts: Omit<Dispatcher, "plain" | "sessions" | "sessionReadsOnPrimary">,
 ): Dispatcher {
-  const plain = {} as Record<Kind, RetryOptions<Node>>;
+  const plain = {} as Record<CallKind, RetryOptions<Node>>;
   const sessions: SessionHost = {
     get probeSeq() {
       return parts.checker.probeSeq;

@@ -8,7 +8,7 @@
  */
 
 import { abortedError } from "./attempt.ts";
-import type { Dispatcher, Kind } from "./dispatch.ts";
+import type { CallKind, Dispatcher } from "./dispatch.ts";
 import { NoHealthyNodeError } from "../errors.ts";
 import type { ReadOptions } from "../executor.ts";
 import type { Failure } from "../failure.ts";
@@ -129,7 +129,7 @@ async function retried(d: Dispatcher, step: RetryStep<Node>): Promise<void> {
  */
 export function retryOptions(
   d: Dispatcher,
-  kind: Kind,
+  kind: CallKind,
   options: ReadOptions | undefined,
   signal: AbortSignal | undefined,
   session: SessionState | undefined,

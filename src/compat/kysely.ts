@@ -174,12 +174,12 @@ let cursors = 0;
 
 /** A Kysely connection: unpinned until a transaction pins it. */
 class DbxConnection implements DatabaseConnection {
-  readonly #i: ClusterCore;
+  readonly #core: ClusterCore;
   readonly #reads: PgRoute;
   tx: Transaction | undefined;
 
-  constructor(i: ClusterCore, reads: PgRoute) {
-    this.#i = i;
+  constructor(core: ClusterCore, reads: PgRoute) {
+    this.#core = core;
     this.#reads = reads;
   }
 
@@ -196,7 +196,7 @@ class DbxConnection implements DatabaseConnection {
     const result = await kyselyRun(
       this.tx !== undefined
         ? inTx(this.tx, config, signal)
-        : runConfig(this.#i, this.#route(query), config, signal),
+        : runConfig(this.#core, this.#route(query), config, signal),
     );
     return toKysely<R>(result);
   }
@@ -216,12 +216,12 @@ class DbxConnection implements DatabaseConnection {
     }
     const signal = options?.signal;
     const tx = this.tx;
-    const pinned = tx === undefined ? await pinFor(this.#i, this.#route(query)) : undefined;
+    const pinned = tx === undefined ? await pinFor(this.#core, this.#route(query)) : undefined;
     const run = (config: pg.QueryConfig) =>
       kyselyRun(
         pinned === undefined
           ? inTx(tx!, config, signal)
-          : runPinned(this.#i, pinned, config, signal),
+          : runPinned(this.#core, pinned, config, signal),
       );
     const cursor = `dbx_kysely_cursor_${++cursors}`;
     let broken = false;
@@ -258,7 +258,7 @@ class DbxConnection implements DatabaseConnection {
 /** The driver: connections are cheap handles; transactions pin with `cluster.begin`. */
 class DbxDriver implements Driver {
   readonly #cluster: Cluster;
-  #i: ClusterCore | undefined;
+  #core: ClusterCore | undefined;
   readonly #reads: PgRoute;
 
   constructor(cluster: Cluster, reads: PgRoute) {
@@ -268,11 +268,11 @@ class DbxDriver implements Driver {
 
   /** Kysely calls it before the first query: the cluster is checked here, not when the dialect is built. */
   async init(): Promise<void> {
-    this.#i = clusterCore(this.#cluster);
+    this.#core = clusterCore(this.#cluster);
   }
 
   acquireConnection(): Promise<DatabaseConnection> {
-    return Promise.resolve(new DbxConnection(this.#i!, this.#reads));
+    return Promise.resolve(new DbxConnection(this.#core!, this.#reads));
   }
 
   async beginTransaction(

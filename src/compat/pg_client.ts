@@ -128,17 +128,17 @@ abstract class FacadeClient extends EventEmitter {
 
 /** A leased connection as a node-postgres pool client. */
 export class PinnedClient extends FacadeClient {
-  readonly #i: ClusterCore;
+  readonly #core: ClusterCore;
   readonly #lease: Lease<Node>;
   readonly #unwatch: () => void;
   /** The read-your-writes session that took it: what ran on the primary may have written. */
   readonly #session: SessionState | undefined;
 
-  constructor(i: ClusterCore, lease: Lease<Node>) {
+  constructor(core: ClusterCore, lease: Lease<Node>) {
     super();
-    this.#i = i;
+    this.#core = core;
     this.#lease = lease;
-    this.#session = currentSession(i.d.sessions);
+    this.#session = currentSession(core.d.sessions);
     this.#unwatch = lease.watchErrors((err) => {
       if (this.listenerCount("error") > 0) this.emit("error", err);
     });
@@ -159,7 +159,7 @@ export class PinnedClient extends FacadeClient {
   }
 
   protected run(config: pg.QueryConfig): Promise<pg.QueryResult> {
-    return runPinned(this.#i, this.#lease, config, undefined);
+    return runPinned(this.#core, this.#lease, config, undefined);
   }
 
   release(err?: unknown): void {

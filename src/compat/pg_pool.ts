@@ -72,13 +72,13 @@ export interface PgPoolOptions {
  * cluster's. Internal: users get it as `pg.Pool` from `cluster.pgPool()`.
  */
 class DbxPgPool extends pg.Pool {
-  readonly #i: ClusterCore;
+  readonly #core: ClusterCore;
   readonly #route: PgRoute;
   #ended = false;
 
-  constructor(i: ClusterCore, route: PgRoute) {
+  constructor(core: ClusterCore, route: PgRoute) {
     super({ max: Number.MAX_SAFE_INTEGER, application_name: "dbx" });
-    this.#i = i;
+    this.#core = core;
     this.#route = route;
   }
 
@@ -94,7 +94,7 @@ class DbxPgPool extends pg.Pool {
           "Cannot query() a Submittable (cursor, stream) on the pool: take a client with connect()",
         );
       }
-      run = runConfig(this.#i, this.#route, toConfig(text, values), undefined)
+      run = runConfig(this.#core, this.#route, toConfig(text, values), undefined)
         .catch((err) => {
           throw driverError(err);
         });
@@ -111,12 +111,12 @@ class DbxPgPool extends pg.Pool {
 
   async #connect(): Promise<pg.PoolClient> {
     if (this.#ended) throw new Error("Cannot use a pool after calling end on the pool");
-    const tx = this.#i.ambient();
+    const tx = this.#core.ambient();
     if (tx !== undefined) return new TxClient(tx.root) as unknown as pg.PoolClient;
     try {
       return new PinnedClient(
-        this.#i,
-        await pinFor(this.#i, this.#route),
+        this.#core,
+        await pinFor(this.#core, this.#route),
       ) as unknown as pg.PoolClient;
     } catch (err) {
       throw driverError(err);

@@ -53,33 +53,33 @@ export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number 
  * Rejections are the raw {@linkcode DbxError}s; callers that speak pg map
  * them with {@linkcode driverError}.
  *
- * @param i The cluster's internals.
+ * @param core The cluster's core.
  * @param route Which rules the statement follows.
  * @param config The query config, passed to pg as it is.
  * @param signal Cancels the call (a running statement on the server).
  * @returns pg's result (`command`, `rowCount`, `rows`, `fields`).
  */
 export function runConfig(
-  i: ClusterCore,
+  core: ClusterCore,
   route: PgRoute,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
 ): Promise<pg.QueryResult> {
-  const tx = i.ambient();
+  const tx = core.ambient();
   try {
-    i.d.assertOpen();
+    core.d.assertOpen();
     if (tx === undefined) checkShared("query", config.text);
   } catch (err) {
     return Promise.reject(err);
   }
   if (tx !== undefined) return inTx(tx.root, config, signal);
   return routedWork(
-    i.d,
+    core.d,
     route === "replica",
     infoOf(config),
     signal,
     (node) => node.leased(signal, (lease) => lease.send(config, signal)),
-    { session: currentSession(i.d.sessions) },
+    { session: currentSession(core.d.sessions) },
   );
 }
 
@@ -107,15 +107,15 @@ export function inTx(
  * Takes a connection for the facade's `connect()`: on the primary (the
  * pin of `begin`), or where a read would go.
  *
- * @param i The cluster's internals.
+ * @param core The cluster's core.
  * @param route Which node.
  * @returns The lease.
  */
-export function pinFor(i: ClusterCore, route: PgRoute): Promise<Lease<Node>> {
-  i.d.assertOpen();
-  if (route === "primary") return pin(i.d, undefined, undefined);
+export function pinFor(core: ClusterCore, route: PgRoute): Promise<Lease<Node>> {
+  core.d.assertOpen();
+  if (route === "primary") return pin(core.d, undefined, undefined);
   return routedWork(
-    i.d,
+    core.d,
     true,
     undefined,
     undefined,
@@ -127,19 +127,19 @@ export function pinFor(i: ClusterCore, route: PgRoute): Promise<Lease<Node>> {
  * Runs a query config on a pinned connection, once, through the attempt
  * runner (counted and observed like any statement).
  *
- * @param i The cluster's internals.
+ * @param core The cluster's core.
  * @param lease The connection.
  * @param config The query config.
  * @param signal Cancels it on the server.
  * @returns pg's result.
  */
 export function runPinned(
-  i: ClusterCore,
+  core: ClusterCore,
   lease: Lease<Node>,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
 ): Promise<pg.QueryResult> {
-  return i.d.runner.run(
+  return core.d.runner.run(
     lease.node,
     { ...infoOf(config), attempt: 1 },
     signal,

@@ -174,19 +174,19 @@ function checkListenOptions(options: unknown): void {
 /**
  * Opens a subscription: resolves once LISTEN is active on the primary.
  *
- * @param i The cluster's internals.
+ * @param core The cluster's core.
  * @param channel The channel.
  * @param handler Called for each notification.
  * @param options Reconnect callback, signal and deadline.
  * @returns The subscription.
  */
 export async function listen(
-  i: ClusterCore,
+  core: ClusterCore,
   channel: string,
   handler: NotificationHandler,
   options: ListenOptions | undefined,
 ): Promise<Subscription> {
-  i.d.assertOpen();
+  core.d.assertOpen();
   checkChannel("listen", channel);
   if (typeof handler !== "function") {
     throw new TypeError(
@@ -194,8 +194,8 @@ export async function listen(
     );
   }
   checkListenOptions(options);
-  const sub = new Listener(i.d, {
-    resources: i.resources,
+  const sub = new Listener(core.d, {
+    resources: core.resources,
     channel,
     handler,
     onReconnect: options?.onReconnect,
@@ -205,7 +205,7 @@ export async function listen(
   } catch (err) {
     await sub.unlisten();
     // Closing the cluster ended the attempt: say so rather than "canceled".
-    i.d.assertOpen();
+    core.d.assertOpen();
     throw err;
   }
   const signal = options?.signal;
@@ -217,14 +217,14 @@ export async function listen(
  * Sends a notification (`select pg_notify($1, $2)`) through the write path,
  * or in the ambient transaction (delivered when it commits).
  *
- * @param i The cluster's internals.
+ * @param core The cluster's core.
  * @param channel The channel.
  * @param payload The payload.
  * @param options Signal and deadline.
  * @returns Resolves when the server accepted it.
  */
 export async function notify(
-  i: ClusterCore,
+  core: ClusterCore,
   channel: string,
   payload: string,
   options: QueryOptions | undefined,
@@ -236,7 +236,7 @@ export async function notify(
     );
   }
   const sql = "select pg_notify($1, $2)";
-  const tx = i.ambient();
+  const tx = core.ambient();
   if (tx !== undefined) await tx.exec(sql, [channel, payload], options);
-  else await statement(i.d, "notify", false, sql, [channel, payload], options);
+  else await statement(core.d, "notify", false, sql, [channel, payload], options);
 }

@@ -107,7 +107,7 @@ function callSignal(
 
 /** One stream call, checked and bound to where it was made. */
 interface StreamCall {
-  readonly i: ClusterCore;
+  readonly core: ClusterCore;
   readonly read: boolean;
   readonly sql: string;
   readonly args: readonly unknown[] | undefined;
@@ -121,7 +121,7 @@ interface StreamCall {
  * A stream over a server-side cursor. Each iteration runs the statement
  * anew; nothing happens before the first `next()`.
  *
- * @param i The cluster's core.
+ * @param core The cluster's core.
  * @param read `readStream` (a replica) rather than `stream` (the primary).
  * @param sql A SELECT or VALUES statement.
  * @param args Bind parameters.
@@ -129,28 +129,28 @@ interface StreamCall {
  * @returns The rows, in order.
  */
 export function stream<T>(
-  i: ClusterCore,
+  core: ClusterCore,
   read: boolean,
   sql: string,
   args: readonly unknown[] | undefined,
   options: ReadStreamOptions | undefined,
 ): AsyncIterable<T> {
-  i.d.assertOpen();
+  core.d.assertOpen();
   const batchSize = check(read ? "readStream" : "stream", sql, args, options);
   const call: StreamCall = {
-    i,
+    core,
     read,
     sql,
     args,
     options,
     batchSize,
-    ambient: i.ambient(),
+    ambient: core.ambient(),
   };
   return { [Symbol.asyncIterator]: () => iterate<T>(call) };
 }
 
 async function* iterate<T>(call: StreamCall): AsyncGenerator<T, void, undefined> {
-  call.i.d.assertOpen();
+  call.core.d.assertOpen();
   const { signal, clear } = callSignal(call.options);
   try {
     if (call.ambient !== undefined) yield* inTransaction<T>(call, call.ambient, signal);
@@ -199,14 +199,14 @@ async function* pinned<T>(
   call: StreamCall,
   signal: AbortSignal | undefined,
 ): AsyncGenerator<T, void, undefined> {
-  const { d } = call.i;
+  const { d } = call.core;
   const begin = call.read ? "begin read only" : "begin";
   const opts = signal === undefined ? undefined : { signal };
   const session = call.read ? currentSession(d.sessions) : undefined;
   const { tx, first, fetch } = await withRetry(
     async (node, attempt) => {
       const lease = await openOn(d, node, begin, attempt, signal);
-      const tx = new Transaction(call.i.owner, lease, d.runner, { signal });
+      const tx = new Transaction(call.core.owner, lease, d.runner, { signal });
       try {
         const { declare, fetch } = statements(call, cursorName(tx));
         await tx.exec(declare, call.args, opts);
