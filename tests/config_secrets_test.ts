@@ -7,30 +7,13 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  Cluster,
-  type ClusterConfig,
-  ConfigError,
-  connect,
-  redactUrl,
-  resolveConfig,
-} from "../mod.ts";
+import { Cluster, ConfigError, connect, redactUrl, resolveConfig } from "../mod.ts";
+import { configError } from "./helpers.ts";
 import { parseLsn } from "../src/call/route.ts";
 
 const MASTER = "postgres://app@db1:5432/app";
 const KEY = "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----\n";
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
-
-/** The ConfigError that resolving `config` throws. */
-function configError(config: unknown): ConfigError {
-  try {
-    resolveConfig(config as ClusterConfig);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
-    return err;
-  }
-  return assert.fail("resolveConfig() did not throw");
-}
 
 /** Asserts that neither the message nor the stack holds any of `secrets`. */
 function assertHides(err: Error, ...secrets: string[]): void {

@@ -17,22 +17,12 @@ import {
   RETRY_DEFAULTS,
   type Tracer,
 } from "../mod.ts";
+import { configError } from "./helpers.ts";
 
 const MASTER = "postgres://app@db1:5432/app";
 const REPLICA = "postgres://app@db2:5432/app";
 
 const tracer = (): Tracer => ({ queryStart: () => undefined, queryEnd: () => {} });
-
-/** The ConfigError that resolving `config` throws. */
-function configError(config: unknown): ConfigError {
-  try {
-    resolveConfig(config as ClusterConfig);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
-    return err;
-  }
-  return assert.fail(`resolveConfig(${JSON.stringify(config)}) did not throw`);
-}
 
 // --- defaults --------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 /** Shared helpers for tests that start real servers. */
 
+import assert from "node:assert/strict";
+import { type ClusterConfig, ConfigError, resolveConfig } from "../mod.ts";
 import { pgBinariesUnavailable } from "../src/testing/pg_binaries.ts";
 
 /**
@@ -66,4 +68,15 @@ export function readLoop(read: () => Promise<unknown>, n = 4): {
       await Promise.all(loops);
     },
   };
+}
+
+/** The ConfigError that resolving `config` throws (fails the test when it does not throw). */
+export function configError(config: unknown): ConfigError {
+  try {
+    resolveConfig(config as ClusterConfig);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
+    return err;
+  }
+  return assert.fail(`resolveConfig(${JSON.stringify(config)}) did not throw`);
 }

@@ -6,23 +6,13 @@
  */
 
 import assert from "node:assert/strict";
-import { type ClusterConfig, ConfigError, connect, resolveConfig } from "../mod.ts";
+import { connect, resolveConfig } from "../mod.ts";
+import { configError } from "./helpers.ts";
 import { pgTarget } from "../src/config/tls.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 
 const MASTER = "postgres://app@db1:5432/app";
 const REPLICA = "postgres://app@db2:5432/app";
-
-/** The ConfigError that resolving `config` throws. */
-function configError(config: unknown): ConfigError {
-  try {
-    resolveConfig(config as ClusterConfig);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
-    return err;
-  }
-  return assert.fail("resolveConfig() did not throw");
-}
 
 Deno.test("session settings apply to every node: the URL's options first, then the cluster's, then the node's own", () => {
   const { nodes } = resolveConfig({

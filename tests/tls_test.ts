@@ -4,33 +4,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 // @ts-types="@types/pg"
 import pg from "pg";
-import {
-  type ClusterConfig,
-  ConfigError,
-  connect,
-  DbxError,
-  isRetryable,
-  NoHealthyNodeError,
-  resolveConfig,
-} from "../mod.ts";
+import { connect, DbxError, isRetryable, NoHealthyNodeError, resolveConfig } from "../mod.ts";
 import { startLocalCluster, testLogger } from "../src/testing/mod.ts";
-import { named, noPostgres, until } from "./helpers.ts";
+import { configError, named, noPostgres, until } from "./helpers.ts";
 
 const MASTER = "postgres://app@db1:5432/app";
 const REPLICA = "postgres://app@db2:5432/app";
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
 const KEY = "-----BEGIN PRIVATE KEY-----\nTOP-SECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----\n";
-
-/** The ConfigError that resolving `config` throws. */
-function configError(config: unknown): ConfigError {
-  try {
-    resolveConfig(config as ClusterConfig);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
-    return err;
-  }
-  return assert.fail("resolveConfig() did not throw");
-}
 
 Deno.test("resolveConfig() keeps a node's ssl settings and hides the key from printing", () => {
   const { nodes } = resolveConfig({

@@ -267,8 +267,13 @@ class DbxDriver implements Driver {
   }
 
   /** Kysely calls it before the first query: the cluster is checked here, not when the dialect is built. */
-  async init(): Promise<void> {
-    this.#core = clusterCore(this.#cluster);
+  init(): Promise<void> {
+    try {
+      this.#core = clusterCore(this.#cluster);
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   acquireConnection(): Promise<DatabaseConnection> {
