@@ -106,14 +106,14 @@ export interface QueryOptions {
    * The call rejects with a `DbxError` of kind `"canceled"`.
    * @default undefined
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Deadline for the whole call, retries and backoff included. When it
    * passes, a running statement is cancelled on the server and the call
    * rejects with a `DbxError` of kind `"timeout"`.
    * @default undefined (no deadline)
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**
@@ -137,13 +137,13 @@ export interface ReadOptions extends QueryOptions {
    * transaction since it started); the primary answers when none qualifies.
    * @default undefined (any healthy replica)
    */
-  maxLagMs?: number;
+  maxLagMs?: number | undefined;
   /**
    * A token from `cluster.writeToken()`: only replicas that have replayed
    * at least that WAL position are used, else the primary (read-your-writes).
    * @default undefined
    */
-  consistentWith?: string;
+  consistentWith?: string | undefined;
 }
 
 /**

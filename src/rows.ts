@@ -172,7 +172,9 @@ function mapOne<T>(mapper: RowMapper<T>, row: Row, index: number): T | Promise<T
 
 function unwrap<T>(result: StandardSchemaResult<T>, index: number): T {
   if (result.issues !== undefined) throw new RowValidationError(index, result.issues);
-  return result.value;
+  // A cast, not narrowing: the union narrows only under strictNullChecks, and
+  // dbx's sources must type-check in projects without it.
+  return (result as { readonly value: T }).value;
 }
 
 /**

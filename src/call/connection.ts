@@ -35,7 +35,7 @@ export interface ConnectionOptions extends QueryOptions {
    * (a healthy replica, else the primary).
    * @default "primary"
    */
-  route?: "primary" | "replica";
+  route?: "primary" | "replica" | undefined;
 }
 
 /**

@@ -113,7 +113,7 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** The empty tried list every call starts with (never written to). */
-const NONE: readonly never[] = Object.freeze([]);
+const NONE: readonly never[] = Object.freeze([] as never[]);
 
 /** A failed attempt that {@linkcode withRetry} is about to retry. */
 export interface RetryStep<N> {

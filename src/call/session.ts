@@ -67,7 +67,7 @@ export interface SessionOptions {
    * must also be consistent with.
    * @default undefined
    */
-  consistentWith?: string;
+  consistentWith?: string | undefined;
 }
 
 /** What a session's next read demands of replicas. */

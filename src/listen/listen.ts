@@ -92,15 +92,15 @@ export interface ListenOptions {
    * Notifications sent in between were missed; a throwing callback is logged.
    * @default undefined
    */
-  onReconnect?: (info: ReconnectInfo) => void;
+  onReconnect?: (info: ReconnectInfo) => void | undefined;
   /**
    * Ends the subscription when it aborts (like `unlisten()`); aborting
    * while `listen()` is still connecting rejects it.
    * @default undefined
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Deadline in ms for the first LISTEN to be active (not for the subscription). @default undefined */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**

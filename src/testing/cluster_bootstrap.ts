@@ -242,7 +242,7 @@ async function waitForStreaming(
     streaming = new Set(rows.map((row) => row.application_name));
     return replicas.every((replica) => streaming.has(replica.name));
   }, signal);
-  if (outcome.done) return;
+  if (outcome.done === true) return;
   const late = replicas.filter((replica) => !streaming.has(replica.name));
   const logs = await Promise.all(late.map((node) => logTail(dir, node.name)));
   throw new Error(

@@ -129,7 +129,7 @@ export async function testDatabase(): Promise<Urls & { shared: boolean }> {
  */
 export interface DbTestOptions {
   /** Settings merged over the URLs of the test database. @default {} */
-  config?: Partial<ClusterConfig>;
+  config?: Partial<ClusterConfig> | undefined;
 }
 
 /**

@@ -60,7 +60,7 @@ export class LocalClusterImpl implements LocalCluster {
       const [row] = await sql<{ r: boolean }>(target.url, "select pg_is_in_recovery() as r");
       return row?.r === false;
     });
-    if (outcome.done) return;
+    if (outcome.done === true) return;
     throw new Error(
       `Node "${target.name}" still in recovery ${
         DEADLINE_MS / 1000

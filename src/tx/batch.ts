@@ -46,7 +46,7 @@ export interface BatchQuery {
   /** Statement text with `$1`, `$2` ... placeholders. */
   readonly sql: string;
   /** Values for the placeholders. @default [] */
-  readonly args?: readonly unknown[];
+  readonly args?: readonly unknown[] | undefined;
 }
 
 /**
@@ -92,11 +92,11 @@ export interface BatchOptions {
    * the batch's transaction early.
    * @default true
    */
-  atomic?: boolean;
+  atomic?: boolean | undefined;
   /** Cancels the batch (on the server, where a statement runs). @default undefined */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Deadline for the whole batch, in ms. @default undefined */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**
@@ -352,7 +352,7 @@ async function pipelineBatch(
       () => queries.map((q) => send(client, q.sql, q.args, true)),
     );
     return (await all(sent)).map((o, i): PromiseSettledResult<BatchResult> =>
-      o.ok
+      o.ok === true
         ? { status: "fulfilled", value: toResult(o.result) }
         : { status: "rejected", reason: new BatchError(i, o.error, node) }
     );
@@ -403,8 +403,8 @@ async function pipelineBatch(
     throw new BatchError(failed, error, node);
   }
   const opened = await begin.done;
-  if (!opened.ok) throw new BatchError(0, opened.error, node);
-  if (!ended.ok) throw new BatchError(queries.length, ended.error, node);
+  if (opened.ok === false) throw new BatchError(0, opened.error, node);
+  if (ended.ok === false) throw new BatchError(queries.length, ended.error, node);
   if (ended.result.command !== "COMMIT") {
     throw new BatchError(
       queries.length,

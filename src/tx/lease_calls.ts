@@ -10,7 +10,7 @@
 
 import type { AttemptInfo } from "../call/attempt.ts";
 import { type Dispatcher, onPinned } from "../call/dispatch.ts";
-import { withCall } from "../call/signal.ts";
+import { type CallOptions, withCall } from "../call/signal.ts";
 import { checkCallOptions } from "../call/validate.ts";
 import type { Lease } from "../node/lease.ts";
 import {
@@ -90,7 +90,7 @@ export function batchCall(
 export async function onPrimary<R>(
   d: Dispatcher,
   call: LeaseCall<R>,
-  options: { signal?: AbortSignal; timeoutMs?: number } | undefined,
+  options: CallOptions | undefined,
 ): Promise<R> {
   d.assertOpen();
   return await withCall(

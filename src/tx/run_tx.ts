@@ -41,19 +41,19 @@ export type IsolationLevel = "read committed" | "repeatable read" | "serializabl
  */
 export interface TxOptions {
   /** Isolation level. @default the server's default_transaction_isolation (normally "read committed") */
-  isolation?: IsolationLevel;
+  isolation?: IsolationLevel | undefined;
   /** `READ ONLY`: writes fail with 25006. @default false */
-  readOnly?: boolean;
+  readOnly?: boolean | undefined;
   /** `DEFERRABLE` (meaningful for serializable read-only transactions). @default false */
-  deferrable?: boolean;
+  deferrable?: boolean | undefined;
   /**
    * Cancels opening the transaction (`begin`), or the whole call (`runTx`:
    * a statement running when it aborts is cancelled on the server).
    * @default undefined
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Deadline in ms, with the same reach as `signal`. @default undefined */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**
@@ -76,7 +76,7 @@ export interface RunTxOptions extends TxOptions {
    * failure (40001) or deadlock (40P01). Nothing else is retried.
    * @default 0
    */
-  retries?: number;
+  retries?: number | undefined;
 }
 
 const ISOLATION: Readonly<Record<IsolationLevel, string>> = {

@@ -36,7 +36,7 @@ import { checkCallOptions, checkStatement, describe } from "../call/validate.ts"
  */
 export interface StreamOptions extends QueryOptions {
   /** Rows fetched per round trip (`FETCH n`): what is held in memory at most. @default 1000 */
-  batchSize?: number;
+  batchSize?: number | undefined;
 }
 
 /**
@@ -51,7 +51,7 @@ export interface StreamOptions extends QueryOptions {
  */
 export interface ReadStreamOptions extends ReadOptions {
   /** Rows fetched per round trip (`FETCH n`): what is held in memory at most. @default 1000 */
-  batchSize?: number;
+  batchSize?: number | undefined;
 }
 
 /** Default rows per FETCH. */
