@@ -13,6 +13,7 @@
  */
 
 import { AsyncLocalStorage } from "node:async_hooks";
+import type { CallOptions } from "./signal.ts";
 import { parseLsn } from "./route.ts";
 import { describe } from "./validate.ts";
 
@@ -57,7 +58,9 @@ export interface Session {
    * @returns The token (`"0/0"` when the session has not written).
    * @throws {DbxError} when the primary cannot be reached.
    */
-  token(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<string>;
+  token(
+    options?: { signal?: AbortSignal | undefined; timeoutMs?: number | undefined },
+  ): Promise<string>;
 }
 
 /** Options of `cluster.session()`. */
@@ -84,7 +87,7 @@ export interface SessionHost {
   /** The sequence number of the last probe started (`HealthChecker.probeSeq`). */
   readonly probeSeq: number;
   /** Asks the primary for its WAL position, outside any session. */
-  primaryLsn(options: { signal?: AbortSignal; timeoutMs?: number } | undefined): Promise<string>;
+  primaryLsn(options: CallOptions | undefined): Promise<string>;
 }
 
 /** One session of one cluster. Internal: users see {@linkcode Session}. */
@@ -134,7 +137,9 @@ export class SessionState implements Session {
     return this.#minLsn;
   }
 
-  async token(options?: { signal?: AbortSignal; timeoutMs?: number }): Promise<string> {
+  async token(
+    options?: { signal?: AbortSignal | undefined; timeoutMs?: number | undefined },
+  ): Promise<string> {
     if (this.#pendingSince === undefined) return formatLsn(this.#minLsn ?? 0n);
     const writes = this.#writes;
     const lsn = parseLsn(await this.host.primaryLsn(options));
