@@ -92,7 +92,7 @@ export interface ListenOptions {
    * Notifications sent in between were missed; a throwing callback is logged.
    * @default undefined
    */
-  onReconnect?: (info: ReconnectInfo) => void | undefined;
+  onReconnect?: ((info: ReconnectInfo) => void) | undefined;
   /**
    * Ends the subscription when it aborts (like `unlisten()`); aborting
    * while `listen()` is still connecting rejects it.
