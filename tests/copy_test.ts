@@ -544,6 +544,32 @@ dbTest("a value the server rejects fails the COPY with the server's error", asyn
   await cluster.exec("drop table copy_bad");
 });
 
+dbTest(
+  "a COPY the server rejects has PostgreSQL's line and column in its message",
+  async (cluster) => {
+    await cluster.exec("drop table if exists copy_where");
+    await cluster.exec("create table copy_where(id int, tags text[])");
+    await assert.rejects(
+      cluster.copyFrom("copy_where", ["id", "tags"], [[1, "{a}"], [2, "nope"]]),
+      (err) => {
+        assert.ok(err instanceof DbxError);
+        assert.equal(err.code, "22P02");
+        assert.match(err.message, /^malformed array literal: "nope"/);
+        assert.match(err.message, /COPY copy_where, line 2, column tags: "nope"/);
+        return true;
+      },
+    );
+    // Other statements' messages are left as they were.
+    await assert.rejects(
+      cluster.exec("insert into copy_where(tags) values ($1)", ["nope"]),
+      (err) => err instanceof DbxError && !err.message.includes("column tags"),
+    );
+    assert.equal(await count(cluster, "copy_where"), 0);
+    await cluster.exec("drop table copy_where");
+    assertPoolIdle(cluster);
+  },
+);
+
 dbTest("copyIn() leaves its connection idle after success and after an abort", async () => {
   const client = await rawClient();
   try {

@@ -149,6 +149,21 @@ function quoteTable(table: string): string {
     : `${pg.escapeIdentifier(table.slice(0, dot))}.${pg.escapeIdentifier(table.slice(dot + 1))}`;
 }
 
+/**
+ * The server's error with PostgreSQL's location of the bad data (its `where`,
+ * `COPY t, line 2, column c: "..."`) appended to the message: for COPY that
+ * is the one way to tell which row failed. Only what the server itself put
+ * there is added; it stays in `where` as well.
+ */
+function withWhere(err: unknown): unknown {
+  const where = (err as { where?: unknown } | null)?.where;
+  if (err instanceof Error && typeof where === "string" && where !== "") {
+    // A trigger or function adds its own lines above COPY's.
+    err.message += ` (${where.replaceAll("\n", "; ")})`;
+  }
+  return err;
+}
+
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
@@ -169,7 +184,8 @@ function nextTurn(): Promise<void> {
  * @throws {RangeError} for a row of the wrong width, naming its index.
  * @throws {TypeError} for a row that is not an array, or a value that cannot be encoded.
  * @throws the source's own error when iterating it throws.
- * @throws the driver's error when the server rejects the data or the connection fails.
+ * @throws the driver's error when the server rejects the data (its message
+ * ending with PostgreSQL's `where`: table, line and column) or the connection fails.
  */
 export async function copyIn(
   client: pg.PoolClient,
@@ -285,7 +301,7 @@ export async function copyIn(
     // answered right after it), so the connection is handed back idle and
     // with its transaction status current.
     await client.query("").catch(() => {});
-    throw err;
+    throw err === failure?.error ? withWhere(err) : err;
   } finally {
     signal?.removeEventListener("abort", onAbort);
   }
