@@ -93,7 +93,7 @@ export type { IsolationLevel, RunTxOptions, TxOptions } from "./src/tx/run_tx.ts
 export type { PgPool, PgPoolOptions, PgRoute } from "./src/compat/pg_pool.ts";
 export { BatchError } from "./src/tx/batch.ts";
 export type { BatchOptions, BatchQuery, BatchResult } from "./src/tx/batch.ts";
-export { encodeCopyValue } from "./src/tx/copy.ts";
+export { encodeCopyValue } from "./src/tx/copy_values.ts";
 export type { CopyOptions, CopyRows } from "./src/tx/copy.ts";
 export type {
   ListenOptions,

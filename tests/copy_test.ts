@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 // @ts-types="@types/pg"
 import pg from "pg";
 import { type Cluster, DbxError, encodeCopyValue } from "../mod.ts";
@@ -37,13 +38,13 @@ Deno.test("encodeCopyValue() escapes COPY text format", () => {
   assert.equal(encodeCopyValue("ünï ✓ 🐘"), "ünï ✓ 🐘");
   assert.equal(encodeCopyValue(12.5), "12.5");
   assert.equal(encodeCopyValue(2n ** 70n), "1180591620717411303424");
-  assert.equal(encodeCopyValue(true), "t");
-  assert.equal(encodeCopyValue(false), "f");
+  assert.equal(encodeCopyValue(true), "true", "as pg sends a boolean argument");
+  assert.equal(encodeCopyValue(false), "false");
   assert.equal(encodeCopyValue(new Uint8Array([0, 15, 255])), "\\\\x000fff");
   assert.equal(encodeCopyValue(new Uint8Array([9, 8, 7]).subarray(1)), "\\\\x0807");
   assert.equal(encodeCopyValue(new Uint8Array([1, 2]).buffer), "\\\\x0102");
   assert.equal(encodeCopyValue({ a: "x\ty" }), '{"a":"x\\\\ty"}');
-  assert.equal(encodeCopyValue([1, "two", null]), '[1,"two",null]', "arrays are JSON");
+  assert.equal(encodeCopyValue([1, "two", null]), '{"1","two",NULL}', "arrays are PG arrays");
   assert.throws(() => encodeCopyValue(new Date("nope")), RangeError);
   assert.throws(() => encodeCopyValue(Symbol("s")), TypeError);
   assert.throws(() => encodeCopyValue(() => 1), TypeError);
@@ -56,6 +57,58 @@ Deno.test("encodeCopyValue() writes Dates as ISO 8601 with their UTC offset", ()
   assert.match(text, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$/);
   assert.equal(new Date(text).getTime(), at.getTime());
   assert.match(encodeCopyValue(new Date(Date.UTC(-43, 2, 15))), / BC$/);
+});
+
+/** pg's own encoding of a query argument, then COPY's text-format escaping: the oracle. */
+function asQueryArgument(value: unknown): string {
+  const { prepareValue } = (pg as unknown as {
+    utils: { prepareValue(v: unknown): string | Uint8Array | null };
+  }).utils;
+  const prepared = prepareValue(value);
+  if (prepared === null) return "\\N";
+  if (prepared instanceof Uint8Array) return "\\\\x" + Buffer.from(prepared).toString("hex");
+  return prepared.replace(
+    /[\\\t\n\r]/g,
+    (c) => ({ "\t": "\\t", "\n": "\\n", "\r": "\\r" })[c] ?? "\\\\",
+  );
+}
+
+Deno.test("encodeCopyValue() writes arrays as PostgreSQL array literals, as query arguments", () => {
+  assert.equal(encodeCopyValue(["x"]), '{"x"}');
+  assert.equal(encodeCopyValue([]), "{}");
+  assert.equal(encodeCopyValue([1, null, undefined, 3]), '{"1",NULL,NULL,"3"}');
+  assert.equal(encodeCopyValue([[1, 2], [null, 4]]), '{{"1","2"},{NULL,"4"}}');
+  // A backslash in an element is doubled by the array literal, then again by COPY.
+  assert.equal(encodeCopyValue(['a"b', "c\\d"]), '{"a\\\\"b","c\\\\\\\\d"}');
+  assert.equal(encodeCopyValue(["t\tn\nr\r"]), '{"t\\tn\\nr\\r"}');
+  assert.equal(encodeCopyValue(["NULL", "", "{a,b}"]), '{"NULL","","{a,b}"}');
+  const odd = {
+    toPostgres: () => "(1,2)",
+  };
+  const values: unknown[] = [
+    ["plain", "with space", "com,ma", "{brace}", 'quo"te', "back\\slash", "tab\there"],
+    ["new\nline", "cr\rlf\n", "\\N", "NULL", "", "ünï ✓ 🐘", "trailing\\"],
+    [[1, 2, 3], [4, null, 6]],
+    [[["deep"]], [[null]]],
+    [true, false, 1.5, 2n ** 70n],
+    [new Uint8Array([0, 92, 255]), null],
+    [new Date(Date.UTC(2026, 0, 2, 3, 4, 5, 678))],
+    [{ a: "x\ty", b: [1, "two"] }, { 'k"ey': "v\\" }],
+    [odd, [odd]],
+    { a: [1, "two", null], t: "x\ty" },
+    odd,
+    "just text\t",
+    42,
+    true,
+    new Date(Date.UTC(-43, 2, 15)),
+  ];
+  for (const value of values) {
+    assert.equal(encodeCopyValue(value), asQueryArgument(value), JSON.stringify(String(value)));
+  }
+  const loop: { toPostgres(): unknown } = { toPostgres: () => loop };
+  assert.throws(() => encodeCopyValue(loop), TypeError);
+  assert.throws(() => encodeCopyValue([new Date("nope")]), RangeError);
+  assert.throws(() => encodeCopyValue([Symbol("s")]), TypeError);
 });
 
 Deno.test("checkCopyArgs() names the bad argument with TypeError or RangeError", () => {
@@ -113,7 +166,12 @@ function awkwardRow(i: number): unknown[] {
   return [
     i,
     i % 13 === 0 ? null : s + (i % 7 === 0 ? "" : String(i)),
-    i % 5 === 0 ? null : i % 3 === 0 ? [s, i, null] : { i, s, nested: [1, "two", null] },
+    // A JSON array for a jsonb column is JSON text, as for a query argument.
+    i % 5 === 0
+      ? null
+      : i % 3 === 0
+      ? JSON.stringify([s, i, null])
+      : { i, s, nested: [1, "two", null] },
     new Date(Date.UTC(2020, 0, 1) + i * 1001),
     i % 11 === 0 ? null : new Uint8Array([i & 0xff, (i >> 8) & 0xff, 0, 92, 9, 10, 13]),
     i % 17 === 0 ? null : BigInt(i) * 1_000_000_007n - 5n,
@@ -154,7 +212,7 @@ async function assertAwkward(cluster: Cluster, table: string, n: number): Promis
       const row = back[k]!;
       assert.equal(row.id, id);
       assert.equal(row.s, s, `row ${i}: s`);
-      assert.deepEqual(row.j, j, `row ${i}: j`);
+      assert.deepEqual(row.j, typeof j === "string" ? JSON.parse(j) : j, `row ${i}: j`);
       assert.equal(row.at.getTime(), (at as Date).getTime(), `row ${i}: at`);
       assert.deepEqual(row.b === null ? null : new Uint8Array(row.b), b, `row ${i}: b`);
       assert.equal(row.big, big === null ? null : String(big), `row ${i}: big`);
@@ -186,12 +244,7 @@ dbTest("copyFrom() round-trips 100k rows of awkward values exactly", async (clus
     for (let i = base; i < base + 1000; i++) {
       const r = awkwardRow(i);
       tuples.push(`(${r.map((_, k) => `$${values.length + k + 1}`).join(", ")})`);
-      // pg sends arrays as PostgreSQL arrays; copyFrom sends them as JSON.
-      values.push(
-        ...r.map((v) =>
-          typeof v === "bigint" ? String(v) : Array.isArray(v) ? JSON.stringify(v) : v
-        ),
-      );
+      values.push(...r);
     }
     await cluster.exec(
       `insert into copy_awkward_insert(${COLUMNS.join(", ")}) values ${tuples.join(", ")}`,
@@ -285,6 +338,49 @@ dbTest("copyFrom() stores Dates as exec() does, timestamp columns included", asy
   assert.equal(await count(cluster, "copy_dates"), 6);
   await cluster.exec("drop table copy_dates");
 });
+
+dbTest(
+  "copyFrom() stores arrays, bytea, Dates and JSON as a parameterised INSERT does",
+  async (cluster) => {
+    await cluster.exec("drop table if exists copy_args");
+    await cluster.exec(
+      `create table copy_args(src text, tags text[], nums int[], grid int[][], odd text[],
+        b bytea, at timestamptz, doc jsonb, list jsonb)`,
+    );
+    const columns = ["tags", "nums", "grid", "odd", "b", "at", "doc", "list"];
+    const row: unknown[] = [
+      ["x", "y"],
+      [1, 2, 3],
+      [[1, null], [null, 4]],
+      ["com,ma", "{brace}", 'quo"te', "back\\slash", "tab\there", "new\nline\r", "NULL", "", null],
+      new Uint8Array([0, 92, 9, 10, 255]),
+      new Date(Date.UTC(2026, 0, 2, 3, 4, 5, 678)),
+      { tags: ["a", "b"], n: 1, s: "x\ty\\" },
+      // A JSON array for a jsonb column is passed as JSON text, as a query argument is.
+      JSON.stringify([1, "two", null]),
+    ];
+    assert.equal(await cluster.copyFrom("copy_args", ["src", ...columns], [["copy", ...row]]), 1);
+    await cluster.exec(
+      `insert into copy_args(src, ${columns.join(", ")})
+       values ('insert', ${columns.map((_, i) => `$${i + 1}`).join(", ")})`,
+      row,
+    );
+    const back = await cluster.query<Record<string, unknown>>(
+      `select ${columns.join(", ")} from copy_args order by src`,
+    );
+    assert.equal(back.length, 2);
+    assert.deepEqual(back[0], back[1], "COPY and INSERT stored the same values");
+    assert.deepEqual(back[0]!.tags, ["x", "y"]);
+    assert.deepEqual(back[0]!.grid, [[1, null], [null, 4]]);
+    assert.deepEqual(back[0]!.odd, row[3]);
+    assert.deepEqual(new Uint8Array(back[0]!.b as Uint8Array), row[4]);
+    assert.equal((back[0]!.at as Date).getTime(), (row[5] as Date).getTime());
+    assert.deepEqual(back[0]!.doc, row[6]);
+    assert.deepEqual(back[0]!.list, [1, "two", null]);
+    await cluster.exec("drop table copy_args");
+    assertPoolIdle(cluster);
+  },
+);
 
 dbTest("copyFrom() streams from an async generator", async (cluster) => {
   await cluster.exec("drop table if exists copy_async");
@@ -447,6 +543,32 @@ dbTest("a value the server rejects fails the COPY with the server's error", asyn
   assertPoolIdle(cluster);
   await cluster.exec("drop table copy_bad");
 });
+
+dbTest(
+  "a COPY the server rejects has PostgreSQL's line and column in its message",
+  async (cluster) => {
+    await cluster.exec("drop table if exists copy_where");
+    await cluster.exec("create table copy_where(id int, tags text[])");
+    await assert.rejects(
+      cluster.copyFrom("copy_where", ["id", "tags"], [[1, "{a}"], [2, "nope"]]),
+      (err) => {
+        assert.ok(err instanceof DbxError);
+        assert.equal(err.code, "22P02");
+        assert.match(err.message, /^malformed array literal: "nope"/);
+        assert.match(err.message, /COPY copy_where, line 2, column tags: "nope"/);
+        return true;
+      },
+    );
+    // Other statements' messages are left as they were.
+    await assert.rejects(
+      cluster.exec("insert into copy_where(tags) values ($1)", ["nope"]),
+      (err) => err instanceof DbxError && !err.message.includes("column tags"),
+    );
+    assert.equal(await count(cluster, "copy_where"), 0);
+    await cluster.exec("drop table copy_where");
+    assertPoolIdle(cluster);
+  },
+);
 
 dbTest("copyIn() leaves its connection idle after success and after an abort", async () => {
   const client = await rawClient();

@@ -1,12 +1,12 @@
 /**
  * COPY FROM STDIN for `cluster.copyFrom`: streams rows in PostgreSQL's text
- * format with back-pressure, escaping every value, and aborts the COPY (so
- * nothing is committed) when a row is malformed or the source throws.
+ * format with back-pressure, each value encoded as a query argument would be
+ * (`copy_values.ts`), and aborts the COPY (so nothing is committed) when a
+ * row is malformed or the source throws.
  *
  * @module
  */
 
-import { Buffer } from "node:buffer";
 // @ts-types="@types/pg"
 import pg from "pg";
 // @ts-types="@types/pg-copy-streams"
@@ -14,6 +14,7 @@ import { from as copyFromStdin } from "pg-copy-streams";
 import type { AttemptInfo } from "../call/attempt.ts";
 import type { QueryOptions } from "../executor.ts";
 import { describe } from "../call/validate.ts";
+import { encodeCopyValue } from "./copy_values.ts";
 
 /**
  * Options of `copyFrom`: cancellation and a deadline. Aborting ends the COPY
@@ -69,105 +70,6 @@ const CHUNK_SIZE = 64 * 1024;
  * timers (health probes, deadlines) and other connections until it ends.
  */
 const YIELD_EVERY_MS = 10;
-
-const NEEDS_ESCAPE = /[\\\t\n\r]/;
-const ESCAPES: Readonly<Record<string, string>> = {
-  "\\": "\\\\",
-  "\t": "\\t",
-  "\n": "\\n",
-  "\r": "\\r",
-};
-
-function escapeText(s: string): string {
-  return NEEDS_ESCAPE.test(s) ? s.replace(/[\\\t\n\r]/g, (c) => ESCAPES[c]!) : s;
-}
-
-function pad(n: number, width = 2): string {
-  return String(n).padStart(width, "0");
-}
-
-/**
- * A Date as node-postgres sends it as a query parameter (local time with
- * its offset, or UTC when `pg.defaults.parseInputDatesAsUTC` is set), so
- * `copyFrom` and `exec` store the same value, `timestamp` columns included.
- */
-function dateText(d: Date): string {
-  const utc = pg.defaults.parseInputDatesAsUTC === true;
-  let year = utc ? d.getUTCFullYear() : d.getFullYear();
-  const bc = year < 1;
-  // Year 0 is 1 BC: JavaScript counts astronomical years, PostgreSQL does not.
-  if (bc) year = -year + 1;
-  const offset = utc ? 0 : -d.getTimezoneOffset();
-  const abs = Math.abs(offset);
-  return `${pad(year, 4)}-${pad((utc ? d.getUTCMonth() : d.getMonth()) + 1)}-${
-    pad(utc ? d.getUTCDate() : d.getDate())
-  }T${pad(utc ? d.getUTCHours() : d.getHours())}:${pad(utc ? d.getUTCMinutes() : d.getMinutes())}:${
-    pad(utc ? d.getUTCSeconds() : d.getSeconds())
-  }.${pad(utc ? d.getUTCMilliseconds() : d.getMilliseconds(), 3)}${offset < 0 ? "-" : "+"}${
-    pad(Math.floor(abs / 60))
-  }:${pad(abs % 60)}${bc ? " BC" : ""}`;
-}
-
-/**
- * Encodes one value as a field of COPY's text format.
- *
- * - `null` / `undefined` → `\N` (SQL NULL); the string `"\N"` stays a string.
- * - strings: backslash, tab, newline and carriage return are escaped.
- * - numbers and bigints as decimal text, booleans as `t` / `f`.
- * - `Date` → ISO 8601 with its UTC offset, as node-postgres sends Dates as
- *   parameters (local time, or UTC with `pg.defaults.parseInputDatesAsUTC`).
- * - `Uint8Array`, `Buffer`, any other `ArrayBuffer` view and `ArrayBuffer` →
- *   `bytea` hex (`\x...`).
- * - other objects and arrays → `JSON.stringify` (for `json` / `jsonb`
- *   columns). Arrays are JSON arrays, not PostgreSQL array literals.
- *
- * @param value The value.
- * @returns The field text, ready to be placed between tabs.
- * @throws {RangeError} for an invalid Date.
- * @throws {TypeError} for functions and symbols, and objects `JSON.stringify`
- * rejects (a bigint inside, a cycle).
- *
- * @example Escaping for COPY's text format
- * ```ts
- * import { encodeCopyValue } from "@codelab/dbx";
- * import assert from "node:assert/strict";
- *
- * assert.equal(encodeCopyValue("a\tb"), "a\\tb");
- * assert.equal(encodeCopyValue(null), "\\N");
- * assert.equal(encodeCopyValue("\\N"), "\\\\N");
- * assert.equal(encodeCopyValue(new Uint8Array([1, 255])), "\\\\x01ff");
- * assert.equal(encodeCopyValue({ tags: ["a", "b"] }), '{"tags":["a","b"]}');
- * ```
- */
-export function encodeCopyValue(value: unknown): string {
-  switch (typeof value) {
-    case "string":
-      return escapeText(value);
-    case "number":
-    case "bigint":
-      return String(value);
-    case "boolean":
-      return value ? "t" : "f";
-    case "undefined":
-      return "\\N";
-    case "object": {
-      if (value === null) return "\\N";
-      if (value instanceof Date) {
-        if (Number.isNaN(value.getTime())) throw new RangeError("Cannot COPY an invalid Date");
-        return dateText(value);
-      }
-      if (ArrayBuffer.isView(value)) {
-        // The hex form's backslash is itself escaped for the text format.
-        return "\\\\x" +
-          Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("hex");
-      }
-      if (value instanceof ArrayBuffer) return "\\\\x" + Buffer.from(value).toString("hex");
-      return escapeText(JSON.stringify(value));
-    }
-    default:
-      throw new TypeError(`Cannot COPY a value of type ${typeof value}`);
-  }
-}
 
 /**
  * Validates `copyFrom`'s arguments before anything is sent. Internal.
@@ -247,6 +149,21 @@ function quoteTable(table: string): string {
     : `${pg.escapeIdentifier(table.slice(0, dot))}.${pg.escapeIdentifier(table.slice(dot + 1))}`;
 }
 
+/**
+ * The server's error with PostgreSQL's location of the bad data (its `where`,
+ * `COPY t, line 2, column c: "..."`) appended to the message: for COPY that
+ * is the one way to tell which row failed. Only what the server itself put
+ * there is added; it stays in `where` as well.
+ */
+function withWhere(err: unknown): unknown {
+  const where = (err as { where?: unknown } | null)?.where;
+  if (err instanceof Error && typeof where === "string" && where !== "") {
+    // A trigger or function adds its own lines above COPY's.
+    err.message += ` (${where.replaceAll("\n", "; ")})`;
+  }
+  return err;
+}
+
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
@@ -267,7 +184,8 @@ function nextTurn(): Promise<void> {
  * @throws {RangeError} for a row of the wrong width, naming its index.
  * @throws {TypeError} for a row that is not an array, or a value that cannot be encoded.
  * @throws the source's own error when iterating it throws.
- * @throws the driver's error when the server rejects the data or the connection fails.
+ * @throws the driver's error when the server rejects the data (its message
+ * ending with PostgreSQL's `where`: table, line and column) or the connection fails.
  */
 export async function copyIn(
   client: pg.PoolClient,
@@ -383,7 +301,7 @@ export async function copyIn(
     // answered right after it), so the connection is handed back idle and
     // with its transaction status current.
     await client.query("").catch(() => {});
-    throw err;
+    throw err === failure?.error ? withWhere(err) : err;
   } finally {
     signal?.removeEventListener("abort", onAbort);
   }
