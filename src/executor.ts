@@ -269,7 +269,7 @@ export interface Tx extends Executor, AsyncDisposable {
    */
   sendBatch(
     queries: readonly BatchQuery[],
-    options?: BatchOptions & { atomic?: true },
+    options?: BatchOptions & { atomic?: true | undefined },
   ): Promise<BatchResult[]>;
   /**
    * Non-atomic form of {@linkcode Tx.sendBatch}.

@@ -181,7 +181,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    */
   sendBatch(
     queries: readonly BatchQuery[],
-    options?: BatchOptions & { atomic?: true },
+    options?: BatchOptions & { atomic?: true | undefined },
   ): Promise<BatchResult[]>;
   /** Like the above with `{ atomic: false }`: each statement on its own, one settled result each. */
   sendBatch(

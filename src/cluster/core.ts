@@ -167,7 +167,9 @@ export class ClusterCore {
     options: BatchOptions | undefined,
   ): Promise<BatchResult[] | PromiseSettledResult<BatchResult>[]> {
     const tx = this.ambient();
-    if (tx !== undefined) return tx.sendBatch(queries, options as BatchOptions & { atomic?: true });
+    if (tx !== undefined) {
+      return tx.sendBatch(queries, options as BatchOptions & { atomic?: true | undefined });
+    }
     try {
       this.assertOpen();
       const call = batchCall(queries, options, false);

@@ -131,7 +131,7 @@ abstract class TxBase implements Tx {
 
   sendBatch(
     queries: readonly BatchQuery[],
-    options?: BatchOptions & { atomic?: true },
+    options?: BatchOptions & { atomic?: true | undefined },
   ): Promise<BatchResult[]>;
   sendBatch(
     queries: readonly BatchQuery[],
