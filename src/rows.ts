@@ -218,9 +218,10 @@ export async function collect<T>(rows: Iterable<Row>, mapper: RowMapper<T>): Pro
 }
 
 /**
- * Maps the first row (further rows are ignored, as pgx's CollectOneRow does).
+ * Maps the first row (further rows are ignored, as pgx's CollectOneRow does),
+ * or a single row as `queryRow` returns it.
  *
- * @param rows Rows from `query` / `readQuery`.
+ * @param rows Rows from `query` / `readQuery`, or one row from `queryRow` / `readQueryRow`.
  * @param mapper A function `(row, index) => T` or a Standard Schema for `T`.
  * @returns The mapped first row.
  * @throws {NoRowsError} when there is no row.
@@ -231,11 +232,14 @@ export async function collect<T>(rows: Iterable<Row>, mapper: RowMapper<T>): Pro
  * import { collectOne } from "@codelab/dbx";
  *
  * const total = await collectOne([{ n: "42" }], (row) => Number(row.n));
- * console.log(total); // 42
+ * const same = await collectOne({ n: "42" }, (row) => Number(row.n)); // one row, as queryRow returns it
+ * console.log(total, same); // 42 42
  * ```
  */
-export async function collectOne<T>(rows: Iterable<Row>, mapper: RowMapper<T>): Promise<T> {
+export async function collectOne<T>(rows: Iterable<Row> | Row, mapper: RowMapper<T>): Promise<T> {
+  // One row (an object that is not iterable), as queryRow returns it.
+  if (typeof rows === "object" && rows !== null && !(Symbol.iterator in rows)) rows = [rows as Row];
   checkArgs("collectOne", rows, mapper);
-  for (const row of rows) return await mapOne(mapper, row, 0);
+  for (const row of rows as Iterable<Row>) return await mapOne(mapper, row, 0);
   throw new NoRowsError();
 }

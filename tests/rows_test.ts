@@ -92,6 +92,12 @@ Deno.test("collectOne() maps the first row and ignores the rest", async () => {
   assert.deepEqual(await collectOne([{ name: "x" }], asyncSchema), { name: "X" });
 });
 
+Deno.test("collectOne() takes the one row queryRow returns, as well as rows", async () => {
+  const row: Record<string, unknown> = { n: "42" };
+  assert.equal(await collectOne(row, (r) => Number(r.n)), 42);
+  assert.deepEqual(await collectOne({ name: "x" }, asyncSchema), { name: "X" });
+});
+
 Deno.test("collectOne() throws NoRowsError on zero rows", async () => {
   await assert.rejects(collectOne([], (row) => row), NoRowsError);
 });
