@@ -51,7 +51,7 @@ export interface NodeState {
   readonly healthy: boolean;
   /** Last successful probe. */
   readonly probe: ProbeSample | undefined;
-  /** Why the node is down; undefined while it is up. */
+  /** Why the node is down, or (still up) why its last probe failed; undefined after a success. */
   readonly error: unknown;
   /** Consecutive failed probes. */
   readonly probeFailures: number;
