@@ -156,7 +156,12 @@ export class NoHealthyNodeError extends DbxError {
 }
 
 /**
- * Thrown by every call made after `close()` has started.
+ * Thrown by every call made after `close()` has started. The message names
+ * the method called, what closed the cluster (`close()`, `stop()`, the end
+ * of its `await using` block) and where, e.g. `Cannot run query() as the
+ * cluster was closed at the end of its 'await using' block (file:///app/main.ts:9:1); ...`:
+ * a module-level `await using` closes the cluster when the module body ends,
+ * while `Deno.serve()` still takes requests.
  *
  * @example
  * ```ts

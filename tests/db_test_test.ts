@@ -12,6 +12,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { testCluster } from "../src/testing/mod.ts";
+import { denoTestRegistrar } from "../src/testing/db_test.ts";
 import { startLocalCluster } from "../src/testing/local_cluster.ts";
 import { named, noPostgres } from "./helpers.ts";
 
@@ -309,6 +310,18 @@ dbTest("runs a long query", async (cluster) => {
       await rm(tmp, { recursive: true, force: true });
     }
   },
+});
+
+Deno.test("dbTest() outside Deno's test runner (Bun, Node) throws an error pointing to testCluster()", () => {
+  for (const global of [{}, { Deno: {} }, { Deno: { test: "not a function" } }]) {
+    assert.throws(() => denoTestRegistrar(global), (err: unknown) => {
+      assert.ok(err instanceof Error);
+      assert.match(err.message, /^dbTest\(\) needs Deno's test runner/);
+      assert.match(err.message, /testCluster\(\)/);
+      return true;
+    });
+  }
+  assert.equal(typeof denoTestRegistrar(globalThis), "function");
 });
 
 Deno.test("importing @codelab/dbx/testing needs no permission and does not pull in the npm binaries", async () => {

@@ -179,5 +179,8 @@ dbTest("start() and stop() manage the cluster as a Component", async (cluster) =
   assert.equal(report.writable, true);
   assert.equal(report.nodes[0]!.role, "primary");
   await cluster.stop();
-  await assert.rejects(cluster.query("select 1"), /cluster is closed/);
+  await assert.rejects(
+    cluster.query("select 1"),
+    /Cannot run query\(\) as the cluster was closed by stop\(\)/,
+  );
 });

@@ -54,7 +54,7 @@ export function withConnection<T>(
   options: ConnectionOptions | undefined,
 ): Promise<T> {
   try {
-    d.assertOpen();
+    d.assertOpen("withConnection");
     if (typeof fn !== "function") {
       throw new TypeError(
         `Cannot run withConnection() as 'fn' must be a function: current value is ${describe(fn)}`,
@@ -74,7 +74,7 @@ export function withConnection<T>(
     lease.resetOnRelease();
     const conn = nodeExecutor((method, sql, args, opts) => {
       try {
-        d.assertOpen();
+        d.assertOpen(method);
         checkCall(method, sql, args, opts);
       } catch (err) {
         return Promise.reject(err);

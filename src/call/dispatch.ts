@@ -36,8 +36,8 @@ export interface Dispatcher {
   readonly checker: HealthChecker;
   readonly runner: AttemptRunner;
   readonly observer: Observer;
-  /** Throws ClusterClosedError once the cluster is closing. */
-  assertOpen(): void;
+  /** Throws ClusterClosedError once the cluster is closing, naming `method` (else "a statement"). */
+  assertOpen(method?: string): void;
   /** Retry options of calls without a signal or read bounds, made once (the hot path). */
   readonly plain: Readonly<Record<CallKind, RetryOptions<Node>>>;
   /** What read-your-writes sessions of this cluster ask of it. */
@@ -196,7 +196,7 @@ function precheck(
   args: readonly unknown[] | undefined,
   options: ReadOptions | undefined,
 ): void {
-  d.assertOpen();
+  d.assertOpen(method);
   checkStatement(method, sql, args);
   checkShared(method, sql);
   checkCallOptions(method, options);

@@ -75,7 +75,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
 
   /** Same as {@linkcode close} (the `Component` contract). */
   stop(): Promise<void> {
-    return this.#core.close();
+    return this.#core.close("stop()");
   }
 
   /**
@@ -86,12 +86,12 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @returns Resolves when nothing is left running.
    */
   close(): Promise<void> {
-    return this.#core.close();
+    return this.#core.close("close()");
   }
 
   /** Same as {@linkcode close}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
-    return this.#core.close();
+    return this.#core.close("await using");
   }
 
   /**

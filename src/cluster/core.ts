@@ -47,6 +47,31 @@ type StatementCall = [sql: string, args?: readonly unknown[], options?: ReadOpti
 /** Grace given to running statements by close() before their connections are cut. */
 const CLOSE_GRACE_MS = 5_000;
 
+/** What closed a cluster: a method of it, or the end of an `await using` block. */
+export type ClosedBy = "close()" | "stop()" | "await using";
+
+/** dbx's own source: its frames are never where a user closed a cluster. */
+const OWN_SOURCE = new URL("../", import.meta.url);
+
+/** The first frame of the current stack outside dbx and the runtime (`file:///app/main.ts:8:3`). */
+function callerFrame(): string | undefined {
+  for (const line of (new Error().stack ?? "").split("\n").slice(1)) {
+    const at = /^\s*at (?:async )?(?:.*? \()?(.+?:\d+:\d+)\)?$/.exec(line)?.[1];
+    if (at === undefined || /^(ext|node|native):/.test(at)) continue;
+    if (!at.startsWith(OWN_SOURCE.href) && !at.startsWith(OWN_SOURCE.pathname)) return at;
+  }
+  return undefined;
+}
+
+/** How a closed cluster's errors say it was closed, and where. */
+function closedHow(by: ClosedBy, at: string | undefined): string {
+  const keep = "keep it open for as long as a server uses it";
+  if (by !== "await using") return `by ${by}${at === undefined ? "" : ` at ${at}`}; ${keep}`;
+  return `at the end of its 'await using' block${at === undefined ? "" : ` (${at})`}; ${keep}: ` +
+    "at the top level of a module, that block ends with the module body while Deno.serve() " +
+    "still takes requests";
+}
+
 /** The state and entry points behind one `Cluster`. Internal. */
 export class ClusterCore {
   /** The statement path. */
@@ -60,6 +85,8 @@ export class ClusterCore {
   readonly #checker: HealthChecker;
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
+  /** What closed the cluster and where, for the errors of later calls. */
+  #closedHow = "";
 
   /**
    * @param owner The cluster.
@@ -92,26 +119,47 @@ export class ClusterCore {
       checker,
       runner,
       observer,
-      assertOpen: () => this.assertOpen(),
+      assertOpen: (method) => this.assertOpen(method),
     });
   }
 
-  /** Throws ClusterClosedError once the cluster is closing. */
-  assertOpen(): void {
-    if (this.#closing !== undefined) throw new ClusterClosedError();
+  /**
+   * Throws ClusterClosedError once the cluster is closing.
+   *
+   * @param method The method called, named by the error (else "a statement").
+   */
+  assertOpen(method?: string): void {
+    if (this.#closing !== undefined) throw this.#closedError(method);
+  }
+
+  #closedError(method: string | undefined): ClusterClosedError {
+    const what = method === undefined ? "a statement" : `${method}()`;
+    return new ClusterClosedError(
+      `Cannot run ${what} as the cluster was closed ${this.#closedHow}`,
+    );
   }
 
   /** Verifies a primary answers and starts the checker; once. */
   start(): Promise<void> {
-    if (this.#closing !== undefined) return Promise.reject(new ClusterClosedError());
+    if (this.#closing !== undefined) return Promise.reject(this.#closedError("start"));
     return this.#started ??= (async () => {
-      await waitForStartup(this.#checker, this.#nodes, this.#config, () => this.assertOpen());
+      await waitForStartup(
+        this.#checker,
+        this.#nodes,
+        this.#config,
+        () => this.assertOpen("start"),
+      );
       this.#checker.start();
     })();
   }
 
-  /** Closes everything; the same promise to every caller. */
-  close(): Promise<void> {
+  /**
+   * Closes everything; the same promise to every caller.
+   *
+   * @param by What closed it, for the errors of later calls (with where, from the stack).
+   */
+  close(by: ClosedBy): Promise<void> {
+    if (this.#closing === undefined) this.#closedHow = closedHow(by, callerFrame());
     return this.#closing ??= (async () => {
       // A start() in progress sees #closing and gives up; wait for it so its
       // probes are not cut mid-flight by a half-closed checker.
@@ -154,7 +202,7 @@ export class ClusterCore {
     const tx = this.ambient();
     if (tx !== undefined) return tx.copyFrom(table, columns, rows, options);
     try {
-      this.assertOpen();
+      this.assertOpen("copyFrom");
       return onPrimary(this.d, copyCall(table, columns, rows, options), options);
     } catch (err) {
       return Promise.reject(err);
@@ -171,7 +219,7 @@ export class ClusterCore {
       return tx.sendBatch(queries, options as BatchOptions & { atomic?: true | undefined });
     }
     try {
-      this.assertOpen();
+      this.assertOpen("sendBatch");
       const call = batchCall(queries, options, false);
       return queries.length === 0 ? Promise.resolve([]) : onPrimary(this.d, call, options);
     } catch (err) {
@@ -192,7 +240,7 @@ export class ClusterCore {
 
   /** `cluster.begin()`. */
   async begin(options: TxOptions | undefined): Promise<Tx> {
-    this.assertOpen();
+    this.assertOpen("begin");
     const sql = beginStatement("begin", options);
     return await withCall(options, (signal) => this.open(sql, undefined, signal));
   }
@@ -200,7 +248,7 @@ export class ClusterCore {
   /** `cluster.runTx()`: a transaction, or a savepoint inside the ambient one. */
   runTx<T>(fn: (tx: Tx) => Promise<T>, options: RunTxOptions | undefined): Promise<T> {
     try {
-      this.assertOpen();
+      this.assertOpen("runTx");
     } catch (err) {
       return Promise.reject(err);
     }
@@ -234,7 +282,7 @@ export class ClusterCore {
 
   /** `cluster.ping()`: `select 1` on every node, no retry. */
   async ping(options: QueryOptions | undefined): Promise<void> {
-    this.assertOpen();
+    this.assertOpen("ping");
     checkCallOptions("ping", options);
     await withCall(options, async (signal) => {
       if (signal?.aborted) throw abortedError(signal.reason);
@@ -260,7 +308,7 @@ export class ClusterCore {
 
   /** `cluster.health()`: a probe round now, then the report. */
   async health(options: QueryOptions | undefined): Promise<HealthReport> {
-    this.assertOpen();
+    this.assertOpen("health");
     checkCallOptions("health", options);
     await withCall(options, (signal) => {
       if (signal?.aborted) return Promise.reject(abortedError(signal.reason));

@@ -1,10 +1,11 @@
 /**
  * What `connect()` waits for before it resolves (a primary; a replica with
- * `target_session_attrs=standby`; any node with `requirePrimary: false`),
- * probing every node with retry and backoff, and why it gives up: the nodes
- * that did not answer and what they said. Failures no retry can fix (a
- * certificate that does not verify, a refused login, a database that does
- * not exist) stop it at once.
+ * `target_session_attrs=standby`; any node with `requirePrimary: false`;
+ * every node with `requireAllNodes`), probing every node with retry and
+ * backoff, and why it gives up: the nodes that did not answer and what they
+ * said. Failures no retry can fix (a certificate that does not verify, a
+ * refused login, a database that does not exist) stop it at once. A start on
+ * part of the cluster is reported: without a logger, by `console.warn`.
  *
  * @module
  */
@@ -22,7 +23,7 @@ import { backoffDelay, delay } from "../call/retry.ts";
  *
  * @param checker The cluster's health checker (not started yet).
  * @param nodes Every node.
- * @param config Retry policy, `requirePrimary`, `requireStandby`.
+ * @param config Retry policy, what must answer, whether to warn on the console.
  * @param assertOpen Throws when the cluster was closed meanwhile.
  * @throws {DbxError} at once when every node that did not answer refused for a
  * reason no retry fixes (see {@linkcode refusedNodes}).
@@ -31,25 +32,19 @@ import { backoffDelay, delay } from "../call/retry.ts";
 export async function waitForStartup(
   checker: HealthChecker,
   nodes: readonly Node[],
-  config: Pick<ResolvedConfig, "retry" | "requirePrimary" | "requireStandby">,
+  config: Pick<
+    ResolvedConfig,
+    "retry" | "requirePrimary" | "requireStandby" | "requireAllNodes" | "consoleWarnings"
+  >,
   assertOpen: () => void,
 ): Promise<void> {
   const { maxAttempts, baseDelayMs, maxDelayMs } = config.retry;
-  const { requirePrimary, requireStandby } = config;
-  const answered = (n: Node) => n.healthy && n.state.probe !== undefined;
+  const { requirePrimary, requireStandby, requireAllNodes } = config;
   for (let attempt = 1;; attempt++) {
     await checker.checkAll();
     assertOpen();
     const topology = checker.topology;
-    if (requireStandby) {
-      // target_session_attrs=standby: a replica must answer; writes may wait.
-      if (nodes.some((n) => answered(n) && n.role === "replica")) return;
-    } else if (topology.primary?.state.probe !== undefined) {
-      return;
-    } else if (!requirePrimary && nodes.some(answered)) {
-      // Replicas only, on purpose: reads can start; writes wait for a primary.
-      return;
-    }
+    if (ready(nodes, topology, config) && (!requireAllNodes || nodes.every(answered))) break;
     // A certificate that does not verify or a refused login: no retry helps.
     const refused = refusedNodes(nodes);
     if (refused !== undefined) throw refused;
@@ -57,11 +52,40 @@ export async function waitForStartup(
       throw unreachable(
         nodes,
         topology,
-        requireStandby ? "standby" : requirePrimary ? "primary" : "any",
+        requireAllNodes ? "all" : requireStandby ? "standby" : requirePrimary ? "primary" : "any",
       );
     }
     await delay(backoffDelay(attempt, { baseDelayMs, maxDelayMs }));
   }
+  if (!config.consoleWarnings) return;
+  // With a logger, the checker's "dbx: node is down" says it; without one,
+  // nothing would, and every read would quietly go to the primary.
+  for (const n of nodes.filter((n) => !answered(n))) {
+    const role = n.configuredRole === "unknown" ? "node" : n.configuredRole;
+    console.warn(
+      `dbx: ${role} ${n.name} did not answer at startup (${errorOf(n)}); the cluster started ` +
+        "without it and keeps probing it. Pass a logger to get this as a log entry, " +
+        "logger: noopLogger to silence it, or requireAllNodes: true to make connect() fail instead",
+    );
+  }
+}
+
+/** Whether a node answered its last probe. */
+function answered(n: Node): boolean {
+  return n.healthy && n.state.probe !== undefined;
+}
+
+/** Whether what `connect()` waits for by role has answered. */
+function ready(
+  nodes: readonly Node[],
+  topology: Topology,
+  config: Pick<ResolvedConfig, "requirePrimary" | "requireStandby">,
+): boolean {
+  // target_session_attrs=standby: a replica must answer; writes may wait.
+  if (config.requireStandby) return nodes.some((n) => answered(n) && n.role === "replica");
+  if (topology.primary?.state.probe !== undefined) return true;
+  // Replicas only, on purpose: reads can start; writes wait for a primary.
+  return !config.requirePrimary && nodes.some(answered);
 }
 
 /** `node:tls` / OpenSSL error codes of a certificate that does not verify, or TLS refused. */
@@ -102,6 +126,11 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Why a node did not answer, as its last probe failure said. */
+function errorOf(n: Node): string {
+  return n.state.error === undefined ? "no answer" : messageOf(n.state.error);
+}
+
 /**
  * The error `connect()` stops with at once, when every node that did not
  * answer was refused for a reason no retry can fix; undefined otherwise.
@@ -138,19 +167,31 @@ export function refusedNodes(nodes: readonly Node[]): DbxError | undefined {
  *
  * @param nodes Every node.
  * @param topology The last round's snapshot.
- * @param wanted The role `connect()` waited for.
+ * @param wanted The role `connect()` waited for, or `"all"` (`requireAllNodes`).
  * @returns A NoHealthyNodeError naming the nodes.
  */
 export function unreachable(
   nodes: readonly Node[],
   topology: Topology,
-  wanted: "primary" | "standby" | "any",
+  wanted: "primary" | "standby" | "any" | "all",
 ): NoHealthyNodeError {
   if (topology.primaries.length > 1) {
     return new NoHealthyNodeError(
       `refusing writes: ${topology.primaries.length} nodes report primary (${
         topology.primaries.map((n) => n.name).join(", ")
       })`,
+    );
+  }
+  if (wanted === "all") {
+    const silent = nodes.filter((n) => !answered(n));
+    const causes = silent.flatMap((n) => n.state.error === undefined ? [] : [n.state.error]);
+    return new NoHealthyNodeError(
+      `not every node answered (requireAllNodes): ${
+        silent.map((n) => `${n.name} did not answer (${errorOf(n)})`).join("; ")
+      }`,
+      causes.length === 0
+        ? {}
+        : { cause: causes.length === 1 ? causes[0] : new AggregateError(causes) },
     );
   }
   const down = nodes.filter((n) => !n.healthy);

@@ -67,7 +67,7 @@ export function runConfig(
 ): Promise<pg.QueryResult> {
   const tx = core.ambient();
   try {
-    core.d.assertOpen();
+    core.d.assertOpen("pool.query");
     if (tx === undefined) checkShared("query", config.text);
   } catch (err) {
     return Promise.reject(err);
@@ -112,7 +112,7 @@ export function inTx(
  * @returns The lease.
  */
 export function pinFor(core: ClusterCore, route: PgRoute): Promise<Lease<Node>> {
-  core.d.assertOpen();
+  core.d.assertOpen("pool.connect");
   if (route === "primary") return pin(core.d, undefined, undefined);
   return routedWork(
     core.d,

@@ -200,7 +200,10 @@ export interface ClusterConfig {
    * ```
    */
   session?: Record<string, string>;
-  /** Where dbx logs node changes, retries and slow queries. @default a silent logger */
+  /**
+   * Where dbx logs node changes, retries and slow queries. Without one, each node that does not
+   * answer at startup still gets one `console.warn`. @default silent (`noopLogger` silences all)
+   */
   logger?: Logger;
   /** Metrics callbacks. @default undefined */
   metrics?: MetricsHook;
@@ -259,6 +262,12 @@ export interface ClusterConfig {
    * @default true
    */
   requirePrimary?: boolean;
+  /**
+   * `true`: `connect()` waits (retry policy) for every node to answer, else fails with a
+   * `NoHealthyNodeError` naming each node that did not, instead of starting on part of the cluster.
+   * @default false
+   */
+  requireAllNodes?: boolean;
 }
 
 /**
@@ -327,6 +336,10 @@ export interface ResolvedConfig {
   readonly requirePrimary: boolean;
   /** Whether `connect()` waits for a replica (`target_session_attrs=standby` or `read-only`). */
   readonly requireStandby: boolean;
+  /** Whether `connect()` waits for every node to answer. */
+  readonly requireAllNodes: boolean;
+  /** Whether nodes that do not answer at startup are reported by `console.warn` (no logger given). */
+  readonly consoleWarnings: boolean;
   /** Pipelining settings; undefined when off. */
   readonly pipeline: { readonly connections: number; readonly maxDepth: number } | undefined;
   /** Distinct statement texts that get a name; 0 when the cache is off. */

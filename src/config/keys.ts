@@ -38,6 +38,7 @@ export const KNOWN = {
     slowQueryThresholdMs: true,
     maxLagMs: true,
     requirePrimary: true,
+    requireAllNodes: true,
     pipeline: true,
     statementCache: true,
     types: true,

@@ -20,6 +20,7 @@ import {
   checkTracer,
   duration,
   fail,
+  flag,
   integer,
   plainObject,
   plainObjectOrInstance,
@@ -126,6 +127,8 @@ export function resolveConfig(config: ClusterConfig | string): ResolvedConfig {
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),
     requirePrimary: target.requirePrimary,
     requireStandby: target.requireStandby,
+    requireAllNodes: flag("requireAllNodes", c.requireAllNodes, false),
+    consoleWarnings: c.logger === undefined,
     pipeline: pipelineOf(c.pipeline),
     types: c.types === undefined
       ? undefined

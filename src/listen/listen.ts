@@ -186,7 +186,7 @@ export async function listen(
   handler: NotificationHandler,
   options: ListenOptions | undefined,
 ): Promise<Subscription> {
-  core.d.assertOpen();
+  core.d.assertOpen("listen");
   checkChannel("listen", channel);
   if (typeof handler !== "function") {
     throw new TypeError(
@@ -205,7 +205,7 @@ export async function listen(
   } catch (err) {
     await sub.unlisten();
     // Closing the cluster ended the attempt: say so rather than "canceled".
-    core.d.assertOpen();
+    core.d.assertOpen("listen");
     throw err;
   }
   const signal = options?.signal;

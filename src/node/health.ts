@@ -288,6 +288,8 @@ export class HealthChecker {
       // restart comes back within one interval), then less and less often.
       const eager = node.healthy || now - node.state.downSince < EAGER_PROBING_MS;
       this.#set(node, {
+        // Kept while still up too (below failuresBeforeDown): startup reports it.
+        error: node.healthy ? err : node.state.error,
         probeFailures: failures,
         probeTimeouts: timeouts,
         nextProbeAt: eager ? 0 : now + this.#probeBackoff(failures),

@@ -16,7 +16,7 @@ import type { ResolvedNode } from "../config/config.ts";
 import { DbxError } from "../errors.ts";
 import { markNotSent, PoolExhaustedError } from "../failure.ts";
 import { Pipes, type PipeSettings } from "./pipeline.ts";
-import { sendCached, type StatementCache } from "./statement_cache.ts";
+import { sendCached, type StatementCache, statementMessage } from "./statement_cache.ts";
 import type { NodeRole, Tracer } from "../observe/observe.ts";
 import { type PgTarget, pgTarget } from "../config/tls.ts";
 
@@ -51,7 +51,7 @@ export interface NodeState {
   readonly healthy: boolean;
   /** Last successful probe. */
   readonly probe: ProbeSample | undefined;
-  /** Why the node is down; undefined while it is up. */
+  /** Why the node is down, or (still up) why its last probe failed; undefined after a success. */
   readonly error: unknown;
   /** Consecutive failed probes. */
   readonly probeFailures: number;
@@ -367,14 +367,14 @@ export class Node implements BalancerNode {
 
   /**
    * Wraps an error raised on this node into a {@linkcode DbxError} naming the
-   * node, keeping the original as `cause`.
+   * node (and a statement by its text, not dbx's name for it), keeping the original as `cause`.
    *
    * @param err The error.
    * @returns A DbxError for the caller.
    */
   wrap(err: unknown): DbxError {
     if (err instanceof DbxError) return err;
-    let message = err instanceof Error ? err.message : String(err);
+    let message = statementMessage(err, err instanceof Error ? err.message : String(err));
     // pg's words for a SCRAM login without a password say nothing a user can act on.
     if (message.includes("client password must be a string")) {
       message =

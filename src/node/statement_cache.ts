@@ -150,7 +150,7 @@ export function sendCached(
 ): Promise<pg.QueryResult> {
   const values = args as unknown[];
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
-  if (name === undefined) return send({ text: sql, values });
+  if (name === undefined) return send({ text: sql, values }).catch((err) => named(err, "", sql));
   return send({ text: sql, values, name }).catch((err) => {
     if (pgErrorCode(err) === "42P05") {
       // Our own name already prepared on this server connection: only a
@@ -162,8 +162,38 @@ export function sendCached(
     }
     const why = staleStatement(err);
     // Inside a transaction the failure aborted it: nothing can be re-sent.
-    if (why === undefined || client.getTransactionStatus() !== "I") throw err;
+    if (why === undefined || client.getTransactionStatus() !== "I") return named(err, name, sql);
     const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
-    return send({ text: sql, values, name: again });
+    return send({ text: sql, values, name: again }).catch((e) => named(e, again, sql));
   });
+}
+
+/** Longest prefix of a statement's text that an error message shows. */
+const SHOWN_SQL_CHARS = 80;
+
+/** Per error `sendCached` rejected with: its statement's name ("" when unnamed) and text. */
+const statements = new WeakMap<object, { readonly name: string; readonly sql: string }>();
+
+/** Remembers which statement `err` is about, and rethrows it. */
+function named(err: unknown, name: string, sql: string): never {
+  if (typeof err === "object" && err !== null) statements.set(err, { name, sql });
+  throw err;
+}
+
+/**
+ * The message of an error {@linkcode sendCached} rejected with, naming the
+ * statement by its text (on one line, at most 80 characters) where the
+ * server named it by dbx's internal prepared-statement name: `bind message
+ * supplies 1 parameters, but prepared statement "select $1 + $2" requires 2`.
+ *
+ * @param err A thrown value.
+ * @param message Its message as the server worded it.
+ * @returns The message, naming the statement's text when the server named the statement.
+ */
+export function statementMessage(err: unknown, message: string): string {
+  const statement = typeof err === "object" && err !== null ? statements.get(err) : undefined;
+  if (statement === undefined) return message;
+  const text = statement.sql.replace(/\s+/g, " ").trim();
+  const shown = text.length > SHOWN_SQL_CHARS ? `${text.slice(0, SHOWN_SQL_CHARS)}…` : text;
+  return message.replaceAll(`statement "${statement.name}"`, () => `statement "${shown}"`);
 }

@@ -144,6 +144,8 @@ export interface DbTestOptions {
  * @param fn The test body: gets the cluster and the test context.
  * @param options Cluster settings for this test.
  * @returns Nothing: the test is registered with `Deno.test`.
+ * @throws {Error} outside Deno (Bun, Node), which has no `Deno.test`: use
+ * {@linkcode testCluster} with the runner's own test function there.
  *
  * @example
  * ```ts
@@ -160,8 +162,9 @@ export function dbTest(
   fn: (cluster: Cluster, t: Deno.TestContext) => Promise<void> | void,
   options: DbTestOptions = {},
 ): void {
+  const register = denoTestRegistrar();
   const why = noDatabase();
-  Deno.test({
+  register({
     name: why === undefined ? name : `${name} (ignored: ${why})`,
     ignore: why !== undefined,
     async fn(t) {
@@ -173,6 +176,29 @@ export function dbTest(
       }
     },
   });
+}
+
+/**
+ * Deno's `Deno.test`, for {@linkcode dbTest}: on another runtime (Bun, Node)
+ * there is none, and the error says what to use there.
+ *
+ * @param global Where to look for `Deno`. @default globalThis
+ * @returns A function that registers a test.
+ * @throws {Error} when `global` has no `Deno.test`.
+ */
+export function denoTestRegistrar(
+  global: object = globalThis,
+): (definition: Deno.TestDefinition) => void {
+  const deno = (global as { Deno?: { test?: unknown } }).Deno;
+  const test = deno?.test;
+  if (typeof test !== "function") {
+    throw new Error(
+      "dbTest() needs Deno's test runner (Deno.test), which this runtime does not have: " +
+        "use testCluster() in your runner's own test function instead, e.g. " +
+        "test(name, async () => { await using cluster = await testCluster(); ... })",
+    );
+  }
+  return (definition) => test.call(deno, definition);
 }
 
 /** What {@linkcode noDatabase} decided for this test file. */

@@ -135,8 +135,9 @@ export function stream<T>(
   args: readonly unknown[] | undefined,
   options: ReadStreamOptions | undefined,
 ): AsyncIterable<T> {
-  core.d.assertOpen();
-  const batchSize = check(read ? "readStream" : "stream", sql, args, options);
+  const method = read ? "readStream" : "stream";
+  core.d.assertOpen(method);
+  const batchSize = check(method, sql, args, options);
   const call: StreamCall = {
     core,
     read,
@@ -150,7 +151,7 @@ export function stream<T>(
 }
 
 async function* iterate<T>(call: StreamCall): AsyncGenerator<T, void, undefined> {
-  call.core.d.assertOpen();
+  call.core.d.assertOpen(call.read ? "readStream" : "stream");
   const { signal, clear } = callSignal(call.options);
   try {
     if (call.ambient !== undefined) yield* inTransaction<T>(call, call.ambient, signal);
