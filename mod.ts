@@ -55,6 +55,7 @@ export type {
   ResolvedNode,
   RetryConfig,
   TypeParsers,
+  WithDefaults,
 } from "./src/config/config.ts";
 export type { Pem, SslConfig } from "./src/config/tls.ts";
 export { leastInFlight, random, roundRobin } from "./src/call/balancer.ts";

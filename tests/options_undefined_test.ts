@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { type ClusterConfig, resolveConfig } from "../mod.ts";
 import type {
   ConnectionOptions,
   ListenOptions,
@@ -79,3 +80,47 @@ dbTest(
     assert.deepEqual((await cluster.pgPool(pool).query("select 6 as n")).rows, [{ n: 6 }]);
   },
 );
+
+Deno.test("every config field accepts an explicit undefined, meaning its default", () => {
+  const url = "postgres://app@db1:5432/app";
+  const config: ClusterConfig = {
+    master: { url, name: maybe(), pool: maybe(), tracer: maybe(), ssl: maybe(), session: maybe() },
+    replicas: maybe(),
+    pool: {
+      max: maybe(),
+      min: maybe(),
+      idleTimeoutMs: maybe(),
+      maxLifetimeMs: maybe(),
+      connectTimeoutMs: maybe(),
+    },
+    retry: {
+      maxAttempts: maybe(),
+      baseDelayMs: maybe(),
+      maxDelayMs: maybe(),
+      waitForPrimaryMs: maybe(),
+      retryable: maybe(),
+    },
+    healthCheck: { intervalMs: maybe(), timeoutMs: maybe(), failuresBeforeDown: maybe() },
+    balancer: maybe(),
+    session: maybe(),
+    logger: maybe(),
+    metrics: maybe(),
+    tracer: maybe(),
+    slowQueryThresholdMs: maybe(),
+    maxLagMs: maybe(),
+    pipeline: { connections: maybe(), maxDepth: maybe() },
+    types: maybe(),
+    statementCache: maybe(),
+    requirePrimary: maybe(),
+    requireAllNodes: maybe(),
+  };
+  const resolved = resolveConfig(config);
+  const plain = resolveConfig({ master: url });
+  assert.deepEqual(resolved.nodes[0]!.pool, plain.nodes[0]!.pool);
+  assert.deepEqual(resolved.retry.maxAttempts, plain.retry.maxAttempts);
+  assert.deepEqual(resolved.healthCheck, plain.healthCheck);
+  assert.deepEqual(resolved.pipeline, plain.pipeline);
+  assert.equal(resolved.statementCache, plain.statementCache);
+  assert.equal(resolved.requirePrimary, plain.requirePrimary);
+  assert.equal(resolved.nodes[0]!.name, plain.nodes[0]!.name);
+});

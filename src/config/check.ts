@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { PoolConfig } from "./config.ts";
+import type { PoolConfig, WithDefaults } from "./config.ts";
 import { redactUrl } from "./redact.ts";
 import { KNOWN, onlyKnownKeys } from "./keys.ts";
 import { ConfigError } from "../errors.ts";
@@ -74,8 +74,8 @@ export function plainObject(field: string, value: unknown): Record<string, unkno
 export function resolvePool(
   field: string,
   raw: unknown,
-  base: Required<PoolConfig>,
-): Required<PoolConfig> {
+  base: WithDefaults<PoolConfig>,
+): WithDefaults<PoolConfig> {
   const p = plainObject(field, raw);
   onlyKnownKeys(field, p, KNOWN.pool);
   const max = integer(`${field}.max`, p.max, base.max, 1);

@@ -12,6 +12,19 @@ import type { Logger, MetricsHook, NodeRole, Tracer } from "../observe/observe.t
 import type { SslConfig } from "./tls.ts";
 
 /**
+ * A settings object as validation leaves it: every field present, none
+ * `undefined` (the defaults filled in).
+ *
+ * @example
+ * ```ts
+ * import { POOL_DEFAULTS, type WithDefaults, type PoolConfig } from "@codelab/dbx";
+ *
+ * const pool: WithDefaults<PoolConfig> = { ...POOL_DEFAULTS, max: 20 };
+ * ```
+ */
+export type WithDefaults<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
+
+/**
  * Per-node connection pool settings (one `pg.Pool` per node).
  *
  * @example
@@ -23,15 +36,15 @@ import type { SslConfig } from "./tls.ts";
  */
 export interface PoolConfig {
   /** Most connections open at once. @default 10 */
-  max?: number;
+  max?: number | undefined;
   /** Connections kept open even when idle. @default 0 */
-  min?: number;
+  min?: number | undefined;
   /** Close a connection idle for this long (0 = never). @default 30_000 */
-  idleTimeoutMs?: number;
+  idleTimeoutMs?: number | undefined;
   /** Retire a connection after this long, once idle (0 = never). @default 3_600_000 */
-  maxLifetimeMs?: number;
+  maxLifetimeMs?: number | undefined;
   /** Give up establishing a connection (or waiting for a free one) after this long. @default 5_000 */
-  connectTimeoutMs?: number;
+  connectTimeoutMs?: number | undefined;
 }
 
 /**
@@ -47,11 +60,11 @@ export interface PoolConfig {
  */
 export interface RetryConfig {
   /** Attempts in total, the first included; 1 disables retries. @default 3 */
-  maxAttempts?: number;
+  maxAttempts?: number | undefined;
   /** Backoff base: the cap before jitter is `baseDelayMs * 2 ** (n - 1)`. @default 50 */
-  baseDelayMs?: number;
+  baseDelayMs?: number | undefined;
   /** Upper bound of one backoff delay. @default 1_000 */
-  maxDelayMs?: number;
+  maxDelayMs?: number | undefined;
   /**
    * When no primary is known (a failover in progress), how long a write or
    * `begin` waits for the checker to find one, re-probing every ~100 ms,
@@ -59,13 +72,13 @@ export interface RetryConfig {
    * `NoHealthyNodeError`.
    * @default 5_000
    */
-  waitForPrimaryMs?: number;
+  waitForPrimaryMs?: number | undefined;
   /**
    * Extra veto on retrying: return `false` to fail at once. It cannot make an
    * unsafe retry happen (a write that may have reached the server is never re-sent).
    * @default isRetryable
    */
-  retryable?: (err: unknown) => boolean;
+  retryable?: ((err: unknown) => boolean) | undefined;
 }
 
 /**
@@ -80,11 +93,11 @@ export interface RetryConfig {
  */
 export interface HealthCheckConfig {
   /** Time between probe rounds. @default 2_000 */
-  intervalMs?: number;
+  intervalMs?: number | undefined;
   /** Bound on one probe (connect and query). @default 1_000 */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Consecutive failed probes before a node is marked down. @default 1 */
-  failuresBeforeDown?: number;
+  failuresBeforeDown?: number | undefined;
 }
 
 /**
@@ -99,13 +112,13 @@ export interface HealthCheckConfig {
  */
 export interface NodeConfig {
   /** Display name in stats, logs and errors. @default "host:port" of the URL */
-  name?: string;
+  name?: string | undefined;
   /** `postgres://user:password@host:port/database?...` */
   url: string;
   /** Overrides of the cluster-wide pool settings for this node. @default {} */
-  pool?: PoolConfig;
+  pool?: PoolConfig | undefined;
   /** Tracer for this node, overriding the cluster one. @default undefined */
-  tracer?: Tracer;
+  tracer?: Tracer | undefined;
   /**
    * TLS for this node's connections (pool, pipelined connections, health
    * probes): pg's `ssl` option. `true` verifies the server against the
@@ -115,13 +128,13 @@ export interface NodeConfig {
    * (`sslrootcert`, ...) cannot be combined with it.
    * @default undefined (what the URL's `sslmode` says; pg's default is no TLS)
    */
-  ssl?: boolean | SslConfig;
+  ssl?: boolean | SslConfig | undefined;
   /**
    * PostgreSQL settings for this node's connections, merged over the
    * cluster-wide {@linkcode ClusterConfig.session} (this node's value wins).
    * @default {}
    */
-  session?: Record<string, string>;
+  session?: Record<string, string> | undefined;
 }
 
 /**
@@ -149,9 +162,9 @@ export interface ClusterConfig {
    * roles). A multi-host URL (`postgres://h1,h2:5433/app`) makes each host a
    * node whose role is learned from the server. Required unless `nodes` is given.
    */
-  master?: string | NodeConfig;
+  master?: string | NodeConfig | undefined;
   /** Read replicas, with `master`. @default [] */
-  replicas?: readonly (string | NodeConfig)[];
+  replicas?: readonly (string | NodeConfig)[] | undefined;
   /**
    * Every server, instead of `master` and `replicas`: no role is assumed,
    * each node's role comes from the server (`pg_is_in_recovery()`), and
@@ -169,15 +182,15 @@ export interface ClusterConfig {
    * });
    * ```
    */
-  nodes?: readonly (string | NodeConfig)[];
+  nodes?: readonly (string | NodeConfig)[] | undefined;
   /** Pool settings for every node. @default see {@linkcode PoolConfig} */
-  pool?: PoolConfig;
+  pool?: PoolConfig | undefined;
   /** Retry policy. @default see {@linkcode RetryConfig} */
-  retry?: RetryConfig;
+  retry?: RetryConfig | undefined;
   /** Health checking. @default see {@linkcode HealthCheckConfig} */
-  healthCheck?: HealthCheckConfig;
+  healthCheck?: HealthCheckConfig | undefined;
   /** Replica selection. @default roundRobin() */
-  balancer?: Balancer;
+  balancer?: Balancer | undefined;
   /**
    * PostgreSQL settings applied to every connection dbx opens (pool,
    * pipelined connections, health probes, LISTEN): sent at connect time in
@@ -199,24 +212,24 @@ export interface ClusterConfig {
    * });
    * ```
    */
-  session?: Record<string, string>;
+  session?: Record<string, string> | undefined;
   /**
    * Where dbx logs node changes, retries and slow queries. Without one, each node that does not
    * answer at startup still gets one `console.warn`. @default silent (`noopLogger` silences all)
    */
-  logger?: Logger;
+  logger?: Logger | undefined;
   /** Metrics callbacks. @default undefined */
-  metrics?: MetricsHook;
+  metrics?: MetricsHook | undefined;
   /** Tracer for every node without its own. @default undefined */
-  tracer?: Tracer;
+  tracer?: Tracer | undefined;
   /** Log statements slower than this at warn level (undefined = off). @default undefined */
-  slowQueryThresholdMs?: number;
+  slowQueryThresholdMs?: number | undefined;
   /**
    * Default `maxLagMs` for every read: replicas whose replay lag is above it
    * are skipped (a call's own `maxLagMs` overrides it).
    * @default undefined (any healthy replica)
    */
-  maxLagMs?: number;
+  maxLagMs?: number | undefined;
   /**
    * Automatic pipelining of statements that need no session of their own
    * (`exec`, `query`, `queryRow`, `readQuery`, `readQueryRow` without a
@@ -225,7 +238,10 @@ export interface ClusterConfig {
    * rest use the pool. `false` sends every statement on a pooled connection.
    * @default { connections: 2, maxDepth: 64 }
    */
-  pipeline?: boolean | { connections?: number; maxDepth?: number };
+  pipeline?:
+    | boolean
+    | { connections?: number | undefined; maxDepth?: number | undefined }
+    | undefined;
   /**
    * How result values are parsed, by type OID: pg's `types` option (the
    * shape of `pg.types`). Default: pg's parsers (`int8` and `numeric` come back
@@ -247,7 +263,7 @@ export interface ClusterConfig {
    * const { n } = await cluster.queryRow<{ n: bigint }>("select 9007199254740993::int8 as n");
    * ```
    */
-  types?: TypeParsers;
+  types?: TypeParsers | undefined;
   /**
    * Statement cache: statements with parameters run as named prepared
    * statements, so each connection parses a text once; this many per
@@ -255,19 +271,19 @@ export interface ClusterConfig {
    * turns it off (PgBouncer in transaction pooling mode).
    * @default 256
    */
-  statementCache?: number | false;
+  statementCache?: number | false | undefined;
   /**
    * `false`: `connect()` resolves once any node answers, even when none is
    * primary yet (reads work; writes wait or fail as `retry.waitForPrimaryMs` says).
    * @default true
    */
-  requirePrimary?: boolean;
+  requirePrimary?: boolean | undefined;
   /**
    * `true`: `connect()` waits (retry policy) for every node to answer, else fails with a
    * `NoHealthyNodeError` naming each node that did not, instead of starting on part of the cluster.
    * @default false
    */
-  requireAllNodes?: boolean;
+  requireAllNodes?: boolean | undefined;
 }
 
 /**
@@ -295,7 +311,7 @@ export interface ResolvedNode {
   /** Role given by the config, `"unknown"` for `nodes` and multi-host URLs (the server's answer wins once probed). */
   readonly configuredRole: NodeRole;
   /** Pool settings with defaults and cluster-wide values applied. */
-  readonly pool: Required<PoolConfig>;
+  readonly pool: WithDefaults<PoolConfig>;
   /** The node's tracer, else the cluster's. */
   readonly tracer: Tracer | undefined;
   /** TLS settings for pg, when given (`url` then carries no TLS parameter). */
@@ -319,9 +335,9 @@ export interface ResolvedConfig {
   /** Master first, then replicas in config order. */
   readonly nodes: readonly ResolvedNode[];
   /** Retry policy with defaults. */
-  readonly retry: Required<RetryConfig>;
+  readonly retry: WithDefaults<RetryConfig>;
   /** Health checking with defaults. */
-  readonly healthCheck: Required<HealthCheckConfig>;
+  readonly healthCheck: WithDefaults<HealthCheckConfig>;
   /** Replica selection. */
   readonly balancer: Balancer;
   /** Logger (silent by default). */
@@ -377,7 +393,7 @@ export interface TypeParsers {
  * console.log(POOL_DEFAULTS.max); // 10
  * ```
  */
-export const POOL_DEFAULTS: Readonly<Required<PoolConfig>> = Object.freeze({
+export const POOL_DEFAULTS: Readonly<WithDefaults<PoolConfig>> = Object.freeze({
   max: 10,
   min: 0,
   idleTimeoutMs: 30_000,
@@ -395,7 +411,7 @@ export const POOL_DEFAULTS: Readonly<Required<PoolConfig>> = Object.freeze({
  * console.log(HEALTH_CHECK_DEFAULTS.intervalMs); // 2000
  * ```
  */
-export const HEALTH_CHECK_DEFAULTS: Readonly<Required<HealthCheckConfig>> = Object.freeze({
+export const HEALTH_CHECK_DEFAULTS: Readonly<WithDefaults<HealthCheckConfig>> = Object.freeze({
   intervalMs: 2_000,
   timeoutMs: 1_000,
   failuresBeforeDown: 1,
@@ -411,9 +427,11 @@ export const HEALTH_CHECK_DEFAULTS: Readonly<Required<HealthCheckConfig>> = Obje
  * console.log(RETRY_DEFAULTS.maxAttempts); // 3
  * ```
  */
-export const RETRY_DEFAULTS: Readonly<Required<Omit<RetryConfig, "retryable">>> = Object.freeze({
-  maxAttempts: 3,
-  baseDelayMs: 50,
-  maxDelayMs: 1_000,
-  waitForPrimaryMs: 5_000,
-});
+export const RETRY_DEFAULTS: Readonly<WithDefaults<Omit<RetryConfig, "retryable">>> = Object.freeze(
+  {
+    maxAttempts: 3,
+    baseDelayMs: 50,
+    maxDelayMs: 1_000,
+    waitForPrimaryMs: 5_000,
+  },
+);

@@ -9,7 +9,13 @@
  */
 
 import { type Balancer, random, roundRobin } from "../call/balancer.ts";
-import type { ClusterConfig, NodeConfig, PoolConfig, ResolvedNode } from "./config.ts";
+import type {
+  ClusterConfig,
+  NodeConfig,
+  PoolConfig,
+  ResolvedNode,
+  WithDefaults,
+} from "./config.ts";
 import { redactUrl } from "./redact.ts";
 import { checkMethods, checkTracer, fail, flag, plainObject, resolvePool } from "./check.ts";
 import { KNOWN, onlyKnownKeys } from "./keys.ts";
@@ -51,7 +57,7 @@ function resolveNode(
   field: string,
   raw: unknown,
   role: NodeRole,
-  pool: Required<PoolConfig>,
+  pool: WithDefaults<PoolConfig>,
   tracer: Tracer | undefined,
   session: Readonly<Record<string, string>>,
   params: LibpqParams,
@@ -137,7 +143,7 @@ function resolveNode(
  */
 function resolveNodes(
   c: Partial<ClusterConfig>,
-  pool: Required<PoolConfig>,
+  pool: WithDefaults<PoolConfig>,
   tracer: Tracer | undefined,
   params: LibpqParams,
 ): { nodes: ResolvedNode[]; fields: string[] } {
@@ -228,7 +234,7 @@ function identity(node: ResolvedNode): string {
  */
 export function resolveTopology(
   c: Partial<ClusterConfig>,
-  pool: Required<PoolConfig>,
+  pool: WithDefaults<PoolConfig>,
   tracer: Tracer | undefined,
 ): {
   nodes: ResolvedNode[];

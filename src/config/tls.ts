@@ -32,15 +32,15 @@ export type Pem = string | Uint8Array | readonly (string | Uint8Array)[];
  */
 export interface SslConfig {
   /** Certificate authorities to trust instead of the system's (PEM). @default the system's */
-  ca?: Pem;
+  ca?: Pem | undefined;
   /** Client certificate chain, for certificate authentication (PEM). @default undefined */
-  cert?: Pem;
+  cert?: Pem | undefined;
   /** Private key of the client certificate (PEM). Never logged. @default undefined */
-  key?: Pem;
+  key?: Pem | undefined;
   /** Refuse a server whose certificate does not verify. @default true */
-  rejectUnauthorized?: boolean;
+  rejectUnauthorized?: boolean | undefined;
   /** Name checked against the server certificate (SNI), when the URL's host is not it. @default the URL's host */
-  servername?: string;
+  servername?: string | undefined;
 }
 
 /** The keys {@linkcode SslConfig} accepts. */
@@ -216,9 +216,9 @@ export interface PgTarget {
   /** The connection string handed to pg (no password is ever shown from it). */
   readonly connectionString: string;
   /** pg's `ssl` option, when the node has one. */
-  readonly ssl?: boolean | SslConfig;
+  readonly ssl?: boolean | SslConfig | undefined;
   /** pg's `options` startup parameter (`-c name=value ...`), when the node has session settings. */
-  readonly options?: string;
+  readonly options?: string | undefined;
 }
 
 /**

@@ -12,7 +12,7 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import { discardClient } from "./pg_internals.ts";
-import type { HealthCheckConfig } from "../config/config.ts";
+import type { HealthCheckConfig, WithDefaults } from "../config/config.ts";
 import { DbxError } from "../errors.ts";
 import type { Node, NodeState, ProbeSample } from "./node.ts";
 import type { Observer } from "../observe/observe.ts";
@@ -156,7 +156,7 @@ export function topologyOf(nodes: readonly Node[]): Topology {
 export class HealthChecker {
   readonly #nodes: readonly Node[];
   readonly #probers: Map<Node, Prober>;
-  readonly #config: Required<HealthCheckConfig>;
+  readonly #config: WithDefaults<HealthCheckConfig>;
   readonly #observer: Observer;
   #topology: Topology;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -174,7 +174,7 @@ export class HealthChecker {
    * @param config Interval, timeout and failure threshold.
    * @param observer Logger and hooks.
    */
-  constructor(nodes: readonly Node[], config: Required<HealthCheckConfig>, observer: Observer) {
+  constructor(nodes: readonly Node[], config: WithDefaults<HealthCheckConfig>, observer: Observer) {
     this.#nodes = nodes;
     this.#config = config;
     this.#observer = observer;
