@@ -43,7 +43,7 @@ export type {
   Tx,
 } from "./src/executor.ts";
 export type { Client, Component } from "./src/cluster/component.ts";
-export { HEALTH_CHECK_DEFAULTS, POOL_DEFAULTS, RETRY_DEFAULTS } from "./src/config/config.ts";
+export { HEALTH_CHECK_DEFAULTS, POOL_DEFAULTS, RETRY_DEFAULTS } from "./src/config/defaults.ts";
 export { resolveConfig } from "./src/config/resolve.ts";
 export { redactUrl } from "./src/config/redact.ts";
 export type {

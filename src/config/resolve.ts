@@ -7,14 +7,8 @@
  */
 
 import { isRetryable } from "../failure.ts";
-import {
-  type ClusterConfig,
-  HEALTH_CHECK_DEFAULTS,
-  POOL_DEFAULTS,
-  type ResolvedConfig,
-  RETRY_DEFAULTS,
-  type RetryConfig,
-} from "./config.ts";
+import type { ClusterConfig, ResolvedConfig, RetryConfig } from "./config.ts";
+import { HEALTH_CHECK_DEFAULTS, POOL_DEFAULTS, RETRY_DEFAULTS } from "./defaults.ts";
 import {
   checkMethods,
   checkTracer,
