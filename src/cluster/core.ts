@@ -320,6 +320,11 @@ export class ClusterCore {
         round.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
       });
     });
+    return this.lastHealth();
+  }
+
+  /** The report of the last check round, without probing (what metrics read on collection). */
+  lastHealth(): HealthReport {
     return buildHealth(this.#nodes, this.#checker.topology);
   }
 

@@ -90,6 +90,11 @@ export interface Observation {
 export class Observer {
   readonly logger: Logger;
   readonly metrics: MetricsHook | undefined;
+  /**
+   * Hooks attached after the cluster was built (`otelMetrics(cluster)`), each
+   * called after the configured one and guarded like it. Detach by deleting.
+   */
+  readonly listeners: Set<MetricsHook> = new Set();
   readonly #slowMs: number | undefined;
   readonly #attemptHooks: boolean;
 
@@ -113,7 +118,7 @@ export class Observer {
    * @returns `true` when a hook, a tracer or the slow-query log listens.
    */
   observes(node: ObservedNode): boolean {
-    return this.#attemptHooks || node.tracer !== undefined;
+    return this.#attemptHooks || this.listeners.size > 0 || node.tracer !== undefined;
   }
 
   /**
@@ -174,7 +179,7 @@ export class Observer {
   }
 
   /**
-   * Calls one metrics hook, guarded.
+   * Calls one metrics hook, guarded: the configured one, then each listener.
    *
    * @param name The hook.
    * @param event Its event.
@@ -184,6 +189,8 @@ export class Observer {
     event: Parameters<NonNullable<MetricsHook[K]>>[0],
   ): void {
     callHook(this.logger, this.metrics, name, event);
+    if (this.listeners.size === 0) return;
+    for (const listener of this.listeners) callHook(this.logger, listener, name, event);
   }
 
   /**

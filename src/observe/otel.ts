@@ -1,14 +1,16 @@
 /**
- * OpenTelemetry tracing for dbx: {@linkcode otelTracer} turns every attempt of
- * every statement into a CLIENT span with the stable database semantic
- * conventions, nested under the caller's active span.
+ * OpenTelemetry for dbx, with the stable database semantic conventions:
+ * {@linkcode otelTracer} turns every attempt of every statement into a CLIENT
+ * span nested under the caller's active span, and {@linkcode otelMetrics}
+ * records attempt durations and the pools, health, lag and retries of every node.
  *
- * @example One line of wiring
+ * @example One line of wiring each
  * ```ts
  * import { connect } from "@codelab/dbx";
- * import { otelTracer } from "@codelab/dbx/otel";
+ * import { otelMetrics, otelTracer } from "@codelab/dbx/otel";
  *
  * await using cluster = await connect({ master: "postgres://app@db1:5432/app", tracer: otelTracer() });
+ * using _metrics = otelMetrics(cluster);
  * ```
  *
  * @module
@@ -24,8 +26,18 @@ import {
   type Tracer as OtelTracer,
 } from "@opentelemetry/api";
 import { pgErrorCode } from "../failure.ts";
+import {
+  DB_SYSTEM,
+  errorTypeOf,
+  INSTRUMENTATION_NAME,
+  INSTRUMENTATION_VERSION,
+  operationOf,
+} from "./otel_semconv.ts";
 import type { TraceQueryInfo, TraceQueryOutcome, Tracer } from "./observe.ts";
 
+// Metrics live in their own file; this is their entry point too.
+export { otelMetrics } from "./otel_metrics.ts";
+export type { MeterProviderLike, OtelMetricsOptions } from "./otel_metrics.ts";
 // Re-exported so that this entry point documents otelTracer()'s signature in full.
 export type { NodeRole, QueryEvent, TraceQueryInfo, TraceQueryOutcome, Tracer } from "./observe.ts";
 
@@ -49,42 +61,10 @@ export interface TracerProviderLike {
   getTracer(name: string, version?: string): unknown;
 }
 
-const TRACER_NAME = "@codelab/dbx";
-const TRACER_VERSION = "0.1.0";
-const DB_SYSTEM = "postgresql";
-
-/** A leading plain word; anything else (a parenthesis, a comment) yields no operation. */
-const FIRST_WORD = /^\s*([A-Za-z]+)(?![\w$])/;
-/** Node.js system error codes (ECONNREFUSED, ETIMEDOUT): low-cardinality, unlike messages. */
-const SYSTEM_ERROR_CODE = /^E[A-Z0-9_]+$/;
-
-/**
- * The statement's first keyword, upper-cased (`SELECT`, `INSERT`, `WITH`, ...).
- * An anchored regex only looks at the start of the text, so this stays cheap
- * for long statements.
- */
-function operationOf(sql: string): string | undefined {
-  return FIRST_WORD.exec(sql)?.[1]?.toUpperCase();
-}
-
 /** `server.address:server.port`, the span name's target (IPv6 in brackets). */
 function targetOf(host: string, port: number): string | undefined {
   if (host === "") return undefined;
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;
-}
-
-/**
- * `error.type`: the SQLSTATE when the server sent one, else the client's
- * error code (`ECONNRESET`), else the error's class name.
- */
-function errorTypeOf(err: unknown, sqlState: string | undefined): string {
-  if (sqlState !== undefined) return sqlState;
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
-    if (typeof code === "string" && SYSTEM_ERROR_CODE.test(code)) return code;
-    return err.name;
-  }
-  return "_OTHER";
 }
 
 function isSpan(handle: unknown): handle is Span {
@@ -171,7 +151,10 @@ function annotate(span: Span, outcome: TraceQueryOutcome): void {
 export function otelTracer(provider?: TracerProviderLike): Tracer {
   let tracer: OtelTracer | undefined;
   try {
-    const got = (provider ?? trace.getTracerProvider()).getTracer(TRACER_NAME, TRACER_VERSION);
+    const got = (provider ?? trace.getTracerProvider()).getTracer(
+      INSTRUMENTATION_NAME,
+      INSTRUMENTATION_VERSION,
+    );
     if (typeof (got as Partial<OtelTracer> | undefined)?.startSpan === "function") {
       tracer = got as OtelTracer;
     }
