@@ -70,6 +70,8 @@ function isMeter(value: unknown): value is Meter {
   const m = value as Partial<Meter> | undefined;
   return typeof m?.createHistogram === "function" &&
     typeof m.createObservableGauge === "function" &&
+    typeof m.createObservableUpDownCounter === "function" &&
+    typeof m.createObservableCounter === "function" &&
     typeof m.addBatchObservableCallback === "function" &&
     typeof m.removeBatchObservableCallback === "function";
 }
