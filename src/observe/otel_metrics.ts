@@ -134,10 +134,46 @@ function durationRecorder(core: ClusterCore, meter: Meter): MetricsHook {
 }
 
 /** The per-node instruments, read from the cluster on each collection. */
-type NodeInstruments = Record<
-  "connections" | "pending" | "healthy" | "lag" | "retries",
-  Observable
->;
+type NodeInstruments = Record<(typeof NODE_INSTRUMENTS)[number][0], Observable>;
+
+/** Each per-node instrument: key, kind, name, description, unit. */
+const NODE_INSTRUMENTS = [
+  [
+    "connections",
+    "upDownCounter",
+    "db.client.connection.count",
+    "Open connections of a node's pool, by state (idle or used).",
+    "{connection}",
+  ],
+  [
+    "pending",
+    "upDownCounter",
+    "db.client.connection.pending_requests",
+    "Callers waiting for a connection of a node's pool.",
+    "{request}",
+  ],
+  [
+    "healthy",
+    "gauge",
+    "dbx.node.healthy",
+    "1 while statements are routed to the node, 0 while it is down.",
+    undefined,
+  ],
+  [
+    "lag",
+    "gauge",
+    "dbx.replica.lag",
+    "How far a replica's replay is behind the primary, as of the last health check.",
+    "s",
+  ],
+  [
+    "retries",
+    "counter",
+    "dbx.retries",
+    "Failed attempts on a node that were retried (there or on another node).",
+    "{retry}",
+  ],
+] as const;
 
 /**
  * Creates the observable instruments and the one callback that reads
@@ -149,27 +185,17 @@ function nodeObservers(
   core: ClusterCore,
   meter: Meter,
 ): { callback: BatchObservableCallback; observables: Observable[] } {
-  const instruments: NodeInstruments = {
-    connections: meter.createObservableUpDownCounter("db.client.connection.count", {
-      description: "Open connections of a node's pool, by state (idle or used).",
-      unit: "{connection}",
+  const instruments = Object.fromEntries(
+    NODE_INSTRUMENTS.map(([key, kind, name, description, unit]) => {
+      const options = unit === undefined ? { description } : { description, unit };
+      const instrument = kind === "gauge"
+        ? meter.createObservableGauge(name, options)
+        : kind === "counter"
+        ? meter.createObservableCounter(name, options)
+        : meter.createObservableUpDownCounter(name, options);
+      return [key, instrument];
     }),
-    pending: meter.createObservableUpDownCounter("db.client.connection.pending_requests", {
-      description: "Callers waiting for a connection of a node's pool.",
-      unit: "{request}",
-    }),
-    healthy: meter.createObservableGauge("dbx.node.healthy", {
-      description: "1 while statements are routed to the node, 0 while it is down.",
-    }),
-    lag: meter.createObservableGauge("dbx.replica.lag", {
-      description: "How far a replica's replay is behind the primary, as of the last health check.",
-      unit: "s",
-    }),
-    retries: meter.createObservableCounter("dbx.retries", {
-      description: "Failed attempts on a node that were retried (there or on another node).",
-      unit: "{retry}",
-    }),
-  };
+  ) as NodeInstruments;
   const callback: BatchObservableCallback = (result) => {
     try {
       observeNodes(core, result, instruments);
