@@ -18,7 +18,15 @@
  * @module
  */
 
+import {
+  AggregationTemporality,
+  type DataPoint,
+  type Histogram,
+  MeterProvider,
+  MetricReader,
+} from "@opentelemetry/sdk-metrics";
 import { connect, mayHaveBeenApplied, type MetricsHook } from "../mod.ts";
+import { otelMetrics } from "../src/observe/otel.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
 
 const DURATION_MS = 15_000;
@@ -80,6 +88,51 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** A plain-text table: strings left-aligned, numbers right-aligned. */
+/** An OpenTelemetry metric reader that collects when asked (no timer). */
+class OnDemandReader extends MetricReader {
+  constructor() {
+    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
+  }
+  protected override onForceFlush(): Promise<void> {
+    return Promise.resolve();
+  }
+  protected override onShutdown(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/**
+ * Where reads went and how far each replica is behind, as a dashboard sees
+ * them: from `otelMetrics()`'s `db.client.operation.duration` (SELECT
+ * attempts by server and role) and `dbx.replica.lag`.
+ */
+async function metricsReport(reader: OnDemandReader): Promise<{ reads: string; lag: string }> {
+  const { resourceMetrics } = await reader.collect();
+  const metrics = resourceMetrics.scopeMetrics.flatMap((s) => s.metrics);
+  const points = (name: string) =>
+    metrics.find((m) => m.descriptor.name === name)?.dataPoints ?? [];
+  const reads = new Map<string, { selects: number; other: number }>();
+  for (const p of points("db.client.operation.duration") as DataPoint<Histogram>[]) {
+    const a = p.attributes;
+    const key = `${a["server.address"]}:${a["server.port"]} ${a["dbx.node.role"]}`;
+    const row = reads.get(key) ?? { selects: 0, other: 0 };
+    if (a["db.operation.name"] === "SELECT") row.selects += p.value.count;
+    else row.other += p.value.count;
+    reads.set(key, row);
+  }
+  const lag = (points("dbx.replica.lag") as DataPoint<number>[]).map((p) => [
+    String(p.attributes["db.client.connection.pool.name"]),
+    p.value.toFixed(3),
+  ]);
+  return {
+    reads: table(
+      ["server", "role", "SELECT attempts", "other attempts"],
+      [...reads].map(([key, r]) => [...key.split(" "), r.selects, r.other]),
+    ),
+    lag: table(["replica", "lag s"], lag),
+  };
+}
+
 function table(headers: string[], rows: (string | number)[][]): string {
   const cells = [headers, ...rows.map((r) => r.map(String))];
   const widths = headers.map((_, c) => Math.max(...cells.map((r) => r[c]!.length)));
@@ -146,6 +199,11 @@ async function main(signal: AbortSignal): Promise<number> {
     healthCheck: { intervalMs: 500, timeoutMs: 500 },
     metrics,
   });
+  // The same figures a dashboard would show, from OpenTelemetry metrics.
+  const metricReader = new OnDemandReader();
+  const meterProvider = new MeterProvider({ readers: [metricReader] });
+  using _metrics = otelMetrics(cluster, { meterProvider });
+  let lagBeforeChaos = "";
   await cluster.exec("create table ledger(id bigint not null, writer int not null)");
   // Not unique on purpose: a write applied twice must show up as a duplicate.
   await cluster.exec("create index on ledger(id)");
@@ -224,6 +282,7 @@ async function main(signal: AbortSignal): Promise<number> {
   let promotedAt = NaN;
   try {
     await sleep(started + KILL_AT_MS - performance.now(), signal);
+    lagBeforeChaos = (await metricsReport(metricReader)).lag;
     say(`${clock()}  chaos: killing ${replica2.name} (pg_ctl stop -m immediate)`);
     await local.kill(replica2.name);
     await sleep(started + FAILOVER_AT_MS - performance.now(), signal);
@@ -282,6 +341,12 @@ async function main(signal: AbortSignal): Promise<number> {
       ];
     }),
   ));
+  console.log(
+    "\nFrom otelMetrics() (db.client.operation.duration by server and role, dbx.replica.lag):",
+  );
+  console.log((await metricsReport(metricReader)).reads);
+  console.log(`replica lag before the chaos, from dbx.replica.lag:\n${lagBeforeChaos}`);
+  await meterProvider.shutdown();
   console.log(
     `\ntotals: ${reads} reads, ${acknowledged.length} writes acknowledged; ` +
       `${retries} retries, ${failedReads} failed reads, ${failedWrites} failed writes ` +
