@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 // @ts-types="@types/pg"
 import pg from "pg";
-import { Cluster, type ClusterConfig, connect, resolveConfig } from "../mod.ts";
+import { Cluster, type ClusterConfig, connect, DbxError, resolveConfig } from "../mod.ts";
 import { startLocalCluster, testLogger } from "../src/testing/mod.ts";
 import { configError, named, noPostgres, readLoop, until } from "./helpers.ts";
 
@@ -22,11 +22,16 @@ function assertHides(err: Error, secret: string): void {
   assert.ok(!String(err.stack).includes(secret), `${secret} in the stack`);
 }
 
+/** A URL with `password` as its password. */
+function withPassword(url: string, password: string): string {
+  const u = new URL(url);
+  u.password = password;
+  return u.href;
+}
+
 /** A URL without its password. */
 function withoutPassword(url: string): string {
-  const u = new URL(url);
-  u.password = "";
-  return u.href;
+  return withPassword(url, "");
 }
 
 // --- validation (pure) --------------------------------------------------------------
@@ -174,6 +179,19 @@ Deno.test({
       );
       assert.equal(n, 2);
       assert.ok(asked > 0, "the function was asked");
+      assert.deepEqual(
+        await cluster.withConnection((c) => c.query("select 1 as one")),
+        [{ one: 1 }],
+      );
+      // A LISTEN connection is a new one of its own: it asks too.
+      const beforeListen = asked;
+      const got: string[] = [];
+      {
+        await using _sub = await cluster.listen("password_test", (p) => void got.push(p));
+        assert.ok(asked > beforeListen, "the LISTEN connection asked for the password");
+        await cluster.notify("password_test", "hello");
+        await until(`the notification arrived (got ${got})`, () => got.length === 1);
+      }
       const health = await cluster.health();
       assert.ok(health.nodes.every((n) => n.healthy), Deno.inspect(health));
       for (
@@ -195,10 +213,8 @@ Deno.test({
       const before = asked;
       // The replica checks logins against its own copy of pg_authid: wait
       // (outside dbx) until it accepts the new password.
-      const rotated = new URL(replica!.url);
-      rotated.password = next;
       await until("the replica accepts the new password", async () => {
-        const client = new pg.Client({ connectionString: rotated.href });
+        const client = new pg.Client({ connectionString: withPassword(replica!.url, next) });
         try {
           await client.connect();
           return true;
@@ -270,11 +286,31 @@ Deno.test({
             },
           );
         }
+        await assert.rejects(
+          connect({
+            master: {
+              name: "vaulted",
+              url: withoutPassword(primary!.url),
+              password: () => ({ token: current }) as unknown as string,
+            },
+            retry: { maxAttempts: 1 },
+            logger: testLogger(),
+          }),
+          (err: unknown) => {
+            assert.ok(err instanceof Error, String(err));
+            assert.match(
+              err.message,
+              /vaulted.*the password function returned an object, not a string/,
+            );
+            assertHides(err, current);
+            return true;
+          },
+        );
       },
     );
 
     await t.step(
-      "a node whose password function fails is marked down and reads go elsewhere",
+      "a node whose password function fails is marked down, reads go elsewhere, and it serves again once the function recovers",
       async () => {
         let vaultUp = true;
         const logs = testLogger();
@@ -290,15 +326,33 @@ Deno.test({
           }],
           password: () => current,
           healthCheck: { intervalMs: 100 },
-          pipeline: false,
           logger: logs,
         });
         await failing.readQuery("select 1");
         vaultUp = false;
-        await failing.node("replica").query(
-          "select pg_terminate_backend(pid) from pg_stat_activity where pid <> pg_backend_pid() " +
-            "and usename = current_user and backend_type = 'client backend'",
+        // Every dbx connection to the replica ends (from outside dbx): the next needs the password.
+        const admin = new pg.Client({ connectionString: withPassword(replica!.url, current) });
+        await admin.connect();
+        try {
+          await admin.query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where pid <> pg_backend_pid() " +
+              "and usename = current_user and backend_type = 'client backend'",
+          );
+        } finally {
+          await admin.end();
+        }
+        await until(
+          "dbx dropped its connections to the replica",
+          () => failing.stats().nodes.find((n) => n.name === "replica")!.totalConns === 0,
         );
+        await assert.rejects(failing.node("replica").query("select 1"), (err: unknown) => {
+          assert.ok(err instanceof DbxError, String(err));
+          assert.equal(err.kind, "connection");
+          assert.equal(err.node, "replica");
+          assert.match(err.message, /Cannot connect to node replica.*vault unreachable/);
+          assertHides(err, current);
+          return true;
+        });
         // Reads keep working (on the primary) while the replica cannot be reached.
         const failed = () =>
           logs.entries.filter((e) =>
@@ -312,6 +366,16 @@ Deno.test({
         const down = (await failing.health()).nodes.find((n) => n.name === "replica")!;
         assert.equal(down.healthy, false, Deno.inspect(down));
         for (let i = 0; i < 20; i++) await failing.readQuery("select 1");
+        // A connection whose password could not be given is closed, not reused: once the
+        // function works again, so does the node.
+        vaultUp = true;
+        await until(
+          "the replica is healthy again",
+          async () => (await failing.health()).nodes.every((n) => n.healthy),
+        );
+        for (let i = 0; i < 20; i++) {
+          assert.deepEqual(await failing.node("replica").query("select 1 as one"), [{ one: 1 }]);
+        }
         assert.ok(!JSON.stringify(logs.entries).includes(current));
         assert.ok(!Deno.inspect(logs.entries, { depth: 20 }).includes(current));
       },
