@@ -135,6 +135,13 @@ export interface NodeConfig {
    * @default {}
    */
   session?: Record<string, string> | undefined;
+  /**
+   * This node's password, winning over the cluster-wide
+   * {@linkcode ClusterConfig.password} and the URL's: a string, or a function
+   * asked for each new connection to this node. Never logged.
+   * @default the cluster's `password`, else the URL's password
+   */
+  password?: string | (() => string | Promise<string>) | undefined;
 }
 
 /**
@@ -213,6 +220,29 @@ export interface ClusterConfig {
    * ```
    */
   session?: Record<string, string> | undefined;
+  /**
+   * The password of every node (a node's own `password` wins), winning over
+   * the URLs' passwords: a string, or a function asked each time dbx opens a
+   * connection (pool, pipelined connections, health probes, LISTEN) and the
+   * server asks for a password, so a rotated password or a short-lived token
+   * (RDS IAM, Vault) is picked up by the next connection. A function that
+   * throws or rejects fails that connection attempt like an unreachable node,
+   * with an error naming the node and the cause. Cache an expensive token
+   * yourself. Never logged or printed.
+   * @default the URL's password
+   *
+   * @example
+   * ```ts
+   * import { connect } from "@codelab/dbx";
+   *
+   * declare function vaultPassword(): Promise<string>;
+   * await using cluster = await connect({
+   *   master: "postgres://app@db1:5432/app",
+   *   password: () => vaultPassword(),
+   * });
+   * ```
+   */
+  password?: string | (() => string | Promise<string>) | undefined;
   /**
    * Where dbx logs node changes, retries and slow queries. Without one, each node that does not
    * answer at startup still gets one `console.warn`. @default silent (`noopLogger` silences all)
@@ -318,6 +348,8 @@ export interface ResolvedNode {
   readonly ssl: boolean | SslConfig | undefined;
   /** PostgreSQL settings every connection starts with: the URL's `options`, then `session` (cluster, then node). */
   readonly session: Readonly<Record<string, string>>;
+  /** The node's password, else the cluster's (not enumerable: no inspect or JSON shows it). */
+  readonly password: string | (() => string | Promise<string>) | undefined;
 }
 
 /**

@@ -43,6 +43,7 @@ export const KNOWN = {
     statementCache: true,
     types: true,
     session: true,
+    password: true,
   }),
   node: keysOf<NodeConfig>({
     name: true,
@@ -51,6 +52,7 @@ export const KNOWN = {
     tracer: true,
     ssl: true,
     session: true,
+    password: true,
   }),
   pool: keysOf<PoolConfig>({
     max: true,

@@ -30,6 +30,7 @@ import {
 } from "./multi_host.ts";
 import type { NodeRole, Tracer } from "../observe/observe.ts";
 import { resolveSsl } from "./tls.ts";
+import { checkPassword, type Password } from "./password.ts";
 
 /** libpq's cluster-wide parameters, as found in the URLs, with the field each came from. */
 interface LibpqParams {
@@ -52,14 +53,20 @@ function collect<K extends keyof LibpqParams>(
   params[key] = { value, field } as LibpqParams[K];
 }
 
+/** What a node takes from the cluster-wide settings unless it sets its own. */
+interface ClusterWide {
+  readonly pool: WithDefaults<PoolConfig>;
+  readonly tracer: Tracer | undefined;
+  readonly session: Readonly<Record<string, string>>;
+  readonly password: Password | undefined;
+}
+
 /** One config entry (a URL or a NodeConfig), as one node per host of its URL. */
 function resolveNode(
   field: string,
   raw: unknown,
   role: NodeRole,
-  pool: WithDefaults<PoolConfig>,
-  tracer: Tracer | undefined,
-  session: Readonly<Record<string, string>>,
+  cluster: ClusterWide,
   params: LibpqParams,
 ): ResolvedNode[] {
   const spec: Record<string, unknown> = typeof raw === "string"
@@ -88,13 +95,14 @@ function resolveNode(
   }
   const nodeTracer = spec.tracer;
   if (nodeTracer !== undefined) checkTracer(`${field}.tracer`, nodeTracer);
-  const nodePool = resolvePool(`${field}.pool`, spec.pool, pool);
+  const nodePool = resolvePool(`${field}.pool`, spec.pool, cluster.pool);
+  const password = checkPassword(`${field}.password`, spec.password) ?? cluster.password;
   const nodeSession = resolveSession(`${field}.session`, spec.session);
   const options = queryParams(url).get("options");
   // The URL's settings first, then the cluster's, then the node's: the config wins.
   const merged = Object.freeze({
     ...(options === undefined ? {} : parseOptions(urlField, options)),
-    ...session,
+    ...cluster.session,
     ...nodeSession,
   });
   return multi.hosts.map((h) => {
@@ -122,7 +130,7 @@ function resolveNode(
     if (typeof name !== "string" || name.trim() === "") {
       fail(`${field}.name`, "must be a non-empty string", name);
     }
-    return {
+    const node = {
       name,
       url: pgUrl,
       redactedUrl: redactUrl(pgUrl),
@@ -130,10 +138,14 @@ function resolveNode(
       port,
       configuredRole: many ? "unknown" : role,
       pool: nodePool,
-      tracer: (nodeTracer as Tracer | undefined) ?? tracer,
+      tracer: (nodeTracer as Tracer | undefined) ?? cluster.tracer,
       ssl,
       session: merged,
-    };
+    } as const;
+    // Not enumerable, as pg does: printing or serialising a node shows no password.
+    return Object.defineProperty(node, "password", { value: password, enumerable: false }) as
+      & typeof node
+      & Pick<ResolvedNode, "password">;
   });
 }
 
@@ -149,9 +161,14 @@ function resolveNodes(
 ): { nodes: ResolvedNode[]; fields: string[] } {
   const nodes: ResolvedNode[] = [];
   const fields: string[] = [];
-  const session = resolveSession("session", c.session);
+  const cluster: ClusterWide = {
+    pool,
+    tracer,
+    session: resolveSession("session", c.session),
+    password: checkPassword("password", c.password),
+  };
   const add = (field: string, raw: unknown, role: NodeRole) => {
-    for (const node of resolveNode(field, raw, role, pool, tracer, session, params)) {
+    for (const node of resolveNode(field, raw, role, cluster, params)) {
       nodes.push(node);
       fields.push(field);
     }

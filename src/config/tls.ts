@@ -11,6 +11,7 @@ import type { NodeConfig } from "./config.ts";
 import { sessionOptions } from "./session.ts";
 import { ConfigError } from "../errors.ts";
 import { queryParams, withoutParams } from "./multi_host.ts";
+import { askPassword, type Password } from "./password.ts";
 
 /** PEM text or bytes, or a list of them (pg and `node:tls` accept each form). */
 export type Pem = string | Uint8Array | readonly (string | Uint8Array)[];
@@ -211,7 +212,10 @@ export function resolveSsl(
   return { ssl, url: withoutParams(url, ["sslmode"]) };
 }
 
-/** What pg needs to reach a node: its URL and, when set, its TLS settings and session settings. */
+/**
+ * What pg needs to reach a node: its URL and, when set, its TLS settings,
+ * session settings and password.
+ */
 export interface PgTarget {
   /** The connection string handed to pg (no password is ever shown from it). */
   readonly connectionString: string;
@@ -219,29 +223,43 @@ export interface PgTarget {
   readonly ssl?: boolean | SslConfig | undefined;
   /** pg's `options` startup parameter (`-c name=value ...`), when the node has session settings. */
   readonly options?: string | undefined;
+  /**
+   * Asks the node's configured password, when it has one (winning over the
+   * URL's). Not enumerable: spreading a target into pg's options leaves it
+   * out, since pg lets the URL's password replace that option; it is given
+   * to each client once built (`usePassword` in `node/pg_internals.ts`).
+   */
+  readonly password?: (() => Promise<string>) | undefined;
 }
 
 /**
  * The pg options every connection to a node starts from (pool, pipelined
- * connections, health probes), so TLS and session settings apply to each
- * of them. pg lets a connection string's `options` replace the `options`
+ * connections, health probes, LISTEN), so TLS, session settings and the
+ * password apply to each of them. pg lets a connection string's `options` replace the `options`
  * field, so with session settings (which already hold the URL's) the URL
  * loses its `options` and the field carries them all.
  *
- * @param node The node's resolved URL, TLS and session settings.
- * @returns `connectionString` and, when set, `ssl` and `options`.
+ * @param node The node's name and resolved URL, TLS, session settings and password.
+ * @returns `connectionString` and, when set, `ssl`, `options` and `password`.
  */
 export function pgTarget(
   node: {
+    readonly name: string;
     readonly url: string;
     readonly ssl: boolean | SslConfig | undefined;
     readonly session?: Readonly<Record<string, string>>;
+    readonly password?: Password | undefined;
   },
 ): PgTarget {
   const options = node.session === undefined ? "" : sessionOptions(node.session);
-  return {
+  const target: PgTarget = {
     connectionString: options === "" ? node.url : withoutParams(node.url, ["options"]),
     ...(node.ssl === undefined ? {} : { ssl: node.ssl }),
     ...(options === "" ? {} : { options }),
   };
+  if (node.password === undefined) return target;
+  return Object.defineProperty(target, "password", {
+    value: askPassword(node.name, node.password),
+    enumerable: false,
+  });
 }

@@ -11,7 +11,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { discardClient } from "./pg_internals.ts";
+import { discardClient, usePassword } from "./pg_internals.ts";
 import type { HealthCheckConfig, WithDefaults } from "../config/config.ts";
 import { DbxError } from "../errors.ts";
 import type { Node, NodeState, ProbeSample } from "./node.ts";
@@ -81,6 +81,7 @@ class Prober {
           ...this.#node.target as pg.ClientConfig,
           fallback_application_name: "dbx-health",
         });
+        usePassword(c, this.#node.target);
         // A probe connection that dies while idle is simply replaced next round.
         c.on("error", () => {
           if (this.#client === c) this.#discard();

@@ -9,7 +9,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, connectPool, destroySocket } from "./pg_internals.ts";
+import { clientEnd, connectPool, destroySocket, usePassword } from "./pg_internals.ts";
 import { Lease } from "./lease.ts";
 import type { BalancerNode } from "../call/balancer.ts";
 import type { ResolvedNode } from "../config/config.ts";
@@ -87,7 +87,7 @@ export class Node implements BalancerNode {
   readonly configuredRole: NodeRole;
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
-  /** URL (with its password) and TLS settings: private, so no inspect or JSON shows them. */
+  /** URL (with its password), TLS settings and password: private, so no inspect or JSON shows them. */
   readonly #target: PgTarget;
   readonly #pool: pg.Pool;
   readonly #pipes: Pipes | undefined;
@@ -147,13 +147,13 @@ export class Node implements BalancerNode {
       maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
       fallback_application_name: "dbx",
       ...(options.types === undefined ? {} : { types: options.types }),
-      // Not pg-pool's connectionTimeoutMillis: it arms a timer on every
-      // checkout, even when a connection is free. New connections get the
-      // timeout themselves, and acquire() bounds the wait only when the pool
-      // is exhausted.
+      // Not pg-pool's connectionTimeoutMillis: it arms a timer on every checkout, even when a
+      // connection is free. New connections get the timeout themselves, and acquire() bounds
+      // the wait only when the pool is exhausted.
       Client: class extends pg.Client {
         constructor(options?: pg.ClientConfig) {
           super({ ...options, connectionTimeoutMillis: connectTimeoutMs });
+          usePassword(this, target);
         }
       },
     });
@@ -169,7 +169,7 @@ export class Node implements BalancerNode {
     });
   }
 
-  /** URL and TLS settings every connection to this node starts from (secret: never logged). */
+  /** URL, TLS settings and password every connection to this node starts from (secret: never logged). */
   get target(): PgTarget {
     return this.#target;
   }

@@ -3,8 +3,9 @@
  * CancelRequest (pg has no public cancel), the socket under a client (to cut
  * a connection to a hung host), the Terminate message, pg's message for a
  * client that refuses statements, the `end` of a pooled client (pg-pool
- * clears its per-client lifetime timer only then), and pg-pool's queue of
- * callers waiting for a client (one that gives up must leave it).
+ * clears its per-client lifetime timer only then), pg-pool's queue of
+ * callers waiting for a client (one that gives up must leave it), and the
+ * password of a client (pg lets a URL's replace the option).
  *
  * Internal: nothing here is exported from `mod.ts`.
  *
@@ -15,6 +16,7 @@
 import type pg from "pg";
 import process from "node:process";
 import { markNotSent } from "../failure.ts";
+import type { PgTarget } from "../config/tls.ts";
 
 /** Longest wait for a CancelRequest to be delivered. */
 const CANCEL_TIMEOUT_MS = 2_000;
@@ -24,6 +26,7 @@ const TERMINATE = new Uint8Array([0x58, 0, 0, 0, 4]);
 
 /** The parts of pg's Client that its types leave out. */
 interface RawClient {
+  password: unknown;
   processID: number | null;
   secretKey: number | null;
   _ended: boolean;
@@ -36,7 +39,7 @@ interface RawClient {
   connection: {
     parsedStatements: Record<string, string>;
     submittedNamedStatements: Record<string, string>;
-    once(event: "end", listener: () => void): void;
+    once(event: "end" | "error", listener: () => void): void;
     stream: {
       write(data: Uint8Array, cb: () => void): void;
       destroy(): void;
@@ -166,6 +169,34 @@ export function corkForTick(client: pg.ClientBase): void {
     corked.delete(client);
     stream.uncork!();
   });
+}
+
+/**
+ * Gives a client, once built, its node's configured password: pg reads a
+ * connection string's password over the `password` option (an empty one
+ * when the URL has none), so the option cannot carry it. pg asks for it
+ * only when the server wants a password. When asking fails, pg fails the
+ * connect but leaves the socket open, the server waiting for a password
+ * until its `authentication_timeout`: the socket is cut once pg has
+ * reported the failure (its own listener runs first, so the connect fails
+ * with the password's error, not with "Connection terminated").
+ *
+ * @param client A client not connected yet.
+ * @param target Its node's target; nothing changes when it has no password.
+ */
+export function usePassword(client: pg.ClientBase, target: PgTarget): void {
+  const ask = target.password;
+  if (ask === undefined) return;
+  const c = raw(client);
+  // pg made `password` a non-enumerable property: printing a client shows none.
+  c.password = async () => {
+    try {
+      return await ask();
+    } catch (err) {
+      c.connection.once("error", () => c.connection.stream.destroy());
+      throw err;
+    }
+  };
 }
 
 /**

@@ -13,7 +13,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, corkForTick, destroySocket } from "./pg_internals.ts";
+import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -66,6 +66,7 @@ class Pipe {
       fallback_application_name: "dbx",
       ...(types === undefined ? {} : { types }),
     } as pg.ClientConfig);
+    usePassword(this.client, target);
     this.client.on("error", () => onBroken(this));
     this.ended = clientEnd(this.client).then(() => onBroken(this));
     this.ready = this.client.connect().then(() => {
