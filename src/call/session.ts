@@ -211,14 +211,65 @@ export function runSession<T>(
 }
 
 /**
+ * Options of {@linkcode withSession}.
+ *
+ * @example
+ * ```ts
+ * import type { WithSessionOptions } from "@codelab/dbx";
+ *
+ * const options: WithSessionOptions = { header: "x-consistency" };
+ * ```
+ */
+export interface WithSessionOptions {
+  /**
+   * The HTTP header that carries a session's token between requests and
+   * services. A request's header (a token from `writeToken()` or
+   * `session.token()`) is where its session starts; a response of a session
+   * that wrote (or started from a token) gets the session's token in it, so
+   * the client's or the next service's next request reads what this one
+   * wrote. A header that is not a token is ignored. `false`: no header.
+   * @default "dbx-token"
+   */
+  header?: string | false | undefined;
+}
+
+/** The header the handler's first argument carries, when it is a request. */
+function requestHeader(request: unknown, name: string): string | undefined {
+  const headers = (request as { headers?: { get?: unknown } } | undefined)?.headers;
+  if (typeof headers?.get !== "function") return undefined;
+  const value = (headers.get as (name: string) => string | null).call(headers, name);
+  return value !== null && parseLsn(value) !== undefined ? value : undefined;
+}
+
+/** `response` with the header set; a copy when its headers are immutable. */
+function withHeader(response: Response, name: string, value: string): Response {
+  try {
+    response.headers.set(name, value);
+    return response;
+  } catch {
+    // Immutable headers (Response.redirect, a fetched response): copy it.
+    const copy = new Response(response.body, response);
+    copy.headers.set(name, value);
+    return copy;
+  }
+}
+
+/**
  * Wraps a handler so that each call runs in its own read-your-writes
- * session of `cluster` (framework middleware, `Deno.serve`).
+ * session of `cluster` (framework middleware, `Deno.serve`). With a
+ * `Request` as the first argument, the session starts from the token in
+ * its `dbx-token` header, and a `Response` of a session that wrote carries
+ * the session's token in that header: a browser or a service that sends it
+ * back reads its own writes on the next request, from any replica that has
+ * them.
  *
  * @param cluster The cluster.
  * @param handler The handler.
+ * @param options `header`: the header's name, or `false` for none.
  * @returns The wrapped handler, with the same signature.
+ * @throws {TypeError} when `options.header` is neither a header name nor `false`.
  *
- * @example Every request a session
+ * @example Every request a session, carried across requests by a header
  * ```ts
  * import { connect, withSession } from "@codelab/dbx";
  *
@@ -229,13 +280,39 @@ export function runSession<T>(
  * Deno.serve(withSession(cluster, async (req) => {
  *   if (req.method === "POST") await cluster.exec("insert into hits(path) values ($1)", [req.url]);
  *   const { n } = await cluster.readQueryRow<{ n: number }>("select count(*)::int as n from hits");
- *   return new Response(String(n));
+ *   return new Response(String(n)); // after a POST: with a dbx-token header
  * }));
  * ```
  */
 export function withSession<A extends unknown[], R>(
-  cluster: { session<T>(fn: (session: Session) => T): T },
+  cluster: { session<T>(fn: (session: Session) => T, options?: SessionOptions): T },
   handler: (...args: A) => R,
+  options?: WithSessionOptions,
 ): (...args: A) => R {
-  return (...args) => cluster.session(() => handler(...args));
+  const header = options?.header ?? "dbx-token";
+  if (
+    header !== false &&
+    (typeof header !== "string" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(header))
+  ) {
+    throw new TypeError(
+      `Cannot run withSession() as 'options.header' must be a header name or false: current value is ${
+        describe(header)
+      }`,
+    );
+  }
+  if (header === false) return (...args) => cluster.session(() => handler(...args));
+  return (...args) => {
+    const consistentWith = requestHeader(args[0], header);
+    return cluster.session((session) => {
+      const result = handler(...args);
+      if (!(result instanceof Promise)) return result;
+      return result.then(async (response: unknown) => {
+        if (!(response instanceof Response) || !session.wrote) return response;
+        // No token when the primary cannot say where it is: the request's
+        // own outcome stands; its client only loses the guarantee.
+        const token = await session.token().catch(() => undefined);
+        return token === undefined ? response : withHeader(response, header, token);
+      }) as R;
+    }, { consistentWith });
+  };
 }
