@@ -126,3 +126,45 @@ dbTest(
     );
   },
 );
+
+dbTest(
+  "a POST then a GET carrying the session cookie reads its own write, with replicas lagging",
+  async (cluster) => {
+    await cluster.exec("drop table if exists cookie_notes");
+    await cluster.exec("create table cookie_notes(id int primary key)");
+    const names = replicaNames(cluster);
+    for (const name of names) {
+      await until(
+        `${name} has replayed cookie_notes`,
+        async () =>
+          (await cluster.node(name).queryRow<{ t: string | null }>(
+            "select to_regclass('cookie_notes')::text as t",
+          )).t !== null,
+      );
+    }
+    const handler = withSession(cluster, async (req: Request) => {
+      if (req.method === "POST") {
+        await cluster.exec("insert into cookie_notes values (1)");
+        return new Response(null, { status: 201 });
+      }
+      return Response.json(await cluster.readQuery("select id from cookie_notes"));
+    }, { header: false, cookie: "dbx" });
+    await withPausedReplay(cluster, names, async () => {
+      const posted = await handler(new Request("http://app/", { method: "POST" }));
+      const setCookie = posted.headers.get("set-cookie") ?? "";
+      assert.match(
+        setCookie,
+        /^dbx=[0-9A-F]+%2F[0-9A-F]+; Max-Age=60; Path=\/; HttpOnly; SameSite=Lax$/,
+      );
+      assert.equal(posted.headers.get("dbx-token"), null, "header: false sets no header");
+      const cookie = setCookie.split(";")[0]!;
+      const stale = await handler(new Request("http://app/"));
+      assert.deepEqual(await stale.json(), [], "without the cookie a lagging replica answers");
+      const fresh = await handler(
+        new Request("http://app/", { headers: { cookie: `theme=dark; ${cookie}` } }),
+      );
+      assert.deepEqual(await fresh.json(), [{ id: 1 }]);
+    });
+    await cluster.exec("drop table cookie_notes");
+  },
+);

@@ -231,25 +231,54 @@ export interface WithSessionOptions {
    * @default "dbx-token"
    */
   header?: string | false | undefined;
+  /**
+   * Also carry the token in a cookie of this name, for browsers: read from
+   * the request's `Cookie` header, set on the response as a short-lived
+   * (`Max-Age=60`), `HttpOnly`, `SameSite=Lax`, `Path=/` cookie. A replica
+   * catches up within seconds; the cookie only has to outlive that.
+   * @default undefined (no cookie)
+   */
+  cookie?: string | undefined;
 }
 
-/** The header the handler's first argument carries, when it is a request. */
-function requestHeader(request: unknown, name: string): string | undefined {
+/** How long the token cookie lives, in seconds: replicas catch up long before. */
+const COOKIE_MAX_AGE_S = 60;
+
+/** The token in the request's cookie `name`, when it holds one. */
+function requestCookie(request: unknown, name: string): string | undefined {
+  const cookies = headerOf(request, "cookie");
+  if (cookies === undefined) return undefined;
+  for (const part of cookies.split(";")) {
+    const eq = part.indexOf("=");
+    if (eq < 0 || part.slice(0, eq).trim() !== name) continue;
+    const value = decodeURIComponent(part.slice(eq + 1).trim());
+    return parseLsn(value) === undefined ? undefined : value;
+  }
+  return undefined;
+}
+
+/** A header of the handler's first argument, when it is a request. */
+function headerOf(request: unknown, name: string): string | undefined {
   const headers = (request as { headers?: { get?: unknown } } | undefined)?.headers;
   if (typeof headers?.get !== "function") return undefined;
-  const value = (headers.get as (name: string) => string | null).call(headers, name);
-  return value !== null && parseLsn(value) !== undefined ? value : undefined;
+  return (headers.get as (name: string) => string | null).call(headers, name) ?? undefined;
 }
 
-/** `response` with the header set; a copy when its headers are immutable. */
-function withHeader(response: Response, name: string, value: string): Response {
+/** The token in the request's header `name`, when it holds one. */
+function requestHeader(request: unknown, name: string): string | undefined {
+  const value = headerOf(request, name);
+  return value !== undefined && parseLsn(value) !== undefined ? value : undefined;
+}
+
+/** `response` with `fill` applied to its headers; a copy when they are immutable. */
+function withHeaders(response: Response, fill: (headers: Headers) => void): Response {
   try {
-    response.headers.set(name, value);
+    fill(response.headers);
     return response;
   } catch {
     // Immutable headers (Response.redirect, a fetched response): copy it.
     const copy = new Response(response.body, response);
-    copy.headers.set(name, value);
+    fill(copy.headers);
     return copy;
   }
 }
@@ -265,9 +294,9 @@ function withHeader(response: Response, name: string, value: string): Response {
  *
  * @param cluster The cluster.
  * @param handler The handler.
- * @param options `header`: the header's name, or `false` for none.
+ * @param options `header`: the header's name, or `false` for none; `cookie`: a cookie's name.
  * @returns The wrapped handler, with the same signature.
- * @throws {TypeError} when `options.header` is neither a header name nor `false`.
+ * @throws {TypeError} when `options.header` is neither a header name nor `false`, or `options.cookie` is not a cookie name.
  *
  * @example Every request a session, carried across requests by a header
  * ```ts
@@ -290,19 +319,28 @@ export function withSession<A extends unknown[], R>(
   options?: WithSessionOptions,
 ): (...args: A) => R {
   const header = options?.header ?? "dbx-token";
-  if (
-    header !== false &&
-    (typeof header !== "string" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(header))
-  ) {
+  const cookie = options?.cookie;
+  const token = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+  if (header !== false && (typeof header !== "string" || !token.test(header))) {
     throw new TypeError(
       `Cannot run withSession() as 'options.header' must be a header name or false: current value is ${
         describe(header)
       }`,
     );
   }
-  if (header === false) return (...args) => cluster.session(() => handler(...args));
+  if (cookie !== undefined && (typeof cookie !== "string" || !token.test(cookie))) {
+    throw new TypeError(
+      `Cannot run withSession() as 'options.cookie' must be a cookie name: current value is ${
+        describe(cookie)
+      }`,
+    );
+  }
+  if (header === false && cookie === undefined) {
+    return (...args) => cluster.session(() => handler(...args));
+  }
   return (...args) => {
-    const consistentWith = requestHeader(args[0], header);
+    const consistentWith = (header === false ? undefined : requestHeader(args[0], header)) ??
+      (cookie === undefined ? undefined : requestCookie(args[0], cookie));
     return cluster.session((session) => {
       const result = handler(...args);
       if (!(result instanceof Promise)) return result;
@@ -310,8 +348,19 @@ export function withSession<A extends unknown[], R>(
         if (!(response instanceof Response) || !session.wrote) return response;
         // No token when the primary cannot say where it is: the request's
         // own outcome stands; its client only loses the guarantee.
-        const token = await session.token().catch(() => undefined);
-        return token === undefined ? response : withHeader(response, header, token);
+        const value = await session.token().catch(() => undefined);
+        if (value === undefined) return response;
+        return withHeaders(response, (headers) => {
+          if (header !== false) headers.set(header, value);
+          if (cookie !== undefined) {
+            headers.append(
+              "set-cookie",
+              `${cookie}=${
+                encodeURIComponent(value)
+              }; Max-Age=${COOKIE_MAX_AGE_S}; Path=/; HttpOnly; SameSite=Lax`,
+            );
+          }
+        });
       }) as R;
     }, { consistentWith });
   };
