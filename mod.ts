@@ -81,7 +81,12 @@ export type { DbxErrorOptions, ErrorKind } from "./src/errors.ts";
 export { backoffDelay, delay } from "./src/call/retry.ts";
 export type { BackoffOptions } from "./src/call/retry.ts";
 export { currentExecutor, withExecutor } from "./src/cluster/context.ts";
-export { type Session, type SessionOptions, withSession } from "./src/call/session.ts";
+export {
+  type Session,
+  type SessionOptions,
+  withSession,
+  type WithSessionOptions,
+} from "./src/call/session.ts";
 export { collect, collectOne, RowValidationError } from "./src/rows.ts";
 export type {
   RowMapper,

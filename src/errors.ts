@@ -304,3 +304,23 @@ export function handleError(err: unknown, node?: string): DbxError {
   const message = err instanceof Error ? err.message : String(err);
   return new DbxError(message, { cause: err, node });
 }
+
+/**
+ * A driver's error message with what to do about it, where the driver's
+ * words alone do not say: a SCRAM login without a password, a server whose
+ * connection limit is reached (53300).
+ *
+ * @param err The driver's error.
+ * @param message Its message (possibly already reworded).
+ * @returns The message, with advice where there is some.
+ */
+export function withAdvice(err: unknown, message: string): string {
+  if (message.includes("client password must be a string")) {
+    return "password required: the server asks for a password (SCRAM) and the connection string has none";
+  }
+  if (pgErrorCode(err) === "53300") {
+    // The server is up and full: the call is retried elsewhere or after a backoff.
+    return `${message}: the server's connection limit is reached (max_connections, or the role's CONNECTION LIMIT); size pool.max and pipeline.connections per instance, or put PgBouncer in front (README: Running many instances)`;
+  }
+  return message;
+}

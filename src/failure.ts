@@ -53,7 +53,7 @@ export function isConstraintViolation(err: unknown): boolean {
  * Whether the failure is transient, so that the same statement may succeed
  * when tried again (possibly elsewhere): connection failures, serialization
  * failures and deadlocks, and writes that reached a
- * read-only node (25006). It says nothing about whether re-sending is *safe*:
+ * read-only node (25006), and connections a full server refused (53300). It says nothing about whether re-sending is *safe*:
  * the cluster re-sends a write only when it knows the write never reached a
  * server (see the retry contract in the README).
  *
@@ -70,7 +70,8 @@ export function isConstraintViolation(err: unknown): boolean {
 export function isRetryable(err: unknown): boolean {
   if (isConnectionError(err)) return true;
   const code = pgErrorCode(err);
-  return code === "40001" || code === "40P01" || code === "25006";
+  // 53300: too many connections, refused at connect time, before anything was sent.
+  return code === "40001" || code === "40P01" || code === "25006" || code === "53300";
 }
 
 /** pg's error for a statement refused, before anything was written, on a dead client. */

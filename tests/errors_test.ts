@@ -227,12 +227,14 @@ Deno.test("isConnectionError() is true for SQLSTATE class 08 and server shutdown
   }
 });
 
-Deno.test("isConnectionError() is false for 08P01 and 53300: the statement failed, the connection is fine", () => {
+Deno.test("isConnectionError() is false for 08P01 and 53300; a full server (53300) is retryable, 08P01 is not", () => {
   // 08P01 is what a bind message with the wrong number of parameters gets.
   for (const code of ["08P01", "53300"]) {
     assert.equal(isConnectionError(pgError(code)), false, code);
-    assert.equal(isRetryable(pgError(code)), false, code);
   }
+  assert.equal(isRetryable(pgError("08P01")), false);
+  // 53300 refuses a new connection before anything is sent: trying again later or elsewhere is safe.
+  assert.equal(isRetryable(pgError("53300")), true);
 });
 
 Deno.test("isConnectionError() is false for other server errors and plain errors", () => {

@@ -1,7 +1,7 @@
 /** Shared helpers for tests that start real servers. */
 
 import assert from "node:assert/strict";
-import { type ClusterConfig, ConfigError, resolveConfig } from "../mod.ts";
+import { type Cluster, type ClusterConfig, ConfigError, resolveConfig } from "../mod.ts";
 import { pgBinariesUnavailable } from "../src/testing/pg_binaries.ts";
 
 /**
@@ -79,4 +79,23 @@ export function configError(config: unknown): ConfigError {
     return err;
   }
   return assert.fail(`resolveConfig(${JSON.stringify(config)}) did not throw`);
+}
+
+/** Names of the replica nodes, config order. */
+export function replicaNames(cluster: Cluster): string[] {
+  return cluster.stats().nodes.filter((n) => n.role === "replica").map((n) => n.name);
+}
+
+/** Runs `fn` with replay paused on the named replicas; resumes them whatever happens. */
+export async function withPausedReplay<T>(
+  cluster: Cluster,
+  names: readonly string[],
+  fn: () => Promise<T>,
+): Promise<T> {
+  for (const name of names) await cluster.node(name).exec("select pg_wal_replay_pause()");
+  try {
+    return await fn();
+  } finally {
+    for (const name of names) await cluster.node(name).exec("select pg_wal_replay_resume()");
+  }
 }

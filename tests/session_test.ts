@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type { Cluster } from "../mod.ts";
 import { SessionState } from "../src/call/session.ts";
 import { dbTest } from "../src/testing/mod.ts";
-import { sleep, until } from "./helpers.ts";
+import { replicaNames, sleep, until, withPausedReplay } from "./helpers.ts";
 
 /** Probes often, so that tests see replicas catch up soon. */
 const FAST = { config: { healthCheck: { intervalMs: 50, timeoutMs: 5_000 } } } as const;
@@ -28,25 +28,6 @@ async function portsOf(cluster: Cluster): Promise<Ports> {
   }
   assert.ok(ports.replicas.length >= 2, `two replicas are needed, got ${ports.replicas.length}`);
   return ports;
-}
-
-/** Names of the replica nodes, config order. */
-function replicaNames(cluster: Cluster): string[] {
-  return cluster.stats().nodes.filter((n) => n.role === "replica").map((n) => n.name);
-}
-
-/** Runs `fn` with replay paused on the named replicas; resumes them whatever happens. */
-async function withPausedReplay<T>(
-  cluster: Cluster,
-  names: readonly string[],
-  fn: () => Promise<T>,
-): Promise<T> {
-  for (const name of names) await cluster.node(name).exec("select pg_wal_replay_pause()");
-  try {
-    return await fn();
-  } finally {
-    for (const name of names) await cluster.node(name).exec("select pg_wal_replay_resume()");
-  }
 }
 
 /** A fresh table with one row per id, replayed on every replica before the test goes on. */

@@ -211,14 +211,94 @@ export function runSession<T>(
 }
 
 /**
+ * Options of {@linkcode withSession}.
+ *
+ * @example
+ * ```ts
+ * import type { WithSessionOptions } from "@codelab/dbx";
+ *
+ * const options: WithSessionOptions = { header: "x-consistency" };
+ * ```
+ */
+export interface WithSessionOptions {
+  /**
+   * The HTTP header that carries a session's token between requests and
+   * services. A request's header (a token from `writeToken()` or
+   * `session.token()`) is where its session starts; a response of a session
+   * that wrote (or started from a token) gets the session's token in it, so
+   * the client's or the next service's next request reads what this one
+   * wrote. A header that is not a token is ignored. `false`: no header.
+   * @default "dbx-token"
+   */
+  header?: string | false | undefined;
+  /**
+   * Also carry the token in a cookie of this name, for browsers: read from
+   * the request's `Cookie` header, set on the response as a short-lived
+   * (`Max-Age=60`), `HttpOnly`, `SameSite=Lax`, `Path=/` cookie. A replica
+   * catches up within seconds; the cookie only has to outlive that.
+   * @default undefined (no cookie)
+   */
+  cookie?: string | undefined;
+}
+
+/** How long the token cookie lives, in seconds: replicas catch up long before. */
+const COOKIE_MAX_AGE_S = 60;
+
+/** The token in the request's cookie `name`, when it holds one. */
+function requestCookie(request: unknown, name: string): string | undefined {
+  const cookies = headerOf(request, "cookie");
+  if (cookies === undefined) return undefined;
+  for (const part of cookies.split(";")) {
+    const eq = part.indexOf("=");
+    if (eq < 0 || part.slice(0, eq).trim() !== name) continue;
+    const value = decodeURIComponent(part.slice(eq + 1).trim());
+    return parseLsn(value) === undefined ? undefined : value;
+  }
+  return undefined;
+}
+
+/** A header of the handler's first argument, when it is a request. */
+function headerOf(request: unknown, name: string): string | undefined {
+  const headers = (request as { headers?: { get?: unknown } } | undefined)?.headers;
+  if (typeof headers?.get !== "function") return undefined;
+  return (headers.get as (name: string) => string | null).call(headers, name) ?? undefined;
+}
+
+/** The token in the request's header `name`, when it holds one. */
+function requestHeader(request: unknown, name: string): string | undefined {
+  const value = headerOf(request, name);
+  return value !== undefined && parseLsn(value) !== undefined ? value : undefined;
+}
+
+/** `response` with `fill` applied to its headers; a copy when they are immutable. */
+function withHeaders(response: Response, fill: (headers: Headers) => void): Response {
+  try {
+    fill(response.headers);
+    return response;
+  } catch {
+    // Immutable headers (Response.redirect, a fetched response): copy it.
+    const copy = new Response(response.body, response);
+    fill(copy.headers);
+    return copy;
+  }
+}
+
+/**
  * Wraps a handler so that each call runs in its own read-your-writes
- * session of `cluster` (framework middleware, `Deno.serve`).
+ * session of `cluster` (framework middleware, `Deno.serve`). With a
+ * `Request` as the first argument, the session starts from the token in
+ * its `dbx-token` header, and a `Response` of a session that wrote carries
+ * the session's token in that header: a browser or a service that sends it
+ * back reads its own writes on the next request, from any replica that has
+ * them.
  *
  * @param cluster The cluster.
  * @param handler The handler.
+ * @param options `header`: the header's name, or `false` for none; `cookie`: a cookie's name.
  * @returns The wrapped handler, with the same signature.
+ * @throws {TypeError} when `options.header` is neither a header name nor `false`, or `options.cookie` is not a cookie name.
  *
- * @example Every request a session
+ * @example Every request a session, carried across requests by a header
  * ```ts
  * import { connect, withSession } from "@codelab/dbx";
  *
@@ -229,13 +309,59 @@ export function runSession<T>(
  * Deno.serve(withSession(cluster, async (req) => {
  *   if (req.method === "POST") await cluster.exec("insert into hits(path) values ($1)", [req.url]);
  *   const { n } = await cluster.readQueryRow<{ n: number }>("select count(*)::int as n from hits");
- *   return new Response(String(n));
+ *   return new Response(String(n)); // after a POST: with a dbx-token header
  * }));
  * ```
  */
 export function withSession<A extends unknown[], R>(
-  cluster: { session<T>(fn: (session: Session) => T): T },
+  cluster: { session<T>(fn: (session: Session) => T, options?: SessionOptions): T },
   handler: (...args: A) => R,
+  options?: WithSessionOptions,
 ): (...args: A) => R {
-  return (...args) => cluster.session(() => handler(...args));
+  const header = options?.header ?? "dbx-token";
+  const cookie = options?.cookie;
+  const token = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+  if (header !== false && (typeof header !== "string" || !token.test(header))) {
+    throw new TypeError(
+      `Cannot run withSession() as 'options.header' must be a header name or false: current value is ${
+        describe(header)
+      }`,
+    );
+  }
+  if (cookie !== undefined && (typeof cookie !== "string" || !token.test(cookie))) {
+    throw new TypeError(
+      `Cannot run withSession() as 'options.cookie' must be a cookie name: current value is ${
+        describe(cookie)
+      }`,
+    );
+  }
+  if (header === false && cookie === undefined) {
+    return (...args) => cluster.session(() => handler(...args));
+  }
+  return (...args) => {
+    const consistentWith = (header === false ? undefined : requestHeader(args[0], header)) ??
+      (cookie === undefined ? undefined : requestCookie(args[0], cookie));
+    return cluster.session((session) => {
+      const result = handler(...args);
+      if (!(result instanceof Promise)) return result;
+      return result.then(async (response: unknown) => {
+        if (!(response instanceof Response) || !session.wrote) return response;
+        // No token when the primary cannot say where it is: the request's
+        // own outcome stands; its client only loses the guarantee.
+        const value = await session.token().catch(() => undefined);
+        if (value === undefined) return response;
+        return withHeaders(response, (headers) => {
+          if (header !== false) headers.set(header, value);
+          if (cookie !== undefined) {
+            headers.append(
+              "set-cookie",
+              `${cookie}=${
+                encodeURIComponent(value)
+              }; Max-Age=${COOKIE_MAX_AGE_S}; Path=/; HttpOnly; SameSite=Lax`,
+            );
+          }
+        });
+      }) as R;
+    }, { consistentWith });
+  };
 }

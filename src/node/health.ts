@@ -14,6 +14,7 @@ import pg from "pg";
 import { discardClient, usePassword } from "./pg_internals.ts";
 import type { HealthCheckConfig, WithDefaults } from "../config/config.ts";
 import { DbxError } from "../errors.ts";
+import { pgErrorCode } from "../failure.ts";
 import type { Node, NodeState, ProbeSample } from "./node.ts";
 import type { Observer } from "../observe/observe.ts";
 import { parseLsn, type RouteTopology } from "../call/route.ts";
@@ -281,6 +282,13 @@ export class HealthChecker {
       sample = await this.#probers.get(node)!.probe(timeoutMs, ++this.#seq);
     } catch (err) {
       if (this.#stopped) return;
+      if (node.healthy && pgErrorCode(err) === "53300") {
+        // Full, not down: the server answered and refused a new connection.
+        this.#observer.log("warn", "dbx: node refused a connection: too many clients", {
+          node: node.name,
+        });
+        return;
+      }
       const timeout = err instanceof ProbeTimeoutError;
       const failures = node.state.probeFailures + 1;
       const timeouts = timeout ? node.state.probeTimeouts + 1 : 0;

@@ -13,7 +13,7 @@ import { clientEnd, connectPool, destroySocket, usePassword } from "./pg_interna
 import { Lease } from "./lease.ts";
 import type { BalancerNode } from "../call/balancer.ts";
 import type { ResolvedNode } from "../config/config.ts";
-import { DbxError } from "../errors.ts";
+import { DbxError, withAdvice } from "../errors.ts";
 import { markNotSent, PoolExhaustedError } from "../failure.ts";
 import { Pipes, type PipeSettings } from "./pipeline.ts";
 import { sendCached, type StatementCache, statementMessage } from "./statement_cache.ts";
@@ -374,12 +374,10 @@ export class Node implements BalancerNode {
    */
   wrap(err: unknown): DbxError {
     if (err instanceof DbxError) return err;
-    let message = statementMessage(err, err instanceof Error ? err.message : String(err));
-    // pg's words for a SCRAM login without a password say nothing a user can act on.
-    if (message.includes("client password must be a string")) {
-      message =
-        "password required: the server asks for a password (SCRAM) and the connection string has none";
-    }
+    const message = withAdvice(
+      err,
+      statementMessage(err, err instanceof Error ? err.message : String(err)),
+    );
     return new DbxError(`${message} (node ${this.name})`, { cause: err, node: this.name });
   }
 
