@@ -59,6 +59,45 @@ async function closeServer(server: Server): Promise<void> {
   await new Promise<void>((ok) => server.close(() => ok()));
 }
 
+/** Whether `port` can be bound on loopback right now. */
+async function bindable(port: number): Promise<boolean> {
+  const server = createServer();
+  const bound = await new Promise<boolean>((ok) => {
+    server.once("error", () => ok(false));
+    server.listen({ port, host: "127.0.0.1" }, () => ok(true));
+  });
+  if (bound) await closeServer(server);
+  return bound;
+}
+
+/**
+ * Runs `start` with a given base port (`basePort`, where a taken port is an error, not a
+ * reason to move). The ports come from below the ephemeral range (32768–60999), so no
+ * client socket is handed one of them between the check and the server's bind; when
+ * another process still takes one, `start` is tried again on other ports.
+ */
+async function onGivenPorts<T>(
+  count: number,
+  start: (basePort: number) => Promise<T>,
+): Promise<{ basePort: number; cluster: T }> {
+  const seen: string[] = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const basePort = 20_000 + Math.floor(Math.random() * 12_000);
+    const ports = Array.from({ length: count }, (_, i) => basePort + i);
+    if (!(await Promise.all(ports.map(bindable))).every(Boolean)) {
+      seen.push(`${basePort}: not free`);
+      continue;
+    }
+    try {
+      return { basePort, cluster: await start(basePort) };
+    } catch (error) {
+      if ((error as { portTaken?: unknown }).portTaken !== true) throw error;
+      seen.push(`${basePort}: taken before the server bound it`);
+    }
+  }
+  throw new Error(`No ${count} consecutive free ports found: ${seen.join("; ")}`);
+}
+
 function scratchDir(label: string): string {
   // Directly under the temp dir: when run as root the postgres user must reach it.
   return join(tmpdir(), `dbx-${label}-${crypto.randomUUID().slice(0, 8)}`);
@@ -251,10 +290,11 @@ Deno.test({
   ignore,
   async fn() {
     const dir = scratchDir("password");
-    const { server, port: basePort } = await listen();
-    await closeServer(server);
     const password = `s3cret 'quoted' \\ p@ss`;
-    const cluster = await startLocalCluster({ replicas: 1, dir, basePort, password });
+    const { basePort, cluster } = await onGivenPorts(
+      2,
+      (basePort) => startLocalCluster({ replicas: 1, dir, basePort, password }),
+    );
     try {
       assert.equal(cluster.dir, dir);
       assert.deepEqual(cluster.nodes.map((node) => node.port), [basePort, basePort + 1]);

@@ -186,39 +186,49 @@ export class Runner {
   }
 }
 
+/** Ports a server of a local cluster may get: below Linux's default ephemeral range. */
+const SERVER_PORTS = { low: 20_000, high: 32_767 } as const;
+
 /**
- * Reserves distinct free loopback ports by holding every listener open until all are
- * chosen. The ports are free when this returns, not reserved: any socket may take one
- * before a server binds it, which is why servers started on them retry on a fresh port.
+ * Chooses distinct free loopback ports for servers, holding every listener open until
+ * all are chosen. They come from below the operating system's ephemeral range
+ * (32768–60999 on Linux), so no client socket and no `port: 0` listener is handed one
+ * between this check and the server's bind. They are still free, not reserved: another
+ * process may bind one explicitly, which is why servers started on them retry on a fresh
+ * port.
  *
  * @param count How many ports.
  * @param exclude Ports never returned, e.g. those of servers that are not bound yet.
  * @returns `count` distinct ports, none of them in `exclude`.
- * @throws {Error} When the operating system gives no port or only excluded ones.
+ * @throws {Error} When too many of the ports tried are in use.
  */
 export async function freePorts(
   count: number,
   exclude: ReadonlySet<number> = new Set(),
 ): Promise<number[]> {
   const servers: Server[] = [];
+  const tried = new Set(exclude);
   try {
     const ports: number[] = [];
-    // Excluded ports stay held too, so the OS never hands them out twice.
     while (ports.length < count) {
-      if (servers.length >= count + exclude.size + 16) {
-        throw new Error(`Could not find ${count} free loopback ports`);
+      if (tried.size >= exclude.size + count + 64) {
+        throw new Error(
+          `Could not find ${count} free loopback ports from ${SERVER_PORTS.low} to ` +
+            `${SERVER_PORTS.high}: ${tried.size - exclude.size} tried`,
+        );
       }
+      const port = SERVER_PORTS.low +
+        Math.floor(Math.random() * (SERVER_PORTS.high - SERVER_PORTS.low + 1));
+      if (tried.has(port)) continue;
+      tried.add(port);
       const server = createServer();
-      servers.push(server);
-      await new Promise<void>((ok, fail) => {
-        server.once("error", fail);
-        server.listen({ port: 0, host: "127.0.0.1" }, ok);
+      const bound = await new Promise<boolean>((ok) => {
+        server.once("error", () => ok(false));
+        server.listen({ port, host: "127.0.0.1", exclusive: true }, () => ok(true));
       });
-      const address = server.address();
-      if (address === null || typeof address === "string") {
-        throw new Error("Could not read the port of a loopback listener");
-      }
-      if (!exclude.has(address.port)) ports.push(address.port);
+      if (!bound) continue;
+      servers.push(server);
+      ports.push(port);
     }
     return ports;
   } finally {
