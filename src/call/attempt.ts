@@ -2,9 +2,9 @@
  * The one attempt runner. Every statement dbx sends, whoever sends it (a
  * cluster method, a per-node handle, `ping`, a transaction, a batch, COPY),
  * runs here exactly once per attempt: counted on its node, observed (hooks,
- * tracer, slow-query log), its failure classified once, the node marked down
- * when the failure says the connection was lost, and the error wrapped with
- * the node's name. Retrying is not done here: see `withRetry` in `retry.ts`.
+ * tracer, slow-query log), its failure classified once, the node handed to the
+ * health checker when the failure says the connection was lost (marked down if
+ * it does not answer a probe either), and the error wrapped with the node's name. Retrying is not done here: see `withRetry` in `retry.ts`.
  *
  * @module
  */
@@ -64,7 +64,8 @@ export class AttemptRunner {
 
   /**
    * @param observer Hooks, tracer and slow-query log.
-   * @param lost Called when an attempt lost its connection: marks the node down.
+   * @param lost Called when an attempt lost its connection: the checker probes the node
+   *   and marks it down unless it answers.
    */
   constructor(observer: Observer, lost: (node: Node, err: DbxError) => void) {
     this.#observer = observer;
@@ -125,7 +126,7 @@ export class AttemptRunner {
     return result;
   }
 
-  /** Classifies once, marks the node down when the connection was lost, wraps. */
+  /** Classifies once, reports a lost connection to the checker, wraps. */
   #failed(node: Node, raw: unknown, signal: AbortSignal | undefined): unknown {
     const failure = classify(raw);
     let err: unknown;

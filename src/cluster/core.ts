@@ -112,7 +112,7 @@ export class ClusterCore {
       })
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);
-    const runner = new AttemptRunner(observer, (node, err) => checker.markDown(node, err));
+    const runner = new AttemptRunner(observer, (node, err) => checker.lost(node, err));
     this.d = createDispatcher({
       config: resolved,
       nodes,

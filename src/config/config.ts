@@ -228,7 +228,8 @@ export interface ClusterConfig {
    * (RDS IAM, Vault) is picked up by the next connection. A function that
    * throws or rejects fails that connection attempt like an unreachable node,
    * with an error naming the node and the cause. Cache an expensive token
-   * yourself. Never logged or printed.
+   * yourself: a health probe's `healthCheck.timeoutMs` covers its connect,
+   * this function included. Never logged or printed.
    * @default the URL's password
    *
    * @example

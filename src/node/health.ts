@@ -3,32 +3,25 @@
  * dedicated connection (so a saturated pool cannot make a healthy node look
  * dead), learns each node's role from `pg_is_in_recovery()` and its WAL
  * position, replaces each node's state snapshot and swaps an immutable
- * {@linkcode Topology} after each round. The query path marks a node down at
- * once on a lost connection; a node only comes back after a successful probe.
+ * {@linkcode Topology} after each round. A statement that lost its connection
+ * makes it probe that node at once (down if it does not answer); a node only comes
+ * back after a successful probe.
  *
  * @module
  */
 
-// @ts-types="@types/pg"
-import pg from "pg";
-import { discardClient, usePassword } from "./pg_internals.ts";
 import type { HealthCheckConfig, WithDefaults } from "../config/config.ts";
-import { DbxError } from "../errors.ts";
 import { pgErrorCode } from "../failure.ts";
 import type { Node, NodeState, ProbeSample } from "./node.ts";
+import { Prober, ProbeTimeoutError } from "./prober.ts";
 import type { Observer } from "../observe/observe.ts";
-import { parseLsn, type RouteTopology } from "../call/route.ts";
+import type { RouteTopology } from "../call/route.ts";
 
 /** The nodes by role, as the last round saw them. Replaced whole, never edited. */
 export interface Topology extends RouteTopology<Node> {
   /** Healthy nodes that all claim to be primary: writes are refused while there are two or more. */
   readonly primaries: readonly Node[];
 }
-
-/** One probe: role, WAL position and replay age in a single round trip. */
-const PROBE_SQL = `select pg_is_in_recovery() as recovery,
-  (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn,
-  (extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_age_ms`;
 
 /**
  * Consecutive unanswered probes after which a node's connections are cut.
@@ -42,102 +35,6 @@ const TIMEOUTS_BEFORE_CUT = 2;
  * back off: a restart or a short outage is noticed within one interval.
  */
 const EAGER_PROBING_MS = 30_000;
-
-/** A probe that got no answer in time: the host is hung or unreachable, not refusing. */
-class ProbeTimeoutError extends DbxError {}
-
-/** A dedicated, lazily (re)connected probe connection to one node. */
-class Prober {
-  readonly #node: Node;
-  #client: pg.Client | undefined;
-  #ending: Promise<void>[] = [];
-
-  constructor(node: Node) {
-    this.#node = node;
-  }
-
-  /** Probes once, bounded by `timeoutMs` from connect to answer. */
-  async probe(timeoutMs: number, seq: number): Promise<ProbeSample> {
-    const start = performance.now();
-    let timedOut = false;
-    let settled = false;
-    let grace: ReturnType<typeof setTimeout> | undefined;
-    const timer = setTimeout(() => {
-      // A timer can fire late because this process was busy, with the
-      // answer already waiting in the socket: one more turn of the event
-      // loop lets it through before the probe is declared unanswered.
-      grace = setTimeout(() => {
-        if (settled) return;
-        timedOut = true;
-        // Destroying the socket makes the pending connect or query fail now.
-        this.#discard();
-      }, 0);
-    }, timeoutMs);
-    try {
-      let client = this.#client;
-      if (client === undefined) {
-        // No connectionTimeoutMillis: the probe's own timer bounds the
-        // connect too, so an unanswered connect counts as a timeout.
-        const c = client = this.#client = new pg.Client({
-          ...this.#node.target as pg.ClientConfig,
-          fallback_application_name: "dbx-health",
-        });
-        usePassword(c, this.#node.target);
-        // A probe connection that dies while idle is simply replaced next round.
-        c.on("error", () => {
-          if (this.#client === c) this.#discard();
-        });
-        await c.connect();
-      }
-      const { rows } = await client.query(PROBE_SQL);
-      const row = rows[0] as {
-        recovery: boolean;
-        lsn: string | null;
-        replay_age_ms: number | null;
-      };
-      return {
-        role: row.recovery ? "replica" : "primary",
-        latencyMs: performance.now() - start,
-        lsn: parseLsn(row.lsn),
-        replayAgeMs: row.recovery && row.replay_age_ms !== null
-          ? Math.max(0, row.replay_age_ms)
-          : undefined,
-        at: performance.now(),
-        seq,
-      };
-    } catch (err) {
-      this.#discard();
-      if (timedOut) {
-        throw new ProbeTimeoutError(
-          `health probe timed out after ${timeoutMs} ms (node ${this.#node.name})`,
-          { kind: "connection", node: this.#node.name, cause: err },
-        );
-      }
-      throw this.#node.wrap(err);
-    } finally {
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(grace);
-    }
-  }
-
-  /** Drops the current connection without waiting on the server. */
-  #discard(): void {
-    const c = this.#client;
-    if (c === undefined) return;
-    this.#client = undefined;
-    const ended = discardClient(c);
-    if (ended !== undefined) this.#ending.push(ended);
-  }
-
-  /** Closes the probe connection and waits for every discarded one to be gone. */
-  async close(): Promise<void> {
-    this.#discard();
-    const ending = this.#ending;
-    this.#ending = [];
-    await Promise.all(ending);
-  }
-}
 
 /**
  * Computes a topology from the nodes' current roles and health.
@@ -165,7 +62,7 @@ export class HealthChecker {
   #round: Promise<void> | undefined;
   #pending = new Set<Promise<void>>();
   /** The probe in flight per node: concurrent re-checks share it (one failure, one probe). */
-  readonly #probing = new Map<Node, Promise<void>>();
+  readonly #probing = new Map<Node, Promise<boolean>>();
   #stopped = false;
   #seq = 0;
 
@@ -265,8 +162,29 @@ export class HealthChecker {
     node.setState({ ...node.state, ...patch });
   }
 
-  /** Probes `node`, or joins the probe of it already in flight. */
-  #check(node: Node): Promise<void> {
+  /**
+   * A statement on `node` lost its connection. That alone does not say the server is
+   * gone: `pg_terminate_backend`, a pooler or a proxy ends single connections too (and
+   * 57P01 is the same code for a terminated backend and a shutdown). So the node is
+   * probed now, joining a probe in flight, and marked down at once (whatever
+   * `failuresBeforeDown` says) only if the probe fails too; meanwhile it stays eligible
+   * and a retried read may land on it again.
+   *
+   * @param node The node whose connection was lost.
+   * @param err The statement's error, kept as the reason when the node goes down.
+   */
+  lost(node: Node, err: unknown): void {
+    if (!node.healthy || this.#stopped) return;
+    this.#track(
+      this.#check(node).then((answered) => {
+        if (!answered) this.markDown(node, err);
+        this.#refresh();
+      }),
+    );
+  }
+
+  /** Probes `node`, or joins the probe of it already in flight; true when it answered. */
+  #check(node: Node): Promise<boolean> {
     let probe = this.#probing.get(node);
     if (probe === undefined) {
       probe = this.#probe(node).finally(() => this.#probing.delete(node));
@@ -275,19 +193,19 @@ export class HealthChecker {
     return probe;
   }
 
-  async #probe(node: Node): Promise<void> {
+  async #probe(node: Node): Promise<boolean> {
     const { timeoutMs, failuresBeforeDown } = this.#config;
     let sample: ProbeSample;
     try {
       sample = await this.#probers.get(node)!.probe(timeoutMs, ++this.#seq);
     } catch (err) {
-      if (this.#stopped) return;
+      if (this.#stopped) return true;
       if (node.healthy && pgErrorCode(err) === "53300") {
         // Full, not down: the server answered and refused a new connection.
         this.#observer.log("warn", "dbx: node refused a connection: too many clients", {
           node: node.name,
         });
-        return;
+        return true;
       }
       const timeout = err instanceof ProbeTimeoutError;
       const failures = node.state.probeFailures + 1;
@@ -308,7 +226,7 @@ export class HealthChecker {
         failures,
         error: err instanceof Error ? err.message : String(err),
       });
-      if (failures < failuresBeforeDown) return;
+      if (failures < failuresBeforeDown) return false;
       this.markDown(node, err, false);
       // A hung host never answers the statements already sent to it either:
       // cut them, so reads move on to another node instead of waiting.
@@ -316,9 +234,9 @@ export class HealthChecker {
       // a busy moment, and only then are its connections cut.
       if (timeouts >= TIMEOUTS_BEFORE_CUT) node.cutConnections();
       else if (timeout) this.#reprobe(node);
-      return;
+      return false;
     }
-    if (this.#stopped) return;
+    if (this.#stopped) return true;
     const { role: from, healthy, downSince } = node.state;
     const to = sample.role;
     this.#set(node, {
@@ -344,6 +262,7 @@ export class HealthChecker {
       });
       this.#observer.hook("onNodeUp", { node: node.name, role: to });
     }
+    return true;
   }
 
   /**
