@@ -27,7 +27,7 @@ export const sleep = (ms: number): Promise<void> =>
 
 /** Polls `check` every 20 ms until it holds, or throws after `ms`. */
 export async function until(
-  what: string,
+  what: string | (() => string),
   check: () => boolean | Promise<boolean>,
   ms = 15_000,
 ): Promise<void> {
@@ -36,7 +36,20 @@ export async function until(
     if (await check()) return;
     await sleep(20);
   }
-  throw new Error(`timed out waiting until ${what}`);
+  throw new Error(`timed out waiting until ${typeof what === "function" ? what() : what}`);
+}
+
+/** Waits for `promise`, or throws naming `what` after `ms` (a hang becomes a failure). */
+export async function within<T>(what: string, promise: Promise<T>, ms = 30_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting until ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Readers looping on `read`, counting reads and failures. */

@@ -190,7 +190,7 @@ Deno.test({
         await using _sub = await cluster.listen("password_test", (p) => void got.push(p));
         assert.ok(asked > beforeListen, "the LISTEN connection asked for the password");
         await cluster.notify("password_test", "hello");
-        await until(`the notification arrived (got ${got})`, () => got.length === 1);
+        await until(() => `the notification arrived (got ${got})`, () => got.length === 1);
       }
       const health = await cluster.health();
       assert.ok(health.nodes.every((n) => n.healthy), Deno.inspect(health));
@@ -230,14 +230,15 @@ Deno.test({
       // and the node stays up because its probe (with the new password) answers.
       const loop = readLoop(() => cluster.readQuery("select 1"));
       try {
-        await until(`reads running (reads ${loop.reads})`, () => loop.reads >= 50);
+        await until(() => `reads running (reads ${loop.reads})`, () => loop.reads >= 50);
         await cluster.node("primary").query(terminate);
         await cluster.node("replica").query(terminate);
         const at = loop.reads;
         await until(
-          `300 reads and new connections after the rotation (reads ${loop.reads - at}, asked ${
-            asked - before
-          } times, failures ${loop.failures.length})`,
+          () =>
+            `300 reads and new connections after the rotation (reads ${loop.reads - at}, asked ${
+              asked - before
+            } times, failures ${loop.failures.length})`,
           () => loop.reads - at >= 300 && asked - before >= 2,
           30_000,
         );

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { DbxError, mayHaveBeenApplied } from "../mod.ts";
 import { dbTest } from "../src/testing/mod.ts";
-import { until } from "./helpers.ts";
+import { until, within } from "./helpers.ts";
 
 dbTest(
   "cancelling one caller's statement never cancels another's on the same node",
@@ -142,4 +142,50 @@ dbTest(
     assert.deepEqual(await prepared(), [texts[1], texts[0]], "the older of the two went");
   },
   { config: { pipeline: false, statementCache: 2, pool: { max: 1 }, replicas: [] } },
+);
+
+dbTest(
+  "a statement stuck on a pipe is passed by fast callers, and its text leaves the pipes",
+  async (cluster) => {
+    const blocked = "select pg_advisory_xact_lock(4242) as locked";
+    await using tx = await cluster.begin();
+    await tx.exec("select pg_advisory_xact_lock(4242)");
+    let released = false;
+    const first = cluster.query(blocked).then(() => released);
+    // Stuck for longer than the slowest a pipe tolerates (20 ms): stalled, by any measure.
+    await until("the first statement waited 100 ms for the lock", async () => {
+      const [row] = await cluster.query<{ n: number }>(
+        `select count(*)::int as n from pg_stat_activity
+         where query = $1 and wait_event_type = 'Lock' and now() - query_start > interval '100 ms'`,
+        [blocked],
+      );
+      return row!.n === 1;
+    });
+    const more = Array.from({ length: 4 }, () => cluster.query(blocked).then(() => released));
+    const fast = await within(
+      "50 fast statements are answered while five others wait on a lock",
+      Promise.all(
+        Array.from(
+          { length: 50 },
+          (_, i) => cluster.query<{ i: number }>("select $1::int as i", [i]),
+        ),
+      ),
+    );
+    assert.deepEqual(fast.map((rows) => rows[0]!.i), Array.from({ length: 50 }, (_, i) => i));
+    let waiting = 0;
+    await until(
+      () => `all five blocked statements wait on the server, none behind another (${waiting} do)`,
+      async () => {
+        const [row] = await cluster.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where query = $1 and wait_event_type = 'Lock'",
+          [blocked],
+        );
+        waiting = row!.n;
+        return waiting === 5;
+      },
+    );
+    released = true;
+    await tx.rollback();
+    assert.deepEqual(await Promise.all([first, ...more]), [true, true, true, true, true]);
+  },
 );

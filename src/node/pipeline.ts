@@ -26,14 +26,24 @@ export interface PipeSettings {
   readonly maxDepth: number;
 }
 
-/** A pipe with statements in flight and no answer for this long takes no more (head-of-line). */
-const STALL_MS = 2;
-
 /**
- * A statement text whose recent runs took this long (on average) is sent on
- * a pooled connection: on a pipe it would hold up every statement behind it.
+ * A pipe with statements in flight and no answer for this long takes no more
+ * (head-of-line), and a statement text whose recent runs took this long (on average)
+ * is sent on a pooled connection: on a pipe it would hold up every statement behind
+ * it. At least this many milliseconds...
  */
 const SLOW_MS = 2;
+
+/**
+ * ... and at least this many times the node's typical statement: when this process
+ * is busy (many callers, large results), every answer is handled late and every
+ * statement's own time grows alike; that is no reason to leave the pipes, while a
+ * statement slower than its peers by this factor is.
+ */
+const SLOW_FACTOR = 8;
+
+/** ... but never more than this: a statement this slow always leaves the pipes. */
+const SLOW_CAP_MS = 20;
 
 /** Statement texts whose durations are remembered (the map is reset when full). */
 const DURATIONS_MAX = 4_096;
@@ -90,6 +100,8 @@ export class Pipes {
   #drained: (() => void) | undefined;
   /** Recent duration (ms, moving average) per statement text run on a pipe. */
   readonly #durations = new Map<string, number>();
+  /** Recent duration (ms, moving average) of every statement, whatever its text. */
+  #typical = 0;
   #closed = false;
 
   /**
@@ -126,7 +138,8 @@ export class Pipes {
    * @returns The pipe, or undefined.
    */
   pick(sql: string): Pipe | undefined {
-    if (this.#closed || (this.#durations.get(sql) ?? 0) > SLOW_MS) return undefined;
+    const slow = Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
+    if (this.#closed || (this.#durations.get(sql) ?? 0) > slow) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
     let busy = 0;
@@ -141,7 +154,7 @@ export class Pipes {
       // oldest statement is slow: more of the same text go to the pool
       // now, not once the first has ended.
       const waited = now - Math.max(pipe.heads[0]!, pipe.lastDone);
-      if (waited > STALL_MS) {
+      if (waited > slow) {
         const text = pipe.texts[0]!;
         if ((this.#durations.get(text) ?? 0) < waited) this.#durations.set(text, waited);
         continue;
@@ -278,6 +291,7 @@ export class Pipes {
     const before = durations.get(text);
     if (before === undefined && durations.size >= DURATIONS_MAX) durations.clear();
     durations.set(text, before === undefined ? ms : before * 0.8 + ms * 0.2);
+    this.#typical = this.#typical * 0.95 + ms * 0.05;
   }
 
   /**

@@ -1,0 +1,290 @@
+/**
+ * dbx against the clients a user would pick instead, on the runtime running this file:
+ * `deno task bench:peers` (Deno) and `bun bench/peers.ts` (Bun, after `npm install`).
+ *
+ * - contenders, each with a pool of {@linkcode POOL_SIZE}: raw `pg.Pool`, postgres.js
+ *   (`prepare: true`), `Bun.SQL` (on Bun) and dbx (`cluster.query`, primary only);
+ * - four statement shapes: `select $1::int`, a point select by primary key of a ~120-byte
+ *   row (int, text ×2, float8, timestamptz), a one-row insert, a 100-row select;
+ * - at 1, 10, 64 and 256 callers, in alternating rounds (the order rotates each round,
+ *   so load drift on a shared host falls on everyone): median q/s and p50/p99 latency
+ *   over all rounds per cell, and dbx ÷ the best peer;
+ * - `pgbench` in pipeline mode (`\startpipeline`, 50 prepared `select :x::int`, `-M
+ *   prepared`) on the same server as the ceiling, and dbx's fraction of it.
+ *
+ * Uses `DBX_BENCH_URL` when set, else starts a local primary (no replicas: every
+ * contender talks to one server). Prints a table, writes
+ * `bench/results/peers-<runtime>.json`, and prints the summary as JSON on the last line.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import postgres from "postgres";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { promisify } from "node:util";
+import { connect } from "../mod.ts";
+import { findPgBinDir, startLocalCluster } from "../src/testing/mod.ts";
+
+const POOL_SIZE = 10;
+const CALLERS = [1, 10, 64, 256] as const;
+const ROUNDS = Number(process.env.DBX_BENCH_ROUNDS ?? 3);
+const ROUND_MS = Number(process.env.DBX_BENCH_ROUND_MS ?? 400);
+const ROWS = 10_000;
+
+type Call = (i: number) => Promise<unknown>;
+/** One contender: a call per shape, and how to close it. */
+interface Contender {
+  readonly name: string;
+  readonly calls: Record<Shape, Call>;
+  close(): Promise<void>;
+}
+type Shape = "select1" | "point" | "insert" | "rows100";
+
+const SHAPES: Record<Shape, { label: string; text: string; args: (i: number) => unknown[] }> = {
+  select1: { label: "select $1::int", text: "select $1::int as n", args: (i) => [i] },
+  point: {
+    label: "point select (5 columns)",
+    text: "select id, name, email, score, created from bench_rows where id = $1",
+    args: (i) => [1 + (i * 7919) % ROWS],
+  },
+  insert: {
+    label: "one-row insert",
+    text: "insert into bench_inserts (name, email, score) values ($1, $2, $3)",
+    args: (i) => [`name ${i}`, `user${i}@example.com`, i / 3],
+  },
+  rows100: {
+    label: "100-row select",
+    text:
+      "select id, name, email, score, created from bench_rows where id > $1 order by id limit 100",
+    args: (i) => [(i * 7919) % (ROWS - 100)],
+  },
+};
+
+const runtime = "Bun" in globalThis ? "bun" : "deno";
+
+function percentile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+};
+
+/** Runs `fn` from `callers` loops for `ms`; returns q/s and records latencies. */
+async function round(fn: Call, callers: number, ms: number, latencies: number[]): Promise<number> {
+  let done = 0;
+  let next = 0;
+  const start = performance.now();
+  const end = start + ms;
+  await Promise.all(Array.from({ length: callers }, async () => {
+    while (performance.now() < end) {
+      const t = performance.now();
+      await fn(next++);
+      latencies.push(performance.now() - t);
+      done++;
+    }
+  }));
+  return done / ((performance.now() - start) / 1000);
+}
+
+async function prepare(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`
+      drop table if exists bench_rows, bench_inserts;
+      create table bench_rows (
+        id int primary key, name text not null, email text not null,
+        score float8 not null, created timestamptz not null);
+      insert into bench_rows
+        select g, 'name number ' || g || repeat('x', 20), 'user' || g || '@example.com' || repeat('y', 20),
+               g / 7.0, now() - g * interval '1 minute'
+        from generate_series(1, ${ROWS}) g;
+      create table bench_inserts (
+        id bigserial primary key, name text, email text, score float8,
+        created timestamptz default now());`);
+    await client.query("vacuum analyze bench_rows");
+  } finally {
+    await client.end();
+  }
+}
+
+async function contenders(url: string): Promise<Contender[]> {
+  const byShape = (run: (text: string, args: unknown[]) => Promise<unknown>) =>
+    Object.fromEntries(
+      Object.entries(SHAPES).map(([shape, s]) => [shape, (i: number) => run(s.text, s.args(i))]),
+    ) as Record<Shape, Call>;
+
+  const pool = new pg.Pool({ connectionString: url, max: POOL_SIZE });
+  pool.on("error", () => {});
+  const sql = postgres(url, { max: POOL_SIZE, prepare: true, onnotice: () => {} });
+  // DBX_BENCH_PIPELINE=<connections>x<maxDepth> tries other pipelining settings.
+  const [connections, maxDepth] = (process.env.DBX_BENCH_PIPELINE ?? "").split("x").map(Number);
+  const cluster = await connect({
+    master: url,
+    pool: { max: POOL_SIZE },
+    ...(connections ? { pipeline: { connections, maxDepth } } : {}),
+  });
+  const list: Contender[] = [
+    { name: "pg.Pool", calls: byShape((t, a) => pool.query(t, a)), close: () => pool.end() },
+    {
+      name: "postgres.js",
+      calls: byShape((t, a) => sql.unsafe(t, a as never[], { prepare: true })),
+      close: () => sql.end(),
+    },
+    { name: "dbx", calls: byShape((t, a) => cluster.query(t, a)), close: () => cluster.close() },
+  ];
+  const Bun = (globalThis as { Bun?: { SQL: new (o: unknown) => BunSql } }).Bun;
+  if (Bun !== undefined) {
+    const bunSql = new Bun.SQL({ url, max: POOL_SIZE, prepare: true });
+    list.splice(2, 0, {
+      name: "Bun.SQL",
+      calls: byShape((t, a) => bunSql.unsafe(t, a)),
+      close: () => bunSql.close(),
+    });
+  }
+  return list;
+}
+
+interface BunSql {
+  unsafe(text: string, args: unknown[]): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/** One cell's figures. */
+interface Cell {
+  qps: number;
+  p50: number;
+  p99: number;
+}
+
+async function measure(list: Contender[]): Promise<Record<string, Record<string, Cell>>> {
+  const results: Record<string, Record<string, Cell>> = {};
+  const only = process.env.DBX_BENCH_SHAPES?.split(",");
+  const callerCounts = process.env.DBX_BENCH_CALLERS?.split(",").map(Number) ?? CALLERS;
+  for (const shape of Object.keys(SHAPES) as Shape[]) {
+    if (only !== undefined && !only.includes(shape)) continue;
+    for (const callers of callerCounts) {
+      const qps = new Map<string, number[]>(list.map((c) => [c.name, []]));
+      const lat = new Map<string, number[]>(list.map((c) => [c.name, []]));
+      // Warm-up: connections open, statements prepared.
+      for (const c of list) await round(c.calls[shape], callers, 100, []);
+      for (let r = 0; r < ROUNDS; r++) {
+        for (let k = 0; k < list.length; k++) {
+          const c = list[(k + r) % list.length]!;
+          qps.get(c.name)!.push(await round(c.calls[shape], callers, ROUND_MS, lat.get(c.name)!));
+        }
+      }
+      const cells: Record<string, Cell> = {};
+      for (const c of list) {
+        const sorted = lat.get(c.name)!.sort((a, b) => a - b);
+        cells[c.name] = {
+          qps: Math.round(median(qps.get(c.name)!)),
+          p50: Math.round(percentile(sorted, 0.5) * 100) / 100,
+          p99: Math.round(percentile(sorted, 0.99) * 100) / 100,
+        };
+      }
+      results[`${shape}@${callers}`] = cells;
+      console.error(`${shape}@${callers}: ${JSON.stringify(cells)}`);
+    }
+  }
+  return results;
+}
+
+/** pgbench in pipeline mode: statements per second, or undefined without pgbench. */
+async function pgbenchCeiling(url: string): Promise<number | undefined> {
+  const binDir = await findPgBinDir();
+  if (binDir === undefined) return undefined;
+  const dir = await mkdtemp(join(tmpdir(), "dbx-pgbench-"));
+  try {
+    const script = join(dir, "pipeline.sql");
+    const body = Array.from({ length: 50 }, () => "select :x::int;").join("\n");
+    await writeFile(script, `\\set x random(1, 1000)\n\\startpipeline\n${body}\n\\endpipeline\n`);
+    const { stdout } = await promisify(execFile)(join(binDir, "pgbench"), [
+      ...["-n", "-M", "prepared", "-c", String(POOL_SIZE), "-j", "2", "-T", "5"],
+      ...["-f", script, url],
+    ]);
+    const tps = /tps = ([\d.]+)/.exec(stdout)?.[1];
+    return tps === undefined ? undefined : Math.round(Number(tps) * 50);
+  } catch (err) {
+    console.error(`pgbench failed: ${(err as Error).message}`);
+    return undefined;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function report(results: Record<string, Record<string, Cell>>, names: string[]): string {
+  const header = [
+    "shape @ callers",
+    ...names,
+    "dbx ÷ best peer",
+    "p50/p99 ms (" + names.join(", ") +
+    ")",
+  ];
+  const rows = Object.entries(results).map(([cell, byName]) => {
+    const [shape, callers] = cell.split("@") as [Shape, string];
+    const best = Math.max(...names.filter((n) => n !== "dbx").map((n) => byName[n]!.qps));
+    return [
+      `${SHAPES[shape].label} @${callers}`,
+      ...names.map((n) => String(byName[n]!.qps)),
+      (byName.dbx!.qps / best).toFixed(2),
+      names.map((n) => `${byName[n]!.p50}/${byName[n]!.p99}`).join("  "),
+    ];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join(" | ");
+  return [line(header), widths.map((w) => "-".repeat(w)).join("-|-"), ...rows.map(line)].join(
+    "\n",
+  );
+}
+
+async function main(): Promise<void> {
+  let url = process.env.DBX_BENCH_URL;
+  let local: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
+  if (url === undefined) {
+    local = await startLocalCluster({ replicas: 0 });
+    url = local.masterUrl;
+  }
+  try {
+    await prepare(url);
+    const list = await contenders(url);
+    let results;
+    try {
+      results = await measure(list);
+    } finally {
+      for (const c of list) await c.close();
+    }
+    const ceiling = await pgbenchCeiling(url);
+    const names = list.map((c) => c.name);
+    console.log(`\n${runtime}: pool ${POOL_SIZE}, ${ROUNDS} rounds of ${ROUND_MS} ms per cell`);
+    console.log(report(results, names));
+    const dbxBest = Math.max(...Object.values(results).map((r) => r.dbx!.qps));
+    if (ceiling !== undefined) {
+      console.log(
+        `pgbench pipeline ceiling: ${ceiling} statements/s; dbx's best cell is ${
+          (100 * dbxBest / ceiling).toFixed(1)
+        } % of it`,
+      );
+    }
+    const summary = { runtime, poolSize: POOL_SIZE, results, pgbenchPipeline: ceiling };
+    await mkdir(new URL("./results/", import.meta.url), { recursive: true });
+    await writeFile(
+      new URL(`./results/peers-${runtime}.json`, import.meta.url),
+      JSON.stringify(summary, null, 2),
+    );
+    console.log(JSON.stringify(summary));
+  } finally {
+    await local?.close();
+  }
+}
+
+await main();
