@@ -17,6 +17,7 @@ import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_interna
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
+import { isConnectionError } from "../sqlstate.ts";
 
 /** Pipelining settings of a node. */
 export interface PipeSettings {
@@ -246,6 +247,9 @@ export class Pipes {
           return;
         }
         if (err) {
+          // The connection is ending (57P01 from pg_terminate_backend, a lost socket):
+          // nothing more goes on it, even before pg reports its end.
+          if (isConnectionError(err)) this.#drop(pipe);
           reject(err);
           return;
         }
