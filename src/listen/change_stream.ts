@@ -87,6 +87,8 @@ export class ChangeStream implements ChangeSubscription {
   readonly #parserOf: (oid: number) => (text: string) => unknown;
   readonly #closed = new AbortController();
   #acked: bigint;
+  /** Where the current connection's stream started. */
+  #startedAt = 0n;
   /** The furthest WAL position the server said it sent. */
   #received = 0n;
   #current: Conn | undefined;
@@ -174,7 +176,7 @@ export class ChangeStream implements ChangeSubscription {
           code: "25006",
         });
       }
-      const from = this.#acked;
+      const from = this.#startedAt = this.#acked;
       const copy = startCopyBoth(
         client,
         this.#startSql(from),
@@ -374,7 +376,7 @@ export class ChangeStream implements ChangeSubscription {
       downMs: Math.round(performance.now() - downAt),
       node,
       previousNode,
-      position: this.position,
+      position: formatLsn(this.#startedAt),
       reason,
     };
     this.#d.observer.log("info", "dbx: change stream resumed", { slot: this.slot, ...info });

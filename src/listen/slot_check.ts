@@ -126,33 +126,40 @@ export async function checkSetup(
   }
   const withReplicas = d.nodes.length > 1;
   let [row] = await ask<SlotRow>(SLOT_SQL, [slot]);
+  if (row !== undefined) problems.push(...slotProblems(slot, row, withReplicas));
+  else if (!create) {
+    problems.push(
+      `replication slot "${slot}" does not exist; pass create: true, or run select ` +
+        `pg_create_logical_replication_slot('${slot}', 'pgoutput', failover => true)`,
+    );
+  }
+  if (withReplicas) await checkReplicas(d, slot, row !== undefined, ask, problems, signal);
+  if (problems.length > 0) throw new ReplicationSetupError(problems);
+  // Made only once everything else is right: a slot nobody reads holds WAL back forever.
   let created = false;
-  if (row === undefined && create && problems.length === 0) {
+  if (row === undefined) {
     try {
       await ask(
         "select lsn from pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
         [slot],
       );
       created = true;
+      d.observer.log("info", "dbx: created the change stream's slot (failover = true)", {
+        slot,
+        replicas: withReplicas ? "copied by their slot sync worker within seconds" : "none",
+      });
     } catch (err) {
       // Another subscriber made it meanwhile (42710): use it.
       if (pgErrorCode(err) !== "42710") throw err;
     }
     [row] = await ask<SlotRow>(SLOT_SQL, [slot]);
-  }
-  if (row === undefined) {
-    if (!create) {
-      problems.push(
-        `replication slot "${slot}" does not exist; pass create: true, or run select ` +
-          `pg_create_logical_replication_slot('${slot}', 'pgoutput', failover => true)`,
-      );
+    if (row === undefined) throw new ReplicationSetupError([`slot "${slot}" vanished`]);
+    if (!created) {
+      const raced = slotProblems(slot, row, withReplicas);
+      if (raced.length > 0) throw new ReplicationSetupError(raced);
     }
-  } else {
-    problems.push(...slotProblems(slot, row, withReplicas));
   }
-  if (withReplicas) await checkReplicas(d, slot, ask, problems, signal);
-  if (problems.length > 0) throw new ReplicationSetupError(problems);
-  return { confirmed: parseLsn(row?.confirmed) ?? 0n, created };
+  return { confirmed: parseLsn(row.confirmed) ?? 0n, created };
 }
 
 function slotProblems(slot: string, row: SlotRow, withReplicas: boolean): string[] {
@@ -186,6 +193,7 @@ function slotProblems(slot: string, row: SlotRow, withReplicas: boolean): string
 async function checkReplicas(
   d: Dispatcher,
   slot: string,
+  slotExists: boolean,
   ask: <T>(sql: string, args?: readonly unknown[]) => Promise<T[]>,
   problems: string[],
   signal: AbortSignal | undefined,
@@ -216,14 +224,16 @@ async function checkReplicas(
   const primary = d.checker.topology.primary;
   const replicas = d.nodes.filter((node) => node !== primary);
   await Promise.all(
-    replicas.map((node) => checkReplica(d, node, slot, waitsFor, problems, signal)),
+    replicas.map((node) =>
+      checkReplica(d, node, slotExists ? slot : undefined, waitsFor, problems, signal)
+    ),
   );
 }
 
 async function checkReplica(
   d: Dispatcher,
   node: Node,
-  slot: string,
+  slot: string | undefined,
   waitsFor: readonly string[],
   problems: string[],
   signal: AbortSignal | undefined,
@@ -240,7 +250,7 @@ async function checkReplica(
         current_setting('primary_slot_name') as slot,
         (select synced and not temporary from pg_replication_slots where slot_name = $1)
           as synced`,
-      [slot],
+      [slot ?? ""],
       signal === undefined ? undefined : { signal },
     );
     row = result.rows[0] as Record<string, unknown> | undefined;
@@ -269,7 +279,7 @@ async function checkReplica(
         `slot of replica ${node.name}`,
     );
   }
-  if (row.synced !== true && row.sync === "on") {
+  if (slot !== undefined && row.synced !== true && row.sync === "on") {
     d.observer.log(
       "warn",
       "dbx: the change stream's slot is not synced to a replica yet; a failover to it now would lose the slot",
