@@ -144,7 +144,7 @@ export class Recorder {
 export const ROWS_PER_TX = 3;
 
 /**
- * Commits numbered transactions of {@linkcode ROWS_PER_TX} rows into `items` (tx n holds ids
+ * Commits numbered transactions (about 150 a second) of {@linkcode ROWS_PER_TX} rows into `items` (tx n holds ids
  * 3n, 3n + 1, 3n + 2) one after another until stopped; a failed commit (a failover) is
  * counted and the writer goes on with the next number.
  */
@@ -166,6 +166,8 @@ export class Writer {
             [tx],
           );
           this.committed++;
+          // A steady writer, not a flood: the test counts every row it wrote.
+          await new Promise((resolve) => setTimeout(resolve, 5));
         } catch {
           this.failed++;
           await new Promise((resolve) => setTimeout(resolve, 20));
