@@ -4,11 +4,11 @@
  * (made with `failover = true` when asked), and — when the cluster has
  * replicas — everything that makes the slot survive a failover: the slot's
  * `failover` flag, `synchronized_standby_slots` on the primary naming
- * physical slots it has, and on each replica `sync_replication_slots`,
- * `hot_standby_feedback`, a `primary_slot_name` the primary waits for, and
- * the slot synced. Settings that are wrong fail the call with every problem
- * named; a slot not synced yet (or a replica that does not answer) is a
- * warning: the sync worker copies it within seconds.
+ * physical slots it has, and on each replica it names (a failover target)
+ * `sync_replication_slots`, `hot_standby_feedback` and the slot synced.
+ * Settings that are wrong fail the call with every problem named; a slot not
+ * synced yet, a replica that does not answer, or one the primary does not
+ * wait for (no failover target) is a warning.
  *
  * @module
  */
@@ -263,6 +263,16 @@ async function checkReplica(
     return;
   }
   if (row === undefined || row.standby !== true) return;
+  // Only the replicas the primary waits for are failover targets for change streams; the
+  // others may serve reads, but a consumer may have seen changes they lack.
+  if (row.slot === "" || !waitsFor.includes(row.slot as string)) {
+    d.observer.log(
+      "warn",
+      "dbx: a replica is not in synchronized_standby_slots; do not fail over to it while change streams run: consumers may have seen changes it lacks",
+      { node: node.name, primarySlotName: row.slot },
+    );
+    return;
+  }
   const on = `on replica ${node.name}`;
   if (row.sync !== "on") {
     problems.push(
@@ -271,14 +281,6 @@ async function checkReplica(
     );
   }
   if (row.feedback !== "on") problems.push(`hot_standby_feedback is off ${on}; set it to on`);
-  if (row.slot === "") {
-    problems.push(`primary_slot_name is not set ${on}; stream it through a physical slot`);
-  } else if (!waitsFor.includes(row.slot as string)) {
-    problems.push(
-      `synchronized_standby_slots on the primary does not name "${row.slot}", the physical ` +
-        `slot of replica ${node.name}`,
-    );
-  }
   if (slot !== undefined && row.synced !== true && row.sync === "on") {
     d.observer.log(
       "warn",
