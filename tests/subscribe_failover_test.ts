@@ -78,7 +78,8 @@ for (const kind of ["planned", "unplanned"] as const) {
     async fn() {
       await using db = await logicalCluster();
       const { cluster, local } = db;
-      const recorder = new Recorder();
+      // Slower than the writer: at the failover, changes are received and not yet handled.
+      const recorder = new Recorder(8);
       const reconnects: ChangeReconnectInfo[] = [];
       await using sub = await cluster.subscribe("items_pub", recorder.handler, {
         slot: "orders",

@@ -112,10 +112,23 @@ export async function slotSynced(local: LocalCluster, slot: string): Promise<voi
 /** Every change handed to a subscription's handler, in order. */
 export class Recorder {
   readonly changes: Change[] = [];
+  readonly #slowMs: number;
+
+  /**
+   * @param slowMs How long the handler takes over the second row of each writer
+   * transaction: a handler slower than the writer keeps changes received but not yet
+   * acknowledged, which a failover must deliver again.
+   */
+  constructor(slowMs = 0) {
+    this.#slowMs = slowMs;
+  }
 
   /** The handler to pass to `subscribe()`. */
-  readonly handler = (change: Change): void => {
+  readonly handler = async (change: Change): Promise<void> => {
     this.changes.push(change);
+    if (this.#slowMs > 0 && (change.new?.id as number) % ROWS_PER_TX === 1) {
+      await new Promise((resolve) => setTimeout(resolve, this.#slowMs));
+    }
   };
 
   /** How many times each `items` id was delivered (inserts). */

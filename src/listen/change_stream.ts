@@ -7,13 +7,11 @@
  * then its transaction's end LSN to acknowledge, and a keepalive's position
  * when no transaction is open. One loop empties it, calling the handler for a
  * change and acknowledging a position only when every change before it was
- * handled, so the acknowledged position is always exact (the end LSN, never +
- * 1). Status updates carry that position as written, flushed and applied; they
- * answer the server's reply requests and go out every few seconds even while
- * the socket is paused because the queue is full. A lost connection, a node
- * the checker no longer sees as the healthy primary, or a handler that threw
- * drops the queue and restarts from the acknowledged position, on whatever
- * node is primary then.
+ * handled: exactly the end LSN, never + 1. Status updates carry it; they
+ * answer reply requests and go out even while a full queue pauses the socket.
+ * A lost connection, a node the checker no longer sees as the healthy primary,
+ * or a handler that threw drops the queue and restarts from the acknowledged
+ * position, on whatever node is primary then.
  *
  * @module
  */
@@ -21,14 +19,13 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import type { Dispatcher } from "../call/dispatch.ts";
-import { delay } from "../call/retry.ts";
 import { formatLsn } from "../call/route.ts";
 import { isConnectionError } from "../failure.ts";
 import type { Node } from "../node/node.ts";
 import { type CopyBoth, discardClient, startCopyBoth } from "../node/pg_internals.ts";
 import { ChangeDecoder } from "./change_decoder.ts";
-import { endOnAbort, openOnPrimary, reconnect, reconnectPause, Tasks } from "./follow_primary.ts";
-import { decodePgOutput, decodeReplication, encodeStatusUpdate } from "./pgoutput.ts";
+import * as follow from "./follow_primary.ts";
+import * as wire from "./pgoutput.ts";
 import type {
   Change,
   ChangeHandler,
@@ -47,6 +44,8 @@ const HIGH_WATER = 2_000;
 const LOW_WATER = 500;
 /** How long close() waits for the server to end the copy before cutting the connection. */
 const CLOSE_GRACE_MS = 2_000;
+/** How long close() waits for the change in the handler before it closes regardless. */
+const HANDLER_GRACE_MS = 5_000;
 
 /** One replication connection. */
 interface Conn {
@@ -55,7 +54,7 @@ interface Conn {
   readonly copy: CopyBoth;
   readonly decoder: ChangeDecoder;
   /** Why it is being cut on purpose, if it is. */
-  cut?: "handler_failed" | "not_primary" | "closed";
+  cut?: "handler_failed" | "unreadable" | "not_primary" | "closed";
   /** Ticks in a row on which the checker did not see its node as the healthy primary. */
   notPrimary: number;
 }
@@ -81,9 +80,7 @@ export class ChangeStream implements ChangeSubscription {
   readonly publication: string;
   readonly slot: string;
   readonly #d: Dispatcher;
-  readonly #resources: Set<AsyncDisposable>;
-  readonly #handler: ChangeHandler;
-  readonly #onReconnect: ((info: ChangeReconnectInfo) => void) | undefined;
+  readonly #parts: ChangeStreamParts;
   readonly #parserOf: (oid: number) => (text: string) => unknown;
   readonly #closed = new AbortController();
   #acked: bigint;
@@ -99,7 +96,7 @@ export class ChangeStream implements ChangeSubscription {
   #reportedAt = 0;
   #ticker: ReturnType<typeof setInterval> | undefined;
   /** Restarts and connections until they ended: close() waits for them. */
-  readonly #tasks = new Tasks();
+  readonly #tasks = new follow.Tasks();
   #closing: Promise<void> | undefined;
   #stopSignal: (() => void) | undefined;
 
@@ -111,11 +108,9 @@ export class ChangeStream implements ChangeSubscription {
    */
   constructor(d: Dispatcher, parts: ChangeStreamParts) {
     this.#d = d;
-    this.#resources = parts.resources;
+    this.#parts = parts;
     this.publication = parts.publication;
     this.slot = parts.slot;
-    this.#handler = parts.handler;
-    this.#onReconnect = parts.onReconnect;
     this.#acked = parts.position;
     const types = d.config.types ?? pg.types;
     this.#parserOf = (oid) => types.getTypeParser(oid, "text") as (text: string) => unknown;
@@ -141,7 +136,7 @@ export class ChangeStream implements ChangeSubscription {
     const closed = this.#closed.signal;
     const s = signal === undefined ? closed : AbortSignal.any([signal, closed]);
     const what = `START_REPLICATION SLOT ${this.slot} LOGICAL`;
-    return openOnPrimary(this.#d, what, s, (node, s) => this.#attach(node, s));
+    return follow.openOnPrimary(this.#d, what, s, (node, s) => this.#attach(node, s));
   }
 
   /**
@@ -150,7 +145,7 @@ export class ChangeStream implements ChangeSubscription {
    * @param signal The caller's signal.
    */
   endOn(signal: AbortSignal): void {
-    this.#stopSignal = endOnAbort(signal, () => void this.close());
+    this.#stopSignal = follow.endOnAbort(signal, () => void this.close());
   }
 
   /** One attempt on `node`: connect, make sure it is the primary, start streaming. */
@@ -179,7 +174,7 @@ export class ChangeStream implements ChangeSubscription {
       const from = this.#startedAt = this.#acked;
       const copy = startCopyBoth(
         client,
-        this.#startSql(from),
+        wire.startReplication(this.slot, this.publication, from),
         (chunk) => this.#receive(conn!, chunk),
       );
       conn = { client, node, copy, decoder: new ChangeDecoder(this.#parserOf), notPrimary: 0 };
@@ -226,17 +221,11 @@ export class ChangeStream implements ChangeSubscription {
     }
   }
 
-  #startSql(from: bigint): string {
-    const names = `"${this.publication.replaceAll('"', '""')}"`;
-    return `START_REPLICATION SLOT ${this.slot} LOGICAL ${formatLsn(from)} ` +
-      `(proto_version '1', publication_names '${names.replaceAll("'", "''")}')`;
-  }
-
   /** One CopyData message of `conn`, in order; never throws (pg calls it). */
   #receive(conn: Conn, chunk: Uint8Array): void {
     if (conn.cut !== undefined) return;
     try {
-      const message = decodeReplication(chunk);
+      const message = wire.decodeReplication(chunk);
       const at = message.tag === "xlog"
         ? message.start
         : message.tag === "keepalive"
@@ -244,7 +233,7 @@ export class ChangeStream implements ChangeSubscription {
         : 0n;
       if (at > this.#received) this.#received = at;
       if (message.tag === "xlog") {
-        const decoded = conn.decoder.apply(decodePgOutput(message.data), message.start);
+        const decoded = conn.decoder.apply(wire.decodePgOutput(message.data), message.start);
         if (decoded.kind === "changes") {
           for (const change of decoded.changes) this.#queue.push({ conn, change });
         } else if (decoded.kind === "commit") this.#queue.push({ conn, ack: decoded.endLsn });
@@ -260,7 +249,7 @@ export class ChangeStream implements ChangeSubscription {
         slot: this.slot,
         error: error instanceof Error ? error.message : String(error),
       });
-      conn.cut = "handler_failed";
+      conn.cut = "unreadable";
       discardClient(conn.client);
       return;
     }
@@ -293,7 +282,7 @@ export class ChangeStream implements ChangeSubscription {
         continue;
       }
       try {
-        await this.#handler(item.change);
+        await this.#parts.handler(item.change);
       } catch (error) {
         if (conn.cut !== undefined) continue;
         this.#failures++;
@@ -322,7 +311,7 @@ export class ChangeStream implements ChangeSubscription {
     this.#reported = this.#acked;
     this.#reportedAt = performance.now();
     try {
-      conn.copy.send(encodeStatusUpdate(this.#acked, this.#received));
+      conn.copy.send(wire.encodeStatusUpdate(this.#acked, this.#received));
     } catch {
       // The connection is going away; the next one starts from the acknowledged position.
     }
@@ -361,7 +350,7 @@ export class ChangeStream implements ChangeSubscription {
     const closed = this.#closed.signal;
     try {
       // After a handler failure, back off before the transaction comes again.
-      if (reason === "handler_failed") await reconnectPause(this.#d, this.#failures, closed);
+      if (reason === "handler_failed") await follow.reconnectPause(this.#d, this.#failures, closed);
     } catch {
       return; // closed while waiting
     }
@@ -369,7 +358,7 @@ export class ChangeStream implements ChangeSubscription {
     while (this.#draining !== undefined) await this.#draining;
     const what = "dbx: change stream could not resume yet";
     const fields = { slot: this.slot };
-    if (!await reconnect(this.#d, what, fields, closed, () => this.open(undefined))) return;
+    if (!await follow.reconnect(this.#d, what, fields, closed, () => this.open(undefined))) return;
     const node = this.#current?.node.name;
     if (node === undefined) return;
     const info = {
@@ -381,15 +370,15 @@ export class ChangeStream implements ChangeSubscription {
     };
     this.#d.observer.log("info", "dbx: change stream resumed", { slot: this.slot, ...info });
     try {
-      this.#onReconnect?.(info);
+      this.#parts.onReconnect?.(info);
     } catch (error) {
       this.#d.observer.log("error", "dbx: onReconnect threw", { slot: this.slot, error });
     }
   }
 
   /**
-   * Closes the stream (same promise every call): the change being handled finishes,
-   * its position is acknowledged, then the server ends the copy.
+   * Closes the stream (same promise every call): the change being handled finishes (up to
+   * 5 s), its position is acknowledged, then the server ends the copy.
    *
    * @returns Resolves when nothing of the subscription is left running.
    */
@@ -400,23 +389,21 @@ export class ChangeStream implements ChangeSubscription {
   async #close(): Promise<void> {
     this.#closed.abort();
     this.#stopSignal?.();
-    this.#resources.delete(this);
-    while (this.#draining !== undefined) await this.#draining;
+    this.#parts.resources.delete(this);
+    // A handler that never settles must not keep close() (and the cluster's) waiting.
+    await follow.settled(() => this.#draining, HANDLER_GRACE_MS);
     const conn = this.#current;
     if (conn !== undefined) {
       this.#report(conn, true);
       conn.cut = "closed";
       this.#current = undefined;
       clearInterval(this.#ticker);
-      const grace = new AbortController();
       try {
         conn.copy.end();
-        await Promise.race([conn.copy.done.catch(() => {}), delay(CLOSE_GRACE_MS, grace.signal)]);
       } catch {
         // The connection was already gone.
-      } finally {
-        grace.abort();
       }
+      await follow.settled(() => conn.copy.done.catch(() => {}), CLOSE_GRACE_MS, true);
       discardClient(conn.client);
     }
     await this.#tasks.idle();

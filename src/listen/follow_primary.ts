@@ -111,6 +111,31 @@ export function endOnAbort(signal: AbortSignal, end: () => void): () => void {
   return () => signal.removeEventListener("abort", end);
 }
 
+/**
+ * Waits until `current()` is `undefined` or settled for good (it may be replaced while
+ * waited for, e.g. a queue drained again), or `ms` have passed, whichever comes first.
+ *
+ * @param current The promise to wait for now; `undefined` when there is none.
+ * @param ms The most to wait.
+ * @param once Wait for the first promise only.
+ * @returns Resolves when done waiting; never rejects.
+ */
+export async function settled(
+  current: () => Promise<unknown> | undefined,
+  ms: number,
+  once = false,
+): Promise<void> {
+  const timer = new AbortController();
+  const late = delay(ms, timer.signal).then(() => true, () => false);
+  try {
+    for (let p = current(); p !== undefined; p = once ? undefined : current()) {
+      if (await Promise.race([p.then(() => false, () => false), late])) return;
+    }
+  } finally {
+    timer.abort();
+  }
+}
+
 /** Background work of a subscription (reconnects, checks, connections ending), awaited on close. */
 export class Tasks {
   readonly #running = new Set<Promise<void>>();

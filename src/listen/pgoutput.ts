@@ -11,6 +11,8 @@
  * @module
  */
 
+import { formatLsn } from "../call/route.ts";
+
 /** Microseconds between the Unix epoch and PostgreSQL's (2000-01-01). */
 const PG_EPOCH_US = 946_684_800_000_000n;
 
@@ -177,6 +179,21 @@ export function decodeReplication(bytes: Uint8Array): ReplicationMessage {
     return { tag: "keepalive", walEnd, replyRequested: r.byte() === 1 };
   }
   return { tag: "other", code };
+}
+
+/**
+ * The command that starts a logical stream: `pgoutput` protocol version 1 for one
+ * publication, from `from` (the server never goes back before the slot's confirmed position).
+ *
+ * @param slot The slot's name (lower-case letters, digits and `_` only).
+ * @param publication The publication's name, any text.
+ * @param from Where to start.
+ * @returns The `START_REPLICATION` command.
+ */
+export function startReplication(slot: string, publication: string, from: bigint): string {
+  const names = `"${publication.replaceAll('"', '""')}"`;
+  return `START_REPLICATION SLOT ${slot} LOGICAL ${formatLsn(from)} ` +
+    `(proto_version '1', publication_names '${names.replaceAll("'", "''")}')`;
 }
 
 /**

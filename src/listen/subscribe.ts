@@ -174,8 +174,9 @@ export interface ChangeSubscription extends AsyncDisposable {
   /** The node streaming now; `undefined` while reconnecting or after `close()`. */
   readonly node: string | undefined;
   /**
-   * Stops the stream: waits for the change being handled, acknowledges what was handled,
-   * and closes the connection. Every call returns the same promise; it never rejects.
+   * Stops the stream: waits for the change being handled (at most 5 s; a handler still
+   * running then is left to finish and its transaction is not acknowledged), acknowledges
+   * what was handled, and closes the connection. Every call returns the same promise; it never rejects.
    *
    * @returns Resolves when nothing of the subscription is left running.
    */
