@@ -45,7 +45,7 @@ export async function logicalCluster(): Promise<Logical> {
       master: local.masterUrl,
       replicas: local.replicaUrls,
       logger,
-      healthCheck: { intervalMs: 200, timeoutMs: 1_000 },
+      healthCheck: { intervalMs: 500, timeoutMs: 2_000 },
       retry: { waitForPrimaryMs: 30_000 },
     });
     await cluster.exec("create table items (id int primary key, tx int not null, note text)");
