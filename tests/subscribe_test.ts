@@ -461,5 +461,25 @@ Deno.test({
     );
     assert.deepEqual(second.changes.map((c) => c.new?.id), [3]);
     assert.ok(again.node !== undefined);
+    // The signal ends a subscription like close(); what it handled stays acknowledged.
+    await again.close();
+    const abort = new AbortController();
+    const third = new Recorder();
+    const viaSignal = await cluster.subscribe("items_pub", third.handler, {
+      slot: "resume",
+      signal: abort.signal,
+    });
+    await cluster.exec("insert into items values (4, 3)");
+    await waitFor(
+      "row 4 is delivered",
+      () => third.changes.length >= 1 || undefined,
+      () => third.summary(),
+    );
+    abort.abort();
+    await viaSignal.close();
+    assert.equal(viaSignal.node, undefined);
+    assert.deepEqual(third.changes.map((c) => c.new?.id), [4]);
+    // Its JSON shows what it streams, nothing of its connection.
+    assert.equal(JSON.stringify(viaSignal), `{"publication":"items_pub","slot":"resume"}`);
   },
 });
