@@ -108,6 +108,14 @@ export type {
   ReconnectInfo,
   Subscription,
 } from "./src/listen/listen.ts";
+export type {
+  Change,
+  ChangeHandler,
+  ChangeReconnectInfo,
+  ChangeSubscription,
+  SubscribeOptions,
+} from "./src/listen/subscribe.ts";
+export { ReplicationSetupError } from "./src/listen/slot_check.ts";
 export type { ReadStreamOptions, StreamOptions } from "./src/tx/stream.ts";
 export { noopLogger } from "./src/observe/observe.ts";
 export type {

@@ -11,6 +11,12 @@
  * 4. prints per-node routing, errors, retries, how long writes were unavailable,
  *    and checks that every acknowledged write is present exactly once.
  *
+ * Where PostgreSQL 18 can be had (installed, or npm's on linux-x64) the cluster
+ * runs it with logical replication, and a change-stream consumer
+ * (`cluster.subscribe()`, `demo_changes.ts`) counts every ledger insert through
+ * the failover: every row on the new primary must come through at least once,
+ * none it lacks. Elsewhere the demo runs without it and says so.
+ *
  * Exits 0 on success, 1 when an acknowledged write is missing or doubled or
  * writes never reached the new primary, 130 when interrupted. Every server it
  * started is stopped and its directory removed, on errors and Ctrl-C too.
@@ -27,7 +33,8 @@ import {
 } from "@opentelemetry/sdk-metrics";
 import { connect, mayHaveBeenApplied, type MetricsHook } from "../mod.ts";
 import { otelMetrics } from "../src/observe/otel.ts";
-import { startLocalCluster } from "../src/testing/mod.ts";
+import { findPgBinaries, startLocalCluster } from "../src/testing/mod.ts";
+import { type ChangeCounter, startChangeCounter } from "./demo_changes.ts";
 
 const DURATION_MS = 15_000;
 const KILL_AT_MS = 5_000;
@@ -148,8 +155,19 @@ const firstLine = (err: unknown) =>
   (err instanceof Error ? err.message : String(err)).split("\n")[0]!;
 
 async function main(signal: AbortSignal): Promise<number> {
-  say("Starting a local PostgreSQL cluster: 1 primary + 2 streaming replicas ...");
-  await using local = await startLocalCluster({ replicas: 2, signal });
+  // Change streams that survive a failover need PostgreSQL 17+.
+  const logical = (await findPgBinaries({ pgVersion: 18 })) !== undefined;
+  say(
+    `Starting a local PostgreSQL ${
+      logical ? "18 " : ""
+    }cluster: 1 primary + 2 streaming replicas ...`,
+  );
+  await using local = await startLocalCluster({
+    replicas: 2,
+    signal,
+    ...(logical ? { pgVersion: 18, logical: true } : {}),
+  });
+  if (!logical) say("  (no PostgreSQL 18 here: the change-stream consumer is skipped)");
   const [primary, replica1, replica2] = local.nodes;
   if (primary === undefined || replica1 === undefined || replica2 === undefined) {
     throw new Error("startLocalCluster({ replicas: 2 }) returned fewer than 3 nodes");
@@ -213,6 +231,9 @@ async function main(signal: AbortSignal): Promise<number> {
     if (nodes.every((n) => n.role === "primary" || n.lagBytes === 0)) break;
     await sleep(50, signal);
   }
+  const changes: ChangeCounter | undefined = logical
+    ? await startChangeCounter(cluster, replica1.name, say)
+    : undefined;
 
   let running = true;
   let nextId = 1;
@@ -272,6 +293,7 @@ async function main(signal: AbortSignal): Promise<number> {
         `writes ${acknowledged.length} (${
           Math.round((acknowledged.length - last.writes) / secs)
         }/s)  failed r/w ${failedReads}/${failedWrites + inFlightWrites}  retries ${retries}  ` +
+        (changes === undefined ? "" : `changes ${changes.delivered}  `) +
         `nodes ${up.join(" ")}`,
     );
     last = { at: now, reads, writes: acknowledged.length };
@@ -378,6 +400,12 @@ async function main(signal: AbortSignal): Promise<number> {
   );
 
   const problems: string[] = [];
+  if (changes !== undefined) {
+    const checked = await changes.check(new Set(copies.keys()));
+    for (const line of checked.lines) console.log(line);
+    problems.push(...checked.problems);
+    await changes.close();
+  }
   if (missing > 0) problems.push(`${missing} acknowledged writes are missing`);
   if (duplicated > 0) problems.push(`${duplicated} ids were written more than once`);
   if (gapMs === undefined) problems.push(`dbx never moved writes to ${replica1.name}`);

@@ -60,6 +60,18 @@ export function parseLsn(text: string | null | undefined): bigint | undefined {
 }
 
 /**
+ * Formats a WAL position as `pg_lsn` text (`16/B374D848`).
+ *
+ * @param lsn The position.
+ * @returns Its text, as PostgreSQL prints it.
+ */
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${
+    (lsn & 0xffffffffn).toString(16).toUpperCase()
+  }`;
+}
+
+/**
  * Replication lag of a replica in ms. Equal or later WAL positions mean 0:
  * on an idle primary the last replayed transaction can be old although the
  * replica has everything, so the replay age counts only when behind.

@@ -14,7 +14,7 @@
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { CallOptions } from "./signal.ts";
-import { parseLsn } from "./route.ts";
+import { formatLsn, parseLsn } from "./route.ts";
 import { describe } from "./validate.ts";
 
 /** What a session reads of the primary: its last probe's position and sequence number. */
@@ -155,13 +155,6 @@ export class SessionState implements Session {
   cover(lsn: bigint): void {
     if (this.#minLsn === undefined || lsn > this.#minLsn) this.#minLsn = lsn;
   }
-}
-
-/** Formats a WAL position as `pg_lsn` text (`16/B374D848`). */
-function formatLsn(lsn: bigint): string {
-  return `${(lsn >> 32n).toString(16).toUpperCase()}/${
-    (lsn & 0xffffffffn).toString(16).toUpperCase()
-  }`;
 }
 
 const storage = new AsyncLocalStorage<SessionState>();

@@ -15,6 +15,7 @@ import type { CommandResult, Executor, QueryOptions, ReadOptions, Row, Tx } from
 import { rowOf, rowsOf, toCommandResult } from "../executor.ts";
 import type { ListenOptions, NotificationHandler, Subscription } from "../listen/listen.ts";
 import { listen, notify } from "../listen/listen.ts";
+import * as changes from "../listen/subscribe.ts";
 import type { BatchOptions, BatchQuery, BatchResult } from "../tx/batch.ts";
 import type { CopyOptions, CopyRows } from "../tx/copy.ts";
 import type { RunTxOptions, TxOptions } from "../tx/run_tx.ts";
@@ -289,11 +290,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     return stream<T>(this.#core, false, sql, args, options);
   }
 
-  /**
-   * Like {@linkcode stream}, on a replica chosen as for `readQuery`.
-   *
-   * @returns The rows, one at a time.
-   */
+  /** Like {@linkcode stream}, on a replica chosen as for `readQuery`: rows one at a time. */
   readStream<T = Row>(
     sql: string,
     args?: readonly unknown[],
@@ -317,6 +314,18 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     options?: ListenOptions,
   ): Promise<Subscription> {
     return listen(this.#core, channel, handler, options);
+  }
+
+  /**
+   * Streams `publication`'s changes (PostgreSQL 17+) to `handler` in commit order, at least
+   * once, across failovers; checks the servers first (see {@linkcode changes.ChangeSubscription}).
+   */
+  subscribe(
+    publication: string,
+    handler: changes.ChangeHandler,
+    options: changes.SubscribeOptions,
+  ): Promise<changes.ChangeSubscription> {
+    return changes.subscribe(this.#core, publication, handler, options);
   }
 
   /**
@@ -382,20 +391,14 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     return this.#core.health(options);
   }
 
-  /**
-   * A snapshot of every node's pool and counters.
-   *
-   * @returns Per-node stats and totals.
-   */
+  /** A snapshot of every node's pool and counters: per-node stats and totals. */
   stats(): ClusterStats {
     return this.#core.stats();
   }
 
   /**
-   * Normalises any error into a {@linkcode DbxError} (dbx's own are returned as they are).
-   *
-   * @param err Any thrown value.
-   * @returns A DbxError with `code`, `kind` and `cause`.
+   * Normalises any thrown value into a {@linkcode DbxError} with `code`, `kind` and
+   * `cause` (dbx's own are returned as they are).
    */
   handleError(err: unknown): DbxError {
     return handleError(err);

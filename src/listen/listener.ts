@@ -11,17 +11,10 @@
 import type pg from "pg";
 import { discardClient } from "../node/pg_internals.ts";
 import type { Dispatcher } from "../call/dispatch.ts";
-import { retryOptions } from "../call/retry_contract.ts";
 import { isConnectionError } from "../failure.ts";
 import type { NotificationHandler, ReconnectInfo, Subscription } from "./listen.ts";
 import type { Node } from "../node/node.ts";
-import { backoffDelay, delay, withRetry } from "../call/retry.ts";
-
-/** Floor of the wait between two rounds of reconnect attempts, in ms: never a busy loop. */
-const MIN_RECONNECT_DELAY_MS = 100;
-
-/** Cap of the wait between two rounds of reconnect attempts, in ms. */
-const MAX_RECONNECT_DELAY_MS = 5_000;
+import { endOnAbort, openOnPrimary, reconnect, Tasks } from "./follow_primary.ts";
 
 /** A quoted identifier: `"` doubled, so any channel name is one identifier. */
 function quoteIdent(name: string): string {
@@ -52,10 +45,8 @@ export class Listener implements Subscription {
   readonly #closed = new AbortController();
   /** The listening connection and its node, while there is one. */
   #current: { client: pg.Client; node: Node } | undefined;
-  /** Every client opened, until its connection ended. */
-  readonly #ending = new Set<Promise<void>>();
-  /** Reconnects and connection checks in flight: unlisten() waits for them. */
-  readonly #tasks = new Set<Promise<void>>();
+  /** Reconnects, connection checks and clients until they ended: unlisten() waits for them. */
+  readonly #tasks = new Tasks();
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #closing: Promise<void> | undefined;
   #stopSignal: (() => void) | undefined;
@@ -90,17 +81,7 @@ export class Listener implements Subscription {
   open(signal: AbortSignal | undefined): Promise<void> {
     const closed = this.#closed.signal;
     const s = signal === undefined ? closed : AbortSignal.any([signal, closed]);
-    const d = this.#d;
-    return withRetry(
-      (node, attempt) =>
-        d.runner.run(
-          node,
-          { sql: this.#sql, argCount: 0, attempt },
-          s,
-          () => this.#attach(node, s),
-        ),
-      retryOptions(d, "pin", undefined, s, undefined),
-    );
+    return openOnPrimary(this.#d, this.#sql, s, (node, s) => this.#attach(node, s));
   }
 
   /**
@@ -109,10 +90,7 @@ export class Listener implements Subscription {
    * @param signal The caller's signal.
    */
   endOn(signal: AbortSignal): void {
-    const onAbort = () => void this.unlisten();
-    if (signal.aborted) return onAbort();
-    signal.addEventListener("abort", onAbort, { once: true });
-    this.#stopSignal = () => signal.removeEventListener("abort", onAbort);
+    this.#stopSignal = endOnAbort(signal, () => void this.unlisten());
   }
 
   /** One connection attempt on `node`: connect, LISTEN, then watch the connection. */
@@ -122,12 +100,11 @@ export class Listener implements Subscription {
     let lost: unknown;
     // Without a listener a lost connection would be an unhandled 'error'.
     client.on("error", (err) => lost ??= err);
-    const ended = new Promise<void>((resolve) => client.once("end", () => resolve()));
-    this.#ending.add(ended);
-    void ended.then(() => {
-      this.#ending.delete(ended);
-      this.#dropped(client, node, lost);
-    });
+    this.#tasks.track(
+      new Promise<void>((resolve) => client.once("end", () => resolve())).then(() =>
+        this.#dropped(client, node, lost)
+      ),
+    );
     const onAbort = () => void discardClient(client);
     signal.addEventListener("abort", onAbort, { once: true });
     try {
@@ -179,36 +156,15 @@ export class Listener implements Subscription {
     });
     // As for a pooled connection that died: the probe decides about the node.
     if (err === undefined || isConnectionError(err)) this.#d.checker.recheck(node);
-    this.#track(this.#reconnect(downAt));
-  }
-
-  #track(task: Promise<void>): void {
-    const tracked = task.finally(() => this.#tasks.delete(tracked));
-    this.#tasks.add(tracked);
+    this.#tasks.track(this.#reconnect(downAt));
   }
 
   /** Reconnects until LISTEN is active again or the subscription is closed. */
   async #reconnect(downAt: number): Promise<void> {
-    const closed = this.#closed.signal;
-    for (let round = 1;; round++) {
-      try {
-        await this.open(undefined);
-        break;
-      } catch (error) {
-        if (closed.aborted) return;
-        this.#d.observer.log("warn", "dbx: listen could not reconnect yet", {
-          channel: this.channel,
-          error: error instanceof Error ? error.message : String(error),
-        });
-      }
-      const { baseDelayMs } = this.#d.config.retry;
-      const wait = MIN_RECONNECT_DELAY_MS +
-        backoffDelay(round, { baseDelayMs, maxDelayMs: MAX_RECONNECT_DELAY_MS });
-      try {
-        await delay(wait, closed);
-      } catch {
-        return;
-      }
+    const fields = { channel: this.channel };
+    const what = "dbx: listen could not reconnect yet";
+    if (!await reconnect(this.#d, what, fields, this.#closed.signal, () => this.open(undefined))) {
+      return;
     }
     const node = this.#current?.node.name;
     if (node === undefined) return;
@@ -233,7 +189,7 @@ export class Listener implements Subscription {
       const current = this.#current;
       if (current === undefined) return;
       if (this.#d.checker.topology.primary === current.node) return this.#watch();
-      this.#track(
+      this.#tasks.track(
         this.#answers(current.client, timeoutMs).then((ok) => {
           if (this.#current !== current) return;
           if (ok) this.#watch();
@@ -277,9 +233,7 @@ export class Listener implements Subscription {
     const current = this.#current;
     this.#current = undefined;
     if (current !== undefined) discardClient(current.client);
-    while (this.#tasks.size > 0 || this.#ending.size > 0) {
-      await Promise.all([...this.#tasks, ...this.#ending]);
-    }
+    await this.#tasks.idle();
   }
 
   /** Same as {@linkcode unlisten}, for `await using`. */

@@ -299,13 +299,15 @@ export class Node implements BalancerNode {
   /**
    * A new connection set up exactly like the pool's (URL, TLS, value parsers,
    * application name, connect timeout) but outside it: for a session that
-   * outlives statements (LISTEN). The caller connects and ends it.
+   * outlives statements (LISTEN, a change stream). The caller connects and ends it.
    *
+   * @param options `replication: "database"` for a logical replication connection.
    * @returns An unconnected client.
    */
-  dedicatedClient(): pg.Client {
+  dedicatedClient(options: { replication?: "database" } = {}): pg.Client {
     const pool = this.#pool as pg.Pool & { Client: typeof pg.Client };
-    return new pool.Client(pool.options);
+    // pg sends `replication` in the startup packet; @types/pg does not list it.
+    return new pool.Client({ ...pool.options, ...options } as pg.ClientConfig);
   }
 
   /**

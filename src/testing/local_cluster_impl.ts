@@ -17,20 +17,26 @@ export class LocalClusterImpl implements LocalCluster {
   #runner: Runner;
   #teardown: () => Promise<void>;
   #closing: Promise<void> | undefined;
+  readonly pgVersion: number;
+  readonly logical: boolean;
 
   /**
    * @param runner Runs the binaries.
    * @param dir The cluster directory.
    * @param nodes The running nodes, primary first.
+   * @param about The servers' major version and whether the cluster is a logical one.
    * @param teardown Stops every server and removes `dir`; called once, by `close()`.
    */
   constructor(
     runner: Runner,
     dir: string,
     nodes: readonly LocalNode[],
+    about: { readonly pgVersion: number; readonly logical: boolean },
     teardown: () => Promise<void>,
   ) {
     this.#runner = runner;
+    this.pgVersion = about.pgVersion;
+    this.logical = about.logical;
     this.#teardown = teardown;
     this.dir = dir;
     this.nodes = Object.freeze([...nodes]);
@@ -54,6 +60,9 @@ export class LocalClusterImpl implements LocalCluster {
 
   async promote(node: string): Promise<void> {
     const target = this.#node(node);
+    // Before the promotion, so no logical consumer of the new primary ever waits on the
+    // physical slots its inherited setting names (slots that exist on the old primary only).
+    if (this.logical) await this.#clearStandbySlots(target);
     await this.#runner.run("pg_ctl", ["-D", target.dataDir, "-w", "-t", "60", "promote"]);
     // pg_ctl returns once the startup process has finished; wait until clients see it too.
     const outcome = await waitUntil(async () => {
@@ -87,6 +96,21 @@ export class LocalClusterImpl implements LocalCluster {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+
+  /** `synchronized_standby_slots = ''` in postgresql.auto.conf, reloaded. */
+  async #clearStandbySlots(target: LocalNode): Promise<void> {
+    try {
+      await sql(target.url, "alter system set synchronized_standby_slots = ''");
+      await sql(target.url, "select pg_reload_conf()");
+    } catch (error) {
+      throw new Error(
+        `Could not clear synchronized_standby_slots on node "${target.name}": ${
+          (error as Error).message
+        }`,
+        { cause: error },
+      );
+    }
   }
 
   async #replayControl(node: string, fn: string): Promise<void> {

@@ -33,6 +33,7 @@ export { testLogger } from "./test_logger.ts";
 export type { LogEntry, TestLogger } from "./test_logger.ts";
 export { findPgBinaries, findPgBinDir, startLocalCluster } from "./local_cluster.ts";
 export type {
+  FindPgBinariesOptions,
   LocalCluster,
   LocalClusterOptions,
   LocalNode,
