@@ -132,26 +132,30 @@ function staleStatement(err: unknown): "gone" | "stale" | undefined {
 /**
  * Sends a statement, named when the cache gives it a name; re-prepares and
  * re-sends it once when its prepared form is gone (26000) or stale (0A000):
- * the server ran nothing.
+ * the server ran nothing. A query config's own `name` (an ORM's prepared
+ * statement) is replaced by the cache's, keyed by text like every other
+ * statement (unnamed when the cache is off); its `rowMode` and `types` are kept.
  *
  * @param client The connection it goes to (its prepared statements).
  * @param cache The statement names; undefined when off.
- * @param sql Statement text.
- * @param args Bind parameters.
+ * @param config The statement: text, bind parameters, and pg's options.
  * @param send Sends one query config.
  * @returns The driver's result.
  */
 export function sendCached(
   client: pg.ClientBase,
   cache: StatementCache | undefined,
-  sql: string,
-  args: readonly unknown[] | undefined,
+  config: pg.QueryConfig,
   send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
 ): Promise<pg.QueryResult> {
-  const values = args as unknown[];
+  const sql = config.text;
+  const args = config.values;
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
-  if (name === undefined) return send({ text: sql, values }).catch((err) => named(err, "", sql));
-  return send({ text: sql, values, name }).catch((err) => {
+  if (name === undefined) {
+    const unnamed = config.name === undefined ? config : { ...config, name: undefined };
+    return send(unnamed).catch((err) => named(err, "", sql));
+  }
+  return send({ ...config, name }).catch((err) => {
     if (pgErrorCode(err) === "42P05") {
       // Our own name already prepared on this server connection: only a
       // pooler handing one server connection to several clients does that.
@@ -164,7 +168,7 @@ export function sendCached(
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") return named(err, name, sql);
     const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
-    return send({ text: sql, values, name: again }).catch((e) => named(e, again, sql));
+    return send({ ...config, name: again }).catch((e) => named(e, again, sql));
   });
 }
 

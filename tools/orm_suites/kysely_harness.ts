@@ -50,8 +50,12 @@ function clusterConfig(max: number): ClusterConfig {
   return { master, replicas, pool: { max } };
 }
 
-/** A driver that opens its own cluster in `init()` and closes it in `destroy()`. */
-function ownCluster(max: number): Driver {
+/**
+ * A driver that opens its own cluster in `init()` and closes it in
+ * `destroy()`; the cluster's idle-connection errors are collected like the
+ * stock pool's (through a `pgPool()` facade's "error" event).
+ */
+function ownCluster(max: number, errors: Error[]): Driver {
   const cluster = new Cluster(clusterConfig(max));
   const driver = dbxDialect(cluster).createDriver();
   return new Proxy(driver, {
@@ -59,6 +63,7 @@ function ownCluster(max: number): Driver {
       if (key === "init") {
         return async () => {
           await cluster.start();
+          cluster.pgPool().on("error", (err) => errors.push(err));
           await target.init();
         };
       }
@@ -115,7 +120,7 @@ export function postgresDialect(parts: SuiteParts): Dialect {
         createQueryCompiler: () => new PostgresQueryCompiler(),
         // deno-lint-ignore no-explicit-any
         createIntrospector: (db: Kysely<any>) => new PostgresIntrospector(db),
-        createDriver: () => ownCluster(max),
+        createDriver: () => ownCluster(max, errors),
       };
     default:
       throw new Error(`DBX_KYSELY_MODE must be pg, pgpool or dialect: current value is ${mode}`);

@@ -137,17 +137,22 @@ async function runMode(
   env: Record<string, string>,
 ): Promise<MochaReport> {
   const report = await Deno.makeTempFile({ prefix: `kysely-${mode}-`, suffix: ".json" });
-  await run("node", [
-    "node_modules/.bin/mocha",
-    "--timeout",
-    "15000",
-    "--exit",
-    "--reporter",
-    "json",
-    "--reporter-option",
-    `output=${report}`,
-    "test/node/dist/**/*.test.js",
-  ], dir, { env: { ...env, DIALECTS: "postgres", DBX_KYSELY_MODE: mode }, allowFail: true });
+  await run(
+    "node",
+    [
+      "node_modules/.bin/mocha",
+      "--timeout",
+      "15000",
+      "--exit",
+      "--reporter",
+      "json",
+      "--reporter-option",
+      `output=${report}`,
+      "test/node/dist/**/*.test.js",
+    ],
+    dir,
+    { env: { ...env, DIALECTS: "postgres", DBX_KYSELY_MODE: mode }, allowFail: true },
+  );
   const parsed = JSON.parse(await Deno.readTextFile(report)) as MochaReport;
   await Deno.remove(report);
   return parsed;
