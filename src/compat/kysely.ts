@@ -1,12 +1,17 @@
 /**
  * A Kysely dialect over a dbx {@linkcode Cluster}: `@codelab/dbx/kysely`.
  *
- * Kysely's own Postgres adapter, introspector and query compiler, with a
- * driver whose statements go through the cluster: each statement outside a
- * transaction is routed and retried like the cluster's own calls (a plain
- * SELECT to a replica with `reads: "replica"`), transactions are pinned
- * with `cluster.begin`, streams use a server-side cursor, and a query's
- * abort signal cancels it on the server.
+ * Kysely's own Postgres adapter, introspector, query compiler and driver
+ * (`PostgresDriver`: its BEGIN, COMMIT, SAVEPOINT statements go through the
+ * connection, so Kysely's `log` and plugins see them), over dbx sessions
+ * instead of a pg pool (`lazy_session.ts`): each statement outside a
+ * transaction is routed, retried and pipelined like the cluster's own calls
+ * (a plain SELECT to a replica with `reads: "replica"`); BEGIN pins the
+ * session to a primary connection, as does a statement that needs a session
+ * (`SET`, temporary tables, advisory locks); streams use pg-cursor on the
+ * session's connection. Kysely 0.29's `inflightQueryAbortStrategy` works as
+ * on pg: "ignore query" lets an aborted query run on, "cancel query" cancels
+ * it on the server, "kill session" terminates its backend.
  *
  * @example Set up Kysely on a cluster
  * ```ts

@@ -215,7 +215,7 @@ export class LazySession {
       node,
       { sql: TERMINATE, argCount: 1, attempt: 1 },
       undefined,
-      () => node.run(TERMINATE, [pid], undefined),
+      () => node.send({ text: TERMINATE, values: [pid] }, undefined),
     );
   }
 

@@ -33,7 +33,7 @@ import {
   forgetAllStatements,
 } from "./pg_internals.ts";
 import { sessionEffect } from "./session_state.ts";
-import { sendCached, type StatementCache } from "./statement_cache.ts";
+import { sendCached, type StatementCache, statementConfig } from "./statement_cache.ts";
 
 /** The node a lease belongs to, as the lease sees it. */
 export interface LeaseNode {
@@ -110,7 +110,7 @@ export class Lease<N extends LeaseNode = LeaseNode> {
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
   ): Promise<pg.QueryResult> {
-    return this.send({ text: sql, values: args } as pg.QueryConfig, signal);
+    return this.send(statementConfig(sql, args), signal);
   }
 
   /**

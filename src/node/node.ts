@@ -265,25 +265,10 @@ export class Node extends AttemptCounters implements BalancerNode {
 
   /**
    * Runs one statement on this node: pipelined when it needs no session
-   * (no `signal`) and a pipe has room, else on a pooled connection.
-   *
-   * @param sql Statement text.
-   * @param args Bind parameters.
-   * @param signal Cancels the wait for a connection, or the statement on the server.
-   * @returns The driver's result.
-   */
-  run(
-    sql: string,
-    args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult> {
-    return this.send({ text: sql, values: args } as pg.QueryConfig, signal);
-  }
-
-  /**
-   * {@linkcode run} for a node-postgres query config (the `pgPool` facade,
-   * the Kysely dialect): `rowMode` and `types` reach pg as they are, a
-   * `name` gives way to the statement cache's.
+   * (no `signal`) and a pipe has room, else on a pooled connection. A
+   * node-postgres query config's `rowMode` and `types` reach pg as they are
+   * (the `pgPool` facade, the Kysely dialect); a `name` gives way to the
+   * statement cache's.
    *
    * @param config The statement.
    * @param signal Cancels the wait for a connection, or the statement on the server.

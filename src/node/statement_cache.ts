@@ -130,6 +130,20 @@ function staleStatement(err: unknown): "gone" | "stale" | undefined {
 }
 
 /**
+ * The query config of a statement text and its bind parameters.
+ *
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @returns `{ text, values }` for pg.
+ */
+export function statementConfig(
+  sql: string,
+  args: readonly unknown[] | undefined,
+): pg.QueryConfig {
+  return { text: sql, values: args } as pg.QueryConfig;
+}
+
+/**
  * Sends a statement, named when the cache gives it a name; re-prepares and
  * re-sends it once when its prepared form is gone (26000) or stale (0A000):
  * the server ran nothing. A query config's own `name` (an ORM's prepared
