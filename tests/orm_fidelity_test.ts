@@ -259,3 +259,32 @@ dbTest(
     assert.deepEqual(arrays.rows, [[2]]);
   },
 );
+
+dbTest(
+  "a schema change sent through dbx makes cached statements prepare again",
+  async (cluster) => {
+    const pool = cluster.pgPool();
+    const insert = "insert into orm_ddl(at) values ($1)";
+    await cluster.exec("drop table if exists orm_ddl");
+    await cluster.exec("create table orm_ddl(at timestamp)");
+    await pool.query(insert, ["2022-01-01 00:00:00-02"]);
+    // The column's type changes: a statement prepared before would still read $1 as a timestamp.
+    await pool.query("drop table orm_ddl");
+    await pool.query("create table orm_ddl(at timestamptz)");
+    await pool.query(insert, ["2022-01-01 00:00:00-02"]);
+    const [row] = await cluster.query<{ at: string }>(
+      "select (at at time zone 'UTC')::text as at from orm_ddl",
+    );
+    assert.equal(row!.at, "2022-01-01 02:00:00");
+    // A re-created enum: the old statement's parameter type is gone (XX000), prepared again.
+    const enumInsert = "insert into orm_enum(v) values ($1)";
+    for (let i = 0; i < 2; i++) {
+      await cluster.exec("drop table if exists orm_enum");
+      await cluster.exec("drop type if exists orm_mood");
+      await cluster.exec("create type orm_mood as enum ('ok', 'meh')");
+      await cluster.exec("create table orm_enum(v orm_mood)");
+      await cluster.exec(enumInsert, ["ok"]);
+    }
+    assert.deepEqual(await cluster.query("select v from orm_enum"), [{ v: "ok" }]);
+  },
+);

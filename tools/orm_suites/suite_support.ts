@@ -58,7 +58,7 @@ export async function lockedVersion(name: string): Promise<string> {
 
 /** How {@linkcode prepareCheckout} sets a checkout up. */
 export interface CheckoutPlan {
-  /** Dev dependencies of the checkout's package.json to install (the rest are dropped). */
+  /** Dependencies (dev or not) of the checkout's package.json to install (the rest are dropped). */
   deps: readonly string[];
   /** More packages to install, name → version. */
   extraDeps?: Record<string, string>;
@@ -88,10 +88,11 @@ export async function prepareCheckout(dir: string, plan: CheckoutPlan): Promise<
   };
   const devDependencies: Record<string, string> = { ...plan.extraDeps };
   for (const dep of plan.deps) {
-    const version = manifest.devDependencies?.[dep];
+    const version = manifest.devDependencies?.[dep] ?? manifest.dependencies?.[dep];
     if (version !== undefined) devDependencies[dep] = version;
   }
   manifest.devDependencies = devDependencies;
+  delete manifest.dependencies;
   delete manifest.scripts;
   await Deno.writeTextFile(packagePath, JSON.stringify(manifest, null, 2));
   await run("npm", ["install", "--ignore-scripts", "--no-audit", "--no-fund"], dir);
