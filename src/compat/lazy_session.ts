@@ -40,6 +40,11 @@ const PLAIN_BEGIN = /^\s*(?:begin|start\s+transaction)\b[^;]*;?\s*$/i;
 const SESSION_READS =
   /\b(?:pg_backend_pid|lastval|currval|pg_my_temp_schema|pg_listening_channels)\s*\(/i;
 
+/** Whether a statement must run on the client's own connection. */
+function needsSession(text: string): boolean {
+  return startsTransaction(text) || sessionEffect(text) !== undefined || SESSION_READS.test(text);
+}
+
 /** How a backend is terminated for Kysely's "kill session". */
 const TERMINATE = "select pg_terminate_backend($1)";
 
@@ -105,20 +110,25 @@ export class LazySession {
    * @param route Where it goes on the shared path (the Kysely dialect's plain reads).
    * @returns pg's result.
    */
-  async run(
+  run(
     config: pg.QueryConfig,
     cancellable: boolean,
     route: PgRoute = this.#route,
   ): Promise<pg.QueryResult> {
+    // The common case, without a detour: no connection of its own, none needed.
+    if (this.#lease === undefined && this.#pinning === undefined && !needsSession(config.text)) {
+      return cancellable
+        ? this.#runAlone(config, route)
+        : runConfig(this.#core, route, config, undefined);
+    }
+    return this.#runInSession(config);
+  }
+
+  async #runInSession(config: pg.QueryConfig): Promise<pg.QueryResult> {
     const lease = this.#lease ?? (this.#pinning && await this.#pinning);
     if (lease !== undefined) return await runPinned(this.#core, lease, config, undefined);
-    const text = config.text;
-    if (startsTransaction(text)) return await this.#begin(config);
-    if (sessionEffect(text) !== undefined || SESSION_READS.test(text)) {
-      return await runPinned(this.#core, await this.pinned(), config, undefined);
-    }
-    if (cancellable) return await this.#runAlone(config, route);
-    return await runConfig(this.#core, route, config, undefined);
+    if (startsTransaction(config.text)) return await this.#begin(config);
+    return await runPinned(this.#core, await this.pinned(), config, undefined);
   }
 
   /**
@@ -128,11 +138,12 @@ export class LazySession {
    */
   pinned(): Promise<Lease<Node>> {
     if (this.#lease !== undefined) return Promise.resolve(this.#lease);
-    return this.#pin(pinFor(this.#core, this.#route));
+    return this.#pinning ?? this.#pin(pinFor(this.#core, this.#route));
   }
 
+  /** Holds the connection being taken (only one at a time: callers check `#pinning` first). */
   #pin(taking: Promise<Lease<Node>>): Promise<Lease<Node>> {
-    return this.#pinning ??= taking.then((lease) => {
+    return this.#pinning = taking.then((lease) => {
       this.#pinning = undefined;
       if (this.#released) {
         lease.release();
