@@ -293,3 +293,20 @@ dbTest(
     assert.deepEqual(await cluster.query("select v from orm_enum"), [{ v: "ok" }]);
   },
 );
+
+dbTest("dbxDialect({ reads: 'replica' }): a plain read streams from a replica", async (cluster) => {
+  const db = new Kysely<DB>({ dialect: dbxDialect(cluster, { reads: "replica" }) });
+  const seen: boolean[] = [];
+  const query = db.selectNoFrom(sql<boolean>`pg_is_in_recovery()`.as("r"));
+  for await (const row of query.stream(1)) seen.push(row.r);
+  assert.deepEqual(seen, [true]);
+  // Inside a transaction the stream stays on the transaction's primary connection.
+  await db.transaction().execute(async (trx) => {
+    const rows: boolean[] = [];
+    for await (const row of trx.selectNoFrom(sql<boolean>`pg_is_in_recovery()`.as("r")).stream(1)) {
+      rows.push(row.r);
+    }
+    assert.deepEqual(rows, [false]);
+  });
+  await db.destroy();
+});

@@ -59,7 +59,7 @@ import type { ClusterCore } from "../cluster/core.ts";
 import { isPlainRead } from "./kysely_route.ts";
 import { LazySession } from "./lazy_session.ts";
 import { TxClient } from "./pg_client.ts";
-import { driverError, type PgRoute } from "./pg_run.ts";
+import { driverError, type PgRoute, pinFor } from "./pg_run.ts";
 
 /**
  * Kysely's `Dialect` type: what {@linkcode dbxDialect} returns, for
@@ -163,7 +163,10 @@ class DbxConnection implements DatabaseConnection {
   readonly #reads: PgRoute;
   #discarded = false;
 
+  readonly #core: ClusterCore;
+
   constructor(core: ClusterCore, reads: PgRoute) {
+    this.#core = core;
     const tx = core.ambient();
     this.#client = tx === undefined ? new LazySession(core, "primary") : new TxClient(tx.root);
     this.#reads = reads;
@@ -218,8 +221,14 @@ class DbxConnection implements DatabaseConnection {
     // pg-cursor on the session's connection, as Kysely's PostgresDriver streams.
     const cursor = new Cursor<R>(query.sql, [...query.parameters]);
     const client = this.#client;
+    // A plain read of a session without a connection yet streams from a replica
+    // (`reads: "replica"`), on a connection of its own for the stream's length.
+    const own = client instanceof LazySession && !client.connected &&
+        this.#route(query) === "replica"
+      ? await pinFor(this.#core, "replica")
+      : undefined;
     if (client instanceof LazySession) {
-      const lease = await client.pinned();
+      const lease = own ?? await client.pinned();
       lease.use(undefined, (c) => Promise.resolve(void c.query(cursor))).catch((err) =>
         (cursor as unknown as { handleError(err: unknown): void }).handleError(err)
       );
@@ -233,7 +242,7 @@ class DbxConnection implements DatabaseConnection {
         yield { rows };
       }
     } finally {
-      await cursor.close();
+      await cursor.close().finally(() => own?.release());
     }
   }
 

@@ -97,6 +97,11 @@ export class LazySession {
     return this.#lease?.processID ?? null;
   }
 
+  /** Whether it has (or is taking) a connection of its own. */
+  get connected(): boolean {
+    return this.#lease !== undefined || this.#pinning !== undefined;
+  }
+
   /** Whether {@linkcode release} was called. */
   get released(): boolean {
     return this.#released;
