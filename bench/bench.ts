@@ -18,6 +18,9 @@
  *   when 1 % are slow;
  * - sessions (`sessions.ts`): a read-mostly workload in read-your-writes
  *   sessions vs everything on the primary vs no session;
+ * - ORMs (`orms.ts`): Drizzle and Kysely (PostgresDialect on `pgPool()`,
+ *   and `dbxDialect`) on dbx vs the same ORM on a raw `pg.Pool`, point
+ *   select by primary key at 10 and 64 callers;
  * - a failover: how long writes through dbx were unavailable.
  *
  * Prints tables, writes the summary to `bench/results/latest.json`, and
@@ -34,6 +37,7 @@ import { type Cluster, connect } from "../mod.ts";
 import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
 import { callerScaling } from "./callers.ts";
 import { sessionWorkload } from "./sessions.ts";
+import { ormBench, printOrmBench } from "./orms.ts";
 
 const CONCURRENCY = 10;
 const POOL_SIZE = 10;
@@ -367,6 +371,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   console.log("Sessions: read-your-writes vs all on the primary vs no session ...");
   const sessions = await sessionWorkload(cluster, signal);
 
+  console.log("ORMs: Drizzle and Kysely on dbx vs on a raw pg.Pool at 10, 64 callers ...");
+  const orms = await ormBench(cluster, local.masterUrl, POOL_SIZE, signal);
+
   console.log("pgbench -S -M prepared -c 10 -j 2 -T 5 on the primary ...");
   const bench = await pgbench(local, signal);
 
@@ -485,6 +492,8 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
         `(promote took ${fo.promoteMs} ms, dbx saw it ${fo.detectMs} ms later)`,
   );
 
+  printOrmBench(orms);
+
   const dbxOverRaw = select.median.dbx / select.median.raw;
   const r3 = (x: number) => Math.round(x * 1000) / 1000;
   const summary = {
@@ -502,6 +511,7 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     sessionOverNoSession: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.none),
     sessions,
     callers: scaling,
+    orms,
     qps: Object.fromEntries(
       Object.entries(results).map(([k, v]) => [k, {
         raw: Math.round(v.median.raw),
@@ -535,6 +545,7 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
       p99OverRaw: scaling.mixedFastP99.dbx <= scaling.mixedFastP99.raw * TARGETS.p99OverRaw,
       rssGrowth: mem.dbx.rssGrowthMb < TARGET_RSS_MB,
       rssPeakGrowth: mem.dbx.rssPeakGrowthMb < TARGET_RSS_MB,
+      orms: orms.targetMet,
     },
     rounds: ROUNDS,
     roundMs: ROUND_MS,

@@ -200,11 +200,11 @@ dbTest("PostgresDialect on pgPool({ route: 'replica' }) reads from a replica", a
   await db.destroy();
 });
 
-dbTest("dbxDialect: an aborted query is cancelled on the server", async (cluster) => {
+dbTest("dbxDialect: 'cancel query' cancels an aborted query on the server", async (cluster) => {
   const db = new Kysely<DB>({ dialect: dbxDialect(cluster) });
   const abort = new AbortController();
   const running = db.selectNoFrom(sql<string>`pg_sleep(60)::text`.as("s"))
-    .execute({ signal: abort.signal });
+    .execute({ signal: abort.signal, inflightQueryAbortStrategy: "cancel query" });
   const sleeping = () =>
     cluster.query<{ n: number }>(
       "select count(*)::int as n from pg_stat_activity where state = 'active' and query like '%pg_sleep(60)%' and pid <> pg_backend_pid()",

@@ -27,6 +27,7 @@ import { type RetryOptions, withRetry } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
 import { withCall } from "./signal.ts";
+import { statementConfig } from "../node/statement_cache.ts";
 import { checkCallOptions, checkShared, checkStatement } from "./validate.ts";
 
 /** What the statement path needs from the cluster. */
@@ -103,7 +104,7 @@ export function routed(
     read,
     { sql, argCount: args?.length ?? 0 },
     signal,
-    (node) => node.run(sql, args, signal),
+    (node) => node.send(statementConfig(sql, args), signal),
     { options, session },
   );
 }
@@ -258,7 +259,8 @@ export function once(
   const info = { sql, argCount: args?.length ?? 0, attempt: 1 };
   return withCall(
     options,
-    (signal) => d.runner.run(node, info, signal, () => node.run(sql, args, signal)),
+    (signal) =>
+      d.runner.run(node, info, signal, () => node.send(statementConfig(sql, args), signal)),
   );
 }
 

@@ -78,6 +78,11 @@ export class ClusterCore {
   readonly d: Dispatcher;
   /** Long-lived resources (subscriptions) that close() disposes of before the pools end. */
   readonly resources: Set<AsyncDisposable> = new Set();
+  /**
+   * Told of every pooled connection that died idle (or after its holder
+   * released it): the `pgPool` facades with an "error" listener.
+   */
+  readonly idleErrors: Set<(err: Error) => void> = new Set();
   /** The `Cluster` this core belongs to: transactions bound to the async context name it. */
   readonly owner: object;
   readonly #config: ResolvedConfig;
@@ -105,6 +110,7 @@ export class ClusterCore {
         // out of rotation only if the server itself is gone; the probe decides.
         observer.log("debug", "dbx: idle connection lost", { node: node.name, error: err.message });
         if (isConnectionError(err)) checker.recheck(node);
+        for (const listener of this.idleErrors) listener(err);
       }, {
         pipeline: resolved.pipeline,
         statements,

@@ -1,12 +1,17 @@
 /**
  * A Kysely dialect over a dbx {@linkcode Cluster}: `@codelab/dbx/kysely`.
  *
- * Kysely's own Postgres adapter, introspector and query compiler, with a
- * driver whose statements go through the cluster: each statement outside a
- * transaction is routed and retried like the cluster's own calls (a plain
- * SELECT to a replica with `reads: "replica"`), transactions are pinned
- * with `cluster.begin`, streams use a server-side cursor, and a query's
- * abort signal cancels it on the server.
+ * Kysely's own Postgres adapter, introspector, query compiler and driver
+ * (`PostgresDriver`: its BEGIN, COMMIT, SAVEPOINT statements go through the
+ * connection, so Kysely's `log` and plugins see them), over dbx sessions
+ * instead of a pg pool (`lazy_session.ts`): each statement outside a
+ * transaction is routed, retried and pipelined like the cluster's own calls
+ * (a plain SELECT to a replica with `reads: "replica"`); BEGIN pins the
+ * session to a primary connection, as does a statement that needs a session
+ * (`SET`, temporary tables, advisory locks); streams use pg-cursor on the
+ * session's connection. Kysely 0.29's `inflightQueryAbortStrategy` works as
+ * on pg: "ignore query" lets an aborted query run on, "cancel query" cancels
+ * it on the server, "kill session" terminates its backend.
  *
  * @example Set up Kysely on a cluster
  * ```ts
@@ -31,8 +36,9 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
+// @ts-types="@types/pg-cursor"
+import Cursor from "pg-cursor";
 import {
-  AbortedTransactionError,
   CompiledQuery,
   type DatabaseConnection,
   type DatabaseIntrospector,
@@ -41,19 +47,19 @@ import {
   type Driver,
   type Kysely,
   PostgresAdapter,
+  PostgresDriver,
   PostgresIntrospector,
   PostgresQueryCompiler,
   type QueryCompiler,
   type QueryResult,
-  type TransactionSettings,
 } from "kysely";
 import { checkRoute } from "../call/validate.ts";
 import { type Cluster, clusterCore } from "../cluster/cluster.ts";
 import type { ClusterCore } from "../cluster/core.ts";
-import { DbxError } from "../errors.ts";
 import { isPlainRead } from "./kysely_route.ts";
-import { driverError, inTx, type PgRoute, pinFor, runConfig, runPinned } from "./pg_run.ts";
-import { Transaction } from "../tx/tx.ts";
+import { LazySession } from "./lazy_session.ts";
+import { TxClient } from "./pg_client.ts";
+import { driverError, type PgRoute, pinFor } from "./pg_run.ts";
 
 /**
  * Kysely's `Dialect` type: what {@linkcode dbxDialect} returns, for
@@ -139,47 +145,30 @@ function toKysely<R>(result: pg.QueryResult): QueryResult<R> {
   };
 }
 
-/** Runs a statement, throwing pg's own error. */
-async function kyselyRun(run: Promise<pg.QueryResult>): Promise<pg.QueryResult> {
-  try {
-    return await run;
-  } catch (err) {
-    throw driverError(err);
+/** Adds the caller's stack to an error, as Kysely's own drivers do. */
+function withCallerStack(err: unknown, caller: Error): unknown {
+  if (typeof err === "object" && err !== null && typeof (err as Error).stack === "string") {
+    (err as Error).stack += `\n${(caller.stack ?? "").split("\n").slice(1).join("\n")}`;
   }
+  return err;
 }
 
-/** Kysely's isolation levels as dbx's ("read uncommitted" is "read committed" in PostgreSQL). */
-function isolationOf(
-  level: TransactionSettings["isolationLevel"],
-): "read committed" | "repeatable read" | "serializable" | undefined {
-  switch (level) {
-    case undefined:
-      return undefined;
-    case "read uncommitted":
-    case "read committed":
-      return "read committed";
-    case "repeatable read":
-    case "serializable":
-      return level;
-    default:
-      throw new RangeError(
-        `Cannot begin a transaction as 'isolationLevel' is not one PostgreSQL has: current value is ${
-          JSON.stringify(level)
-        }`,
-      );
-  }
-}
-
-let cursors = 0;
-
-/** A Kysely connection: unpinned until a transaction pins it. */
+/**
+ * A Kysely connection: a session that takes a connection only when it needs
+ * one (`lazy_session.ts`), or, inside an ambient transaction, that
+ * transaction (BEGIN becomes a savepoint).
+ */
 class DbxConnection implements DatabaseConnection {
-  readonly #core: ClusterCore;
+  readonly #client: LazySession | TxClient;
   readonly #reads: PgRoute;
-  tx: Transaction | undefined;
+  #discarded = false;
+
+  readonly #core: ClusterCore;
 
   constructor(core: ClusterCore, reads: PgRoute) {
     this.#core = core;
+    const tx = core.ambient();
+    this.#client = tx === undefined ? new LazySession(core, "primary") : new TxClient(tx.root);
     this.#reads = reads;
   }
 
@@ -187,87 +176,108 @@ class DbxConnection implements DatabaseConnection {
     return this.#reads === "replica" && isPlainRead(query) ? "replica" : "primary";
   }
 
+  #assertNotDiscarded(): void {
+    if (this.#discarded) throw new Error("Postgres connection has been discarded");
+  }
+
   async executeQuery<R>(
     query: CompiledQuery,
     options?: { readonly signal?: AbortSignal | undefined },
   ): Promise<QueryResult<R>> {
-    const config = configOf(query);
-    const signal = options?.signal;
-    const result = await kyselyRun(
-      this.tx !== undefined
-        ? inTx(this.tx, config, signal)
-        : runConfig(this.#core, this.#route(query), config, signal),
-    );
-    return toKysely<R>(result);
+    this.#assertNotDiscarded();
+    try {
+      // A signal means Kysely may ask for a cancel (cancelQuery, killSession):
+      // the statement runs alone on a connection. The signal itself cancels
+      // nothing: with "ignore query" the statement runs on, as on pg.
+      const cancellable = options?.signal !== undefined;
+      return toKysely<R>(
+        await this.#client.run(configOf(query), cancellable, this.#route(query)),
+      );
+    } catch (err) {
+      throw withCallerStack(driverError(err), new Error());
+    }
   }
 
-  /** The statement's own signal already cancels it on the server. */
-  async cancelQuery(): Promise<void> {}
+  /** Kysely's "cancel query": the running statement is cancelled on the server. */
+  async cancelQuery(): Promise<void> {
+    if (this.#client instanceof LazySession) await this.#client.cancel();
+  }
+
+  /** Kysely's "kill session": the backend running the statement is terminated. */
+  async killSession(): Promise<void> {
+    if (this.#client instanceof LazySession) await this.#client.kill();
+  }
 
   async *streamQuery<R>(
     query: CompiledQuery,
     chunkSize: number,
-    options?: { readonly signal?: AbortSignal | undefined },
   ): AsyncIterableIterator<QueryResult<R>> {
     if (!Number.isInteger(chunkSize) || chunkSize <= 0) {
       throw new RangeError(
         `Cannot stream() as 'chunkSize' must be a positive integer: current value is ${chunkSize}`,
       );
     }
-    const signal = options?.signal;
-    const tx = this.tx;
-    const pinned = tx === undefined ? await pinFor(this.#core, this.#route(query)) : undefined;
-    const run = (config: pg.QueryConfig) =>
-      kyselyRun(
-        pinned === undefined
-          ? inTx(tx!, config, signal)
-          : runPinned(this.#core, pinned, config, signal),
+    this.#assertNotDiscarded();
+    // pg-cursor on the session's connection, as Kysely's PostgresDriver streams.
+    const cursor = new Cursor<R>(query.sql, [...query.parameters]);
+    const client = this.#client;
+    // A plain read of a session without a connection yet streams from a replica
+    // (`reads: "replica"`), on a connection of its own for the stream's length.
+    const own = client instanceof LazySession && !client.connected &&
+        this.#route(query) === "replica"
+      ? await pinFor(this.#core, "replica")
+      : undefined;
+    if (client instanceof LazySession) {
+      const lease = own ?? await client.pinned();
+      lease.use(undefined, (c) => Promise.resolve(void c.query(cursor))).catch((err) =>
+        (cursor as unknown as { handleError(err: unknown): void }).handleError(err)
       );
-    const cursor = `dbx_kysely_cursor_${++cursors}`;
-    let broken = false;
-    let closed = false;
-    try {
-      // A cursor lives in a transaction: a stream outside one opens its own.
-      if (pinned !== undefined) await run({ text: "begin" });
-      await run({
-        text: `declare ${cursor} no scroll cursor for ${query.sql}`,
-        values: [...query.parameters],
-      });
-      while (true) {
-        const { rows } = await run({ text: `fetch ${chunkSize} from ${cursor}` });
-        if (rows.length > 0) yield { rows: rows as R[] };
-        if (rows.length < chunkSize) break;
-      }
-      closed = true;
-      await run({ text: `close ${cursor}` });
-      if (pinned !== undefined) await run({ text: "commit" });
-    } catch (err) {
-      broken = true;
-      throw err;
-    } finally {
-      if (pinned !== undefined) {
-        // Left early (a break, an error): the connection is still inside BEGIN and is destroyed.
-        pinned.release(broken);
-      } else if (!broken && !closed && tx!.active) {
-        await inTx(tx!, { text: `close ${cursor}` }, undefined).catch(() => {});
-      }
+    } else {
+      client.submit(cursor as unknown as pg.Submittable);
     }
+    try {
+      while (true) {
+        const rows = await cursor.read(chunkSize);
+        if (rows.length === 0) break;
+        yield { rows };
+      }
+    } finally {
+      await cursor.close().finally(() => own?.release());
+    }
+  }
+
+  /** Marks the connection broken (a ROLLBACK that failed): released as destroyed. */
+  discard(): void {
+    this.#discarded = true;
+  }
+
+  /** Hands the connection back (destroyed when discarded). */
+  release(): void {
+    if (this.#client instanceof LazySession) this.#client.release(this.#discarded);
+    else this.#client.release();
   }
 }
 
-/** The driver: connections are cheap handles; transactions pin with `cluster.begin`. */
-class DbxDriver implements Driver {
+/**
+ * The driver: Kysely's own PostgresDriver (its BEGIN / START TRANSACTION,
+ * COMMIT, SAVEPOINT statements, sent through the connection so Kysely's
+ * `log` and plugins see them) over dbx sessions instead of a pg pool. BEGIN
+ * pins the session to a primary connection.
+ */
+class DbxDriver extends PostgresDriver {
   readonly #cluster: Cluster;
   #core: ClusterCore | undefined;
   readonly #reads: PgRoute;
 
   constructor(cluster: Cluster, reads: PgRoute) {
+    // PostgresDriver's pool is never used: connections are dbx sessions.
+    super({ pool: () => Promise.reject(new Error("dbxDialect has no pg pool")) });
     this.#cluster = cluster;
     this.#reads = reads;
   }
 
   /** Kysely calls it before the first query: the cluster is checked here, not when the dialect is built. */
-  init(): Promise<void> {
+  override init(): Promise<void> {
     try {
       this.#core = clusterCore(this.#cluster);
       return Promise.resolve();
@@ -276,80 +286,32 @@ class DbxDriver implements Driver {
     }
   }
 
-  acquireConnection(): Promise<DatabaseConnection> {
-    return Promise.resolve(new DbxConnection(this.#core!, this.#reads));
-  }
-
-  async beginTransaction(
-    connection: DatabaseConnection,
-    settings: TransactionSettings,
-  ): Promise<void> {
-    const isolation = isolationOf(settings.isolationLevel);
-    let tx;
+  override acquireConnection(): Promise<DatabaseConnection> {
     try {
-      tx = await this.#cluster.begin({
-        ...(isolation === undefined ? {} : { isolation }),
-        ...(settings.accessMode === "read only" ? { readOnly: true } : {}),
-      });
+      this.#core!.d.assertOpen("acquireConnection");
+      return Promise.resolve(new DbxConnection(this.#core!, this.#reads));
     } catch (err) {
-      throw driverError(err);
+      return Promise.reject(err);
     }
-    if (!(tx instanceof Transaction)) {
-      throw new TypeError("cluster.begin() returned no transaction");
-    }
-    (connection as DbxConnection).tx = tx;
   }
 
-  async commitTransaction(connection: DatabaseConnection): Promise<void> {
-    const c = connection as DbxConnection;
-    const tx = c.tx!;
-    c.tx = undefined;
+  /** As PostgresDriver's: a ROLLBACK that failed leaves the connection to be destroyed. */
+  override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
     try {
-      await tx.commit();
+      await connection.executeQuery(CompiledQuery.raw("rollback"));
     } catch (err) {
-      // COMMIT answered ROLLBACK: an earlier statement had failed.
-      if (err instanceof DbxError && err.cause === undefined && !tx.active) {
-        throw new AbortedTransactionError();
-      }
-      throw driverError(err);
+      (connection as DbxConnection).discard();
+      throw err;
     }
   }
 
-  async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
-    const c = connection as DbxConnection;
-    const tx = c.tx!;
-    c.tx = undefined;
-    try {
-      await tx.rollback();
-    } catch (err) {
-      throw driverError(err);
-    }
-  }
-
-  async savepoint(connection: DatabaseConnection, name: string): Promise<void> {
-    await connection.executeQuery(CompiledQuery.raw(`savepoint ${quote(name)}`));
-  }
-
-  async rollbackToSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
-    await connection.executeQuery(CompiledQuery.raw(`rollback to savepoint ${quote(name)}`));
-  }
-
-  async releaseSavepoint(connection: DatabaseConnection, name: string): Promise<void> {
-    await connection.executeQuery(CompiledQuery.raw(`release savepoint ${quote(name)}`));
-  }
-
-  async releaseConnection(connection: DatabaseConnection): Promise<void> {
-    const c = connection as DbxConnection;
-    // A transaction Kysely did not end (it should not happen) must not hold its connection.
-    const tx = c.tx;
-    c.tx = undefined;
-    if (tx?.active) await tx.rollback().catch(() => {});
+  override releaseConnection(connection: DatabaseConnection): Promise<void> {
+    (connection as DbxConnection).release();
+    return Promise.resolve();
   }
 
   /** The cluster is closed on its own. */
-  async destroy(): Promise<void> {}
-}
-
-function quote(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
+  override destroy(): Promise<void> {
+    return Promise.resolve();
+  }
 }

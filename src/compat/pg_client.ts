@@ -1,9 +1,11 @@
 /**
  * The clients of the `pgPool` facade's `connect()`, as node-postgres pool
- * clients: one on a pinned connection (statements run there once, never
- * retried), and one inside the ambient transaction (statements join it; an
- * ORM's BEGIN / COMMIT / ROLLBACK become a savepoint, so its transaction
- * nests). Both pass a Submittable (a cursor, a stream) to pg's client.
+ * clients (the Kysely dialect's connections run on them too): one outside
+ * any transaction, whose statements take the shared path until one needs a
+ * connection of its own (then they run there once, never retried), and one
+ * inside the ambient transaction (statements join it; an ORM's BEGIN /
+ * COMMIT / ROLLBACK become a savepoint, so its transaction nests). Both pass
+ * a Submittable (a cursor, a stream) to pg's client.
  *
  * @module
  */
@@ -12,10 +14,8 @@ import { EventEmitter } from "node:events";
 // @ts-types="@types/pg"
 import pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import type { Lease } from "../node/lease.ts";
-import type { Node } from "../node/node.ts";
-import { driverError, inTx, runPinned } from "./pg_run.ts";
-import { currentSession, type SessionState } from "../call/session.ts";
+import { LazySession } from "./lazy_session.ts";
+import { driverError, inTx, type PgRoute } from "./pg_run.ts";
 import type { Transaction } from "../tx/tx.ts";
 
 type Callback = (err: Error | undefined, result?: pg.QueryResult) => void;
@@ -98,10 +98,28 @@ abstract class FacadeClient extends EventEmitter {
 
   /** Whether `release()` was called. */
   protected abstract get released(): boolean;
-  /** Sends a Submittable (a cursor, a stream) on the connection, behind what runs there. */
-  protected abstract submit(submittable: pg.Submittable): void;
-  /** Runs one query config. */
-  protected abstract run(config: pg.QueryConfig): Promise<pg.QueryResult>;
+
+  /**
+   * Sends a Submittable (a cursor, a stream) on the client's connection,
+   * behind what runs there.
+   *
+   * @param submittable The cursor or stream.
+   */
+  abstract submit(submittable: pg.Submittable): void;
+
+  /**
+   * Runs one query config.
+   *
+   * @param config The statement.
+   * @param cancellable A cancel may be asked for while it runs (Kysely's abort strategies).
+   * @param route Where it goes when it runs on the shared path.
+   * @returns pg's result.
+   */
+  abstract run(
+    config: pg.QueryConfig,
+    cancellable?: boolean,
+    route?: PgRoute,
+  ): Promise<pg.QueryResult>;
 
   query(...args: unknown[]): unknown {
     const { text, values, cb } = queryArgs(args);
@@ -126,50 +144,92 @@ abstract class FacadeClient extends EventEmitter {
   }
 }
 
-/** A leased connection as a node-postgres pool client. */
-export class PinnedClient extends FacadeClient {
-  readonly #core: ClusterCore;
-  readonly #lease: Lease<Node>;
-  readonly #unwatch: () => void;
-  /** The read-your-writes session that took it: what ran on the primary may have written. */
-  readonly #session: SessionState | undefined;
+/**
+ * The facade's handles on its clients, for its control client (Kysely's
+ * `controlClient`): a client's `processID` is one of these, never a
+ * backend's pid (negative), as its statements may run on several backends.
+ */
+export class ClientIds {
+  #next = 0;
+  readonly #clients = new Map<number, SessionClient>();
 
-  constructor(core: ClusterCore, lease: Lease<Node>) {
+  /** Registers a client; returns its id. */
+  add(client: SessionClient): number {
+    const id = -++this.#next;
+    this.#clients.set(id, client);
+    return id;
+  }
+
+  /** The client with this id, while it is not released. */
+  get(id: number): SessionClient | undefined {
+    return this.#clients.get(id);
+  }
+
+  /** Forgets a released client. */
+  delete(id: number): void {
+    this.#clients.delete(id);
+  }
+}
+
+/**
+ * A facade client outside any transaction: its statements take the shared
+ * path until one needs a connection of its own (`lazy_session.ts`).
+ */
+export class SessionClient extends FacadeClient {
+  readonly #session: LazySession;
+  readonly #ids: ClientIds;
+  #id: number | undefined;
+
+  constructor(core: ClusterCore, route: PgRoute, ids: ClientIds) {
     super();
-    this.#core = core;
-    this.#lease = lease;
-    this.#session = currentSession(core.d.sessions);
-    this.#unwatch = lease.watchErrors((err) => {
+    this.#ids = ids;
+    this.#session = new LazySession(core, route, (err) => {
       if (this.listenerCount("error") > 0) this.emit("error", err);
     });
   }
 
-  /** The backend's process id (Kysely reads it). */
-  get processID(): number | null {
-    return this.#lease.processID;
+  /**
+   * A handle of this client for the facade's control client (negative:
+   * never a backend's pid). Kysely reads it before a query it may cancel:
+   * from then on the client's statements run alone on a connection, so a
+   * cancel reaches them and nothing else.
+   */
+  get processID(): number {
+    return this.#id ??= this.#ids.add(this);
   }
 
   protected get released(): boolean {
-    return this.#lease.released;
+    return this.#session.released;
   }
 
-  protected submit(submittable: pg.Submittable): void {
-    // Sent at once (pg queues it); the lease sees it running until it ends.
-    void this.#lease.use(undefined, (client) => Promise.resolve(void client.query(submittable)));
+  submit(submittable: pg.Submittable): void {
+    // Sent once the session has its connection (pg queues it behind what runs there).
+    this.#session.pinned().then(
+      (lease) => lease.use(undefined, (client) => Promise.resolve(void client.query(submittable))),
+    ).catch((err) => (submittable as { handleError?(err: unknown): void }).handleError?.(err));
   }
 
-  protected run(config: pg.QueryConfig): Promise<pg.QueryResult> {
-    return runPinned(this.#core, this.#lease, config, undefined);
+  run(config: pg.QueryConfig, cancellable?: boolean, route?: PgRoute): Promise<pg.QueryResult> {
+    return this.#session.run(config, cancellable ?? this.#id !== undefined, route);
+  }
+
+  /** Cancels the statement running now on the server (or keeps one not sent from being sent). */
+  cancel(): Promise<void> {
+    return this.#session.cancel();
+  }
+
+  /** Terminates the backend running the statement now. */
+  kill(): Promise<void> {
+    return this.#session.kill();
   }
 
   release(err?: unknown): void {
-    if (this.#lease.released) return;
-    this.#unwatch();
+    if (this.#session.released) return;
+    if (this.#id !== undefined) this.#ids.delete(this.#id);
     // The lease's rule: a statement still running (a BEGIN not yet
     // answered), an open transaction or a broken connection is destroyed;
     // changed session state is reset.
-    this.#lease.release(Boolean(err));
-    if (this.#lease.node.role === "primary") this.#session?.noteWrite();
+    this.#session.release(Boolean(err));
   }
 }
 
@@ -204,7 +264,7 @@ export class TxClient extends FacadeClient {
     return this.#released;
   }
 
-  protected submit(submittable: pg.Submittable): void {
+  submit(submittable: pg.Submittable): void {
     // pg's client queues it behind the transaction's earlier statements.
     this.#tx.enqueue(
       { sql: "submittable", argCount: 0, attempt: 1 },
@@ -213,7 +273,7 @@ export class TxClient extends FacadeClient {
     ).catch(() => {});
   }
 
-  protected async run(config: pg.QueryConfig): Promise<pg.QueryResult> {
+  async run(config: pg.QueryConfig): Promise<pg.QueryResult> {
     const tx = this.#tx;
     const sql = (text: string) => inTx(tx, { text }, undefined);
     if (CONTROL.begin.test(config.text)) {

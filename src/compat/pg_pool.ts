@@ -7,8 +7,17 @@
  *   in `dispatch.ts`): routed by the facade's route ("primary": write
  *   rules, "replica": read rules), retried, counted and observed; the
  *   query config's `name`, `rowMode` and `types` reach pg as they are.
- * - `connect()` pins a connection on the route's node (taking it is
- *   retried); its statements run there, never retried, as on a pg client.
+ * - `connect()` returns a client whose statements take the same path until
+ *   one needs a connection of its own (BEGIN, a session change, a cursor):
+ *   then a connection on the route's node is pinned (taking it is retried)
+ *   and what follows runs there, never retried, as on a pg client.
+ * - `Client` is a control client for Kysely's `inflightQueryAbortStrategy`:
+ *   `pg_cancel_backend` / `pg_terminate_backend` of a client's `processID`
+ *   cancel its statement on the server or terminate its backend; anything
+ *   else it runs like `query()`. It opens no connection of its own.
+ * - "error" is emitted, as pg.Pool does, when a connection dies idle (or
+ *   after its client was released): for every pooled connection of the
+ *   cluster. Listening changes nothing in dbx's own handling.
  * - Inside a transaction of the cluster bound to the async context
  *   (`runTx`), both run in that transaction; a client's BEGIN / COMMIT /
  *   ROLLBACK become a savepoint, so an ORM transaction nests.
@@ -19,12 +28,21 @@
  * @module
  */
 
+import type { EventEmitter } from "node:events";
 // @ts-types="@types/pg"
 import pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import { isSubmittable, PinnedClient, queryArgs, settle, toConfig, TxClient } from "./pg_client.ts";
+import {
+  ClientIds,
+  isSubmittable,
+  queryArgs,
+  SessionClient,
+  settle,
+  toConfig,
+  TxClient,
+} from "./pg_client.ts";
 import { checkRoute } from "../call/validate.ts";
-import { driverError, type PgRoute, pinFor, runConfig } from "./pg_run.ts";
+import { driverError, type PgRoute, runConfig } from "./pg_run.ts";
 
 export type { PgRoute } from "./pg_run.ts";
 
@@ -74,13 +92,35 @@ export interface PgPoolOptions {
 class DbxPgPool extends pg.Pool {
   readonly #core: ClusterCore;
   readonly #route: PgRoute;
+  readonly #ids = new ClientIds();
   #ended = false;
 
   constructor(core: ClusterCore, route: PgRoute) {
     super({ max: Number.MAX_SAFE_INTEGER, application_name: "dbx" });
     this.#core = core;
     this.#route = route;
+    Object.defineProperty(this, "Client", { value: controlClient(this, this.#ids) });
+    // Subscribed to the cluster's idle-connection errors only while someone listens.
+    const forward = (err: Error) => {
+      try {
+        this.emit("error", err);
+      } catch (thrown) {
+        core.d.observer.log("warn", "dbx: a pgPool 'error' listener threw", {
+          error: thrown instanceof Error ? thrown.message : String(thrown),
+        });
+      }
+    };
+    const events = this as EventEmitter;
+    events.on("newListener", (event: string | symbol) => {
+      if (event === "error" && !this.#ended) core.idleErrors.add(forward);
+    });
+    events.on("removeListener", (event: string | symbol) => {
+      if (event === "error" && this.listenerCount("error") === 0) core.idleErrors.delete(forward);
+    });
+    this.#unsubscribe = () => core.idleErrors.delete(forward);
   }
+
+  readonly #unsubscribe: () => void;
 
   // pg.Pool's overloads (submittable, array rows, callbacks) all land here.
   // deno-lint-ignore no-explicit-any
@@ -111,16 +151,12 @@ class DbxPgPool extends pg.Pool {
 
   async #connect(): Promise<pg.PoolClient> {
     if (this.#ended) throw new Error("Cannot use a pool after calling end on the pool");
+    this.#core.d.assertOpen("pool.connect");
     const tx = this.#core.ambient();
     if (tx !== undefined) return new TxClient(tx.root) as unknown as pg.PoolClient;
-    try {
-      return new PinnedClient(
-        this.#core,
-        await pinFor(this.#core, this.#route),
-      ) as unknown as pg.PoolClient;
-    } catch (err) {
-      throw driverError(err);
-    }
+    return await Promise.resolve(
+      new SessionClient(this.#core, this.#route, this.#ids) as unknown as pg.PoolClient,
+    );
   }
 
   /** Ends the facade only: the cluster stays open (close it on its own). */
@@ -130,9 +166,46 @@ class DbxPgPool extends pg.Pool {
       return settle(Promise.reject(new Error("Called end on pool more than once")), cb);
     }
     this.#ended = true;
+    this.#unsubscribe();
     Object.assign(this, { ending: true, ended: true });
     return settle(Promise.resolve(), cb);
   }
+}
+
+/** `select pg_cancel_backend(-1)` / `select pg_terminate_backend(-1)`: a facade client's handle. */
+const CONTROL_CALL = /^\s*select\s+pg_(cancel|terminate)_backend\s*\(\s*(-\d+)\s*\)\s*;?\s*$/i;
+
+/**
+ * The facade's `Client`: what Kysely's PostgresDriver builds to cancel a
+ * query or kill a session from outside the pool. It acts on the facade's
+ * clients by their `processID` handles and connects nowhere.
+ */
+function controlClient(pool: pg.Pool, ids: ClientIds): new (options?: unknown) => object {
+  return class DbxControlClient {
+    connect(): Promise<this> {
+      return Promise.resolve(this);
+    }
+
+    async query(text: unknown, values?: unknown): Promise<pg.QueryResult> {
+      const call = typeof text === "string" ? CONTROL_CALL.exec(text) : null;
+      if (call === null) return await pool.query(text as string, values as unknown[]);
+      const [, action, id] = call;
+      const client = ids.get(Number(id));
+      if (client !== undefined) await (action === "cancel" ? client.cancel() : client.kill());
+      const column = `pg_${action}_backend`;
+      return {
+        command: "SELECT",
+        rowCount: 1,
+        oid: 0,
+        rows: [{ [column]: client !== undefined }],
+        fields: [],
+      } as unknown as pg.QueryResult;
+    }
+
+    end(): Promise<void> {
+      return Promise.resolve();
+    }
+  };
 }
 
 /**

@@ -49,7 +49,9 @@ export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number 
 
 /**
  * Runs a query config through the cluster's statement path: in the ambient
- * transaction when there is one, else routed by `route`, with retries.
+ * transaction when there is one, else routed by `route`, with retries,
+ * pipelined and through the statement cache like `cluster.query` (on a
+ * pooled connection of its own when it has a `signal`).
  * Rejections are the raw {@linkcode DbxError}s; callers that speak pg map
  * them with {@linkcode driverError}.
  *
@@ -78,7 +80,7 @@ export function runConfig(
     route === "replica",
     infoOf(config),
     signal,
-    (node) => node.leased(signal, (lease) => lease.send(config, signal)),
+    (node) => node.send(config, signal),
     { session: currentSession(core.d.sessions) },
   );
 }

@@ -22,17 +22,30 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import { DbxError } from "../errors.ts";
-import { isConnectionError } from "../failure.ts";
-import { cancellable, connectionIdle, forgetAllStatements } from "./pg_internals.ts";
+import { isConnectionError, markNodeFine, pgErrorCode } from "../failure.ts";
+import {
+  cancelBackend,
+  cancellable,
+  clientEnd,
+  clientEnded,
+  connectionIdle,
+  destroySocket,
+  forgetAllStatements,
+} from "./pg_internals.ts";
 import { sessionEffect } from "./session_state.ts";
-import { sendCached, type StatementCache } from "./statement_cache.ts";
+import { sendCached, type StatementCache, statementConfig } from "./statement_cache.ts";
 
 /** The node a lease belongs to, as the lease sees it. */
 export interface LeaseNode {
   readonly name: string;
   readonly host: string;
   readonly port: number;
+  /** Told when a connection dies after its holder released it (as an idle one would). */
+  connectionLost?(err: Error): void;
 }
+
+/** A server's FATAL ending the session: its socket closes right after. */
+const SESSION_ENDED = new Set(["57P01", "57P02", "57P03"]);
 
 /** A pooled connection held by one caller until {@linkcode Lease.release}. */
 export class Lease<N extends LeaseNode = LeaseNode> {
@@ -42,6 +55,12 @@ export class Lease<N extends LeaseNode = LeaseNode> {
   readonly #statements: StatementCache | undefined;
   #sessionModified = false;
   #broken = false;
+  /** The server ended the session (a FATAL): the socket closes next. */
+  #serverEnded = false;
+  /** Its loss was asked for (a session killed on purpose): it says nothing of the node. */
+  #lossExpected = false;
+  /** Work running on it now. */
+  #busy = 0;
   #released = false;
 
   /**
@@ -91,15 +110,13 @@ export class Lease<N extends LeaseNode = LeaseNode> {
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
   ): Promise<pg.QueryResult> {
-    return this.use(signal, (client) => {
-      this.noteStatement(sql);
-      return sendCached(client, this.#statements, sql, args, (config) => client.query(config));
-    });
+    return this.send(statementConfig(sql, args), signal);
   }
 
   /**
-   * Sends a node-postgres query config as it is (`name`, `rowMode`,
-   * `types`); aborting `signal` cancels it on the server.
+   * Sends a node-postgres query config (`rowMode` and `types` as they are;
+   * named through the statement cache, see `sendCached`); aborting `signal`
+   * cancels it on the server.
    *
    * @param config The query config.
    * @param signal Cancels the statement.
@@ -108,8 +125,33 @@ export class Lease<N extends LeaseNode = LeaseNode> {
   send(config: pg.QueryConfig, signal: AbortSignal | undefined): Promise<pg.QueryResult> {
     return this.use(signal, (client) => {
       this.noteStatement(config.text);
-      return client.query(config);
+      return sendCached(client, this.#statements, config, (c) => client.query(c));
     });
+  }
+
+  /** Whether work runs on the connection now. */
+  get busy(): boolean {
+    return this.#busy > 0;
+  }
+
+  /**
+   * Cancels what runs on the connection now, on the server (a
+   * CancelRequest); nothing when it is idle. The connection is destroyed
+   * when released: the cancel could reach a later statement.
+   *
+   * @returns Resolves once the cancel request was delivered.
+   */
+  cancel(): Promise<void> {
+    if (this.#busy === 0 || this.#released) return Promise.resolve();
+    return cancelBackend(this.#client, this.node);
+  }
+
+  /**
+   * Says the connection is about to be lost on purpose (its backend
+   * terminated by the holder): the loss is not the node's.
+   */
+  expectLoss(): void {
+    this.#lossExpected = true;
   }
 
   /**
@@ -133,11 +175,18 @@ export class Lease<N extends LeaseNode = LeaseNode> {
         node: this.node.name,
       });
     }
+    this.#busy++;
     try {
       return await cancellable(this.#client, this.node, signal, () => work(this.#client));
     } catch (err) {
-      if (isConnectionError(err)) this.#broken = true;
+      if (isConnectionError(err)) {
+        this.#broken = true;
+        if (SESSION_ENDED.has(pgErrorCode(err) ?? "")) this.#serverEnded = true;
+        if (this.#lossExpected) markNodeFine(err);
+      }
       throw err;
+    } finally {
+      this.#busy--;
     }
   }
 
@@ -168,6 +217,10 @@ export class Lease<N extends LeaseNode = LeaseNode> {
     if (this.#released) return;
     this.#released = true;
     const client = this.#client;
+    if (this.#serverEnded && !clientEnded(client)) {
+      this.#dropEnded(client);
+      return;
+    }
     if (destroy || this.#broken || !connectionIdle(client)) {
       client.release(true);
       return;
@@ -186,6 +239,24 @@ export class Lease<N extends LeaseNode = LeaseNode> {
       },
       () => client.release(true),
     );
+  }
+
+  /**
+   * Drops a connection whose session the server ended: its socket is cut
+   * now rather than closed gracefully, so pg reports the end as it does for
+   * an idle connection ("Connection terminated unexpectedly"), and the node
+   * hears of it as of any idle connection lost (the `pgPool` facade's
+   * "error" event), as pg.Pool does for a client released before its
+   * socket closed.
+   */
+  #dropEnded(client: pg.PoolClient): void {
+    const report = (err: Error) => this.node.connectionLost?.(err);
+    client.once("error", report);
+    clientEnd(client).then(() => {
+      client.removeListener("error", report);
+      client.release(true);
+    });
+    destroySocket(client);
   }
 
   #forgetStatements(): void {

@@ -11,6 +11,7 @@
 import pg from "pg";
 import { clientEnd, connectPool, destroySocket, usePassword } from "./pg_internals.ts";
 import { Lease } from "./lease.ts";
+import { AttemptCounters } from "./node_counters.ts";
 import type { BalancerNode } from "../call/balancer.ts";
 import type { ResolvedNode } from "../config/config.ts";
 import { DbxError, withAdvice } from "../errors.ts";
@@ -20,8 +21,7 @@ import { sendCached, type StatementCache, statementMessage } from "./statement_c
 import type { NodeRole, Tracer } from "../observe/observe.ts";
 import { type PgTarget, pgTarget } from "../config/tls.ts";
 
-/** How many recent attempts the latency percentiles of `stats()` cover. */
-export const LATENCY_WINDOW = 1024;
+export { LATENCY_WINDOW } from "./node_counters.ts";
 
 /** Last successful probe of a node. */
 export interface ProbeSample {
@@ -79,7 +79,7 @@ export interface NodeOptions {
  * A node of the cluster. Internal: users see nodes through `stats()`,
  * `health()` and `cluster.node(name)`.
  */
-export class Node implements BalancerNode {
+export class Node extends AttemptCounters implements BalancerNode {
   readonly name: string;
   readonly host: string;
   readonly port: number;
@@ -93,17 +93,11 @@ export class Node implements BalancerNode {
   readonly #pipes: Pipes | undefined;
   readonly #statements: StatementCache | undefined;
   readonly #connectTimeoutMs: number;
+  readonly #onPoolError: (node: Node, err: Error) => void;
   #state: NodeState;
 
   /** Every open client until its `end` event: what a forced close cuts and close() waits for. */
   readonly #clients = new Map<pg.PoolClient, Promise<void>>();
-
-  readonly #latencies = new Float64Array(LATENCY_WINDOW);
-  #latencyCount = 0;
-  #queries = 0;
-  #errors = 0;
-  #retries = 0;
-  #inFlight = 0;
 
   /**
    * Creates the node and its pool (no connection is opened yet).
@@ -117,7 +111,9 @@ export class Node implements BalancerNode {
     onPoolError: (node: Node, err: Error) => void,
     options: NodeOptions = {},
   ) {
+    super();
     this.name = config.name;
+    this.#onPoolError = onPoolError;
     this.host = config.host;
     this.port = config.port;
     const target = this.#target = pgTarget(config);
@@ -169,6 +165,16 @@ export class Node implements BalancerNode {
     });
   }
 
+  /**
+   * A connection died after its holder released it (the lease's rule):
+   * reported like an idle pooled connection that died.
+   *
+   * @param err The connection's error.
+   */
+  connectionLost(err: Error): void {
+    this.#onPoolError(this, err);
+  }
+
   /** URL, TLS settings and password every connection to this node starts from (secret: never logged). */
   get target(): PgTarget {
     return this.#target;
@@ -196,57 +202,6 @@ export class Node implements BalancerNode {
   /** Whether statements may be routed here. */
   get healthy(): boolean {
     return this.#state.healthy;
-  }
-
-  /** Statements running on this node now. */
-  get inFlight(): number {
-    return this.#inFlight;
-  }
-
-  /** Counters since the cluster started. */
-  get counters(): { queries: number; errors: number; retries: number; inFlight: number } {
-    return {
-      queries: this.#queries,
-      errors: this.#errors,
-      retries: this.#retries,
-      inFlight: this.#inFlight,
-    };
-  }
-
-  /** Counts an attempt that starts now (attempt runner only). */
-  attemptStarted(): void {
-    this.#queries++;
-    this.#inFlight++;
-  }
-
-  /**
-   * Counts an attempt that ended (attempt runner only).
-   *
-   * @param ms Its duration.
-   * @param failed Whether it failed.
-   */
-  attemptEnded(ms: number, failed: boolean): void {
-    this.#inFlight--;
-    if (failed) this.#errors++;
-    this.#latencies[this.#latencyCount++ % LATENCY_WINDOW] = ms;
-  }
-
-  /** Counts a failed attempt that is tried again (retry reporting only). */
-  attemptRetried(): void {
-    this.#retries++;
-  }
-
-  /**
-   * Latency percentiles over the recorded window.
-   *
-   * @returns p50 and p99 in ms, or undefined before any attempt.
-   */
-  latencyPercentiles(): { p50: number; p99: number } | undefined {
-    const n = Math.min(this.#latencyCount, LATENCY_WINDOW);
-    if (n === 0) return undefined;
-    const sorted = this.#latencies.slice(0, n).sort();
-    const at = (q: number) => sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
-    return { p50: at(0.5), p99: at(0.99) };
   }
 
   /** Pool counts for stats. */
@@ -312,37 +267,34 @@ export class Node implements BalancerNode {
 
   /**
    * Runs one statement on this node: pipelined when it needs no session
-   * (no `signal`) and a pipe has room, else on a pooled connection.
+   * (no `signal`) and a pipe has room, else on a pooled connection. A
+   * node-postgres query config's `rowMode` and `types` reach pg as they are
+   * (the `pgPool` facade, the Kysely dialect); a `name` gives way to the
+   * statement cache's.
    *
-   * @param sql Statement text.
-   * @param args Bind parameters.
+   * @param config The statement.
    * @param signal Cancels the wait for a connection, or the statement on the server.
    * @returns The driver's result.
    */
-  run(
-    sql: string,
-    args: readonly unknown[] | undefined,
-    signal: AbortSignal | undefined,
-  ): Promise<pg.QueryResult> {
+  send(config: pg.QueryConfig, signal: AbortSignal | undefined): Promise<pg.QueryResult> {
     // A cancel request stops whatever runs on a backend: a statement with a
     // signal must be alone on its connection, so it never joins a pipe.
     const pipes = signal === undefined ? this.#pipes : undefined;
-    const pipe = pipes?.pick(sql);
-    if (pipe === undefined) return this.#runPooled(sql, args, signal, pipes);
-    return sendCached(pipe.client, this.#statements, sql, args, (c) => pipes!.run(pipe, c));
+    const pipe = pipes?.pick(config.text);
+    if (pipe === undefined) return this.#runPooled(config, signal, pipes);
+    return sendCached(pipe.client, this.#statements, config, (c) => pipes!.run(pipe, c));
   }
 
   /** Runs one statement on a leased connection. */
   #runPooled(
-    sql: string,
-    args: readonly unknown[] | undefined,
+    config: pg.QueryConfig,
     signal: AbortSignal | undefined,
     pipes: Pipes | undefined,
   ): Promise<pg.QueryResult> {
     return this.leased(signal, async (lease) => {
       const started = pipes === undefined ? 0 : performance.now();
-      const result = await lease.run(sql, args, signal);
-      pipes?.took(sql, performance.now() - started);
+      const result = await lease.send(config, signal);
+      pipes?.took(config.text, performance.now() - started);
       return result;
     });
   }

@@ -133,6 +133,35 @@ export async function cancellable<R>(
 }
 
 /**
+ * Cancels whatever runs on a client's backend now (a CancelRequest, as
+ * {@linkcode cancellable} sends on abort), for a cancel asked for from
+ * outside the statement (Kysely's `inflightQueryAbortStrategy`). The
+ * connection is flagged so {@linkcode connectionIdle} refuses it: the cancel
+ * could reach a later statement.
+ *
+ * @param client The connection.
+ * @param address Where to send the CancelRequest.
+ * @returns Resolves once the request was delivered (or could not be).
+ */
+export function cancelBackend(
+  client: pg.ClientBase,
+  address: { readonly host: string; readonly port: number },
+): Promise<void> {
+  strayCancel.add(client);
+  return sendCancel(address.host, address.port, client);
+}
+
+/**
+ * Whether a client's connection has ended (pg emitted `end`, or is about to).
+ *
+ * @param client The client.
+ * @returns `true` once its socket closed.
+ */
+export function clientEnded(client: pg.ClientBase): boolean {
+  return raw(client)._ended;
+}
+
+/**
  * Whether a leased connection is idle: nothing sent and unanswered, nothing
  * queued (pg's `getTransactionStatus()` is the last ReadyForQuery's, not the
  * state of a statement still running), outside any transaction, usable, and

@@ -80,3 +80,17 @@ export function sessionAdvice(sql: string): string {
   }
   return "use the 'session' setting for every connection, SET LOCAL inside runTx(), or cluster.withConnection() for a session of your own";
 }
+
+/** A statement, anywhere in a text, that opens a transaction. */
+const OPENS_TRANSACTION = new RegExp(`${LEAD}(?:begin|start\\s+transaction)\\b`, "i");
+
+/**
+ * Whether `sql` opens a transaction (`BEGIN`, `START TRANSACTION`, as any
+ * of its statements): what follows must stay on its connection.
+ *
+ * @param sql A statement text (possibly several statements).
+ * @returns `true` when it opens a transaction.
+ */
+export function startsTransaction(sql: string): boolean {
+  return OPENS_TRANSACTION.test(sql);
+}

@@ -13,15 +13,30 @@ import { forgetStatement } from "./pg_internals.ts";
 import { DbxError } from "../errors.ts";
 import { pgErrorCode } from "../failure.ts";
 
+/** A statement that changes the schema: prepared statements' parameter types may be stale after it. */
+const SCHEMA_CHANGE = /(?:^|;)(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:create|alter|drop)\b/i;
+
+/** Cheap pre-filter of {@linkcode SCHEMA_CHANGE}. */
+const SCHEMA_WORDS = /create|alter|drop/i;
+
 /**
  * Named statements, per connection: each connection prepares a statement
  * text the first time it sees it and reuses it, keeping the `max` most
  * recently used; the least recently used is deallocated to make room.
+ * After a schema change sent through dbx (`CREATE`, `ALTER`, `DROP`) every
+ * connection prepares its statements again: a prepared statement keeps the
+ * parameter types it was prepared with, which a new column type or a
+ * re-created enum would silently contradict.
  */
 export class StatementCache {
   readonly #max: number;
-  /** Per connection: text → name, least recently used first. */
-  readonly #names = new WeakMap<pg.ClientBase, Map<string, string>>();
+  /** Per connection: the schema generation its names belong to, and text → name, least recently used first. */
+  readonly #names = new WeakMap<
+    pg.ClientBase,
+    { generation: number; names: Map<string, string> }
+  >();
+  /** Bumped by every schema change. */
+  #generation = 0;
   /**
    * Random per cache: behind a pooler that shares server connections
    * between clients, another client's `dbx_1` must not pass for ours.
@@ -44,8 +59,7 @@ export class StatementCache {
    * @returns Its name there.
    */
   name(client: pg.ClientBase, text: string): string {
-    let names = this.#names.get(client);
-    if (names === undefined) this.#names.set(client, names = new Map());
+    const names = this.#of(client);
     const known = names.get(text);
     if (known !== undefined) {
       // Most recently used last.
@@ -72,10 +86,46 @@ export class StatementCache {
    * @returns The new name.
    */
   rename(client: pg.ClientBase, text: string): string {
-    const old = this.#names.get(client)?.get(text);
-    this.#names.get(client)?.delete(text);
+    const names = this.#of(client);
+    const old = names.get(text);
+    names.delete(text);
     if (old !== undefined) this.#deallocate(client, old);
     return this.name(client, text);
+  }
+
+  /** A connection's names, all dropped first when the schema changed since they were given. */
+  #of(client: pg.ClientBase): Map<string, string> {
+    const entry = this.#names.get(client);
+    if (entry === undefined) {
+      const names = new Map<string, string>();
+      this.#names.set(client, { generation: this.#generation, names });
+      return names;
+    }
+    if (entry.generation !== this.#generation) {
+      for (const name of entry.names.values()) this.#deallocate(client, name);
+      entry.names.clear();
+      entry.generation = this.#generation;
+    }
+    return entry.names;
+  }
+
+  /**
+   * Notes a statement before it is sent and once it succeeded: a schema
+   * change makes every connection prepare its statements again (twice, so
+   * a statement prepared while the change ran is not kept either).
+   *
+   * @param sql The statement text.
+   * @returns Whether it changes the schema.
+   */
+  schemaChange(sql: string): boolean {
+    if (!SCHEMA_WORDS.test(sql) || !SCHEMA_CHANGE.test(sql)) return false;
+    this.#generation++;
+    return true;
+  }
+
+  /** Marks every prepared statement stale (a schema change just ended). */
+  schemaChanged(): void {
+    this.#generation++;
   }
 
   /**
@@ -88,8 +138,9 @@ export class StatementCache {
    * @returns The new name.
    */
   renew(client: pg.ClientBase, text: string): string {
-    const old = this.#names.get(client)?.get(text);
-    this.#names.get(client)?.delete(text);
+    const names = this.#of(client);
+    const old = names.get(text);
+    names.delete(text);
     if (old !== undefined) forgetStatement(client, old);
     return this.name(client, text);
   }
@@ -120,6 +171,10 @@ export class StatementCache {
 function staleStatement(err: unknown): "gone" | "stale" | undefined {
   const code = pgErrorCode(err);
   if (code === "26000") return "gone";
+  // A parameter type dropped since it was prepared (a re-created enum): refused at Bind.
+  if (code === "XX000" && /cache lookup failed for type/.test(String((err as Error).message))) {
+    return "stale";
+  }
   if (
     code === "0A000" &&
     /cached plan must not change result type/.test(String((err as Error).message))
@@ -130,28 +185,55 @@ function staleStatement(err: unknown): "gone" | "stale" | undefined {
 }
 
 /**
+ * The query config of a statement text and its bind parameters.
+ *
+ * @param sql Statement text.
+ * @param args Bind parameters.
+ * @returns `{ text, values }` for pg.
+ */
+export function statementConfig(
+  sql: string,
+  args: readonly unknown[] | undefined,
+): pg.QueryConfig {
+  return { text: sql, values: args } as pg.QueryConfig;
+}
+
+/**
  * Sends a statement, named when the cache gives it a name; re-prepares and
- * re-sends it once when its prepared form is gone (26000) or stale (0A000):
- * the server ran nothing.
+ * re-sends it once when its prepared form is gone (26000) or stale (0A000,
+ * or XX000 "cache lookup failed for type" for a parameter type dropped
+ * since): the server ran nothing. A schema change goes unnamed and makes
+ * every connection prepare again. A query config's own `name` (an ORM's
+ * prepared statement) is replaced by the cache's, keyed by text like every
+ * other statement (unnamed when the cache is off); its `rowMode` and
+ * `types` are kept.
  *
  * @param client The connection it goes to (its prepared statements).
  * @param cache The statement names; undefined when off.
- * @param sql Statement text.
- * @param args Bind parameters.
+ * @param config The statement: text, bind parameters, and pg's options.
  * @param send Sends one query config.
  * @returns The driver's result.
  */
 export function sendCached(
   client: pg.ClientBase,
   cache: StatementCache | undefined,
-  sql: string,
-  args: readonly unknown[] | undefined,
+  config: pg.QueryConfig,
   send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
 ): Promise<pg.QueryResult> {
-  const values = args as unknown[];
+  const sql = config.text;
+  if (cache?.schemaChange(sql)) {
+    return sendCached(client, undefined, config, send).then((result) => {
+      cache.schemaChanged();
+      return result;
+    });
+  }
+  const args = config.values;
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
-  if (name === undefined) return send({ text: sql, values }).catch((err) => named(err, "", sql));
-  return send({ text: sql, values, name }).catch((err) => {
+  if (name === undefined) {
+    const unnamed = config.name === undefined ? config : { ...config, name: undefined };
+    return send(unnamed).catch((err) => named(err, "", sql));
+  }
+  return send({ ...config, name }).catch((err) => {
     if (pgErrorCode(err) === "42P05") {
       // Our own name already prepared on this server connection: only a
       // pooler handing one server connection to several clients does that.
@@ -164,7 +246,7 @@ export function sendCached(
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") return named(err, name, sql);
     const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
-    return send({ text: sql, values, name: again }).catch((e) => named(e, again, sql));
+    return send({ ...config, name: again }).catch((e) => named(e, again, sql));
   });
 }
 
