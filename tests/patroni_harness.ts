@@ -38,6 +38,11 @@ export function patroniUnavailable(): string | undefined {
   if (missing.length > 0) {
     return `${missing.join(", ")} not on PATH (Debian: apt-get install patroni etcd-server)`;
   }
+  if (process.env.DBX_PG_BIN?.startsWith("embedded")) {
+    // Patroni clones its replicas with pg_basebackup, which npm's binaries lack.
+    return `DBX_PG_BIN=${process.env.DBX_PG_BIN}: Patroni needs pg_basebackup, which the npm ` +
+      "PostgreSQL binaries lack (the run on Debian's PostgreSQL covers Patroni)";
+  }
   return pgBinariesUnavailable();
 }
 
