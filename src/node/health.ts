@@ -58,7 +58,6 @@ class Prober {
 
   /** Probes once, bounded by `timeoutMs` from connect to answer. */
   async probe(timeoutMs: number, seq: number): Promise<ProbeSample> {
-    const start = performance.now();
     let timedOut = false;
     let settled = false;
     let grace: ReturnType<typeof setTimeout> | undefined;
@@ -89,15 +88,19 @@ class Prober {
         });
         await c.connect();
       }
+      // The round trip of the query alone: connecting is no measure of how fast it answers.
+      const start = performance.now();
       const { rows } = await client.query(PROBE_SQL);
       const row = rows[0] as {
         recovery: boolean;
         lsn: string | null;
         replay_age_ms: number | null;
       };
+      const latencyMs = performance.now() - start;
+      this.#node.latency.probe(latencyMs, start + latencyMs);
       return {
         role: row.recovery ? "replica" : "primary",
-        latencyMs: performance.now() - start,
+        latencyMs,
         lsn: parseLsn(row.lsn),
         replayAgeMs: row.recovery && row.replay_age_ms !== null
           ? Math.max(0, row.replay_age_ms)

@@ -19,9 +19,7 @@ import { Pipes, type PipeSettings } from "./pipeline.ts";
 import { sendCached, type StatementCache, statementMessage } from "./statement_cache.ts";
 import type { NodeRole, Tracer } from "../observe/observe.ts";
 import { type PgTarget, pgTarget } from "../config/tls.ts";
-
-/** How many recent attempts the latency percentiles of `stats()` cover. */
-export const LATENCY_WINDOW = 1024;
+import { Latency } from "./latency.ts";
 
 /** Last successful probe of a node. */
 export interface ProbeSample {
@@ -73,6 +71,8 @@ export interface NodeOptions {
   readonly statements?: StatementCache | undefined;
   /** Value parsers, when not pg's. */
   readonly types?: pg.CustomTypesConfig | undefined;
+  /** Keep a histogram of round trips for a recent p95 (hedged reads). */
+  readonly p95?: boolean | undefined;
 }
 
 /**
@@ -98,8 +98,8 @@ export class Node implements BalancerNode {
   /** Every open client until its `end` event: what a forced close cuts and close() waits for. */
   readonly #clients = new Map<pg.PoolClient, Promise<void>>();
 
-  readonly #latencies = new Float64Array(LATENCY_WINDOW);
-  #latencyCount = 0;
+  /** Recent round trips: what the balancer weighs and a hedge waits for. */
+  readonly latency: Latency;
   #queries = 0;
   #errors = 0;
   #retries = 0;
@@ -124,6 +124,7 @@ export class Node implements BalancerNode {
     this.configuredRole = config.configuredRole;
     this.maxConns = config.pool.max;
     this.tracer = config.tracer;
+    this.latency = new Latency(options.p95 === true);
     this.#state = {
       role: config.configuredRole,
       healthy: true,
@@ -203,6 +204,16 @@ export class Node implements BalancerNode {
     return this.#inFlight;
   }
 
+  /** Moving average of recent round trips (statements and probes), in ms. */
+  get latencyMs(): number | undefined {
+    return this.latency.recentMs;
+  }
+
+  /** When the newest round trip ended (`performance.now()`). */
+  get latencySampledAt(): number | undefined {
+    return this.latency.sampledAt;
+  }
+
   /** Counters since the cluster started. */
   get counters(): { queries: number; errors: number; retries: number; inFlight: number } {
     return {
@@ -223,30 +234,20 @@ export class Node implements BalancerNode {
    * Counts an attempt that ended (attempt runner only).
    *
    * @param ms Its duration.
-   * @param failed Whether it failed.
+   * @param failed Whether it failed (a read that lost a hedge race did not).
+   * @param at When it ended, if its duration was a round trip of this node
+   * (it reached the server and was not cut short): what the balancer learns from.
    */
-  attemptEnded(ms: number, failed: boolean): void {
+  attemptEnded(ms: number, failed: boolean, at?: number): void {
     this.#inFlight--;
     if (failed) this.#errors++;
-    this.#latencies[this.#latencyCount++ % LATENCY_WINDOW] = ms;
+    this.latency.attempt(ms);
+    if (at !== undefined) this.latency.statement(ms, at);
   }
 
   /** Counts a failed attempt that is tried again (retry reporting only). */
   attemptRetried(): void {
     this.#retries++;
-  }
-
-  /**
-   * Latency percentiles over the recorded window.
-   *
-   * @returns p50 and p99 in ms, or undefined before any attempt.
-   */
-  latencyPercentiles(): { p50: number; p99: number } | undefined {
-    const n = Math.min(this.#latencyCount, LATENCY_WINDOW);
-    if (n === 0) return undefined;
-    const sorted = this.#latencies.slice(0, n).sort();
-    const at = (q: number) => sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
-    return { p50: at(0.5), p99: at(0.99) };
   }
 
   /** Pool counts for stats. */

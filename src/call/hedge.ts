@@ -1,0 +1,166 @@
+/**
+ * Hedged reads: one attempt of a read that, when its node has not answered
+ * after `afterMs` (or the node's recent p95), is also sent to the next-best
+ * eligible replica. The first answer wins; the other statement is aborted
+ * through its own signal, which cancels it on the server the way a deadline
+ * does (`cancellable` in `pg_internals.ts`). Both statements run through the
+ * attempt runner, so they are counted, observed and classified like any
+ * other, and the attempt as a whole fails only when neither answered: the
+ * retry contract (`withRetry`) sees one attempt either way.
+ *
+ * @module
+ */
+
+import { type AttemptInfo, SUPERSEDED } from "./attempt.ts";
+import type { Dispatcher } from "./dispatch.ts";
+import type { ReadOptions } from "../executor.ts";
+import type { ResolvedHedge } from "../config/hedge.ts";
+import type { Node } from "../node/node.ts";
+import { parseLsn, pickReader } from "./route.ts";
+
+/** Hedges allowed in a burst, on top of `maxExtraLoad` × reads. */
+const BURST = 10;
+
+/** A hedged read's work: one statement on `node`, cancelled on the server when `signal` aborts. */
+export type HedgedWork<R> = (node: Node, signal: AbortSignal | undefined) => Promise<R>;
+
+/** The hedging state of a cluster: the budget of extra statements and the counts for `stats()`. */
+export class Hedger {
+  /** Extra statements sent because a read was not answered in time. */
+  sent = 0;
+  /** Of those, the ones that answered first. */
+  won = 0;
+  readonly #afterMs: number | "p95";
+  readonly #share: number;
+  /** Extra statements that may be sent now: `share` per hedgeable read, up to BURST. */
+  #tokens = 1;
+
+  /**
+   * @param config The resolved `hedge` setting.
+   */
+  constructor(config: ResolvedHedge) {
+    this.#afterMs = config.afterMs;
+    this.#share = config.maxExtraLoad;
+  }
+
+  /**
+   * Counts a hedgeable read attempt on `node` and says how long it waits before a hedge.
+   *
+   * @param node Where the read goes first.
+   * @returns ms, or undefined when it is not hedged: the budget is spent, or
+   * the node has no recent p95 yet.
+   */
+  admit(node: Node): number | undefined {
+    const tokens = this.#tokens = Math.min(BURST, this.#tokens + this.#share);
+    // Not hedged, it may share a pipelined connection (a hedged read cannot).
+    if (tokens < 1) return undefined;
+    return this.#afterMs === "p95" ? node.latency.p95() : this.#afterMs;
+  }
+
+  /** Takes one extra statement from the budget; false when it is spent. */
+  take(): boolean {
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    this.sent++;
+    return true;
+  }
+}
+
+/**
+ * The replica a hedge of a read on `first` goes to: the balancer's pick among
+ * the replicas the read may use, `first` excepted. Never the primary: a
+ * hedge adds load, and the primary is for writes.
+ */
+function hedgeTarget(
+  d: Dispatcher,
+  first: Node,
+  options: ReadOptions | undefined,
+): Node | undefined {
+  try {
+    d.assertOpen();
+  } catch {
+    return undefined; // closing: the pools take no new statement
+  }
+  const topology = d.checker.topology;
+  const token = options?.consistentWith;
+  const { node, fallback } = pickReader(topology, d.config.balancer, [first], {
+    maxLagMs: options?.maxLagMs ?? d.config.maxLagMs,
+    minLsn: token === undefined ? undefined : parseLsn(token),
+  });
+  return fallback === undefined && node !== topology.primary ? node : undefined;
+}
+
+/**
+ * One attempt of a read on `node`, hedged: after the wait, the same work on
+ * another replica too, within the hedge budget. Resolves with the first
+ * answer and aborts the other statement ({@linkcode SUPERSEDED}); rejects
+ * with the first node's error once every statement sent failed, or at once
+ * when the caller's signal aborted. No timer outlives the attempt.
+ *
+ * @param d The cluster.
+ * @param hedger The cluster's hedging state.
+ * @param node The node the read was routed to.
+ * @param info The attempt, for hooks and tracers.
+ * @param signal The caller's signal.
+ * @param options The read's lag and position bounds (the hedge target meets them too).
+ * @param work The statement.
+ * @returns The first answer.
+ */
+export function hedgedAttempt<R>(
+  d: Dispatcher,
+  hedger: Hedger,
+  node: Node,
+  info: AttemptInfo,
+  signal: AbortSignal | undefined,
+  options: ReadOptions | undefined,
+  work: HedgedWork<R>,
+): Promise<R> {
+  // A read on the primary had no replica to go to: nothing to hedge it with.
+  const afterMs = node.role === "replica" ? hedger.admit(node) : undefined;
+  if (afterMs === undefined) return d.runner.run(node, info, signal, () => work(node, signal));
+  return new Promise<R>((resolve, reject) => {
+    const controllers: AbortController[] = [];
+    let running = 0;
+    let settled = false;
+    let firstError: { error: unknown } | undefined;
+    let hedgeError: { error: unknown } | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const settle = (winner: AbortController | undefined) => {
+      settled = true;
+      clearTimeout(timer);
+      for (const c of controllers) if (c !== winner) c.abort(SUPERSEDED);
+    };
+    const send = (target: Node, hedge: boolean) => {
+      const own = new AbortController();
+      controllers.push(own);
+      const s = signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]);
+      running++;
+      d.runner.run(target, info, s, () => work(target, s)).then(
+        (result) => {
+          running--;
+          if (settled) return;
+          if (hedge) hedger.won++;
+          settle(own);
+          resolve(result);
+        },
+        (error: unknown) => {
+          running--;
+          if (hedge) hedgeError = { error };
+          else firstError = { error };
+          if (settled) return;
+          // The other statement may still answer, unless the caller gave up.
+          if (running > 0 && !signal?.aborted) return;
+          settle(undefined);
+          reject((firstError ?? hedgeError)!.error);
+        },
+      );
+    };
+    send(node, false);
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (settled) return;
+      const target = hedgeTarget(d, node, options);
+      if (target !== undefined && hedger.take()) send(target, true);
+    }, afterMs);
+  });
+}
