@@ -18,6 +18,8 @@
  *   when 1 % are slow;
  * - sessions (`sessions.ts`): a read-mostly workload in read-your-writes
  *   sessions vs everything on the primary vs no session;
+ * - a slow replica (`slow_replica.ts`, also `deno task bench:slow`): one of
+ *   two replicas 30 ms slower, round robin vs `latencyAware()` vs hedging;
  * - a failover: how long writes through dbx were unavailable.
  *
  * Prints tables, writes the summary to `bench/results/latest.json`, and
@@ -34,6 +36,7 @@ import { type Cluster, connect } from "../mod.ts";
 import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testing/mod.ts";
 import { callerScaling } from "./callers.ts";
 import { sessionWorkload } from "./sessions.ts";
+import { slowReplicaBench, slowReplicaReport } from "./slow_replica.ts";
 
 const CONCURRENCY = 10;
 const POOL_SIZE = 10;
@@ -367,6 +370,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   console.log("Sessions: read-your-writes vs all on the primary vs no session ...");
   const sessions = await sessionWorkload(cluster, signal);
 
+  console.log("Slow replica: one of two replicas 30 ms slower, 10 callers, 3 s per row ...");
+  const slowReplica = await slowReplicaBench(local, signal);
+
   console.log("pgbench -S -M prepared -c 10 -j 2 -T 5 on the primary ...");
   const bench = await pgbench(local, signal);
 
@@ -479,6 +485,11 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   );
 
   console.log(
+    "\nSlow replica (one of two 30 ms slower through faultProxy; 10 callers, 3 s per row):",
+  );
+  for (const line of slowReplicaReport(slowReplica)) console.log(line);
+
+  console.log(
     Number.isNaN(fo.writeGapMs)
       ? "\nFailover: no write reached the promoted replica within 10 s"
       : `\nFailover (health check every 500 ms): writes unavailable ${fo.writeGapMs} ms ` +
@@ -501,6 +512,7 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     sessionOverPrimary: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.primary),
     sessionOverNoSession: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.none),
     sessions,
+    slowReplica,
     callers: scaling,
     qps: Object.fromEntries(
       Object.entries(results).map(([k, v]) => [k, {
@@ -535,6 +547,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
       p99OverRaw: scaling.mixedFastP99.dbx <= scaling.mixedFastP99.raw * TARGETS.p99OverRaw,
       rssGrowth: mem.dbx.rssGrowthMb < TARGET_RSS_MB,
       rssPeakGrowth: mem.dbx.rssPeakGrowthMb < TARGET_RSS_MB,
+      slowReplicaShare: slowReplica.targetsMet.slowShare,
+      slowReplicaP95: slowReplica.targetsMet.p95,
+      slowReplicaHedgedP99: slowReplica.targetsMet.hedgedP99,
     },
     rounds: ROUNDS,
     roundMs: ROUND_MS,

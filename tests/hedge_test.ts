@@ -33,6 +33,9 @@ Deno.test({
       balancer: roundRobin(),
       hedge: { afterMs: 200, maxExtraLoad: 1 },
       metrics: { onQueryEnd: (e) => void ended.push(e) },
+      // A statement never seen before may be pipelined, and a pipelined loser can only be
+      // dropped (a cancel would hit its neighbours): here every read has a connection of its own.
+      pipeline: false,
     });
     const started = performance.now();
     for (let i = 0; i < 2; i++) {
@@ -107,5 +110,40 @@ Deno.test({
     assert.deepEqual(cluster.stats().hedges, { sent: 0, won: 0 });
     await cluster.readQuery(slow);
     assert.equal(cluster.stats().hedges.sent, 1, "a plain read is hedged");
+  },
+});
+
+Deno.test({
+  name:
+    "a pipelined hedge loser is dropped: no error, nothing left in flight" +
+    why,
+  ignore: !twoReplicas,
+  async fn() {
+    const [r1, r2] = urls!.replicas as [string, string];
+    await using proxy = await faultProxy(r1);
+    await using cluster = await connect({
+      master: urls!.master,
+      replicas: [{ name: "r1", url: proxy.url(r1) }, { name: "r2", url: r2 }],
+      balancer: roundRobin(),
+      hedge: { afterMs: 100, maxExtraLoad: 1 },
+      healthCheck: { timeoutMs: 10_000 },
+    });
+    proxy.delay(300);
+    // Concurrent reads share r1's pipes; those that lose are left to finish there.
+    const rows = await Promise.all(
+      Array.from(
+        { length: 8 },
+        (_, i) => cluster.readQueryRow<{ n: number }>("select $1::int as n", [i]),
+      ),
+    );
+    assert.deepEqual(rows.map((r) => r.n), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.ok(cluster.stats().hedges.won >= 1, JSON.stringify(cluster.stats().hedges));
+    // The dropped statements still end on r1 (their answers arrive and are ignored).
+    await until(
+      "r1 has nothing in flight",
+      () => cluster.stats().nodes.find((n) => n.name === "r1")!.inFlight === 0,
+    );
+    const r1Stats = cluster.stats().nodes.find((n) => n.name === "r1")!;
+    assert.equal(r1Stats.errors, 0);
   },
 });

@@ -109,7 +109,7 @@ export function routed(
     read,
     { sql, argCount: args?.length ?? 0 },
     signal,
-    (node, s) => node.run(sql, args, s),
+    (node, s, pipeable) => node.run(sql, args, s, pipeable),
     { options, session, hedge: true },
   );
 }

@@ -3,10 +3,13 @@
  * after `afterMs` (or the node's recent p95), is also sent to the next-best
  * eligible replica. The first answer wins; the other statement is aborted
  * through its own signal, which cancels it on the server the way a deadline
- * does (`cancellable` in `pg_internals.ts`). Both statements run through the
- * attempt runner, so they are counted, observed and classified like any
- * other, and the attempt as a whole fails only when neither answered: the
- * retry contract (`withRetry`) sees one attempt either way.
+ * does (`cancellable` in `pg_internals.ts`). A statement the node's pipes
+ * took (a text whose recent runs there were fast: `pipeline.ts`) cannot be
+ * cancelled without hitting the statements pipelined with it: it is left
+ * to finish and its answer dropped. Both statements run through the attempt
+ * runner, so they are counted, observed and classified like any other, and
+ * the attempt as a whole fails only when neither answered: the retry
+ * contract (`withRetry`) sees one attempt either way.
  *
  * @module
  */
@@ -21,8 +24,16 @@ import { parseLsn, pickReader } from "./route.ts";
 /** Hedges allowed in a burst, on top of `maxExtraLoad` × reads. */
 const BURST = 10;
 
-/** A hedged read's work: one statement on `node`, cancelled on the server when `signal` aborts. */
-export type HedgedWork<R> = (node: Node, signal: AbortSignal | undefined) => Promise<R>;
+/**
+ * A routed call's work on `node`: cancelled on the server when `signal`
+ * aborts, unless `pipeable` (a hedged read without a caller's signal) let it
+ * join a pipe.
+ */
+export type HedgedWork<R> = (
+  node: Node,
+  signal: AbortSignal | undefined,
+  pipeable?: boolean,
+) => Promise<R>;
 
 /** The hedging state of a cluster: the budget of extra statements and the counts for `stats()`. */
 export class Hedger {
@@ -47,19 +58,32 @@ export class Hedger {
    * Counts a hedgeable read attempt on `node` and says how long it waits before a hedge.
    *
    * @param node Where the read goes first.
+   * @param replicas Every replica (config order).
    * @returns ms, or undefined when it is not hedged: the budget is spent, or
-   * the node has no recent p95 yet.
+   * (`"p95"`) the node has no recent p95 yet, or no other healthy replica
+   * usually answers within it (a hedge would not be answered sooner).
    */
-  admit(node: Node): number | undefined {
+  admit(node: Node, replicas: readonly Node[]): number | undefined {
     const tokens = this.#tokens = Math.min(BURST, this.#tokens + this.#share);
-    // Not hedged, it may share a pipelined connection (a hedged read cannot).
+    // Not hedged, it costs no timer and may share a pipelined connection.
     if (tokens < 1) return undefined;
-    return this.#afterMs === "p95" ? node.latency.p95() : this.#afterMs;
+    if (this.#afterMs !== "p95") return this.#afterMs;
+    const wait = node.latency.p95();
+    if (wait === undefined) return undefined;
+    for (const other of replicas) {
+      if (other !== node && other.healthy && (other.latencyMs ?? 0) <= wait) return wait;
+    }
+    return undefined;
   }
 
-  /** Takes one extra statement from the budget; false when it is spent. */
-  take(): boolean {
+  /**
+   * Takes one extra statement from the budget, for a hedge to `target`
+   * after `waitedMs`; false when the budget is spent, or (`"p95"`) when
+   * `target` usually takes longer than that p95: it would not answer sooner.
+   */
+  take(target: Node, waitedMs: number): boolean {
     if (this.#tokens < 1) return false;
+    if (this.#afterMs === "p95" && (target.latencyMs ?? 0) > waitedMs) return false;
     this.#tokens -= 1;
     this.sent++;
     return true;
@@ -93,7 +117,8 @@ function hedgeTarget(
 /**
  * One attempt of a read on `node`, hedged: after the wait, the same work on
  * another replica too, within the hedge budget. Resolves with the first
- * answer and aborts the other statement ({@linkcode SUPERSEDED}); rejects
+ * answer and aborts the other statement ({@linkcode SUPERSEDED}: cancelled
+ * on its server, or dropped when it was pipelined); rejects
  * with the first node's error once every statement sent failed, or at once
  * when the caller's signal aborted. No timer outlives the attempt.
  *
@@ -116,8 +141,12 @@ export function hedgedAttempt<R>(
   work: HedgedWork<R>,
 ): Promise<R> {
   // A read on the primary had no replica to go to: nothing to hedge it with.
-  const afterMs = node.role === "replica" ? hedger.admit(node) : undefined;
+  const afterMs = node.role === "replica"
+    ? hedger.admit(node, d.checker.topology.replicas)
+    : undefined;
   if (afterMs === undefined) return d.runner.run(node, info, signal, () => work(node, signal));
+  // Without a caller's signal either statement may be pipelined (and then only dropped if it loses).
+  const pipeable = signal === undefined;
   return new Promise<R>((resolve, reject) => {
     const controllers: AbortController[] = [];
     let running = 0;
@@ -135,7 +164,7 @@ export function hedgedAttempt<R>(
       controllers.push(own);
       const s = signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]);
       running++;
-      d.runner.run(target, info, s, () => work(target, s)).then(
+      d.runner.run(target, info, s, () => work(target, s, pipeable)).then(
         (result) => {
           running--;
           if (settled) return;
@@ -160,7 +189,7 @@ export function hedgedAttempt<R>(
       timer = undefined;
       if (settled) return;
       const target = hedgeTarget(d, node, options);
-      if (target !== undefined && hedger.take()) send(target, true);
+      if (target !== undefined && hedger.take(target, afterMs)) send(target, true);
     }, afterMs);
   });
 }

@@ -11,11 +11,11 @@ import { KNOWN, onlyKnownKeys } from "./keys.ts";
 /**
  * Hedged reads: a read not answered after `afterMs` is also sent to the
  * next-best eligible replica; the first answer wins and the other statement
- * is cancelled on its server. Only cluster `read*` calls routed to replicas
- * are hedged: never writes, transactions, read-your-writes sessions,
- * `withConnection`, streams, COPY or batches. Hedged reads run on pooled
- * connections, not pipelined ones: a statement that may be cancelled must be
- * alone on its connection.
+ * is cancelled on its server (one that went on a pipelined connection, a
+ * statement whose recent runs were fast, is left to finish there instead: a
+ * cancel would hit the statements pipelined with it). Only cluster `read*`
+ * calls routed to replicas are hedged: never writes, transactions,
+ * read-your-writes sessions, `withConnection`, streams, COPY or batches.
  *
  * @example
  * ```ts
@@ -33,7 +33,8 @@ export interface HedgeConfig {
   /**
    * How long a read waits for its node before it is also sent to another:
    * a number of ms, or `"p95"` for the 95th percentile of the chosen node's
-   * recent statements (no hedge until the node has a few).
+   * recent statements (no hedge until the node has a few, nor to a replica
+   * whose recent latency is above that p95: it would not answer sooner).
    * @default "p95"
    */
   afterMs?: number | "p95" | undefined;

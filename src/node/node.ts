@@ -1,8 +1,8 @@
 /**
  * One server behind the cluster: its `pg.Pool` and pipelined connections,
  * identity, state and counters. The state (role, health, last probe) is an immutable snapshot
- * that only the health checker replaces; the counters are moved only by the
- * attempt runner (`attempt.ts`). Everything else reads.
+ * that only the health checker replaces; the counters are moved only by the attempt runner
+ * (`attempt.ts`), its latency (`latency.ts`) by that runner and the probes. Everything else reads.
  *
  * @module
  */
@@ -83,7 +83,6 @@ export class Node implements BalancerNode {
   readonly name: string;
   readonly host: string;
   readonly port: number;
-
   readonly configuredRole: NodeRole;
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
@@ -180,11 +179,7 @@ export class Node implements BalancerNode {
     return this.#state;
   }
 
-  /**
-   * Replaces the state snapshot. Only the health checker calls this.
-   *
-   * @param next The new snapshot.
-   */
+  /** Replaces the state snapshot (the health checker only). @param next The new snapshot. */
   setState(next: NodeState): void {
     this.#state = next;
   }
@@ -208,7 +203,6 @@ export class Node implements BalancerNode {
   get latencyMs(): number | undefined {
     return this.latency.recentMs;
   }
-
   /** When the newest round trip ended (`performance.now()`). */
   get latencySampledAt(): number | undefined {
     return this.latency.sampledAt;
@@ -311,21 +305,24 @@ export class Node implements BalancerNode {
 
   /**
    * Runs one statement on this node: pipelined when it needs no session
-   * (no `signal`) and a pipe has room, else on a pooled connection.
+   * (no `signal`, or `pipeable`) and a pipe has room, else on a pooled connection.
    *
    * @param sql Statement text.
    * @param args Bind parameters.
    * @param signal Cancels the wait for a connection, or the statement on the server.
+   * @param pipeable May join a pipe even with a signal, which then cannot cancel it (a
+   * hedged read's loser: the pipes take only statements that ran fast, it is left to finish).
    * @returns The driver's result.
    */
   run(
     sql: string,
     args: readonly unknown[] | undefined,
     signal: AbortSignal | undefined,
+    pipeable = signal === undefined,
   ): Promise<pg.QueryResult> {
     // A cancel request stops whatever runs on a backend: a statement with a
     // signal must be alone on its connection, so it never joins a pipe.
-    const pipes = signal === undefined ? this.#pipes : undefined;
+    const pipes = pipeable ? this.#pipes : undefined;
     const pipe = pipes?.pick(sql);
     if (pipe === undefined) return this.#runPooled(sql, args, signal, pipes);
     return sendCached(pipe.client, this.#statements, sql, args, (c) => pipes!.run(pipe, c));
