@@ -46,7 +46,17 @@ export interface HedgeConfig {
   maxExtraLoad?: number | undefined;
 }
 
-/** The `hedge` setting after validation: every field filled in. */
+/**
+ * The `hedge` setting after validation: every field filled in.
+ *
+ * @example
+ * ```ts
+ * import { resolveConfig } from "@codelab/dbx";
+ *
+ * const { hedge } = resolveConfig({ master: "postgres://app@db1:5432/app", hedge: {} });
+ * console.log(hedge); // { afterMs: "p95", maxExtraLoad: 0.05 }
+ * ```
+ */
 export interface ResolvedHedge {
   /** ms, or the chosen node's recent p95. */
   readonly afterMs: number | "p95";

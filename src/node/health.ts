@@ -30,6 +30,9 @@ const PROBE_SQL = `select pg_is_in_recovery() as recovery,
   (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn,
   (extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_age_ms`;
 
+/** What {@linkcode PROBE_SQL} returns. */
+type ProbeRow = { recovery: boolean; lsn: string | null; replay_age_ms: number | null };
+
 /**
  * Consecutive unanswered probes after which a node's connections are cut.
  * One late answer is what a busy machine looks like; two in a row, each a
@@ -88,14 +91,8 @@ class Prober {
         });
         await c.connect();
       }
-      // The round trip of the query alone: connecting is no measure of how fast it answers.
-      const start = performance.now();
-      const { rows } = await client.query(PROBE_SQL);
-      const row = rows[0] as {
-        recovery: boolean;
-        lsn: string | null;
-        replay_age_ms: number | null;
-      };
+      const start = performance.now(); // after connecting: the query's round trip alone
+      const row = (await client.query(PROBE_SQL)).rows[0] as ProbeRow;
       const latencyMs = performance.now() - start;
       this.#node.latency.probe(latencyMs, start + latencyMs);
       return {
