@@ -114,8 +114,7 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    "a pipelined hedge loser is dropped: no error, nothing left in flight" +
+  name: "a pipelined hedge loser is dropped: no error, nothing left in flight" +
     why,
   ignore: !twoReplicas,
   async fn() {
