@@ -1,9 +1,10 @@
 /**
  * Hedged reads: one attempt of a read that, when its node has not answered
  * after `afterMs` (or the node's recent p95), is also sent to the next-best
- * eligible replica. The first answer wins; the other statement is aborted
- * through its own signal, which cancels it on the server the way a deadline
- * does (`cancellable` in `pg_internals.ts`). A statement the node's pipes
+ * eligible replica. The first answer wins; the other statement, unless it
+ * answers within about twice its node's recent latency, is aborted through
+ * its own signal, which cancels it on the server the way a deadline does
+ * (`cancellable` in `pg_internals.ts`). A statement the node's pipes
  * took (a text whose recent runs there were fast: `pipeline.ts`) cannot be
  * cancelled without hitting the statements pipelined with it: it is left
  * to finish and its answer dropped. Both statements run through the attempt
@@ -24,6 +25,31 @@ import { parseLsn, pickReader } from "./route.ts";
 /** Hedges allowed in a burst, on top of `maxExtraLoad` × reads. */
 const BURST = 10;
 
+/** Longest a losing statement is given to answer before it is cancelled. */
+const MAX_GRACE_MS = 250;
+
+/** One statement of a hedged read. */
+interface Leg {
+  readonly node: Node;
+  /** Aborted with {@linkcode SUPERSEDED} when the statement lost. */
+  readonly controller: AbortController;
+  done: boolean;
+  /** The cancel of a loser, pending. */
+  grace?: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * Cancels a losing statement unless it answers within about twice its
+ * node's recent latency (at most {@linkcode MAX_GRACE_MS}): a CancelRequest
+ * costs the server a new process and the connection its statement ran on,
+ * more than a statement about to answer costs by finishing. One that is
+ * still running then (a long query) is cancelled on its server.
+ */
+function cancelLate(leg: Leg): void {
+  const ms = Math.min(MAX_GRACE_MS, Math.max(1, 2 * (leg.node.latencyMs ?? 0)));
+  leg.grace = setTimeout(() => leg.controller.abort(SUPERSEDED), ms);
+}
+
 /**
  * A routed call's work on `node`: cancelled on the server when `signal`
  * aborts, unless `pipeable` (a hedged read without a caller's signal) let it
@@ -35,8 +61,80 @@ export type HedgedWork<R> = (
   pipeable?: boolean,
 ) => Promise<R>;
 
+/** A hedge due at `at` (`performance.now()`), unless its read was answered first. */
+interface Due {
+  readonly at: number;
+  readonly fire: () => void;
+  live: boolean;
+}
+
+/**
+ * The hedges due of a cluster's reads in flight, on one timer: a timer per
+ * read would cost more than the reads it hedges. The timer runs only while
+ * some read waits for a hedge, so none outlives the reads.
+ */
+class HedgeTimers {
+  #due: Due[] = [];
+  #live = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timerAt = Infinity;
+
+  /** Calls `fire` in `ms`, unless {@linkcode remove}d first. */
+  add(ms: number, fire: () => void): Due {
+    const due: Due = { at: performance.now() + ms, fire, live: true };
+    this.#due.push(due);
+    this.#live++;
+    if (due.at < this.#timerAt) this.#arm(due.at);
+    return due;
+  }
+
+  /** Its read was answered (or failed): no hedge. */
+  remove(due: Due): void {
+    if (!due.live) return;
+    due.live = false;
+    if (--this.#live > 0) {
+      // Answered reads are dropped at the next tick; a long wait (a large afterMs) must not pile them up.
+      if (this.#due.length > 2 * this.#live + 64) this.#due = this.#due.filter((d) => d.live);
+      return;
+    }
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    this.#due = [];
+  }
+
+  #arm(at: number): void {
+    clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#tick(), Math.max(0, at - performance.now()));
+  }
+
+  #tick(): void {
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    const now = performance.now();
+    const waiting: Due[] = [];
+    let next = Infinity;
+    for (const due of this.#due) {
+      if (!due.live) continue;
+      if (due.at > now) {
+        waiting.push(due);
+        next = Math.min(next, due.at);
+        continue;
+      }
+      due.live = false;
+      this.#live--;
+      due.fire();
+    }
+    this.#due = waiting;
+    if (next < Infinity) this.#arm(next);
+  }
+}
+
 /** The hedging state of a cluster: the budget of extra statements and the counts for `stats()`. */
 export class Hedger {
+  /** When the reads in flight are due a hedge. */
+  readonly timers: HedgeTimers = new HedgeTimers();
   /** Extra statements sent because a read was not answered in time. */
   sent = 0;
   /** Of those, the ones that answered first. */
@@ -117,10 +215,11 @@ function hedgeTarget(
 /**
  * One attempt of a read on `node`, hedged: after the wait, the same work on
  * another replica too, within the hedge budget. Resolves with the first
- * answer and aborts the other statement ({@linkcode SUPERSEDED}: cancelled
- * on its server, or dropped when it was pipelined); rejects
+ * answer and, unless it answers in time, aborts the other statement
+ * ({@linkcode SUPERSEDED}: cancelled on its server, or dropped when it was
+ * pipelined); rejects
  * with the first node's error once every statement sent failed, or at once
- * when the caller's signal aborted. No timer outlives the attempt.
+ * when the caller's signal aborted. No timer outlives its statements.
  *
  * @param d The cluster.
  * @param hedger The cluster's hedging state.
@@ -148,32 +247,37 @@ export function hedgedAttempt<R>(
   // Without a caller's signal either statement may be pipelined (and then only dropped if it loses).
   const pipeable = signal === undefined;
   return new Promise<R>((resolve, reject) => {
-    const controllers: AbortController[] = [];
+    const legs: Leg[] = [];
     let running = 0;
     let settled = false;
     let firstError: { error: unknown } | undefined;
     let hedgeError: { error: unknown } | undefined;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const settle = (winner: AbortController | undefined) => {
+    const settle = (winner: Leg | undefined) => {
       settled = true;
-      clearTimeout(timer);
-      for (const c of controllers) if (c !== winner) c.abort(SUPERSEDED);
+      hedger.timers.remove(wait);
+      for (const leg of legs) if (leg !== winner && !leg.done) cancelLate(leg);
     };
     const send = (target: Node, hedge: boolean) => {
-      const own = new AbortController();
-      controllers.push(own);
-      const s = signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]);
+      const leg: Leg = { node: target, controller: new AbortController(), done: false };
+      legs.push(leg);
+      const own = leg.controller.signal;
+      const s = signal === undefined ? own : AbortSignal.any([signal, own]);
       running++;
+      const ended = () => {
+        running--;
+        leg.done = true;
+        clearTimeout(leg.grace);
+      };
       d.runner.run(target, info, s, () => work(target, s, pipeable)).then(
         (result) => {
-          running--;
+          ended();
           if (settled) return;
           if (hedge) hedger.won++;
-          settle(own);
+          settle(leg);
           resolve(result);
         },
         (error: unknown) => {
-          running--;
+          ended();
           if (hedge) hedgeError = { error };
           else firstError = { error };
           if (settled) return;
@@ -184,12 +288,11 @@ export function hedgedAttempt<R>(
         },
       );
     };
-    send(node, false);
-    timer = setTimeout(() => {
-      timer = undefined;
+    const wait: Due = hedger.timers.add(afterMs, () => {
       if (settled) return;
       const target = hedgeTarget(d, node, options);
       if (target !== undefined && hedger.take(target, afterMs)) send(target, true);
-    }, afterMs);
+    });
+    send(node, false);
   });
 }

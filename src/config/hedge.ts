@@ -11,7 +11,8 @@ import { KNOWN, onlyKnownKeys } from "./keys.ts";
 /**
  * Hedged reads: a read not answered after `afterMs` is also sent to the
  * next-best eligible replica; the first answer wins and the other statement
- * is cancelled on its server (one that went on a pipelined connection, a
+ * is cancelled on its server unless it answers within about twice its
+ * replica's recent latency (one that went on a pipelined connection, a
  * statement whose recent runs were fast, is left to finish there instead: a
  * cancel would hit the statements pipelined with it). Only cluster `read*`
  * calls routed to replicas are hedged: never writes, transactions,
