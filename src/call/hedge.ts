@@ -16,6 +16,7 @@
  */
 
 import { type AttemptInfo, SUPERSEDED } from "./attempt.ts";
+import { ClusterClosedError } from "../errors.ts";
 import type { Dispatcher } from "./dispatch.ts";
 import type { ReadOptions } from "../executor.ts";
 import type { ResolvedHedge } from "../config/hedge.ts";
@@ -93,7 +94,7 @@ class HedgeTimers {
     if (!due.live) return;
     due.live = false;
     if (--this.#live > 0) {
-      // Answered reads are dropped at the next tick; a long wait (a large afterMs) must not pile them up.
+      // Answered reads go at the next tick; a long afterMs must not pile them up.
       if (this.#due.length > 2 * this.#live + 64) this.#due = this.#due.filter((d) => d.live);
       return;
     }
@@ -198,18 +199,23 @@ function hedgeTarget(
   first: Node,
   options: ReadOptions | undefined,
 ): Node | undefined {
-  try {
-    d.assertOpen();
-  } catch {
-    return undefined; // closing: the pools take no new statement
-  }
   const topology = d.checker.topology;
   const token = options?.consistentWith;
-  const { node, fallback } = pickReader(topology, d.config.balancer, [first], {
-    maxLagMs: options?.maxLagMs ?? d.config.maxLagMs,
-    minLsn: token === undefined ? undefined : parseLsn(token),
-  });
-  return fallback === undefined && node !== topology.primary ? node : undefined;
+  try {
+    // Closing: the pools take no new statement.
+    d.assertOpen();
+    const { node, fallback } = pickReader(topology, d.config.balancer, [first], {
+      maxLagMs: options?.maxLagMs ?? d.config.maxLagMs,
+      minLsn: token === undefined ? undefined : parseLsn(token),
+    });
+    return fallback === undefined && node !== topology.primary ? node : undefined;
+  } catch (error) {
+    // This runs on a timer: a custom balancer that throws must not crash the process.
+    if (!(error instanceof ClusterClosedError)) {
+      d.observer.log("error", "dbx: choosing a replica to hedge a read threw", { error });
+    }
+    return undefined;
+  }
 }
 
 /**
