@@ -192,9 +192,20 @@ Deno.test("latencyAware() picks the node with the lowest (in flight + 1) × late
 });
 
 Deno.test("latencyAware() lets nodes within 20 % of each other take turns", () => {
-  const nodes = [timed("a", 1), timed("b", 1.1), timed("c", 1.15)];
+  const nodes = [timed("a", 10), timed("b", 11), timed("c", 11.5)];
   const counts = tally(picks(latencyAware({ exploreShare: 0 }), nodes, 30));
   assert.deepEqual([...counts.entries()].sort(), [["a", 10], ["b", 10], ["c", 10]]);
+});
+
+Deno.test("latencyAware() lets nodes within 0.5 ms of each other take turns", () => {
+  // 0.2 and 0.6 ms differ by 3 ×, but by less than the noise of a busy host.
+  const nodes = [timed("a", 0.2), timed("b", 0.6)];
+  const counts = tally(picks(latencyAware({ exploreShare: 0 }), nodes, 10));
+  assert.deepEqual([...counts.entries()].sort(), [["a", 5], ["b", 5]]);
+  assert.equal(
+    latencyAware({ exploreShare: 0 }).pick([timed("a", 0.2), timed("b", 0.8)])?.name,
+    "a",
+  );
 });
 
 Deno.test("latencyAware() never picks an unhealthy node, however fast", () => {

@@ -4,16 +4,18 @@ import { Latency } from "../src/node/latency.ts";
 Deno.test("Latency has no recent latency, sample time or p95 before any round trip", () => {
   const l = new Latency(true);
   assert.equal(l.recentMs, undefined);
-  assert.equal(l.sampledAt, undefined);
+  assert.equal(l.statementAt, undefined);
   assert.equal(l.p95(), undefined);
   assert.equal(l.percentiles(), undefined);
 });
 
-Deno.test("Latency takes its first round trip as the average", () => {
+Deno.test("Latency takes its first round trip as the average; only statements date it", () => {
   const l = new Latency(false);
   l.probe(12, 1_000);
   assert.equal(l.recentMs, 12);
-  assert.equal(l.sampledAt, 1_000);
+  assert.equal(l.statementAt, undefined, "a probe is no read");
+  l.statement(12, 2_000);
+  assert.equal(l.statementAt, 2_000);
 });
 
 Deno.test("Latency follows a busy node over a few dozen statements", () => {

@@ -31,7 +31,10 @@ export interface BalancerNode {
    * probes), in ms; undefined before the first.
    */
   readonly latencyMs?: number | undefined;
-  /** When the newest of those round trips ended (`performance.now()`); undefined before the first. */
+  /**
+   * When the node last answered a statement (`performance.now()`; probes do
+   * not count); undefined before the first.
+   */
   readonly latencySampledAt?: number | undefined;
 }
 
@@ -75,14 +78,15 @@ function scanFrom(nodes: readonly BalancerNode[], start: number): number {
 /**
  * Index of the healthy node with the lowest `score`, scanning from `start`
  * and wrapping around: the first in turn keeps the pick unless a later one
- * scores lower by more than the share `margin`, so equals take turns. -1
- * when none is healthy.
+ * scores lower by more than the share `margin` and by at least `floor`, so
+ * equals take turns. -1 when none is healthy.
  */
 function lowest<N extends BalancerNode>(
   nodes: readonly N[],
   start: number,
   score: (node: N) => number,
   margin: number,
+  floor = 0,
 ): number {
   const n = nodes.length;
   let best = -1;
@@ -92,7 +96,7 @@ function lowest<N extends BalancerNode>(
     const node = nodes[j]!;
     if (!node.healthy) continue;
     const s = score(node);
-    if (best < 0 || s < bestScore * (1 - margin)) {
+    if (best < 0 || (s < bestScore * (1 - margin) && bestScore - s >= floor)) {
       best = j;
       bestScore = s;
     }
@@ -216,15 +220,20 @@ export interface LatencyAwareOptions {
    */
   exploreShare?: number | undefined;
   /**
-   * A node with nothing in flight whose newest round trip ended longer ago
-   * than this is stale: it may be explored.
+   * A node with nothing in flight that answered no statement for this long
+   * is stale: it may be explored.
    * @default 500
    */
   staleMs?: number | undefined;
 }
 
-/** Nodes whose scores are this close (relative) are equals: they take turns. */
+/**
+ * Nodes whose scores are this close (relative, or within TIE_MS) are equals:
+ * they take turns. Sub-millisecond differences are noise on a busy host, and
+ * not worth sending every read of a quiet client to one replica.
+ */
 const TIE = 0.2;
+const TIE_MS = 0.5;
 
 function option(field: string, value: unknown, fallback: number, max: number): number {
   if (value === undefined) return fallback;
@@ -241,11 +250,11 @@ function option(field: string, value: unknown, fallback: number, max: number): n
  * The healthy node expected to answer first: each node's statements in
  * flight plus one, times its recent latency (a moving average of its
  * statements' and health probes' round trips); the lowest wins, and nodes
- * within 20 % of each other take turns. A small share of picks
- * (`exploreShare`) goes to a node whose latency is stale and that has
- * nothing in flight, so a node that was slow (a GC pause, a cold disk, a far
- * zone) is tried again and wins back its share within a few seconds of
- * recovering. A node with no round trip yet counts as fast. It never widens
+ * within 20 % or 0.5 ms of each other take turns. A small share of picks
+ * (`exploreShare`) goes to a node that has answered no statement for
+ * `staleMs` and has nothing in flight, so a node that was slow (a GC pause,
+ * a cold disk, a far zone) is tried again and wins back its share within a
+ * few seconds of recovering. A node with no round trip yet counts as fast. It never widens
  * or narrows the candidates: health, lag limits, sessions and routes still
  * decide those. The default balancer.
  *
@@ -274,7 +283,7 @@ export function latencyAware(options: LatencyAwareOptions = {}): Balancer {
   return {
     pick<N extends BalancerNode>(nodes: readonly N[]): N | undefined {
       if (nodes.length === 0) return undefined;
-      let best = lowest(nodes, next % nodes.length, expectedWaitOf, TIE);
+      let best = lowest(nodes, next % nodes.length, expectedWaitOf, TIE, TIE_MS);
       if (best < 0) return undefined;
       credit += share;
       if (credit >= 1) {

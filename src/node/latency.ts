@@ -40,6 +40,7 @@ const P95_REFRESH = 16;
 export class Latency {
   #ewma = 0;
   #sampledAt: number | undefined;
+  #statementAt: number | undefined;
   readonly #window = new Float64Array(LATENCY_WINDOW);
   #windowCount = 0;
   /** Decaying counts per bucket; undefined when nobody asks for a p95. */
@@ -60,9 +61,13 @@ export class Latency {
     return this.#sampledAt === undefined ? undefined : this.#ewma;
   }
 
-  /** When the newest round trip ended (`performance.now()`); undefined before the first. */
-  get sampledAt(): number | undefined {
-    return this.#sampledAt;
+  /**
+   * When the newest statement round trip ended (`performance.now()`);
+   * undefined before the first. Probes do not count: a node only probed has
+   * had no reads for a while, and a read tells how it serves reads.
+   */
+  get statementAt(): number | undefined {
+    return this.#statementAt;
   }
 
   /**
@@ -82,6 +87,7 @@ export class Latency {
    */
   statement(ms: number, at: number): void {
     this.#average(ms, at);
+    this.#statementAt = at;
     const buckets = this.#buckets;
     if (buckets === undefined) return;
     const i = ms <= FLOOR_MS

@@ -203,9 +203,9 @@ export class Node implements BalancerNode {
   get latencyMs(): number | undefined {
     return this.latency.recentMs;
   }
-  /** When the newest round trip ended (`performance.now()`). */
+  /** When the newest statement round trip ended (`performance.now()`). */
   get latencySampledAt(): number | undefined {
-    return this.latency.sampledAt;
+    return this.latency.statementAt;
   }
 
   /** Counters since the cluster started. */
