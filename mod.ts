@@ -54,12 +54,13 @@ export type {
   ResolvedConfig,
   ResolvedNode,
   RetryConfig,
-  TypeParsers,
   WithDefaults,
 } from "./src/config/config.ts";
+export type { TypeParsers } from "./src/config/type_parsers.ts";
+export type { HedgeConfig, ResolvedHedge } from "./src/config/hedge.ts";
 export type { Pem, SslConfig } from "./src/config/tls.ts";
-export { leastInFlight, random, roundRobin } from "./src/call/balancer.ts";
-export type { Balancer, BalancerNode } from "./src/call/balancer.ts";
+export { latencyAware, leastInFlight, random, roundRobin } from "./src/call/balancer.ts";
+export type { Balancer, BalancerNode, LatencyAwareOptions } from "./src/call/balancer.ts";
 export {
   ClusterClosedError,
   ConfigError,

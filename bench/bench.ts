@@ -21,6 +21,8 @@
  * - ORMs (`orms.ts`): Drizzle and Kysely (PostgresDialect on `pgPool()`,
  *   and `dbxDialect`) on dbx vs the same ORM on a raw `pg.Pool`, point
  *   select by primary key at 10 and 64 callers;
+ * - a slow replica (`slow_replica.ts`, also `deno task bench:slow`): one of
+ *   two replicas 30 ms slower, round robin vs `latencyAware()` vs hedging;
  * - a failover: how long writes through dbx were unavailable.
  *
  * Prints tables, writes the summary to `bench/results/latest.json`, and
@@ -38,6 +40,7 @@ import { findPgBinDir, type LocalCluster, startLocalCluster } from "../src/testi
 import { callerScaling } from "./callers.ts";
 import { sessionWorkload } from "./sessions.ts";
 import { ormBench, printOrmBench } from "./orms.ts";
+import { slowReplicaBench, slowReplicaReport } from "./slow_replica.ts";
 
 const CONCURRENCY = 10;
 const POOL_SIZE = 10;
@@ -373,6 +376,8 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
 
   console.log("ORMs: Drizzle and Kysely on dbx vs on a raw pg.Pool at 10, 64 callers ...");
   const orms = await ormBench(cluster, local.masterUrl, POOL_SIZE, signal);
+  console.log("Slow replica: one of two replicas 30 ms slower, 10 callers, 3 s per row ...");
+  const slowReplica = await slowReplicaBench(local, signal);
 
   console.log("pgbench -S -M prepared -c 10 -j 2 -T 5 on the primary ...");
   const bench = await pgbench(local, signal);
@@ -486,6 +491,11 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
   );
 
   console.log(
+    "\nSlow replica (one of two 30 ms slower through faultProxy; 10 callers, 3 s per row):",
+  );
+  for (const line of slowReplicaReport(slowReplica)) console.log(line);
+
+  console.log(
     Number.isNaN(fo.writeGapMs)
       ? "\nFailover: no write reached the promoted replica within 10 s"
       : `\nFailover (health check every 500 ms): writes unavailable ${fo.writeGapMs} ms ` +
@@ -510,6 +520,7 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
     sessionOverPrimary: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.primary),
     sessionOverNoSession: r3(sessions.readsPerSecond.session / sessions.readsPerSecond.none),
     sessions,
+    slowReplica,
     callers: scaling,
     orms,
     qps: Object.fromEntries(
@@ -546,6 +557,9 @@ async function main(signal: AbortSignal): Promise<Record<string, unknown>> {
       rssGrowth: mem.dbx.rssGrowthMb < TARGET_RSS_MB,
       rssPeakGrowth: mem.dbx.rssPeakGrowthMb < TARGET_RSS_MB,
       orms: orms.targetMet,
+      slowReplicaShare: slowReplica.targetsMet.slowShare,
+      slowReplicaP95: slowReplica.targetsMet.p95,
+      slowReplicaHedgedP99: slowReplica.targetsMet.hedgedP99,
     },
     rounds: ROUNDS,
     roundMs: ROUND_MS,

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { type Balancer, type BalancerNode, leastInFlight, random, roundRobin } from "../mod.ts";
+import {
+  type Balancer,
+  type BalancerNode,
+  latencyAware,
+  leastInFlight,
+  random,
+  roundRobin,
+} from "../mod.ts";
 
 function node(name: string, healthy = true, inFlight = 0): BalancerNode {
   return { name, healthy, inFlight };
@@ -31,6 +38,7 @@ const balancers: [string, () => Balancer][] = [
   ["roundRobin()", roundRobin],
   ["random()", () => random(sequence([0, 0.5, 0.99]))],
   ["leastInFlight()", leastInFlight],
+  ["latencyAware()", latencyAware],
 ];
 
 for (const [label, make] of balancers) {
@@ -152,3 +160,120 @@ Deno.test("leastInFlight() spreads ties among the least busy nodes only", () => 
   assert.equal(counts.get("c"), undefined);
   assert.equal(counts.get("d"), undefined);
 });
+
+/** A node that answered `latencyMs` ago `ageMs` ago. */
+function timed(
+  name: string,
+  latencyMs: number | undefined,
+  { inFlight = 0, healthy = true, ageMs = 0 } = {},
+): BalancerNode {
+  return {
+    name,
+    healthy,
+    inFlight,
+    latencyMs,
+    latencySampledAt: latencyMs === undefined ? undefined : performance.now() - ageMs,
+  };
+}
+
+Deno.test("latencyAware() picks the node with the lowest (in flight + 1) × latency", () => {
+  const b = latencyAware({ exploreShare: 0 });
+  assert.deepEqual(picks(b, [timed("slow", 30), timed("fast", 1)], 4), [
+    "fast",
+    "fast",
+    "fast",
+    "fast",
+  ]);
+  // 10 statements ahead at 1 ms (11 ms) against none at 5 ms: the slower node answers first.
+  const busy = [timed("fast", 1, { inFlight: 10 }), timed("idle", 5)];
+  assert.equal(b.pick(busy)?.name, "idle");
+  // 3 ahead at 1 ms (4 ms) beats 0 ahead at 30 ms.
+  assert.equal(b.pick([timed("slow", 30), timed("fast", 1, { inFlight: 3 })])?.name, "fast");
+});
+
+Deno.test("latencyAware() lets nodes within 20 % of each other take turns", () => {
+  const nodes = [timed("a", 10), timed("b", 11), timed("c", 11.5)];
+  const counts = tally(picks(latencyAware({ exploreShare: 0 }), nodes, 30));
+  assert.deepEqual([...counts.entries()].sort(), [["a", 10], ["b", 10], ["c", 10]]);
+});
+
+Deno.test("latencyAware() lets nodes within 0.5 ms of each other take turns", () => {
+  // 0.2 and 0.6 ms differ by 3 ×, but by less than the noise of a busy host.
+  const nodes = [timed("a", 0.2), timed("b", 0.6)];
+  const counts = tally(picks(latencyAware({ exploreShare: 0 }), nodes, 10));
+  assert.deepEqual([...counts.entries()].sort(), [["a", 5], ["b", 5]]);
+  assert.equal(
+    latencyAware({ exploreShare: 0 }).pick([timed("a", 0.2), timed("b", 0.8)])?.name,
+    "a",
+  );
+});
+
+Deno.test("latencyAware() never picks an unhealthy node, however fast", () => {
+  const nodes = [timed("down", 0.1, { healthy: false }), timed("up", 50, { ageMs: 60_000 })];
+  assert.deepEqual(picks(latencyAware({ exploreShare: 1 }), nodes, 5), [
+    "up",
+    "up",
+    "up",
+    "up",
+    "up",
+  ]);
+});
+
+Deno.test("latencyAware() tries a node without any round trip yet before measured ones", () => {
+  const nodes = [timed("measured", 0.5), timed("new", undefined)];
+  assert.equal(latencyAware({ exploreShare: 0 }).pick(nodes)?.name, "new");
+});
+
+Deno.test("latencyAware() sends about exploreShare of picks to a stale idle node", () => {
+  const b = latencyAware({ exploreShare: 0.02, staleMs: 500 });
+  const nodes = [timed("slow", 30, { ageMs: 10_000 }), timed("fast", 1)];
+  const counts = tally(picks(b, nodes, 1_000));
+  assert.equal(counts.get("slow"), 20, "2 % of 1000 picks explore the stale node");
+  assert.equal(counts.get("fast"), 980);
+});
+
+Deno.test("latencyAware() explores no node that is fresh or has a statement in flight", () => {
+  const b = latencyAware({ exploreShare: 1, staleMs: 500 });
+  const fresh = [timed("slow", 30, { ageMs: 100 }), timed("fast", 1)];
+  assert.ok(!picks(b, fresh, 100).includes("slow"), "a node sampled 100 ms ago is not stale");
+  const busy = [timed("slow", 30, { ageMs: 10_000, inFlight: 1 }), timed("fast", 1)];
+  assert.ok(
+    !picks(b, busy, 100).includes("slow"),
+    "a node with a statement in flight is not explored",
+  );
+});
+
+Deno.test("latencyAware() with exploreShare 0 never explores", () => {
+  const nodes = [timed("slow", 30, { ageMs: 60_000 }), timed("fast", 1)];
+  assert.ok(!picks(latencyAware({ exploreShare: 0 }), nodes, 1_000).includes("slow"));
+});
+
+Deno.test("latencyAware() gives a recovered node its share back once its latency drops", () => {
+  const b = latencyAware({ exploreShare: 0 });
+  assert.equal(b.pick([timed("a", 30), timed("b", 1)])?.name, "b");
+  const counts = tally(picks(b, [timed("a", 1), timed("b", 1)], 10));
+  assert.deepEqual([...counts.entries()].sort(), [["a", 5], ["b", 5]]);
+});
+
+for (
+  const [options, message] of [
+    [{ exploreShare: -0.1 }, "'exploreShare' must be a number from 0 to 1: current value is -0.1"],
+    [{ exploreShare: 2 }, "'exploreShare' must be a number from 0 to 1: current value is 2"],
+    [
+      { exploreShare: Number.NaN },
+      "'exploreShare' must be a number from 0 to 1: current value is NaN",
+    ],
+    [{ staleMs: -1 }, "'staleMs' must be a number from 0 to"],
+    [{ staleMs: "1s" }, "'staleMs' must be a number from 0 to"],
+  ] as const
+) {
+  const [key, value] = Object.entries(options)[0]!;
+  Deno.test(`latencyAware({ ${key}: ${String(value)} }) throws a RangeError naming the option`, () => {
+    assert.throws(
+      () => latencyAware(options as never),
+      (err) =>
+        err instanceof RangeError && err.message.startsWith("Cannot create latencyAware() as ") &&
+        err.message.includes(message),
+    );
+  });
+}

@@ -9,6 +9,7 @@ import {
   NoHealthyNodeError,
   NoRowsError,
   RetryExhaustedError,
+  roundRobin,
 } from "../mod.ts";
 import { dbTest, testLogger } from "../src/testing/mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
@@ -47,7 +48,7 @@ dbTest("readQuery() alternates round-robin over both replicas", async (cluster) 
   for (let i = 1; i < seen.length; i++) assert.notEqual(seen[i], seen[i - 1]);
   assert.deepEqual(new Set(seen), new Set(replicaPorts));
   assert.ok(!seen.includes(masterPort));
-});
+}, { config: { balancer: roundRobin() } });
 
 dbTest("readQuery() runs on a server in recovery and exec() does not", async (cluster) => {
   const r = await cluster.readQueryRow<{ r: boolean }>("select pg_is_in_recovery() as r");
@@ -316,7 +317,7 @@ dbTest("stats() counts queries, errors and connections per node", async (cluster
   assert.deepEqual(replicaQueries, replicaQueries.map(() => 4 / replicaQueries.length));
   assert.equal(s.totals.queries, s.nodes.reduce((a, n) => a + n.queries, 0));
   assert.equal(s.totals.maxConns, 10 * s.nodes.length);
-}, { config: { pipeline: false } });
+}, { config: { pipeline: false, balancer: roundRobin() } });
 
 dbTest("ping() answers on every node", async (cluster) => {
   const before = cluster.stats().nodes.map((n) => n.queries);

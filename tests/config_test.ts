@@ -59,7 +59,7 @@ Deno.test("resolveConfig() fills in the documented health-check defaults", () =>
   assert.deepEqual(healthCheck, { ...HEALTH_CHECK_DEFAULTS });
 });
 
-Deno.test("resolveConfig() defaults to a round-robin balancer, a silent logger and no hooks", () => {
+Deno.test("resolveConfig() defaults to a latency-aware balancer, a silent logger and no hooks", () => {
   const resolved = resolveConfig({ master: MASTER });
   assert.equal(typeof resolved.balancer.pick, "function");
   const nodes = [{ name: "a", healthy: true, inFlight: 0 }, {
@@ -67,7 +67,16 @@ Deno.test("resolveConfig() defaults to a round-robin balancer, a silent logger a
     healthy: true,
     inFlight: 0,
   }];
+  // Equal nodes take turns; a clearly slower one is passed over.
   assert.deepEqual([resolved.balancer.pick(nodes), resolved.balancer.pick(nodes)], nodes);
+  const timed = [
+    { ...nodes[0]!, latencyMs: 30, latencySampledAt: performance.now() },
+    { ...nodes[1]!, latencyMs: 1, latencySampledAt: performance.now() },
+  ];
+  assert.deepEqual([resolved.balancer.pick(timed), resolved.balancer.pick(timed)], [
+    timed[1],
+    timed[1],
+  ]);
   assert.equal(resolved.logger, noopLogger);
   assert.equal(resolved.metrics, undefined);
   assert.equal(resolved.slowQueryThresholdMs, undefined);
@@ -431,7 +440,62 @@ const badCases: BadCase[] = [
     field: "metrics",
     value: "1",
   },
+  {
+    what: "hedge: true",
+    config: { master: MASTER, hedge: true },
+    field: "hedge",
+    value: "true",
+  },
+  {
+    what: "a negative hedge.afterMs",
+    config: { master: MASTER, hedge: { afterMs: -5 } },
+    field: "hedge.afterMs",
+    value: "-5",
+  },
+  {
+    what: 'a hedge.afterMs that is neither a number nor "p95"',
+    config: { master: MASTER, hedge: { afterMs: "p99" } },
+    field: "hedge.afterMs",
+    value: '"p99"',
+  },
+  {
+    what: "a hedge.maxExtraLoad of 0",
+    config: { master: MASTER, hedge: { maxExtraLoad: 0 } },
+    field: "hedge.maxExtraLoad",
+    value: "0",
+  },
+  {
+    what: "a hedge.maxExtraLoad above 1",
+    config: { master: MASTER, hedge: { maxExtraLoad: 1.5 } },
+    field: "hedge.maxExtraLoad",
+    value: "1.5",
+  },
 ];
+
+Deno.test("resolveConfig() names the rule a bad hedge setting breaks", () => {
+  assert.equal(
+    configError({ master: MASTER, hedge: { afterMs: -5 } }).message,
+    `Cannot connect: 'hedge.afterMs' must be "p95" or a number of ms from 0 to 2147483647: ` +
+      "current value is -5",
+  );
+  assert.equal(
+    configError({ master: MASTER, hedge: { maxExtraLoad: 0 } }).message,
+    "Cannot connect: 'hedge.maxExtraLoad' must be a number in (0, 1]: current value is 0",
+  );
+});
+
+Deno.test("resolveConfig() leaves hedging off by default and fills in its defaults", () => {
+  assert.equal(resolveConfig({ master: MASTER }).hedge, undefined);
+  assert.equal(resolveConfig({ master: MASTER, hedge: false }).hedge, undefined);
+  assert.deepEqual(resolveConfig({ master: MASTER, hedge: {} }).hedge, {
+    afterMs: "p95",
+    maxExtraLoad: 0.05,
+  });
+  assert.deepEqual(
+    resolveConfig({ master: MASTER, hedge: { afterMs: 20, maxExtraLoad: 1 } }).hedge,
+    { afterMs: 20, maxExtraLoad: 1 },
+  );
+});
 
 for (const c of badCases) {
   Deno.test(`resolveConfig() rejects ${c.what} with a ConfigError naming '${c.field}'`, () => {
@@ -491,6 +555,11 @@ const typoCases: { config: unknown; field: string; suggestion: string }[] = [
     config: { master: MASTER, pipeline: { depth: 8 } },
     field: "pipeline.depth",
     suggestion: "pipeline.maxDepth",
+  },
+  {
+    config: { master: MASTER, hedge: { after: 8 } },
+    field: "hedge.after",
+    suggestion: "hedge.afterMs",
   },
 ];
 

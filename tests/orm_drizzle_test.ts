@@ -10,7 +10,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import { integer, pgTable, serial, text, withReplicas } from "drizzle-orm/pg-core";
 // @ts-types="@types/pg"
 import pg from "pg";
-import type { Cluster } from "../mod.ts";
+import { type Cluster, roundRobin } from "../mod.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { named, noPostgres, until } from "./helpers.ts";
 import { replicaKilledUnderReads } from "./orm_load.ts";
@@ -129,7 +129,8 @@ dbTest("Drizzle withReplicas: selects run on replicas, writes on the primary", a
   assert.equal(written?.recovery, false, "the insert ran on the primary");
   const [primaryRead] = await db.$primary.select({ recovery }).from(users).limit(1);
   assert.equal(primaryRead?.recovery, false);
-});
+  // Turns over the replicas, so six selects reach both whatever their latencies.
+}, { config: { balancer: roundRobin() } });
 
 dbTest("Drizzle on pgPool() joins the ambient cluster.runTx", async (cluster) => {
   await fresh(cluster);

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { CompiledQuery, type Generated, Kysely, PostgresDialect, sql } from "kysely";
 // @ts-types="@types/pg-cursor"
 import Cursor from "pg-cursor";
-import type { Cluster } from "../mod.ts";
+import { type Cluster, roundRobin } from "../mod.ts";
 import { dbxDialect } from "../src/compat/kysely.ts";
 import { isPlainRead } from "../src/compat/kysely_route.ts";
 import { dbTest } from "../src/testing/mod.ts";
@@ -160,6 +160,8 @@ dbTest(
     assert.equal(inTx.r, false, "a transaction's select ran on the primary");
     await db.destroy();
   },
+  // Turns over the replicas, so six selects reach both whatever their latencies.
+  { config: { balancer: roundRobin() } },
 );
 
 Deno.test("isPlainRead() tells plain selects from locking ones and data-modifying CTEs", () => {

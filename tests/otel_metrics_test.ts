@@ -133,6 +133,9 @@ Deno.test("otelMetrics() reports the pools and health of every node, per node", 
     }
     assert.equal(metric(got, "db.client.connection.count").descriptor.unit, "{connection}");
     assert.equal(got.get("dbx.replica.lag"), undefined, "no lag before a probe measured it");
+    assert.equal(valueOf(got, "dbx.hedges", {}), 0, "no hedge without the hedge setting");
+    assert.equal(valueOf(got, "dbx.hedges.won", {}), 0);
+    assert.equal(metric(got, "dbx.hedges").descriptor.unit, "{statement}");
   } finally {
     await provider.shutdown();
   }
@@ -272,4 +275,24 @@ dbTest(
     assert.equal(logged[0]!.attrs.hook, "onQueryEnd");
   },
   { config: { logger, metrics: { onQueryEnd: (e) => ends.push(e) } } },
+);
+
+const hedged = recorder();
+dbTest(
+  "otelMetrics() counts hedged reads in dbx.hedges and dbx.hedges.won",
+  async (cluster) => {
+    try {
+      using _metrics = otelMetrics(cluster, { meterProvider: hedged.provider });
+      // Hedged at once: both replicas sleep alike, so the hedge rarely wins; it is sent.
+      await cluster.readQuery("select pg_sleep(0.05)");
+      const got = await hedged.collect();
+      const { sent, won } = cluster.stats().hedges;
+      assert.equal(sent, 1);
+      assert.equal(valueOf(got, "dbx.hedges", {}), sent);
+      assert.equal(valueOf(got, "dbx.hedges.won", {}), won);
+    } finally {
+      await hedged.provider.shutdown();
+    }
+  },
+  { config: { hedge: { afterMs: 0, maxExtraLoad: 1 } } },
 );

@@ -4,13 +4,18 @@
  */
 
 import assert from "node:assert/strict";
-import type { Cluster } from "../mod.ts";
+import { type Cluster, roundRobin } from "../mod.ts";
 import { SessionState } from "../src/call/session.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { replicaNames, sleep, until, withPausedReplay } from "./helpers.ts";
 
-/** Probes often, so that tests see replicas catch up soon. */
-const FAST = { config: { healthCheck: { intervalMs: 50, timeoutMs: 5_000 } } } as const;
+/**
+ * Probes often, so that tests see replicas catch up soon; turns over the
+ * replicas, so that reads reach a paused one whatever the latencies.
+ */
+const FAST = {
+  config: { healthCheck: { intervalMs: 50, timeoutMs: 5_000 }, balancer: roundRobin() },
+} as const;
 
 interface Ports {
   primary: number;

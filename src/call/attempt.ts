@@ -47,6 +47,16 @@ export function abortedError(reason: unknown, cause?: unknown, node?: string): D
   });
 }
 
+/**
+ * The abort reason of an attempt whose call another attempt answered first
+ * (the loser of a hedged read): cancelled on the server like any aborted
+ * statement, but no failure of its node.
+ */
+export const SUPERSEDED: DOMException = new DOMException(
+  "statement answered by another node first",
+  "AbortError",
+);
+
 /** One attempt, as hooks and tracers see it. */
 export interface AttemptInfo {
   /** Statement text (for COPY and batches: a summary of the work). */
@@ -98,7 +108,7 @@ export class AttemptRunner {
       try {
         return await work();
       } catch (raw) {
-        throw this.#failed(node, raw, signal);
+        throw this.#failed(node, raw, signal, classify(raw));
       }
     }
     const observer = this.#observer;
@@ -111,14 +121,21 @@ export class AttemptRunner {
     try {
       result = await work();
     } catch (raw) {
-      const ms = performance.now() - start;
-      node.attemptEnded(ms, true);
+      const end = performance.now();
+      const ms = end - start;
+      const failure = classify(raw);
+      // A statement cut short by its signal, or whose connection failed, says
+      // nothing of how fast the node answers; a server error does.
+      const cut = signal?.aborted === true;
+      const measured = !cut && failure.sent && !failure.connectionLost;
+      node.attemptEnded(ms, !cut || signal.reason !== SUPERSEDED, measured ? end : undefined);
       // Observers get the driver's own error (its code, its class).
       if (observation !== undefined) observer.end(observation, ms, { error: raw });
-      throw this.#failed(node, raw, signal);
+      throw this.#failed(node, raw, signal, failure);
     }
-    const ms = performance.now() - start;
-    node.attemptEnded(ms, false);
+    const end = performance.now();
+    const ms = end - start;
+    node.attemptEnded(ms, false, end);
     if (observation !== undefined) {
       const rowCount = (result as { rowCount?: unknown } | undefined)?.rowCount;
       observer.end(observation, ms, { rowCount: typeof rowCount === "number" ? rowCount : 0 });
@@ -127,8 +144,7 @@ export class AttemptRunner {
   }
 
   /** Classifies once, reports a lost connection to the checker, wraps. */
-  #failed(node: Node, raw: unknown, signal: AbortSignal | undefined): unknown {
-    const failure = classify(raw);
+  #failed(node: Node, raw: unknown, signal: AbortSignal | undefined, failure: Failure): unknown {
     let err: unknown;
     if (signal?.aborted) {
       err = abortedError(signal.reason, raw === signal.reason ? undefined : raw, node.name);

@@ -23,6 +23,7 @@ import type { HealthChecker } from "../node/health.ts";
 import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import type { Observer } from "../observe/observe.ts";
+import { hedgedAttempt, type HedgedWork, Hedger } from "./hedge.ts";
 import { type RetryOptions, withRetry } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
@@ -45,6 +46,8 @@ export interface Dispatcher {
   readonly sessions: SessionHost;
   /** Reads of a session sent to the primary because no replica was known to have its writes. */
   sessionReadsOnPrimary: number;
+  /** Hedged reads' budget and counts; undefined without `hedge`. */
+  readonly hedges: Hedger | undefined;
 }
 
 /** How a call is routed and what of it may be re-sent. */
@@ -57,7 +60,7 @@ export type CallKind = "read" | "write" | "pin";
  * @returns The dispatcher.
  */
 export function createDispatcher(
-  parts: Omit<Dispatcher, "plain" | "sessions" | "sessionReadsOnPrimary">,
+  parts: Omit<Dispatcher, "plain" | "sessions" | "sessionReadsOnPrimary" | "hedges">,
 ): Dispatcher {
   const plain = {} as Record<CallKind, RetryOptions<Node>>;
   const sessions: SessionHost = {
@@ -72,7 +75,9 @@ export function createDispatcher(
           (r.rows[0] as { lsn: string }).lsn
         ),
   };
-  const d: Dispatcher = { ...parts, plain, sessions, sessionReadsOnPrimary: 0 };
+  const hedge = parts.config.hedge;
+  const hedges = hedge === undefined ? undefined : new Hedger(hedge);
+  const d: Dispatcher = { ...parts, plain, sessions, sessionReadsOnPrimary: 0, hedges };
   for (const kind of ["read", "write", "pin"] as const) {
     plain[kind] = retryOptions(d, kind, undefined, undefined, undefined);
   }
@@ -80,7 +85,8 @@ export function createDispatcher(
 }
 
 /**
- * Runs one statement where its method routes it, with retries.
+ * Runs one statement where its method routes it, with retries; a read
+ * outside a session is hedged when the cluster hedges.
  *
  * @param d The cluster.
  * @param read A `read*` method.
@@ -104,8 +110,8 @@ export function routed(
     read,
     { sql, argCount: args?.length ?? 0 },
     signal,
-    (node) => node.send(statementConfig(sql, args), signal),
-    { options, session },
+    (node, s, pipeable) => node.send(statementConfig(sql, args), s, pipeable),
+    { options, session, hedge: true },
   );
 }
 
@@ -299,8 +305,10 @@ export function nodeExecutor(
  * @param read Read rules (a replica, falling back to the primary).
  * @param info What it is, for hooks and tracers; `undefined` for work that sends nothing.
  * @param signal The call's signal.
- * @param work One attempt on the picked node.
- * @param route The call's read options (lag, token) and session.
+ * @param work One attempt on the picked node, cancelled on the server when
+ * its signal (the call's, or a hedge's own) aborts.
+ * @param route The call's read options (lag, token) and session; `hedge`:
+ * the work is one statement that a read outside a session may hedge.
  * @returns What `work` returned.
  */
 export function routedWork<R>(
@@ -308,12 +316,21 @@ export function routedWork<R>(
   read: boolean,
   info: Omit<AttemptInfo, "attempt"> | undefined,
   signal: AbortSignal | undefined,
-  work: (node: Node) => Promise<R>,
-  route?: { options?: ReadOptions | undefined; session?: SessionState | undefined },
+  work: HedgedWork<R>,
+  route?: {
+    options?: ReadOptions | undefined;
+    session?: SessionState | undefined;
+    hedge?: boolean | undefined;
+  },
 ): Promise<R> {
   const session = route?.session;
+  const hedges = read && route?.hedge && session === undefined ? d.hedges : undefined;
   const result = withRetry(
-    (node, attempt) => d.runner.run(node, info && { ...info, attempt }, signal, () => work(node)),
+    hedges === undefined || info === undefined
+      ? (node, attempt) =>
+        d.runner.run(node, info && { ...info, attempt }, signal, () => work(node, signal))
+      : (node, attempt) =>
+        hedgedAttempt(d, hedges, node, { ...info, attempt }, signal, route?.options, work),
     retryOptions(d, read ? "read" : "write", route?.options, signal, read ? session : undefined),
   );
   if (read || session === undefined) return result;

@@ -115,6 +115,7 @@ export class ClusterCore {
         pipeline: resolved.pipeline,
         statements,
         types: resolved.types as pg.CustomTypesConfig | undefined,
+        p95: resolved.hedge?.afterMs === "p95",
       })
     );
     const checker = this.#checker = new HealthChecker(nodes, resolved.healthCheck, observer);

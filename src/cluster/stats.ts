@@ -48,6 +48,11 @@ export interface NodeStats {
   readonly latencyP50Ms?: number;
   /** 99th percentile attempt duration over the last 1024 attempts, in ms. */
   readonly latencyP99Ms?: number;
+  /**
+   * Moving average of the node's recent round trips (statements that reached
+   * the server, and health probes), in ms: what `latencyAware()` weighs.
+   */
+  readonly recentLatencyMs?: number;
 }
 
 /** The counters of {@linkcode NodeStats} that {@linkcode ClusterStats} sums. */
@@ -84,6 +89,12 @@ export interface ClusterStats {
   readonly totals: Readonly<Pick<NodeStats, SummedStat>> & {
     readonly sessionReadsOnPrimary: number;
   };
+  /**
+   * Hedged reads (the `hedge` setting): `sent` extra statements sent because
+   * a read was not answered in time, `won` of them answered first. Zero
+   * without `hedge`.
+   */
+  readonly hedges: { readonly sent: number; readonly won: number };
 }
 
 /**
@@ -151,15 +162,20 @@ const SUMMED: readonly Summed[] = [
  * Builds {@linkcode ClusterStats} from the nodes.
  *
  * @param nodes Every node, config order.
+ * @param cluster The cluster's own counters: session reads on the primary, hedges.
  * @returns The snapshot.
  */
 export function buildStats(
   nodes: readonly Node[],
-  cluster: { readonly sessionReadsOnPrimary: number },
+  cluster: {
+    readonly sessionReadsOnPrimary: number;
+    readonly hedges?: { readonly sent: number; readonly won: number } | undefined;
+  },
 ): ClusterStats {
   const list = nodes.map((n): NodeStats => {
     const pool = n.poolCounts();
-    const p = n.latencyPercentiles();
+    const p = n.latency.percentiles();
+    const recent = n.latency.recentMs;
     return {
       name: n.name,
       role: n.role,
@@ -170,13 +186,16 @@ export function buildStats(
       maxConns: n.maxConns,
       ...n.counters,
       ...(p === undefined ? {} : { latencyP50Ms: round2(p.p50), latencyP99Ms: round2(p.p99) }),
+      ...(recent === undefined ? {} : { recentLatencyMs: round2(recent) }),
     };
   });
   const totals = {} as Record<Summed, number>;
   for (const k of SUMMED) totals[k] = list.reduce((acc, n) => acc + n[k], 0);
+  const hedges = cluster.hedges;
   return {
     nodes: list,
     totals: { ...totals, sessionReadsOnPrimary: cluster.sessionReadsOnPrimary },
+    hedges: { sent: hedges?.sent ?? 0, won: hedges?.won ?? 0 },
   };
 }
 

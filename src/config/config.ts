@@ -8,8 +8,10 @@
  */
 
 import type { Balancer } from "../call/balancer.ts";
+import type { HedgeConfig, ResolvedHedge } from "./hedge.ts";
 import type { Logger, MetricsHook, NodeRole, Tracer } from "../observe/observe.ts";
 import type { SslConfig } from "./tls.ts";
+import type { TypeParsers } from "./type_parsers.ts";
 
 /**
  * A settings object as validation leaves it: every field present, none
@@ -196,8 +198,15 @@ export interface ClusterConfig {
   retry?: RetryConfig | undefined;
   /** Health checking. @default see {@linkcode HealthCheckConfig} */
   healthCheck?: HealthCheckConfig | undefined;
-  /** Replica selection. @default roundRobin() */
+  /** Replica selection among eligible replicas. @default latencyAware() */
   balancer?: Balancer | undefined;
+  /**
+   * Hedged reads: a `read*` call not answered after `afterMs` (or its node's
+   * recent p95) is also sent to the next-best replica, first answer wins
+   * (see {@linkcode HedgeConfig}). `false`: never.
+   * @default false
+   */
+  hedge?: false | HedgeConfig | undefined;
   /**
    * PostgreSQL settings applied to every connection dbx opens (pool,
    * pipelined connections, health probes, LISTEN): sent at connect time in
@@ -373,6 +382,8 @@ export interface ResolvedConfig {
   readonly healthCheck: WithDefaults<HealthCheckConfig>;
   /** Replica selection. */
   readonly balancer: Balancer;
+  /** Hedged reads; undefined when off. */
+  readonly hedge: ResolvedHedge | undefined;
   /** Logger (silent by default). */
   readonly logger: Logger;
   /** Metrics callbacks, if any. */
@@ -395,23 +406,4 @@ export interface ResolvedConfig {
   readonly statementCache: number;
   /** Value parsers, when not pg's. */
   readonly types: TypeParsers | undefined;
-}
-
-/**
- * Value parsers by type OID, in the shape of pg's `types` (so `pg.types`
- * itself, or an object delegating to it, fits).
- *
- * @example
- * ```ts
- * import type { TypeParsers } from "@codelab/dbx";
- * import pg from "pg";
- *
- * const types: TypeParsers = {
- *   getTypeParser: (oid, format) => oid === 1700 ? Number : pg.types.getTypeParser(oid, format),
- * };
- * ```
- */
-export interface TypeParsers {
-  /** The parser of a type's values; `format` is `"text"` unless binary results are asked for. */
-  getTypeParser(oid: number, format?: "text" | "binary"): (value: string) => unknown;
 }

@@ -12,6 +12,7 @@ import type {
   PoolConfig,
   RetryConfig,
 } from "./config.ts";
+import type { HedgeConfig } from "./hedge.ts";
 import { ConfigError } from "../errors.ts";
 
 /** The keys of a config type, as a list the compiler checks is complete and exact. */
@@ -32,6 +33,7 @@ export const KNOWN = {
     retry: true,
     healthCheck: true,
     balancer: true,
+    hedge: true,
     logger: true,
     metrics: true,
     tracer: true,
@@ -76,6 +78,10 @@ export const KNOWN = {
   pipeline: keysOf<Exclude<ClusterConfig["pipeline"], boolean | undefined>>({
     connections: true,
     maxDepth: true,
+  }),
+  hedge: keysOf<HedgeConfig>({
+    afterMs: true,
+    maxExtraLoad: true,
   }),
 };
 

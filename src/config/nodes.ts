@@ -8,7 +8,7 @@
  * @module
  */
 
-import { type Balancer, random, roundRobin } from "../call/balancer.ts";
+import { type Balancer, latencyAware, random } from "../call/balancer.ts";
 import type {
   ClusterConfig,
   NodeConfig,
@@ -228,7 +228,7 @@ function sessionTarget(
     fail("balancer", `contradicts 'load_balance_hosts=random' in '${lb.field}'`, c.balancer);
   }
   if (c.balancer !== undefined) checkMethods("balancer", c.balancer, ["pick"]);
-  const balancer = c.balancer ?? (lb?.value === "random" ? random() : roundRobin());
+  const balancer = c.balancer ?? (lb?.value === "random" ? random() : latencyAware());
   return { requirePrimary, requireStandby, balancer };
 }
 

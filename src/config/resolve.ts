@@ -20,6 +20,7 @@ import {
   plainObjectOrInstance,
   resolvePool,
 } from "./check.ts";
+import { resolveHedge } from "./hedge.ts";
 import { KNOWN, onlyKnownKeys } from "./keys.ts";
 import { resolveTopology } from "./nodes.ts";
 import { noopLogger } from "../observe/observe.ts";
@@ -116,6 +117,7 @@ export function resolveConfig(config: ClusterConfig | string): ResolvedConfig {
       ),
     },
     balancer: target.balancer,
+    hedge: resolveHedge(c.hedge),
     logger: c.logger ?? noopLogger,
     metrics: c.metrics,
     maxLagMs: c.maxLagMs === undefined ? undefined : duration("maxLagMs", c.maxLagMs, 0),

@@ -1,8 +1,8 @@
 /**
  * One server behind the cluster: its `pg.Pool` and pipelined connections,
  * identity, state and counters. The state (role, health, last probe) is an immutable snapshot
- * that only the health checker replaces; the counters are moved only by the
- * attempt runner (`attempt.ts`). Everything else reads.
+ * that only the health checker replaces; the counters are moved only by the attempt runner
+ * (`attempt.ts`), its latency (`latency.ts`) by that runner and the probes. Everything else reads.
  *
  * @module
  */
@@ -73,6 +73,8 @@ export interface NodeOptions {
   readonly statements?: StatementCache | undefined;
   /** Value parsers, when not pg's. */
   readonly types?: pg.CustomTypesConfig | undefined;
+  /** Keep a histogram of round trips for a recent p95 (hedged reads). */
+  readonly p95?: boolean | undefined;
 }
 
 /**
@@ -83,7 +85,6 @@ export class Node extends AttemptCounters implements BalancerNode {
   readonly name: string;
   readonly host: string;
   readonly port: number;
-
   readonly configuredRole: NodeRole;
   readonly maxConns: number;
   readonly tracer: Tracer | undefined;
@@ -111,7 +112,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     onPoolError: (node: Node, err: Error) => void,
     options: NodeOptions = {},
   ) {
-    super();
+    super(options.p95 === true);
     this.name = config.name;
     this.#onPoolError = onPoolError;
     this.host = config.host;
@@ -185,11 +186,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     return this.#state;
   }
 
-  /**
-   * Replaces the state snapshot. Only the health checker calls this.
-   *
-   * @param next The new snapshot.
-   */
+  /** Replaces the state snapshot (the health checker only). @param next The new snapshot. */
   setState(next: NodeState): void {
     this.#state = next;
   }
@@ -267,19 +264,25 @@ export class Node extends AttemptCounters implements BalancerNode {
 
   /**
    * Runs one statement on this node: pipelined when it needs no session
-   * (no `signal`) and a pipe has room, else on a pooled connection. A
+   * (no `signal`, or `pipeable`) and a pipe has room, else on a pooled connection. A
    * node-postgres query config's `rowMode` and `types` reach pg as they are
    * (the `pgPool` facade, the Kysely dialect); a `name` gives way to the
    * statement cache's.
    *
    * @param config The statement.
    * @param signal Cancels the wait for a connection, or the statement on the server.
+   * @param pipeable May join a pipe even with a signal, which then cannot cancel it (a
+   * hedged read's loser: the pipes take only statements that ran fast, it is left to finish).
    * @returns The driver's result.
    */
-  send(config: pg.QueryConfig, signal: AbortSignal | undefined): Promise<pg.QueryResult> {
+  send(
+    config: pg.QueryConfig,
+    signal: AbortSignal | undefined,
+    pipeable = signal === undefined,
+  ): Promise<pg.QueryResult> {
     // A cancel request stops whatever runs on a backend: a statement with a
     // signal must be alone on its connection, so it never joins a pipe.
-    const pipes = signal === undefined ? this.#pipes : undefined;
+    const pipes = pipeable ? this.#pipes : undefined;
     const pipe = pipes?.pick(config.text);
     if (pipe === undefined) return this.#runPooled(config, signal, pipes);
     return sendCached(pipe.client, this.#statements, config, (c) => pipes!.run(pipe, c));

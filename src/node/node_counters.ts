@@ -1,26 +1,45 @@
 /**
  * The counters of a node that the attempt runner moves (statements, errors,
- * retries, in flight) and the window of recent latencies behind the
+ * retries, in flight) and its recent latency (`latency.ts`): the moving average
+ * the balancer weighs, the p95 a hedge waits for, and the window behind the
  * percentiles of `stats()`.
  *
  * @module
  */
 
-/** How many recent attempts the latency percentiles of `stats()` cover. */
-export const LATENCY_WINDOW = 1024;
+import { Latency } from "./latency.ts";
+
+export { LATENCY_WINDOW } from "./latency.ts";
 
 /** A node's attempt counters; moved only by the attempt runner and retry reporting. */
 export class AttemptCounters {
-  readonly #latencies = new Float64Array(LATENCY_WINDOW);
-  #latencyCount = 0;
+  /** Recent round trips: what the balancer weighs and a hedge waits for. */
+  readonly latency: Latency;
   #queries = 0;
   #errors = 0;
   #retries = 0;
   #inFlight = 0;
 
+  /**
+   * @param p95 Keep the histogram behind the latency's p95 (hedged reads on `"p95"`).
+   */
+  constructor(p95: boolean) {
+    this.latency = new Latency(p95);
+  }
+
   /** Statements running on this node now. */
   get inFlight(): number {
     return this.#inFlight;
+  }
+
+  /** Moving average of recent round trips (statements and probes), in ms. */
+  get latencyMs(): number | undefined {
+    return this.latency.recentMs;
+  }
+
+  /** When the newest statement round trip ended (`performance.now()`). */
+  get latencySampledAt(): number | undefined {
+    return this.latency.statementAt;
   }
 
   /** Counters since the cluster started. */
@@ -43,29 +62,19 @@ export class AttemptCounters {
    * Counts an attempt that ended (attempt runner only).
    *
    * @param ms Its duration.
-   * @param failed Whether it failed.
+   * @param failed Whether it failed (a read that lost a hedge race did not).
+   * @param at When it ended, if its duration was a round trip of this node
+   * (it reached the server and was not cut short): what the balancer learns from.
    */
-  attemptEnded(ms: number, failed: boolean): void {
+  attemptEnded(ms: number, failed: boolean, at?: number): void {
     this.#inFlight--;
     if (failed) this.#errors++;
-    this.#latencies[this.#latencyCount++ % LATENCY_WINDOW] = ms;
+    this.latency.attempt(ms);
+    if (at !== undefined) this.latency.statement(ms, at);
   }
 
   /** Counts a failed attempt that is tried again (retry reporting only). */
   attemptRetried(): void {
     this.#retries++;
-  }
-
-  /**
-   * Latency percentiles over the recorded window.
-   *
-   * @returns p50 and p99 in ms, or undefined before any attempt.
-   */
-  latencyPercentiles(): { p50: number; p99: number } | undefined {
-    const n = Math.min(this.#latencyCount, LATENCY_WINDOW);
-    if (n === 0) return undefined;
-    const sorted = this.#latencies.slice(0, n).sort();
-    const at = (q: number) => sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]!;
-    return { p50: at(0.5), p99: at(0.99) };
   }
 }

@@ -18,6 +18,9 @@ const PROBE_SQL = `select pg_is_in_recovery() as recovery,
   (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn,
   (extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_age_ms`;
 
+/** What {@linkcode PROBE_SQL} returns. */
+type ProbeRow = { recovery: boolean; lsn: string | null; replay_age_ms: number | null };
+
 /** A probe that got no answer in time: the host is hung or unreachable, not refusing. */
 export class ProbeTimeoutError extends DbxError {}
 
@@ -33,7 +36,6 @@ export class Prober {
 
   /** Probes once, bounded by `timeoutMs` from connect to answer. */
   async probe(timeoutMs: number, seq: number): Promise<ProbeSample> {
-    const start = performance.now();
     let timedOut = false;
     let settled = false;
     let grace: ReturnType<typeof setTimeout> | undefined;
@@ -50,25 +52,21 @@ export class Prober {
     }, timeoutMs);
     try {
       const kept = this.#client !== undefined;
-      let rows: unknown[];
+      let answer: { row: ProbeRow; latencyMs: number };
       try {
-        rows = await this.#query();
+        answer = await this.#query();
       } catch (err) {
         // A connection kept from an earlier round may have been ended meanwhile
         // (pg_terminate_backend, a pooler, an idle timeout): only a fresh one's
         // failure says something about the node. The same timer bounds both.
         if (!kept || timedOut || !isConnectionError(err)) throw err;
         this.#discard();
-        rows = await this.#query();
+        answer = await this.#query();
       }
-      const row = rows[0] as {
-        recovery: boolean;
-        lsn: string | null;
-        replay_age_ms: number | null;
-      };
+      const { row, latencyMs } = answer;
       return {
         role: row.recovery ? "replica" : "primary",
-        latencyMs: performance.now() - start,
+        latencyMs,
         lsn: parseLsn(row.lsn),
         replayAgeMs: row.recovery && row.replay_age_ms !== null
           ? Math.max(0, row.replay_age_ms)
@@ -92,8 +90,11 @@ export class Prober {
     }
   }
 
-  /** Runs the probe query on the kept connection, or on a new one it keeps. */
-  async #query(): Promise<unknown[]> {
+  /**
+   * Runs the probe query on the kept connection, or on a new one it keeps, and tells
+   * the node's latency the query's round trip (connecting excluded).
+   */
+  async #query(): Promise<{ row: ProbeRow; latencyMs: number }> {
     let client = this.#client;
     if (client === undefined) {
       // No connectionTimeoutMillis: the probe's own timer bounds the
@@ -109,7 +110,11 @@ export class Prober {
       });
       await c.connect();
     }
-    return (await client.query(PROBE_SQL)).rows;
+    const start = performance.now();
+    const row = (await client.query(PROBE_SQL)).rows[0] as ProbeRow;
+    const latencyMs = performance.now() - start;
+    this.#node.latency.probe(latencyMs, start + latencyMs);
+    return { row, latencyMs };
   }
 
   /** Drops the current connection without waiting on the server. */

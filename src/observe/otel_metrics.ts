@@ -133,7 +133,7 @@ function durationRecorder(core: ClusterCore, meter: Meter): MetricsHook {
   };
 }
 
-/** The per-node instruments, read from the cluster on each collection. */
+/** The per-node and cluster instruments, read from the cluster on each collection. */
 type NodeInstruments = Record<(typeof NODE_INSTRUMENTS)[number][0], Observable>;
 
 /** Each per-node instrument: key, kind, name, description, unit. */
@@ -173,6 +173,20 @@ const NODE_INSTRUMENTS = [
     "Failed attempts on a node that were retried (there or on another node).",
     "{retry}",
   ],
+  [
+    "hedges",
+    "counter",
+    "dbx.hedges",
+    "Extra read statements sent because a read was not answered in time (the hedge setting).",
+    "{statement}",
+  ],
+  [
+    "hedgesWon",
+    "counter",
+    "dbx.hedges.won",
+    "Hedge statements that answered before the read they hedged.",
+    "{statement}",
+  ],
 ] as const;
 
 /**
@@ -208,7 +222,10 @@ function nodeObservers(
 
 /** One collection of the per-node instruments. */
 function observeNodes(core: ClusterCore, result: BatchObservableResult, i: NodeInstruments): void {
-  for (const n of core.stats().nodes) {
+  const stats = core.stats();
+  result.observe(i.hedges, stats.hedges.sent);
+  result.observe(i.hedgesWon, stats.hedges.won);
+  for (const n of stats.nodes) {
     const pool = { [POOL]: n.name };
     result.observe(i.connections, n.idleConns, { ...pool, [STATE]: "idle" });
     result.observe(i.connections, n.totalConns - n.idleConns, { ...pool, [STATE]: "used" });
@@ -240,6 +257,8 @@ function observeNodes(core: ClusterCore, result: BatchObservableResult, i: NodeI
  * - `dbx.node.healthy` (1 while statements are routed to the node, else 0),
  *   `dbx.replica.lag` (unit `s`, replicas only, as of the last health check)
  *   and `dbx.retries` (failed attempts on the node that were retried), per node.
+ * - `dbx.hedges` (extra read statements sent by the `hedge` setting) and
+ *   `dbx.hedges.won` (those that answered first), for the whole cluster.
  *
  * Per-node instruments name the node in `db.client.connection.pool.name`
  * and are read from `cluster.stats()` and the last health check when the
