@@ -15,7 +15,6 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { Buffer } from "node:buffer";
 import process from "node:process";
 import { markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
