@@ -140,16 +140,23 @@ export class Pipes {
    */
   pick(sql: string): Pipe | undefined {
     const slow = Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
-    if (this.#closed || (this.#durations.get(sql) ?? 0) > slow) return undefined;
+    const durations = this.#durations;
+    if (this.#closed || (durations.get(sql) ?? 0) > slow) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
+    let idle: Pipe | undefined;
     let busy = 0;
+    let marked = false;
     const now = performance.now();
+    // Every pipe is looked at, an idle one found first or not: a stalled pipe's
+    // oldest text is marked slow on the first pick after it stalled.
     for (const pipe of this.#pipes) {
       const depth = pipe.heads.length;
-      if (depth === 0) return pipe;
+      if (depth === 0) {
+        idle ??= pipe;
+        continue;
+      }
       busy++;
-      if (depth >= maxDepth) continue;
       // Stalled: no answer for a while although statements are in flight
       // (a busy pipe answers all the time, however deep its queue). Its
       // oldest statement is slow: more of the same text go to the pool
@@ -157,11 +164,18 @@ export class Pipes {
       const waited = now - Math.max(pipe.heads[0]!, pipe.lastDone);
       if (waited > slow) {
         const text = pipe.texts[0]!;
-        if ((this.#durations.get(text) ?? 0) < waited) this.#durations.set(text, waited);
+        if ((durations.get(text) ?? 0) < waited) {
+          durations.set(text, waited);
+          marked = true;
+        }
         continue;
       }
+      if (depth >= maxDepth) continue;
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
+    // The statement at hand may be of the text just found stuck.
+    if (marked && (durations.get(sql) ?? 0) > slow) return undefined;
+    if (idle !== undefined) return idle;
     if (busy < connections && this.#pipes.length < connections) return this.#open();
     return best;
   }
