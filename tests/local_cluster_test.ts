@@ -4,30 +4,14 @@ import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-// @ts-types="@types/pg"
-import pg from "pg";
 import { findPgBinDir, startLocalCluster } from "../src/testing/local_cluster.ts";
+import { query } from "./pg_query.ts";
 
 const binDir = await findPgBinDir();
 const ignore = binDir === undefined;
 /** Test names carry the reason they are ignored, so the report says why. */
 const named = (name: string): string =>
   ignore ? `${name} [ignored: no PostgreSQL binaries; install PostgreSQL or set DBX_PG_BIN]` : name;
-
-async function query<T = Record<string, unknown>>(
-  url: string,
-  text: string,
-  values: unknown[] = [],
-): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return (await client.query(text, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 async function waitFor(what: string, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + 15_000;
