@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { connect as tcpConnect, createServer, type Server, type Socket } from "node:net";
 import { BatchError, type Cluster, connect, DbxError } from "../mod.ts";
-import { checkBatch } from "../src/tx/batch.ts";
+import { checkBatch } from "../src/tx/batch_check.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
 import { dbTest as dbTestAny } from "../src/testing/mod.ts";
 

@@ -18,9 +18,9 @@ import {
   type BatchOptions,
   type BatchQuery,
   type BatchResult,
-  checkBatchOptions,
   runBatch,
 } from "./batch.ts";
+import { checkBatchOptions } from "./batch_check.ts";
 import { checkCopyArgs, copyIn, copyInfo, type CopyOptions, type CopyRows } from "./copy.ts";
 
 /** One checked call of COPY or a batch: what it is for hooks, and the work on a lease. */
