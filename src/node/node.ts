@@ -10,6 +10,8 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import { clientEnd, connectPool, destroySocket, usePassword } from "./pg_internals.ts";
+import { useRowParser } from "./pg_parser.ts";
+import { rowTypes } from "./pg_types.ts";
 import { Lease } from "./lease.ts";
 import { AttemptCounters } from "./node_counters.ts";
 import type { BalancerNode } from "../call/balancer.ts";
@@ -135,7 +137,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     this.#statements = options.statements;
     this.#pipes = options.pipeline === undefined
       ? undefined
-      : new Pipes(target, connectTimeoutMs, options.pipeline, options.types);
+      : new Pipes(target, connectTimeoutMs, options.pipeline, rowTypes(options.types));
     this.#pool = new pg.Pool({
       ...target as pg.ClientConfig,
       max: config.pool.max,
@@ -143,7 +145,7 @@ export class Node extends AttemptCounters implements BalancerNode {
       idleTimeoutMillis: config.pool.idleTimeoutMs,
       maxLifetimeSeconds: config.pool.maxLifetimeMs / 1000,
       fallback_application_name: "dbx",
-      ...(options.types === undefined ? {} : { types: options.types }),
+      types: rowTypes(options.types),
       // Not pg-pool's connectionTimeoutMillis: it arms a timer on every checkout, even when a
       // connection is free. New connections get the timeout themselves, and acquire() bounds
       // the wait only when the pool is exhausted.
@@ -151,6 +153,7 @@ export class Node extends AttemptCounters implements BalancerNode {
         constructor(options?: pg.ClientConfig) {
           super({ ...options, connectionTimeoutMillis: connectTimeoutMs });
           usePassword(this, target);
+          useRowParser(this);
         }
       },
     });

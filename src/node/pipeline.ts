@@ -14,6 +14,7 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
+import { useRowParser } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -78,6 +79,7 @@ class Pipe {
       ...(types === undefined ? {} : { types }),
     } as pg.ClientConfig);
     usePassword(this.client, target);
+    useRowParser(this.client);
     this.client.on("error", () => onBroken(this));
     this.ended = clientEnd(this.client).then(() => onBroken(this));
     this.ready = this.client.connect().then(() => {

@@ -1,0 +1,135 @@
+/**
+ * dbx's row reader (`src/node/pg_parser.ts`) and date parser
+ * (`src/node/pg_types.ts`) give what stock pg gives: the same rows for the
+ * same statement, and the same `Date` as postgres-date for every text.
+ */
+
+import assert from "node:assert/strict";
+// @ts-types="@types/pg"
+import pg from "pg";
+import postgresDate from "postgres-date";
+import { dbTest, testDatabase } from "../src/testing/db_test.ts";
+import { parsePgDate, rowTypes } from "../src/node/pg_types.ts";
+
+const stockDate = postgresDate as (text: string) => Date | number | null;
+
+/** The same value as postgres-date's, `Date`s compared by their time (NaN included). */
+function assertSameDate(text: string): void {
+  const want = stockDate(text);
+  const got = parsePgDate(text);
+  if (want instanceof Date) {
+    assert.ok(got instanceof Date, `${text}: ${got} is not a Date`);
+    assert.ok(
+      Object.is(got.getTime(), want.getTime()),
+      `${text}: ${got.getTime()} ≠ ${want.getTime()}`,
+    );
+  } else {
+    assert.deepEqual(got, want, text);
+  }
+}
+
+/** A small deterministic generator (no Math.random: a failure can be replayed). */
+function* numbers(seed: number): Generator<number> {
+  let x = seed;
+  for (;;) {
+    x = (x * 1_103_515_245 + 12_345) % 2_147_483_648;
+    yield x;
+  }
+}
+
+Deno.test("parsePgDate() gives postgres-date's Date for 20 000 generated ISO timestamps", () => {
+  const next = numbers(7);
+  const int = (n: number) => next.next().value! % n;
+  const pad = (n: number, width: number) => String(n).padStart(width, "0");
+  const zones = ["+00", "-10", "+05:30", "-03:30", "+13", "+05:45:12", "-00", ""];
+  for (let i = 0; i < 20_000; i++) {
+    const year = 1000 + int(9000);
+    const date = `${pad(year, 4)}-${pad(1 + int(12), 2)}-${pad(1 + int(28), 2)}`;
+    const time = `${pad(int(24), 2)}:${pad(int(60), 2)}:${pad(int(60), 2)}`;
+    const digits = int(7);
+    const fraction = digits === 0 ? "" : "." + pad(int(10 ** digits), digits);
+    assertSameDate(`${date} ${time}${fraction}${zones[int(zones.length)]}`);
+    assertSameDate(date);
+  }
+});
+
+Deno.test("dbx's connections parse dates with parsePgDate() unless the config names types", () => {
+  for (const oid of [1082, 1114, 1184]) {
+    assert.equal(rowTypes(undefined).getTypeParser(oid, "text"), parsePgDate);
+  }
+  const own = { getTypeParser: () => (text: string) => text };
+  assert.equal(rowTypes(own), own);
+});
+
+Deno.test("parsePgDate() leaves every other text to postgres-date, with its result", () => {
+  for (
+    const text of [
+      "infinity",
+      "-infinity",
+      "2026-12-03 08:11:18+00 BC",
+      "2026-12-03 08:11:18 BC",
+      "2026-12-03 BC",
+      "0099-01-01 00:00:00+00",
+      "0999-12-31 23:59:59.5+00",
+      "12026-12-03 08:11:18+00",
+      "2026-12-03T08:11:18Z",
+      "2026-12-03 08:11:18.+00",
+      "2026-12-03 08:11:18+0",
+      "2026-12-03 08:11:18+00:3",
+      "2026-12-03 8:11:18+00",
+      "2026-1x-03 08:11:18+00",
+      "2026-12-03 08:11",
+      "not a date",
+      "",
+    ]
+  ) assertSameDate(text);
+});
+
+/** Every type the row reader and the date path touch, with NULLs, non-ASCII and long texts. */
+const MIXED = `
+  select i,
+         'name ' || i as ascii,
+         case when i % 3 = 0 then null else 'Grüße ' || i || ' 日本語 🎉' end as utf8,
+         repeat('x', 100 + i) as long,
+         repeat('é', 70 + i) as long_utf8,
+         i * 1.5::float8 as float,
+         (i * 1000000000000)::int8 as big,
+         (i / 7.0)::numeric(10, 4) as num,
+         timestamptz '2026-12-03 08:11:18.123456+00' + i * interval '37 days 3 hours' as tz,
+         timestamp '1999-12-31 23:59:59.999' + i * interval '1 day 1 second' as ts,
+         date '2000-02-28' + i as d,
+         case when i % 4 = 0 then timestamptz 'infinity' end as inf,
+         jsonb_build_object('i', i, 's', 'ü') as j,
+         array[i, i + 1] as arr,
+         '' as empty,
+         i % 2 = 0 as flag
+    from generate_series(1, 300) as i`;
+
+dbTest("rows read by dbx equal stock pg's, on pooled connections and pipes", async (cluster) => {
+  const { master } = await testDatabase();
+  const client = new pg.Client({ connectionString: master });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    await client.query("set time zone 'America/New_York'");
+    const stock = (await client.query(MIXED)).rows;
+    const zone = "America/New_York";
+    // In a transaction and on a connection of its own: pooled connections.
+    const inTx = await cluster.runTx(async (tx) => {
+      await tx.exec(`set local time zone '${zone}'`);
+      return await tx.query(MIXED);
+    });
+    const pooled = await cluster.withConnection(async (conn) => {
+      await conn.exec(`set time zone '${zone}'`);
+      return await conn.query(MIXED);
+    });
+    assert.equal(stock.length, 300);
+    assert.deepEqual(inTx, stock);
+    assert.deepEqual(pooled, stock);
+    // A shared-path statement (pipelined), in the server's time zone on both sides.
+    await client.query("reset time zone");
+    assert.deepEqual(await cluster.query(MIXED), (await client.query(MIXED)).rows);
+  } finally {
+    await client.end();
+  }
+});
