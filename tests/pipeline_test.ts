@@ -189,3 +189,38 @@ dbTest(
     assert.deepEqual(await Promise.all([first, ...more]), [true, true, true, true, true]);
   },
 );
+
+dbTest(
+  "an answer left unread while this process is busy does not make its pipe stalled",
+  async (cluster) => {
+    const fast = "select $1::int as i";
+    // Answered 20 ms after it is sent: it arrives while this process is busy.
+    const late = "select pg_sleep(0.02), $1::int as i";
+    const total = () => cluster.stats().nodes[0]!.totalConns;
+    // Both pipes open, both statements prepared.
+    await Promise.all([cluster.query(late, [0]), cluster.query(fast, [0])]);
+    assert.equal(total(), 2, "two pipes, no pooled connection yet");
+    // The scenario needs the late answer to be unread when the busy spell starts; a run
+    // where this process was too slow to see the fast answer first proves nothing.
+    let after: { sent: Promise<unknown> } | undefined;
+    for (let attempt = 1; after === undefined; attempt++) {
+      assert.ok(attempt <= 20, "the late answer was read before the fast one's 20 times");
+      let lateRead = false;
+      // On one pipe each (an idle pipe is taken first).
+      const waiting = cluster.query(late, [1]).then(() => (lateRead = true));
+      after = await cluster.query(fast, [1]).then(() => {
+        if (lateRead) return undefined;
+        // Busy for longer than any pipe waits before it counts as stalled (20 ms); the
+        // late answer arrives meanwhile and waits in its socket, unread.
+        const end = performance.now() + 60;
+        while (performance.now() < end) { /* busy */ }
+        // Its text, sent now: the pipe it waits on must not count as stalled.
+        return { sent: cluster.query(late, [2]) };
+      });
+      await waiting;
+    }
+    await after.sent;
+    assert.equal(total(), 2, "the statement after the busy spell took a pipe, not the pool");
+  },
+  { config: { replicas: [], pipeline: { connections: 2 } } },
+);

@@ -99,6 +99,21 @@ interface RawConnection {
 const samePgProtocol =
   (pg as unknown as { DatabaseError: unknown }).DatabaseError === DatabaseError;
 
+/** When a connection dbx opened last had data to read (performance.now()); 0: not yet. */
+let readAt = 0;
+
+/**
+ * When this process last read from a connection dbx opened: a pipe whose
+ * answer is late although other connections were read since is stalled on
+ * the server; one whose answer waits unread behind busy JavaScript is not.
+ *
+ * @param now The time now, returned when reads are not tracked (pg's own parser).
+ * @returns A `performance.now()` time.
+ */
+export function lastRead(now: number): number {
+  return samePgProtocol ? readAt : now;
+}
+
 /**
  * Makes a client read result rows with {@linkcode RowParser}. Call before
  * `connect()`. Does nothing when dbx's pg-protocol is not pg's.
@@ -111,10 +126,12 @@ export function useRowParser(client: pg.ClientBase): void {
   // pg's own attachListeners with another parser (pg-protocol's `parse`).
   connection.attachListeners = function (this: RawConnection, stream: EventEmitter): void {
     const parser = new RowParser();
-    stream.on("data", (buffer: Buffer) =>
+    stream.on("data", (buffer: Buffer) => {
+      readAt = performance.now();
       parser.parse(buffer, (message) => {
         if (this._emitMessage) this.emit("message", message);
         this.emit(message.name === "error" ? "errorMessage" : message.name, message);
-      }));
+      });
+    });
   };
 }

@@ -14,7 +14,7 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
-import { useRowParser } from "./pg_parser.ts";
+import { lastRead, useRowParser } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -30,9 +30,9 @@ export interface PipeSettings {
 
 /**
  * A pipe with statements in flight and no answer for this long takes no more
- * (head-of-line), and a statement text whose recent runs took this long (on average)
- * is sent on a pooled connection: on a pipe it would hold up every statement behind
- * it. At least this many milliseconds...
+ * (head-of-line), and a statement text whose recent runs all took this long is sent
+ * on a pooled connection: on a pipe it would hold up every statement behind it. At
+ * least this many milliseconds...
  */
 const SLOW_MS = 2;
 
@@ -49,6 +49,55 @@ const SLOW_CAP_MS = 20;
 
 /** Statement texts whose durations are remembered (the map is reset when full). */
 const DURATIONS_MAX = 4_096;
+
+/** Runs of a text per window of {@linkcode Runs}. */
+const WINDOW = 4;
+
+/**
+ * The recent runs of one statement text. Its time is the fastest of its last
+ * {@linkcode WINDOW} to 2 × {@linkcode WINDOW} runs: a text is slow when every
+ * recent run was, not when one answer was handled late because this process
+ * was busy (a full event loop delays whichever answer comes first).
+ */
+class Runs {
+  #current: number;
+  #previous: number;
+  #n = 0;
+
+  /**
+   * @param ms The first run's time.
+   * @param stuck Seen stuck (slow now), else one run: not enough to call it slow (a first
+   * run also prepares the statement).
+   */
+  constructor(ms: number, stuck: boolean) {
+    this.#current = ms;
+    this.#previous = stuck ? ms : 0;
+    if (stuck) this.#n = WINDOW;
+  }
+
+  /** The text's time (ms). */
+  get ms(): number {
+    return Math.min(this.#current, this.#previous);
+  }
+
+  /** One more run. */
+  add(ms: number): void {
+    if (this.#n === WINDOW) {
+      this.#previous = this.#current;
+      this.#current = ms;
+      this.#n = 1;
+    } else {
+      if (ms < this.#current) this.#current = ms;
+      this.#n++;
+    }
+  }
+
+  /** Seen stuck for `ms`: slow now; its next run alone decides again. */
+  stuck(ms: number): void {
+    this.#current = this.#previous = ms;
+    this.#n = WINDOW;
+  }
+}
 
 /** One pipelined connection. */
 class Pipe {
@@ -84,6 +133,8 @@ class Pipe {
     this.ended = clientEnd(this.client).then(() => onBroken(this));
     this.ready = this.client.connect().then(() => {
       this.connected = true;
+      // Statements' own times start here at the earliest: connecting is not theirs.
+      this.lastDone = performance.now();
     });
     this.ready.catch(() => {});
   }
@@ -101,8 +152,8 @@ export class Pipes {
   #inFlight = 0;
   /** Told when the last statement in flight was answered (while closing). */
   #drained: (() => void) | undefined;
-  /** Recent duration (ms, moving average) per statement text run on a pipe. */
-  readonly #durations = new Map<string, number>();
+  /** Recent runs per statement text, on a pipe or a pooled connection. */
+  readonly #durations = new Map<string, Runs>();
   /** Recent duration (ms, moving average) of every statement, whatever its text. */
   #typical = 0;
   #closed = false;
@@ -143,13 +194,14 @@ export class Pipes {
   pick(sql: string): Pipe | undefined {
     const slow = Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
     const durations = this.#durations;
-    if (this.#closed || (durations.get(sql) ?? 0) > slow) return undefined;
+    if (this.#closed || (durations.get(sql)?.ms ?? 0) > slow) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
     let idle: Pipe | undefined;
     let busy = 0;
     let marked = false;
     const now = performance.now();
+    const read = lastRead(now);
     // Every pipe is looked at, an idle one found first or not: a stalled pipe's
     // oldest text is marked slow on the first pick after it stalled.
     for (const pipe of this.#pipes) {
@@ -159,15 +211,24 @@ export class Pipes {
         continue;
       }
       busy++;
+      if (!pipe.connected) {
+        // Still connecting: nothing of it is a statement's time yet.
+        if (depth < maxDepth && (best === undefined || depth < best.heads.length)) best = pipe;
+        continue;
+      }
       // Stalled: no answer for a while although statements are in flight
-      // (a busy pipe answers all the time, however deep its queue). Its
-      // oldest statement is slow: more of the same text go to the pool
-      // now, not once the first has ended.
-      const waited = now - Math.max(pipe.heads[0]!, pipe.lastDone);
-      if (waited > slow) {
+      // (a busy pipe answers all the time, however deep its queue), while
+      // other connections' answers were read: one waiting unread because this
+      // process is busy is no stall. Its oldest statement is slow: more of
+      // the same text go to the pool now, not once the first has ended.
+      const since = Math.max(pipe.heads[0]!, pipe.lastDone);
+      const waited = now - since;
+      if (waited > slow && read - since > slow) {
         const text = pipe.texts[0]!;
-        if ((durations.get(text) ?? 0) < waited) {
-          durations.set(text, waited);
+        const runs = durations.get(text);
+        if (runs === undefined || runs.ms < waited) {
+          if (runs === undefined) this.#remember(text, new Runs(waited, true));
+          else runs.stuck(waited);
           marked = true;
         }
         continue;
@@ -176,7 +237,7 @@ export class Pipes {
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
     // The statement at hand may be of the text just found stuck.
-    if (marked && (durations.get(sql) ?? 0) > slow) return undefined;
+    if (marked && (durations.get(sql)?.ms ?? 0) > slow) return undefined;
     if (idle !== undefined) return idle;
     if (busy < connections && this.#pipes.length < connections) return this.#open();
     return best;
@@ -299,19 +360,23 @@ export class Pipes {
   }
 
   /**
-   * Remembers how long a statement text took on the server (moving average),
-   * on a pipe or a pooled connection: a text found slow once comes back to
-   * the pipes when its runs are fast again.
+   * Remembers how long a statement text took on the server, on a pipe or a
+   * pooled connection: a text found slow comes back to the pipes when a run
+   * is fast again.
    *
    * @param text The statement text.
    * @param ms Its own time.
    */
   took(text: string, ms: number): void {
-    const durations = this.#durations;
-    const before = durations.get(text);
-    if (before === undefined && durations.size >= DURATIONS_MAX) durations.clear();
-    durations.set(text, before === undefined ? ms : before * 0.8 + ms * 0.2);
+    const runs = this.#durations.get(text);
+    if (runs === undefined) this.#remember(text, new Runs(ms, false));
+    else runs.add(ms);
     this.#typical = this.#typical * 0.95 + ms * 0.05;
+  }
+
+  #remember(text: string, runs: Runs): void {
+    if (this.#durations.size >= DURATIONS_MAX) this.#durations.clear();
+    this.#durations.set(text, runs);
   }
 
   /**
