@@ -14,7 +14,7 @@
  */
 
 // @ts-types="@types/pg"
-import type pg from "pg";
+import pg from "pg";
 import process from "node:process";
 import { markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -227,6 +227,41 @@ export function usePassword(client: pg.ClientBase, target: PgTarget): void {
       throw err;
     }
   };
+}
+
+/** pg's Query class (`pg.Query`; @types/pg does not declare its constructor). */
+const Query = (pg as unknown as {
+  Query: new (
+    text: string,
+    values: unknown[] | undefined,
+    callback: (err: Error | null, result: pg.QueryResult) => void,
+  ) => pg.Submittable & { name?: string | undefined };
+}).Query;
+
+/**
+ * The query object pg runs for `config`: built from its text when it carries
+ * only a text, values and a name. pg copies a config object property by
+ * property, descriptors included (`cloneQueryConfig`), a cost on every
+ * statement; a text is taken as it is. Other configs (`rowMode`, `types`, ...)
+ * are left to pg.
+ *
+ * @param config The statement.
+ * @param callback pg's callback for its answer.
+ * @returns The query for `client.query()`; undefined: pass `config` and `callback` to it.
+ */
+export function pgQuery(
+  config: pg.QueryConfig,
+  callback: (err: Error | null, result: pg.QueryResult) => void,
+): pg.Submittable | undefined {
+  const c = config as pg.QueryConfig & Partial<pg.QueryArrayConfig> & Record<string, unknown>;
+  if (
+    c.rowMode !== undefined || c.types !== undefined || c.queryMode !== undefined ||
+    c.binary !== undefined || c.portal !== undefined || c.rows !== undefined ||
+    c.query_timeout !== undefined || c.callback !== undefined
+  ) return undefined;
+  const query = new Query(config.text, config.values, callback);
+  if (config.name !== undefined) query.name = config.name;
+  return query;
 }
 
 /**

@@ -13,7 +13,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
+import { clientEnd, corkForTick, destroySocket, pgQuery, usePassword } from "./pg_internals.ts";
 import { lastRead, useRowParser } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
@@ -347,7 +347,9 @@ export class Pipes {
         resolve(result);
       };
       try {
-        pipe.client.query(config, answered);
+        const query = pgQuery(config, answered);
+        if (query === undefined) pipe.client.query(config, answered);
+        else pipe.client.query(query);
       } catch (err) {
         // Refused before anything was queued (pg throws only for a missing config).
         this.#settled();
