@@ -159,8 +159,9 @@ class DbxPgPool extends pg.Pool {
         );
       }
       const config = toConfig(text, values);
-      run = (this.#pinned !== undefined || sessionEffect(config.text) !== undefined) &&
-          this.#core.ambient() === undefined
+      run = this.#pinned === undefined && sessionEffect(config.text) === undefined
+        ? runConfig(this.#core, this.#route, config, undefined, true)
+        : this.#core.ambient() === undefined
         ? this.#inSession(config)
         : runConfig(this.#core, this.#route, config, undefined);
       run = run.catch((err) => {
