@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { DbxError } from "../mod.ts";
 import { dbTest } from "../src/testing/mod.ts";
+import { until } from "./helpers.ts";
 
 const DEFAULT_PATH = '"$user", public';
 
@@ -57,16 +58,27 @@ for (const pipeline of [true, false]) {
         );
         assert.match(err.message, /withConnection|cluster\.listen|runTx/, "names the right tool");
         assert.deepEqual(await others, baseline, `${sql}: nobody saw it`);
-        // The facade and the read path refuse the same.
-        await assert.rejects(cluster.pgPool().query(sql), /changes session state/);
+        // The read path refuses the same.
         await assert.rejects(cluster.readQuery(sql), /changes session state/);
+        // The facade runs it on a connection it pins for itself: still nobody else sees it.
+        const facade = cluster.pgPool();
+        await facade.query(sql);
+        assert.deepEqual(
+          await seenByOthers((q) => cluster.query(q)),
+          baseline,
+          `${sql} through pgPool(): nobody else saw it`,
+        );
+        await facade.end();
       }
       assert.deepEqual(await seenByOthers((sql) => cluster.query(sql)), baseline);
       assert.deepEqual(await seenByOthers((sql) => cluster.readQuery(sql)), baseline);
-      const [locks] = await cluster.query<{ n: number }>(
-        "select count(*)::int as n from pg_locks where locktype = 'advisory'",
-      );
-      assert.equal(locks?.n, 0, "no advisory lock held");
+      // The facades' connections are reset (DISCARD ALL) once handed back.
+      await until("no advisory lock is held", async () => {
+        const [locks] = await cluster.query<{ n: number }>(
+          "select count(*)::int as n from pg_locks where locktype = 'advisory'",
+        );
+        return locks?.n === 0;
+      });
     },
     { config: pipeline ? { pool: { max: 2 } } : { pipeline: false, pool: { max: 2 } } },
   );

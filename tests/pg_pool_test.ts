@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 // @ts-types="@types/pg"
 import pg from "pg";
-import { dbTest } from "../src/testing/mod.ts";
-import { until } from "./helpers.ts";
+import { dbTest, testCluster, testLogger } from "../src/testing/mod.ts";
+import { named, noPostgres, until, within } from "./helpers.ts";
 
 dbTest(
   "pgPool().query() passes rowMode, types and name through and returns pg's result",
@@ -110,3 +110,123 @@ dbTest(
     assert.deepEqual(rows, [{ x: 1 }, { x: 3 }, { x: 5 }]);
   },
 );
+
+/** The time zone a statement sees. */
+async function zoneOf(run: Promise<pg.QueryResult>): Promise<string> {
+  return ((await run).rows[0] as { TimeZone: string }).TimeZone;
+}
+
+/** A zone that is not the server's default (asserted by the tests). */
+function otherZone(server: string): string {
+  return server === "Pacific/Chatham" ? "Asia/Kathmandu" : "Pacific/Chatham";
+}
+
+Deno.test({
+  name: named(
+    "pgPool().query() with SET pins that facade: its later statements see it, other facades and the cluster do not",
+  ),
+  ignore: noPostgres,
+  async fn() {
+    const logger = testLogger();
+    await using cluster = await testCluster({ logger });
+    const pool = cluster.pgPool();
+    const server = await zoneOf(pool.query("show timezone"));
+    const zone = otherZone(server);
+    assert.notEqual(server, zone);
+    // Sent without waiting, as an ORM may: they run in order on the pinned connection.
+    const [, shown, pid] = await Promise.all([
+      pool.query(`set time zone '${zone}'`),
+      zoneOf(pool.query("show timezone")),
+      pool.query("select pg_backend_pid() as pid"),
+    ]);
+    assert.equal(shown, zone);
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await zoneOf(pool.query({ text: "show timezone" })), zone);
+      assert.deepEqual((await pool.query("select pg_backend_pid() as pid")).rows, pid.rows);
+    }
+    // Nobody else sees it: the cluster still refuses SET on its shared path.
+    const other = cluster.pgPool();
+    const views = await Promise.all(
+      Array.from(
+        { length: 20 },
+        (_, i) =>
+          i % 2 === 0
+            ? cluster.queryRow<{ TimeZone: string }>("show timezone").then((r) => r!.TimeZone)
+            : zoneOf(other.query("show timezone")),
+      ),
+    );
+    assert.deepEqual(new Set(views), new Set([server]));
+    await assert.rejects(cluster.exec(`set time zone '${zone}'`), /changes session state/);
+    await assert.rejects(cluster.query(`set time zone '${zone}'`), /changes session state/);
+    // Inside runTx a facade's SET runs in the transaction and pins nothing.
+    await cluster.runTx(async (tx) => {
+      await other.query("set local time zone 'UTC'");
+      assert.equal((await tx.queryRow<{ TimeZone: string }>("show timezone"))!.TimeZone, "UTC");
+    });
+    assert.equal(await zoneOf(other.query("show timezone")), server);
+    const warnings = logger.entries.filter((e) => /pinned this facade/.test(e.msg));
+    assert.equal(warnings.length, 1, "one warning, for the one facade that pinned");
+    assert.equal(warnings[0]!.level, "warn");
+    await other.end();
+    await pool.end();
+  },
+});
+
+Deno.test({
+  name: named("pgPool().end() hands a pinned connection back reset (DISCARD ALL)"),
+  ignore: noPostgres,
+  async fn() {
+    // One pooled connection: whoever takes one next gets the facade's, once it is back.
+    await using cluster = await testCluster({ pool: { max: 1 }, pipeline: false });
+    const pool = cluster.pgPool();
+    const server = await zoneOf(pool.query("show timezone"));
+    const zone = otherZone(server);
+    assert.notEqual(server, zone);
+    await pool.query(`set time zone '${zone}'`);
+    const [{ pid }] = (await pool.query("select pg_backend_pid() as pid")).rows as [
+      { pid: number },
+    ];
+    await pool.end();
+    const after = await cluster.withConnection((conn) =>
+      conn.queryRow<{ pid: number; TimeZone: string }>(
+        "select pg_backend_pid() as pid, current_setting('TimeZone') as \"TimeZone\"",
+      )
+    );
+    assert.deepEqual(after, { pid, TimeZone: server }, "the same connection, reset");
+    // And across the node's connections: no backend of the cluster kept the zone.
+    const fresh = cluster.pgPool();
+    assert.equal(await zoneOf(fresh.query("show timezone")), server);
+    assert.equal(
+      (await cluster.queryRow<{ TimeZone: string }>("show timezone"))!.TimeZone,
+      server,
+    );
+    await fresh.end();
+  },
+});
+
+Deno.test({
+  name: named("a cluster closed with a pinned pgPool() facade not ended closes promptly"),
+  ignore: noPostgres,
+  async fn() {
+    await using cluster = await testCluster();
+    const pool = cluster.pgPool();
+    const zone = otherZone(await zoneOf(pool.query("show timezone")));
+    await pool.query(`set time zone '${zone}'`);
+    const [{ pid }] = (await pool.query("select pg_backend_pid() as pid")).rows as [
+      { pid: number },
+    ];
+    const started = performance.now();
+    await within("close() returns", cluster.close());
+    // A connection close() had to cut would have waited for its grace (5 s).
+    assert.ok(performance.now() - started < 4_000, "handed back, not cut after the grace");
+    await assert.rejects(pool.query("show timezone"), /cluster was closed/);
+    await using check = await testCluster();
+    await until("the pinned backend is gone", async () => {
+      const [row] = await check.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where pid = $1",
+        [pid],
+      );
+      return row?.n === 0;
+    });
+  },
+});

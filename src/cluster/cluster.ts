@@ -341,6 +341,8 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * A `pg.Pool` (`instanceof pg.Pool`) over this cluster for Drizzle,
    * Prisma's `PrismaPg` and Kysely: `query()` routed by `route` and
    * retried, `connect()` leases a connection; both join the ambient `runTx`.
+   * A `query()` that changes session state (`SET`, ...) pins that facade to
+   * one connection of its own until its `end()`, like a single `pg.Client`.
    *
    * @param options `route`: `"primary"` (the default) or `"replica"`.
    * @returns The pool facade; its `end()` leaves the cluster open.

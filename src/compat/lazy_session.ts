@@ -124,7 +124,7 @@ export class LazySession {
     if (this.#lease === undefined && this.#pinning === undefined && !needsSession(config.text)) {
       return cancellable
         ? this.#runAlone(config, route)
-        : runConfig(this.#core, route, config, undefined);
+        : runConfig(this.#core, route, config, undefined, true);
     }
     return this.#runInSession(config);
   }

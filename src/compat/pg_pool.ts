@@ -7,6 +7,14 @@
  *   in `dispatch.ts`): routed by the facade's route ("primary": write
  *   rules, "replica": read rules), retried, counted and observed; the
  *   query config's `name`, `rowMode` and `types` reach pg as they are.
+ * - A `query()` that changes session state (`SET`, a temporary table, a
+ *   session advisory lock: `session_state.ts`) pins a session to this
+ *   facade object, as a `connect()` client's does (`lazy_session.ts`):
+ *   that statement and every later `query()` of the facade run on its one
+ *   connection, in order, never retried, like a single `pg.Client`, until
+ *   `end()` hands it back by the lease's rule (reset with `DISCARD ALL`) or
+ *   the cluster closes. Other facades and the cluster's own methods never
+ *   share that connection; logged once per facade at "warn".
  * - `connect()` returns a client whose statements take the same path until
  *   one needs a connection of its own (BEGIN, a session change, a cursor):
  *   then a connection on the route's node is pinned (taking it is retried)
@@ -42,7 +50,12 @@ import {
   TxClient,
 } from "./pg_client.ts";
 import { checkRoute } from "../call/validate.ts";
+import { currentSession } from "../call/session.ts";
+import { sessionEffect } from "../node/session_state.ts";
+import { LazySession } from "./lazy_session.ts";
 import { driverError, type PgRoute, runConfig } from "./pg_run.ts";
+
+const noop = (): void => {};
 
 export type { PgRoute } from "./pg_run.ts";
 
@@ -94,6 +107,12 @@ class DbxPgPool extends pg.Pool {
   readonly #route: PgRoute;
   readonly #ids = new ClientIds();
   #ended = false;
+  /** The session a session-changing `query()` pinned (see the module doc), until `end()`. */
+  #pinned: LazySession | undefined;
+  /** Settles after the last statement sent on the pinned session. */
+  #tail: Promise<void> = Promise.resolve();
+  /** Hands the pinned session back (`end()`, or the cluster's close destroying it). */
+  #unpin: ((destroy: boolean) => void) | undefined;
 
   constructor(core: ClusterCore, route: PgRoute) {
     super({ max: Number.MAX_SAFE_INTEGER, application_name: "dbx" });
@@ -122,7 +141,12 @@ class DbxPgPool extends pg.Pool {
 
   readonly #unsubscribe: () => void;
 
-  // pg.Pool's overloads (submittable, array rows, callbacks) all land here.
+  /**
+   * Runs one statement: routed and retried on the shared path; once a
+   * statement changed session state, on the facade's pinned connection
+   * (see the module doc); in the ambient `runTx` when there is one.
+   * pg.Pool's overloads (submittable, array rows, callbacks) all land here.
+   */
   // deno-lint-ignore no-explicit-any
   override query(...args: any[]): any {
     const { text, values, cb } = queryArgs(args);
@@ -134,14 +158,60 @@ class DbxPgPool extends pg.Pool {
           "Cannot query() a Submittable (cursor, stream) on the pool: take a client with connect()",
         );
       }
-      run = runConfig(this.#core, this.#route, toConfig(text, values), undefined)
-        .catch((err) => {
-          throw driverError(err);
-        });
+      const config = toConfig(text, values);
+      run = this.#pinned === undefined && sessionEffect(config.text) === undefined
+        ? runConfig(this.#core, this.#route, config, undefined, true)
+        : this.#core.ambient() === undefined
+        ? this.#inSession(config)
+        : runConfig(this.#core, this.#route, config, undefined);
+      run = run.catch((err) => {
+        throw driverError(err);
+      });
     } catch (err) {
       run = Promise.reject(err);
     }
     return settle(run, cb);
+  }
+
+  /** Runs a statement on the facade's pinned session, pinning it first when there is none. */
+  #inSession(config: pg.QueryConfig): Promise<pg.QueryResult> {
+    const core = this.#core;
+    core.d.assertOpen("pool.query");
+    const session = this.#pinned ??= this.#pin(config.text);
+    // What runs on the primary may write: a read-your-writes session's reads must see it.
+    const writer = this.#route === "primary" ? currentSession(core.d.sessions) : undefined;
+    const run = session.run(config, false);
+    this.#tail = run.then(noop, noop);
+    return writer === undefined ? run : run.finally(() => writer.noteWrite());
+  }
+
+  #pin(sql: string): LazySession {
+    const core = this.#core;
+    core.d.observer.log(
+      "warn",
+      "dbx: a statement that changes session state, sent through pgPool().query(), pinned " +
+        "this facade to one connection until its end(): its statements are no longer " +
+        "pipelined or retried; prefer connect({ session }) for settings on every connection, " +
+        "SET LOCAL inside runTx(), or pool.connect() for a session of your own",
+      { route: this.#route, sql: sql.length > 80 ? `${sql.slice(0, 80)}…` : sql },
+    );
+    const session = new LazySession(core, this.#route, (err) => {
+      if (this.listenerCount("error") > 0) this.emit("error", err);
+    });
+    // The cluster's close hands it back without waiting for end(): once its
+    // last statement settled (a running one gets close()'s grace), destroyed.
+    const closing: AsyncDisposable = {
+      [Symbol.asyncDispose]: () => {
+        this.#tail.then(() => session.release(true));
+        return Promise.resolve();
+      },
+    };
+    core.resources.add(closing);
+    this.#unpin = (destroy) => {
+      core.resources.delete(closing);
+      session.release(destroy);
+    };
+    return session;
   }
 
   // deno-lint-ignore no-explicit-any
@@ -159,7 +229,11 @@ class DbxPgPool extends pg.Pool {
     );
   }
 
-  /** Ends the facade only: the cluster stays open (close it on its own). */
+  /**
+   * Ends the facade only: the cluster stays open (close it on its own). A
+   * session a `query()` pinned is handed back once its statements settled,
+   * by the lease's rule (reset with `DISCARD ALL`).
+   */
   // deno-lint-ignore no-explicit-any
   override end(cb?: any): any {
     if (this.#ended) {
@@ -168,7 +242,11 @@ class DbxPgPool extends pg.Pool {
     this.#ended = true;
     this.#unsubscribe();
     Object.assign(this, { ending: true, ended: true });
-    return settle(Promise.resolve(), cb);
+    const unpin = this.#unpin;
+    return settle(
+      unpin === undefined ? Promise.resolve() : this.#tail.then(() => unpin(false)),
+      cb,
+    );
   }
 }
 

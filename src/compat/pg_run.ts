@@ -59,6 +59,8 @@ export function infoOf(config: pg.QueryConfig): { sql: string; argCount: number 
  * @param route Which rules the statement follows.
  * @param config The query config, passed to pg as it is.
  * @param signal Cancels the call (a running statement on the server).
+ * @param checked The caller found that `config.text` changes no session
+ * state (`sessionEffect`): the shared path's check is not made twice.
  * @returns pg's result (`command`, `rowCount`, `rows`, `fields`).
  */
 export function runConfig(
@@ -66,11 +68,12 @@ export function runConfig(
   route: PgRoute,
   config: pg.QueryConfig,
   signal: AbortSignal | undefined,
+  checked = false,
 ): Promise<pg.QueryResult> {
   const tx = core.ambient();
   try {
     core.d.assertOpen("pool.query");
-    if (tx === undefined) checkShared("query", config.text);
+    if (tx === undefined && !checked) checkShared("query", config.text);
   } catch (err) {
     return Promise.reject(err);
   }
