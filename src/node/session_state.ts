@@ -46,8 +46,11 @@ const SESSION_COMMANDS = new RegExp(
 const SESSION_CALLS =
   /\bset_config\s*\((?![^;]*,\s*true\s*\))|\bpg_(?:try_)?advisory_(?:un)?lock(?:_shared)?\s*\(|\binto\s+temp(?:orary)?\b/i;
 
-/** Cheap pre-filter: every pattern above needs one of these letters' words. */
-const CANDIDATE = /set|reset|discard|deallocate|prepare|listen|load|temp|advisory/i;
+/**
+ * Cheap pre-filter: every pattern above needs one of these words (at a word's start:
+ * `offset` or a column `dataset` do not count; `pg_advisory_lock` has no word break).
+ */
+const CANDIDATE = /\b(?:set|reset|discard|deallocate|prepare|listen|unlisten|load|temp)|advisory/i;
 
 /**
  * What `sql` leaves behind on its session.

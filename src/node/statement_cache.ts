@@ -17,7 +17,7 @@ import { pgErrorCode } from "../failure.ts";
 const SCHEMA_CHANGE = /(?:^|;)(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:create|alter|drop)\b/i;
 
 /** Cheap pre-filter of {@linkcode SCHEMA_CHANGE}. */
-const SCHEMA_WORDS = /create|alter|drop/i;
+const SCHEMA_WORDS = /\b(?:create|alter|drop)\b/i;
 
 /**
  * Named statements, per connection: each connection prepares a statement
