@@ -229,21 +229,31 @@ export function usePassword(client: pg.ClientBase, target: PgTarget): void {
   };
 }
 
-/** pg's Query class (`pg.Query`; @types/pg does not declare its constructor). */
+/** pg's Query (`pg.Query`): the parts @types/pg does not declare. */
+interface RawQuery extends pg.Submittable {
+  name?: string | undefined;
+  types?: unknown;
+  _rowMode?: string | undefined;
+  _result: { constructor: new (rowMode: unknown, types: unknown) => unknown };
+  _results: unknown;
+}
+
+/** pg's Query class, constructed from a text. */
 const Query = (pg as unknown as {
   Query: new (
     text: string,
     values: unknown[] | undefined,
     callback: (err: Error | null, result: pg.QueryResult) => void,
-  ) => pg.Submittable & { name?: string | undefined };
+  ) => RawQuery;
 }).Query;
 
 /**
  * The query object pg runs for `config`: built from its text when it carries
- * only a text, values and a name. pg copies a config object property by
- * property, descriptors included (`cloneQueryConfig`), a cost on every
- * statement; a text is taken as it is. Other configs (`rowMode`, `types`, ...)
- * are left to pg.
+ * only a text, values, a name, `rowMode` and `types` (what dbx and the ORMs
+ * send). pg copies a config object property by property, descriptors
+ * included (`cloneQueryConfig`), a cost on every statement; a text is taken
+ * as it is, and the rest set as pg's constructor would. Other configs
+ * (`queryMode`, `binary`, `rows`, ...) are left to pg.
  *
  * @param config The statement.
  * @param callback pg's callback for its answer.
@@ -255,12 +265,17 @@ export function pgQuery(
 ): pg.Submittable | undefined {
   const c = config as pg.QueryConfig & Partial<pg.QueryArrayConfig> & Record<string, unknown>;
   if (
-    c.rowMode !== undefined || c.types !== undefined || c.queryMode !== undefined ||
-    c.binary !== undefined || c.portal !== undefined || c.rows !== undefined ||
-    c.query_timeout !== undefined || c.callback !== undefined
+    c.queryMode !== undefined || c.binary !== undefined || c.portal !== undefined ||
+    c.rows !== undefined || c.query_timeout !== undefined || c.callback !== undefined
   ) return undefined;
   const query = new Query(config.text, config.values, callback);
   if (config.name !== undefined) query.name = config.name;
+  if (c.rowMode !== undefined || c.types !== undefined) {
+    // As pg's constructor does with a config: the result reads rows by these.
+    query.types = c.types;
+    query._rowMode = c.rowMode;
+    query._result = query._results = new query._result.constructor(c.rowMode, c.types) as never;
+  }
   return query;
 }
 

@@ -19,6 +19,12 @@ const SCHEMA_CHANGE = /(?:^|;)(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:create
 /** Cheap pre-filter of {@linkcode SCHEMA_CHANGE}. */
 const SCHEMA_WORDS = /\b(?:create|alter|drop)\b/i;
 
+/** A statement's name on a connection, and when it was last used. */
+interface Named {
+  readonly name: string;
+  used: number;
+}
+
 /**
  * Named statements, per connection: each connection prepares a statement
  * text the first time it sees it and reuses it, keeping the `max` most
@@ -30,13 +36,15 @@ const SCHEMA_WORDS = /\b(?:create|alter|drop)\b/i;
  */
 export class StatementCache {
   readonly #max: number;
-  /** Per connection: the schema generation its names belong to, and text → name, least recently used first. */
+  /** Per connection: the schema generation its names belong to, and text → name. */
   readonly #names = new WeakMap<
     pg.ClientBase,
-    { generation: number; names: Map<string, string> }
+    { generation: number; names: Map<string, Named> }
   >();
   /** Bumped by every schema change. */
   #generation = 0;
+  /** Counts uses: a name's last use, to find the least recently used. */
+  #uses = 0;
   /**
    * Random per cache: behind a pooler that shares server connections
    * between clients, another client's `dbx_1` must not pass for ours.
@@ -62,18 +70,20 @@ export class StatementCache {
     const names = this.#of(client);
     const known = names.get(text);
     if (known !== undefined) {
-      // Most recently used last.
-      names.delete(text);
-      names.set(text, known);
-      return known;
+      known.used = ++this.#uses;
+      return known.name;
     }
     if (names.size >= this.#max) {
-      const [oldText, oldName] = names.entries().next().value!;
-      names.delete(oldText);
-      this.#deallocate(client, oldName);
+      // The least recently used goes: a scan, only when a new text comes to a full cache.
+      let oldest: [string, Named] | undefined;
+      for (const entry of names) {
+        if (oldest === undefined || entry[1].used < oldest[1].used) oldest = entry;
+      }
+      names.delete(oldest![0]);
+      this.#deallocate(client, oldest![1].name);
     }
     const name = `${this.#prefix}${(++this.#next).toString(36)}`;
-    names.set(text, name);
+    names.set(text, { name, used: ++this.#uses });
     return name;
   }
 
@@ -89,20 +99,20 @@ export class StatementCache {
     const names = this.#of(client);
     const old = names.get(text);
     names.delete(text);
-    if (old !== undefined) this.#deallocate(client, old);
+    if (old !== undefined) this.#deallocate(client, old.name);
     return this.name(client, text);
   }
 
   /** A connection's names, all dropped first when the schema changed since they were given. */
-  #of(client: pg.ClientBase): Map<string, string> {
+  #of(client: pg.ClientBase): Map<string, Named> {
     const entry = this.#names.get(client);
     if (entry === undefined) {
-      const names = new Map<string, string>();
+      const names = new Map<string, Named>();
       this.#names.set(client, { generation: this.#generation, names });
       return names;
     }
     if (entry.generation !== this.#generation) {
-      for (const name of entry.names.values()) this.#deallocate(client, name);
+      for (const { name } of entry.names.values()) this.#deallocate(client, name);
       entry.names.clear();
       entry.generation = this.#generation;
     }
@@ -141,7 +151,7 @@ export class StatementCache {
     const names = this.#of(client);
     const old = names.get(text);
     names.delete(text);
-    if (old !== undefined) forgetStatement(client, old);
+    if (old !== undefined) forgetStatement(client, old.name);
     return this.name(client, text);
   }
 
