@@ -224,3 +224,22 @@ dbTest(
   },
   { config: { replicas: [], pipeline: { connections: 2 } } },
 );
+
+dbTest(
+  "with every pipe full and no pooled connection free, a statement joins a pipe instead of waiting",
+  async (cluster) => {
+    await cluster.query("select $1::int as i", [0]); // The pipe is open.
+    await cluster.withConnection(async (held) => {
+      // The pool's only connection is held; one pipe, one statement deep.
+      assert.deepEqual(await held.query("select 1 as one"), [{ one: 1 }]);
+      const answers = await within(
+        "three statements answered while the pool's only connection is held",
+        Promise.all([1, 2, 3].map((i) => cluster.query<{ i: number }>("select $1::int as i", [i]))),
+      );
+      assert.deepEqual(answers.map((rows) => rows[0]!.i), [1, 2, 3]);
+    });
+    // Not answered after waiting for the pool in vain (which gives up, and is retried).
+    assert.equal(cluster.stats().totals.retries, 0);
+  },
+  { config: { replicas: [], pipeline: { connections: 1, maxDepth: 1 }, pool: { max: 1 } } },
+);

@@ -286,7 +286,11 @@ export class Node extends AttemptCounters implements BalancerNode {
     // A cancel request stops whatever runs on a backend: a statement with a
     // signal must be alone on its connection, so it never joins a pipe.
     const pipes = pipeable ? this.#pipes : undefined;
-    const pipe = pipes?.pick(config.text);
+    const pool = this.#pool;
+    const pipe = pipes?.pick(
+      config.text,
+      pool.idleCount === 0 && pool.totalCount >= this.maxConns,
+    );
     if (pipe === undefined) return this.#runPooled(config, signal, pipes);
     return sendCached(pipe.client, this.#statements, config, (c) => pipes!.run(pipe, c));
   }
@@ -300,7 +304,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     return this.leased(signal, async (lease) => {
       const started = pipes === undefined ? 0 : performance.now();
       const result = await lease.send(config, signal);
-      pipes?.took(config.text, performance.now() - started);
+      pipes?.tookPooled(config.text, performance.now() - started);
       return result;
     });
   }

@@ -113,6 +113,8 @@ class Pipe {
   readonly texts: string[] = [];
   /** When the last answer arrived: the next statement's own time starts there at the latest. */
   lastDone = 0;
+  /** The read that brought the last answer (`lastRead()`). */
+  lastRead = -1;
 
   constructor(
     target: PgTarget,
@@ -185,18 +187,24 @@ export class Pipes {
 
   /**
    * A pipe to send `sql` on now: the least loaded one that is neither full
-   * nor stalled, a new one while there is room; undefined (use the pool)
-   * when there is none, or when `sql` is known to be slow.
+   * nor stalled, a new one while there is room; when every pipe is full, the
+   * least loaded one anyway if `poolBusy` (a statement waiting for a pooled
+   * connection would wait longer than behind answering pipes); undefined
+   * (use the pool) otherwise, when every pipe is stalled, or when `sql` is
+   * known to be slow.
    *
    * @param sql The statement text.
+   * @param poolBusy The node's pool has no connection free, nor room for one.
    * @returns The pipe, or undefined.
    */
-  pick(sql: string): Pipe | undefined {
-    const slow = Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
+  pick(sql: string, poolBusy = false): Pipe | undefined {
+    const slow = this.#slowMs();
     const durations = this.#durations;
     if (this.#closed || (durations.get(sql)?.ms ?? 0) > slow) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
+    /** The least loaded of the full pipes that are not stalled. */
+    let full: Pipe | undefined;
     let idle: Pipe | undefined;
     let busy = 0;
     let marked = false;
@@ -219,28 +227,34 @@ export class Pipes {
       // Stalled: no answer for a while although statements are in flight
       // (a busy pipe answers all the time, however deep its queue), while
       // other connections' answers were read: one waiting unread because this
-      // process is busy is no stall. Its oldest statement is slow: more of
-      // the same text go to the pool now, not once the first has ended.
+      // process is busy is no stall. New statements go around it. Stuck for
+      // longer than SLOW_CAP_MS, its oldest statement is slow: more of the
+      // same text go to the pool now, not once the first has ended. (Between
+      // the two, a loaded server or host answers one pipe late now and then:
+      // a text slow on every run is found by its runs instead.)
       const since = Math.max(pipe.heads[0]!, pipe.lastDone);
       const waited = now - since;
       if (waited > slow && read - since > slow) {
         const text = pipe.texts[0]!;
         const runs = durations.get(text);
-        if (runs === undefined || runs.ms < waited) {
+        if (waited > SLOW_CAP_MS && (runs === undefined || runs.ms < waited)) {
           if (runs === undefined) this.#remember(text, new Runs(waited, true));
           else runs.stuck(waited);
           marked = true;
         }
         continue;
       }
-      if (depth >= maxDepth) continue;
+      if (depth >= maxDepth) {
+        if (full === undefined || depth < full.heads.length) full = pipe;
+        continue;
+      }
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
     // The statement at hand may be of the text just found stuck.
     if (marked && (durations.get(sql)?.ms ?? 0) > slow) return undefined;
     if (idle !== undefined) return idle;
     if (busy < connections && this.#pipes.length < connections) return this.#open();
-    return best;
+    return best ?? (poolBusy ? full : undefined);
   }
 
   #open(): Pipe {
@@ -311,7 +325,11 @@ export class Pipes {
         if (i === 0) {
           // Its own time, not the time spent queued behind earlier statements.
           const now = performance.now();
-          this.took(config.text, now - Math.max(started, pipe.lastDone));
+          // The node's typical time counts the first answer of each read only: the
+          // answers read with it are handled at once, and would count as taking no time.
+          const read = lastRead(now);
+          this.took(config.text, now - Math.max(started, pipe.lastDone), read !== pipe.lastRead);
+          pipe.lastRead = read;
           pipe.lastDone = now;
         }
         if (pipe.poisoned) {
@@ -362,18 +380,40 @@ export class Pipes {
   }
 
   /**
-   * Remembers how long a statement text took on the server, on a pipe or a
-   * pooled connection: a text found slow comes back to the pipes when a run
-   * is fast again.
+   * Remembers how long a statement text took on a pipe: a text found slow
+   * comes back to the pipes when a run is fast again.
    *
    * @param text The statement text.
    * @param ms Its own time.
+   * @param typical Whether it counts toward the node's typical time: not when it was
+   * read together with the answer before it.
    */
-  took(text: string, ms: number): void {
+  took(text: string, ms: number, typical = true): void {
     const runs = this.#durations.get(text);
     if (runs === undefined) this.#remember(text, new Runs(ms, false));
     else runs.add(ms);
-    this.#typical = this.#typical * 0.95 + ms * 0.05;
+    if (typical) this.#typical = this.#typical * 0.95 + ms * 0.05;
+  }
+
+  /** How long a statement may take before it counts as slow, now. */
+  #slowMs(): number {
+    return Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
+  }
+
+  /**
+   * Remembers how long a statement sent on a pooled connection took (because
+   * its text was slow, or every pipe was full): it keeps a slow text slow or
+   * brings it back to the pipes, but never makes one slow. Its time includes
+   * however late this process handled the answer, which under load is most of
+   * it; only a pipe's view (a stall, every run slow there) tells a slow
+   * statement from a busy process.
+   *
+   * @param text The statement text.
+   * @param ms Its time.
+   */
+  tookPooled(text: string, ms: number): void {
+    const runs = this.#durations.get(text);
+    if (runs !== undefined && runs.ms > this.#slowMs()) runs.add(ms);
   }
 
   #remember(text: string, runs: Runs): void {
