@@ -54,6 +54,16 @@ const DURATIONS_MAX = 4_096;
 const WINDOW = 4;
 
 /**
+ * A text found slow is tried on a pipe again after this long (its runs on
+ * pooled connections can look slow for as long as this process is busy), and
+ * after twice as long each time the trial finds it slow still...
+ */
+const TRIAL_MS = 1_000;
+
+/** ... up to this. */
+const TRIAL_MAX_MS = 60_000;
+
+/**
  * The recent runs of one statement text. Its time is the fastest of its last
  * {@linkcode WINDOW} to 2 × {@linkcode WINDOW} runs: a text is slow when every
  * recent run was, not when one answer was handled late because this process
@@ -63,16 +73,20 @@ class Runs {
   #current: number;
   #previous: number;
   #n = 0;
+  /** While slow: when it may be tried on a pipe again (`performance.now()`). */
+  trialAt = 0;
+  /** The wait before the next trial. */
+  trialWait = TRIAL_MS;
 
   /**
    * @param ms The first run's time.
    * @param stuck Seen stuck (slow now), else one run: not enough to call it slow (a first
    * run also prepares the statement).
    */
-  constructor(ms: number, stuck: boolean) {
+  constructor(ms: number, stuck: boolean, now = 0) {
     this.#current = ms;
     this.#previous = stuck ? ms : 0;
-    if (stuck) this.#n = WINDOW;
+    if (stuck) this.stuck(ms, now);
   }
 
   /** The text's time (ms). */
@@ -92,10 +106,11 @@ class Runs {
     }
   }
 
-  /** Seen stuck for `ms`: slow now; its next run alone decides again. */
-  stuck(ms: number): void {
+  /** Seen stuck for `ms` at `now`: slow now; its next run alone decides again. */
+  stuck(ms: number, now: number): void {
     this.#current = this.#previous = ms;
     this.#n = WINDOW;
+    this.trialAt = now + this.trialWait;
   }
 }
 
@@ -198,9 +213,18 @@ export class Pipes {
    * @returns The pipe, or undefined.
    */
   pick(sql: string, poolBusy = false): Pipe | undefined {
+    if (this.#closed) return undefined;
     const slow = this.#slowMs();
     const durations = this.#durations;
-    if (this.#closed || (durations.get(sql)?.ms ?? 0) > slow) return undefined;
+    const now = performance.now();
+    const runs = durations.get(sql);
+    if (runs !== undefined && runs.ms > slow) {
+      // Slow: the pool, but now and then one goes to a pipe, so that a text slow only
+      // while this process was busy comes back (its answer on the pipe decides).
+      if (now < runs.trialAt) return undefined;
+      runs.trialAt = now + runs.trialWait;
+      runs.trialWait = Math.min(TRIAL_MAX_MS, runs.trialWait * 2);
+    }
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
     /** The least loaded of the full pipes that are not stalled. */
@@ -208,7 +232,6 @@ export class Pipes {
     let idle: Pipe | undefined;
     let busy = 0;
     let marked = false;
-    const now = performance.now();
     const read = lastRead(now);
     // Every pipe is looked at, an idle one found first or not: a stalled pipe's
     // oldest text is marked slow on the first pick after it stalled.
@@ -236,10 +259,10 @@ export class Pipes {
       const waited = now - since;
       if (waited > slow && read - since > slow) {
         const text = pipe.texts[0]!;
-        const runs = durations.get(text);
-        if (waited > SLOW_CAP_MS && (runs === undefined || runs.ms < waited)) {
-          if (runs === undefined) this.#remember(text, new Runs(waited, true));
-          else runs.stuck(waited);
+        const stuck = durations.get(text);
+        if (waited > SLOW_CAP_MS && (stuck === undefined || stuck.ms < waited)) {
+          if (stuck === undefined) this.#remember(text, new Runs(waited, true, now));
+          else stuck.stuck(waited, now);
           marked = true;
         }
         continue;
@@ -391,7 +414,10 @@ export class Pipes {
   took(text: string, ms: number, typical = true): void {
     const runs = this.#durations.get(text);
     if (runs === undefined) this.#remember(text, new Runs(ms, false));
-    else runs.add(ms);
+    else {
+      runs.add(ms);
+      if (runs.ms <= this.#slowMs()) runs.trialWait = TRIAL_MS;
+    }
     if (typical) this.#typical = this.#typical * 0.95 + ms * 0.05;
   }
 
