@@ -3,7 +3,8 @@
  * session of their own (no transaction, no cancel signal) share a few
  * connections per node in pg's `pipeline` mode, each with its own Sync, so
  * one failure affects only its statement. A statement goes to the least
- * loaded pipe that is not stalled; when every pipe is full or stalled it
+ * loaded pipe that is not stalled; when every pipe is stalled, or full while
+ * a pooled connection is free, or its text is slow (`slow_texts.ts`), it
  * takes a pooled connection instead, so one slow statement never holds up
  * unrelated callers for its whole duration. Statements pipelined in one tick
  * leave in one socket write. (Named statements: `statement_cache.ts`.)
@@ -19,6 +20,7 @@ import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
 import { isConnectionError } from "../sqlstate.ts";
+import { SlowTexts } from "./slow_texts.ts";
 
 /** Pipelining settings of a node. */
 export interface PipeSettings {
@@ -26,92 +28,6 @@ export interface PipeSettings {
   readonly connections: number;
   /** Statements in flight on one pipe before the next goes elsewhere. */
   readonly maxDepth: number;
-}
-
-/**
- * A pipe with statements in flight and no answer for this long takes no more
- * (head-of-line), and a statement text whose recent runs all took this long is sent
- * on a pooled connection: on a pipe it would hold up every statement behind it. At
- * least this many milliseconds...
- */
-const SLOW_MS = 2;
-
-/**
- * ... and at least this many times the node's typical statement: when this process
- * is busy (many callers, large results), every answer is handled late and every
- * statement's own time grows alike; that is no reason to leave the pipes, while a
- * statement slower than its peers by this factor is.
- */
-const SLOW_FACTOR = 8;
-
-/** ... but never more than this: a statement this slow always leaves the pipes. */
-const SLOW_CAP_MS = 20;
-
-/** Statement texts whose durations are remembered (the map is reset when full). */
-const DURATIONS_MAX = 4_096;
-
-/** Runs of a text per window of {@linkcode Runs}. */
-const WINDOW = 4;
-
-/**
- * A text found slow is tried on a pipe again after this long (its runs on
- * pooled connections can look slow for as long as this process is busy), and
- * after twice as long each time the trial finds it slow still...
- */
-const TRIAL_MS = 1_000;
-
-/** ... up to this. */
-const TRIAL_MAX_MS = 60_000;
-
-/**
- * The recent runs of one statement text. Its time is the fastest of its last
- * {@linkcode WINDOW} to 2 × {@linkcode WINDOW} runs: a text is slow when every
- * recent run was, not when one answer was handled late because this process
- * was busy (a full event loop delays whichever answer comes first).
- */
-class Runs {
-  #current: number;
-  #previous: number;
-  #n = 0;
-  /** While slow: when it may be tried on a pipe again (`performance.now()`). */
-  trialAt = 0;
-  /** The wait before the next trial. */
-  trialWait = TRIAL_MS;
-
-  /**
-   * @param ms The first run's time.
-   * @param stuck Seen stuck (slow now), else one run: not enough to call it slow (a first
-   * run also prepares the statement).
-   */
-  constructor(ms: number, stuck: boolean, now = 0) {
-    this.#current = ms;
-    this.#previous = stuck ? ms : 0;
-    if (stuck) this.stuck(ms, now);
-  }
-
-  /** The text's time (ms). */
-  get ms(): number {
-    return Math.min(this.#current, this.#previous);
-  }
-
-  /** One more run. */
-  add(ms: number): void {
-    if (this.#n === WINDOW) {
-      this.#previous = this.#current;
-      this.#current = ms;
-      this.#n = 1;
-    } else {
-      if (ms < this.#current) this.#current = ms;
-      this.#n++;
-    }
-  }
-
-  /** Seen stuck for `ms` at `now`: slow now; its next run alone decides again. */
-  stuck(ms: number, now: number): void {
-    this.#current = this.#previous = ms;
-    this.#n = WINDOW;
-    this.trialAt = now + this.trialWait;
-  }
 }
 
 /** One pipelined connection. */
@@ -169,10 +85,8 @@ export class Pipes {
   #inFlight = 0;
   /** Told when the last statement in flight was answered (while closing). */
   #drained: (() => void) | undefined;
-  /** Recent runs per statement text, on a pipe or a pooled connection. */
-  readonly #durations = new Map<string, Runs>();
-  /** Recent duration (ms, moving average) of every statement, whatever its text. */
-  #typical = 0;
+  /** How long statement texts take here. */
+  readonly #times = new SlowTexts();
   #closed = false;
 
   /**
@@ -206,7 +120,7 @@ export class Pipes {
    * least loaded one anyway if `poolBusy` (a statement waiting for a pooled
    * connection would wait longer than behind answering pipes); undefined
    * (use the pool) otherwise, when every pipe is stalled, or when `sql` is
-   * known to be slow.
+   * known to be slow (but for a trial on a pipe now and then).
    *
    * @param sql The statement text.
    * @param poolBusy The node's pool has no connection free, nor room for one.
@@ -214,17 +128,10 @@ export class Pipes {
    */
   pick(sql: string, poolBusy = false): Pipe | undefined {
     if (this.#closed) return undefined;
-    const slow = this.#slowMs();
-    const durations = this.#durations;
+    const times = this.#times;
+    const slow = times.slowMs();
     const now = performance.now();
-    const runs = durations.get(sql);
-    if (runs !== undefined && runs.ms > slow) {
-      // Slow: the pool, but now and then one goes to a pipe, so that a text slow only
-      // while this process was busy comes back (its answer on the pipe decides).
-      if (now < runs.trialAt) return undefined;
-      runs.trialAt = now + runs.trialWait;
-      runs.trialWait = Math.min(TRIAL_MAX_MS, runs.trialWait * 2);
-    }
+    if (times.avoid(sql, slow, now)) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
     /** The least loaded of the full pipes that are not stalled. */
@@ -251,20 +158,14 @@ export class Pipes {
       // (a busy pipe answers all the time, however deep its queue), while
       // other connections' answers were read: one waiting unread because this
       // process is busy is no stall. New statements go around it. Stuck for
-      // longer than SLOW_CAP_MS, its oldest statement is slow: more of the
+      // longer than 20 ms (`slow_texts.ts`), its oldest statement is slow: more of the
       // same text go to the pool now, not once the first has ended. (Between
       // the two, a loaded server or host answers one pipe late now and then:
       // a text slow on every run is found by its runs instead.)
       const since = Math.max(pipe.heads[0]!, pipe.lastDone);
       const waited = now - since;
       if (waited > slow && read - since > slow) {
-        const text = pipe.texts[0]!;
-        const stuck = durations.get(text);
-        if (waited > SLOW_CAP_MS && (stuck === undefined || stuck.ms < waited)) {
-          if (stuck === undefined) this.#remember(text, new Runs(waited, true, now));
-          else stuck.stuck(waited, now);
-          marked = true;
-        }
+        if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
         continue;
       }
       if (depth >= maxDepth) {
@@ -274,7 +175,7 @@ export class Pipes {
       if (best === undefined || depth < best.heads.length) best = pipe;
     }
     // The statement at hand may be of the text just found stuck.
-    if (marked && (durations.get(sql)?.ms ?? 0) > slow) return undefined;
+    if (marked && times.isSlow(sql, slow)) return undefined;
     if (idle !== undefined) return idle;
     if (busy < connections && this.#pipes.length < connections) return this.#open();
     return best ?? (poolBusy ? full : undefined);
@@ -351,7 +252,11 @@ export class Pipes {
           // The node's typical time counts the first answer of each read only: the
           // answers read with it are handled at once, and would count as taking no time.
           const read = lastRead(now);
-          this.took(config.text, now - Math.max(started, pipe.lastDone), read !== pipe.lastRead);
+          this.#times.took(
+            config.text,
+            now - Math.max(started, pipe.lastDone),
+            read !== pipe.lastRead,
+          );
           pipe.lastRead = read;
           pipe.lastDone = now;
         }
@@ -403,51 +308,14 @@ export class Pipes {
   }
 
   /**
-   * Remembers how long a statement text took on a pipe: a text found slow
-   * comes back to the pipes when a run is fast again.
-   *
-   * @param text The statement text.
-   * @param ms Its own time.
-   * @param typical Whether it counts toward the node's typical time: not when it was
-   * read together with the answer before it.
-   */
-  took(text: string, ms: number, typical = true): void {
-    const runs = this.#durations.get(text);
-    if (runs === undefined) this.#remember(text, new Runs(ms, false));
-    else {
-      runs.add(ms);
-      if (runs.ms <= this.#slowMs()) runs.trialWait = TRIAL_MS;
-    }
-    if (typical) this.#typical = this.#typical * 0.95 + ms * 0.05;
-  }
-
-  /** How long a statement may take before it counts as slow, now. */
-  #slowMs(): number {
-    return Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
-  }
-
-  /**
-   * Remembers how long a statement sent on a pooled connection took (because
-   * its text was slow, or every pipe was full): it keeps a slow text slow or
-   * brings it back to the pipes, but never makes one slow. Its time includes
-   * however late this process handled the answer, which under load is most of
-   * it; only a pipe's view (a stall, every run slow there) tells a slow
-   * statement from a busy process. It counts toward the node's typical time.
+   * Remembers how long a statement sent on a pooled connection took
+   * ({@linkcode SlowTexts.tookPooled}).
    *
    * @param text The statement text.
    * @param ms Its time.
    */
   tookPooled(text: string, ms: number): void {
-    const runs = this.#durations.get(text);
-    if (runs !== undefined && runs.ms > this.#slowMs()) runs.add(ms);
-    // The node's typical time follows what runs on the pool too: with every
-    // statement of a kind there, no pipe would tell it otherwise.
-    this.#typical = this.#typical * 0.95 + ms * 0.05;
-  }
-
-  #remember(text: string, runs: Runs): void {
-    if (this.#durations.size >= DURATIONS_MAX) this.#durations.clear();
-    this.#durations.set(text, runs);
+    this.#times.tookPooled(text, ms);
   }
 
   /**
