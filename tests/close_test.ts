@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { connect } from "../mod.ts";
 import { testDatabaseUrls } from "../src/testing/db_test.ts";
+import { within } from "./helpers.ts";
 
 const urls = testDatabaseUrls();
 const why = urls === undefined ? " (ignored: DBX_TEST_MASTER_URL is not set)" : "";
@@ -70,5 +71,17 @@ Deno.test({
       now = await dbxBackends(urls!.master);
     }
     assert.equal(now, before, "every dbx connection to the primary is gone after close()");
+  },
+});
+
+Deno.test({
+  name: "close() finishes when a facade client holding a connection is never released" + why,
+  ignore: urls === undefined,
+  async fn() {
+    const cluster = await connect({ master: urls!.master, replicas: urls!.replicas });
+    const client = await cluster.pgPool().connect();
+    await client.query("begin"); // Pins a pooled connection, never handed back.
+    await within("close() with a client that is never released", cluster.close(), 60_000);
+    await assert.rejects(async () => await client.query("select 1"));
   },
 });

@@ -354,7 +354,8 @@ export class Node extends AttemptCounters implements BalancerNode {
    * @returns Resolves when every connection is closed.
    */
   async end(graceMs: number): Promise<void> {
-    const ended = Promise.all([this.#pool.end().catch(() => {}), this.#pipes?.end()]);
+    const pipesEnded = this.#pipes?.end();
+    const ended = Promise.all([this.#pool.end().catch(() => {}), pipesEnded]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const graceOver = new Promise<boolean>((resolve) => {
       timer = setTimeout(resolve, graceMs, true);
@@ -365,7 +366,10 @@ export class Node extends AttemptCounters implements BalancerNode {
       // pg-pool cannot abort busy clients, and a graceful close of an idle
       // one waits for a server that may never answer (a hung host).
       this.cutConnections();
-      await ended;
+      // Not pg-pool's end(): it waits for every client to be handed back, and one
+      // held by a caller that never releases it (a facade client left in BEGIN)
+      // never is. Its connection is cut: waiting for every connection's end is enough.
+      await pipesEnded;
     }
     await Promise.all(this.#clients.values());
   }
