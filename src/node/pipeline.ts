@@ -116,11 +116,12 @@ export class Pipes {
 
   /**
    * A pipe to send `sql` on now: the least loaded one that is neither full
-   * nor stalled, a new one while there is room; when every pipe is full, the
-   * least loaded one anyway if `poolBusy` (a statement waiting for a pooled
-   * connection would wait longer than behind answering pipes); undefined
-   * (use the pool) otherwise, when every pipe is stalled, or when `sql` is
-   * known to be slow (but for a trial on a pipe now and then).
+   * nor late, a new one while there is room, else the least loaded late one
+   * that is not stuck; when every pipe is full, the least loaded one anyway
+   * if `poolBusy` (a statement waiting for a pooled connection would wait
+   * longer than behind answering pipes); undefined (use the pool) otherwise,
+   * when every pipe is stuck, or when `sql` is known to be slow (but for a
+   * trial on a pipe now and then).
    *
    * @param sql The statement text.
    * @param poolBusy The node's pool has no connection free, nor room for one.
@@ -134,8 +135,10 @@ export class Pipes {
     if (times.avoid(sql, slow, now)) return undefined;
     const { connections, maxDepth } = this.#settings;
     let best: Pipe | undefined;
-    /** The least loaded of the full pipes that are not stalled. */
+    /** The least loaded of the full pipes that are not late. */
     let full: Pipe | undefined;
+    /** The least loaded of the late pipes that are not stuck, with room. */
+    let late: Pipe | undefined;
     let idle: Pipe | undefined;
     let busy = 0;
     let marked = false;
@@ -154,18 +157,22 @@ export class Pipes {
         if (depth < maxDepth && (best === undefined || depth < best.heads.length)) best = pipe;
         continue;
       }
-      // Stalled: no answer for a while although statements are in flight
-      // (a busy pipe answers all the time, however deep its queue), while
-      // other connections' answers were read: one waiting unread because this
-      // process is busy is no stall. New statements go around it. Stuck for
-      // longer than 20 ms (`slow_texts.ts`), its oldest statement is slow: more of the
-      // same text go to the pool now, not once the first has ended. (Between
-      // the two, a loaded server or host answers one pipe late now and then:
-      // a text slow on every run is found by its runs instead.)
+      // Late: no answer for a while although statements are in flight (a
+      // busy pipe answers all the time, however deep its queue), while other
+      // connections' answers were read: one waiting unread because this
+      // process is busy is not late. New statements go around a late pipe if
+      // another has room. Stuck for longer than 20 ms (`slow_texts.ts`), it
+      // takes none, and its oldest statement is slow: more of the same text go
+      // to the pool now, not once the first has ended. (Between the two, a
+      // loaded server or host answers one pipe late now and then: a text slow
+      // on every run is found by its runs instead.)
       const since = Math.max(pipe.heads[0]!, pipe.lastDone);
       const waited = now - since;
       if (waited > slow && read - since > slow) {
         if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
+        else if (waited <= times.stuckMs() && depth < maxDepth) {
+          if (late === undefined || depth < late.heads.length) late = pipe;
+        }
         continue;
       }
       if (depth >= maxDepth) {
@@ -178,7 +185,7 @@ export class Pipes {
     if (marked && times.isSlow(sql, slow)) return undefined;
     if (idle !== undefined) return idle;
     if (busy < connections && this.#pipes.length < connections) return this.#open();
-    return best ?? (poolBusy ? full : undefined);
+    return best ?? late ?? (poolBusy ? full : undefined);
   }
 
   #open(): Pipe {

@@ -102,6 +102,11 @@ export class SlowTexts {
   /** Recent duration (ms, moving average) of every statement, whatever its text. */
   #typical = 0;
 
+  /** How long a pipe may wait for an answer before it counts as stuck (ms). */
+  stuckMs(): number {
+    return SLOW_CAP_MS;
+  }
+
   /** How long a statement may take before it counts as slow, now (ms). */
   slowMs(): number {
     return Math.min(SLOW_CAP_MS, Math.max(SLOW_MS, SLOW_FACTOR * this.#typical));
