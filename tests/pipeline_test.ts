@@ -194,11 +194,12 @@ dbTest(
   "an answer left unread while this process is busy does not make its pipe stalled",
   async (cluster) => {
     const fast = "select $1::int as i";
-    // Answered 20 ms after it is sent: it arrives while this process is busy.
-    const late = "select pg_sleep(0.02), $1::int as i";
+    // Answered 20 ms after it is sent: it arrives while this process is busy. A text of
+    // its own per attempt, so that no attempt finds it slow from the runs of earlier ones.
+    const late = (attempt: number) => `select pg_sleep(0.02), $1::int as i -- attempt ${attempt}`;
     const total = () => cluster.stats().nodes[0]!.totalConns;
-    // Both pipes open, both statements prepared.
-    await Promise.all([cluster.query(late, [0]), cluster.query(fast, [0])]);
+    // Both pipes open.
+    await Promise.all([cluster.query(late(0), [0]), cluster.query(fast, [0])]);
     assert.equal(total(), 2, "two pipes, no pooled connection yet");
     // The scenario needs the late answer to be unread when the busy spell starts; a run
     // where this process was too slow to see the fast answer first proves nothing.
@@ -207,7 +208,7 @@ dbTest(
       assert.ok(attempt <= 20, "the late answer was read before the fast one's 20 times");
       let lateRead = false;
       // On one pipe each (an idle pipe is taken first).
-      const waiting = cluster.query(late, [1]).then(() => (lateRead = true));
+      const waiting = cluster.query(late(attempt), [1]).then(() => (lateRead = true));
       after = await cluster.query(fast, [1]).then(() => {
         if (lateRead) return undefined;
         // Busy for longer than any pipe waits before it counts as stalled (20 ms); the
@@ -215,7 +216,7 @@ dbTest(
         const end = performance.now() + 60;
         while (performance.now() < end) { /* busy */ }
         // Its text, sent now: the pipe it waits on must not count as stalled.
-        return { sent: cluster.query(late, [2]) };
+        return { sent: cluster.query(late(attempt), [2]) };
       });
       await waiting;
     }
