@@ -14,10 +14,11 @@
  */
 
 // @ts-types="@types/pg"
-import pg from "pg";
+import type pg from "pg";
 import process from "node:process";
 import { markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
+import { forgetDescribed } from "./pg_query.ts";
 
 /** Longest wait for a CancelRequest to be delivered. */
 const CANCEL_TIMEOUT_MS = 2_000;
@@ -229,56 +230,6 @@ export function usePassword(client: pg.ClientBase, target: PgTarget): void {
   };
 }
 
-/** pg's Query (`pg.Query`): the parts @types/pg does not declare. */
-interface RawQuery extends pg.Submittable {
-  name?: string | undefined;
-  types?: unknown;
-  _rowMode?: string | undefined;
-  _result: { constructor: new (rowMode: unknown, types: unknown) => unknown };
-  _results: unknown;
-}
-
-/** pg's Query class, constructed from a text. */
-const Query = (pg as unknown as {
-  Query: new (
-    text: string,
-    values: unknown[] | undefined,
-    callback: (err: Error | null, result: pg.QueryResult) => void,
-  ) => RawQuery;
-}).Query;
-
-/**
- * The query object pg runs for `config`: built from its text when it carries
- * only a text, values, a name, `rowMode` and `types` (what dbx and the ORMs
- * send). pg copies a config object property by property, descriptors
- * included (`cloneQueryConfig`), a cost on every statement; a text is taken
- * as it is, and the rest set as pg's constructor would. Other configs
- * (`queryMode`, `binary`, `rows`, ...) are left to pg.
- *
- * @param config The statement.
- * @param callback pg's callback for its answer.
- * @returns The query for `client.query()`; undefined: pass `config` and `callback` to it.
- */
-export function pgQuery(
-  config: pg.QueryConfig,
-  callback: (err: Error | null, result: pg.QueryResult) => void,
-): pg.Submittable | undefined {
-  const c = config as pg.QueryConfig & Partial<pg.QueryArrayConfig> & Record<string, unknown>;
-  if (
-    c.queryMode !== undefined || c.binary !== undefined || c.portal !== undefined ||
-    c.rows !== undefined || c.query_timeout !== undefined || c.callback !== undefined
-  ) return undefined;
-  const query = new Query(config.text, config.values, callback);
-  if (config.name !== undefined) query.name = config.name;
-  if (c.rowMode !== undefined || c.types !== undefined) {
-    // As pg's constructor does with a config: the result reads rows by these.
-    query.types = c.types;
-    query._rowMode = c.rowMode;
-    query._result = query._results = new query._result.constructor(c.rowMode, c.types) as never;
-  }
-  return query;
-}
-
 /**
  * Cuts a client's socket now: its statements fail with a connection error.
  *
@@ -329,6 +280,7 @@ export function forgetStatement(client: pg.ClientBase, name: string): void {
   const { connection } = raw(client);
   delete connection.parsedStatements[name];
   delete connection.submittedNamedStatements[name];
+  forgetDescribed(connection, name);
 }
 
 /**
@@ -341,6 +293,7 @@ export function forgetAllStatements(client: pg.ClientBase): void {
   const { connection } = raw(client);
   connection.parsedStatements = {};
   connection.submittedNamedStatements = {};
+  forgetDescribed(connection);
 }
 
 /** The part of pg-pool's Pool that its types leave out: the callers waiting for a client. */

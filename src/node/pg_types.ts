@@ -22,16 +22,22 @@ import postgresDate from "postgres-date";
 const parseDate = postgresDate as (text: string) => Date | number | null;
 
 /** Character codes. */
-const ZERO = 48, NINE = 57, DASH = 45, PLUS = 43, COLON = 58, DOT = 46, SPACE = 32;
+const ZERO = 48, DASH = 45, PLUS = 43, COLON = 58, DOT = 46, SPACE = 32;
 
 /** Milliseconds in a day. */
 const DAY_MS = 86_400_000;
 
+/** Digit values by character code; NaN for every other character (and past the end). */
+const DIGITS = new Float64Array(128).fill(NaN);
+for (let d = 0; d <= 9; d++) DIGITS[ZERO + d] = d;
+
 /** The two digits at `i`, or NaN. */
 function two(s: string, i: number): number {
-  const a = s.charCodeAt(i) - ZERO, b = s.charCodeAt(i + 1) - ZERO;
-  return a >= 0 && a <= 9 && b >= 0 && b <= 9 ? a * 10 + b : NaN;
+  return DIGITS[s.charCodeAt(i)]! * 10 + DIGITS[s.charCodeAt(i + 1)]!;
 }
+
+/** Powers of ten, for a fraction of a second read as an integer. */
+const TENS = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
 
 /** Days from 1970-01-01 to a date of the proleptic Gregorian calendar (month 1–12). */
 function daysFromCivil(year: number, month: number, day: number): number {
@@ -50,34 +56,41 @@ function isoDate(s: string): Date | undefined {
   const year = two(s, 0) * 100 + two(s, 2);
   if (!(year >= 1000) || s.charCodeAt(4) !== DASH || s.charCodeAt(7) !== DASH) return undefined;
   const month = two(s, 5), day = two(s, 8);
-  if (s.length === 10) return month >= 1 && day >= 1 ? new Date(year, month - 1, day) : undefined;
+  const length = s.length;
+  if (length === 10) return month >= 1 && day >= 1 ? new Date(year, month - 1, day) : undefined;
   if (
-    s.length < 19 || s.charCodeAt(10) !== SPACE || s.charCodeAt(13) !== COLON ||
+    length < 19 || s.charCodeAt(10) !== SPACE || s.charCodeAt(13) !== COLON ||
     s.charCodeAt(16) !== COLON
   ) return undefined;
   const hour = two(s, 11), minute = two(s, 14), second = two(s, 17);
+  if (!(month >= 1 && day >= 1 && hour >= 0 && minute >= 0 && second >= 0)) return undefined;
   let i = 19;
   let ms = 0;
   if (s.charCodeAt(i) === DOT) {
+    // postgres-date takes 1000 * parseFloat(".ddd"); the quotient of two exact
+    // integers is rounded as parseFloat rounds the same decimal: the same number.
+    let fraction = 0;
     let j = i + 1;
-    for (let c = s.charCodeAt(j); c >= ZERO && c <= NINE; c = s.charCodeAt(++j));
-    if (j === i + 1) return undefined;
-    // As postgres-date computes it (Date truncates the fraction of a millisecond).
-    ms = 1000 * parseFloat(s.slice(i, j));
+    for (let d = DIGITS[s.charCodeAt(j)]!; d >= 0; d = DIGITS[s.charCodeAt(++j)]!) {
+      fraction = fraction * 10 + d;
+    }
+    const digits = j - i - 1;
+    if (digits === 0) return undefined;
+    if (digits >= TENS.length) return undefined;
+    ms = 1000 * (fraction / TENS[digits]!);
     i = j;
   }
-  if (!(month >= 1 && day >= 1 && hour >= 0 && minute >= 0 && second >= 0)) return undefined;
-  if (i === s.length) return new Date(year, month - 1, day, hour, minute, second, ms);
+  if (i === length) return new Date(year, month - 1, day, hour, minute, second, ms);
   // A time zone: +HH, +HH:MM or +HH:MM:SS (or -).
   const sign = s.charCodeAt(i);
   if (sign !== PLUS && sign !== DASH) return undefined;
   let offset = two(s, i + 1) * 3600;
   i += 3;
-  for (let part = 60; part >= 1 && i < s.length; part /= 60, i += 3) {
+  for (let part = 60; part >= 1 && i < length; part /= 60, i += 3) {
     if (s.charCodeAt(i) !== COLON) return undefined;
     offset += two(s, i + 1) * part;
   }
-  if (i !== s.length || !(offset >= 0)) return undefined;
+  if (i !== length || !(offset >= 0)) return undefined;
   const utc = daysFromCivil(year, month, day) * DAY_MS + hour * 3_600_000 + minute * 60_000 +
     second * 1000 + Math.trunc(ms);
   return new Date(utc - (sign === DASH ? -offset : offset) * 1000);

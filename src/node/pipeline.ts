@@ -14,7 +14,8 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, corkForTick, destroySocket, pgQuery, usePassword } from "./pg_internals.ts";
+import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
+import { pgQuery } from "./pg_query.ts";
 import { lastRead, useRowParser } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
@@ -78,7 +79,7 @@ export class Pipes {
   readonly #target: PgTarget;
   readonly #connectTimeoutMs: number;
   readonly #settings: PipeSettings;
-  readonly #types: pg.CustomTypesConfig | undefined;
+  readonly #types: pg.CustomTypesConfig;
   #pipes: Pipe[] = [];
   #all = new Set<Pipe>();
   /** Statements accepted and not yet answered, on every pipe. */
@@ -93,13 +94,13 @@ export class Pipes {
    * @param target The node's connection string and TLS settings.
    * @param connectTimeoutMs Bound on opening a pipe.
    * @param settings Connections and depth.
-   * @param types Value parsers, when not pg's.
+   * @param types Value parsers.
    */
   constructor(
     target: PgTarget,
     connectTimeoutMs: number,
     settings: PipeSettings,
-    types?: pg.CustomTypesConfig,
+    types: pg.CustomTypesConfig,
   ) {
     this.#target = target;
     this.#connectTimeoutMs = connectTimeoutMs;
@@ -300,7 +301,7 @@ export class Pipes {
         resolve(result);
       };
       try {
-        const query = pgQuery(config, answered);
+        const query = pgQuery(config, this.#types, answered);
         if (query === undefined) pipe.client.query(config, answered);
         else pipe.client.query(query);
       } catch (err) {

@@ -1,0 +1,398 @@
+/**
+ * The query objects dbx hands to pg. A named statement (one the statement
+ * cache prepared) runs as a {@linkcode NamedQuery}: its Parse (first time on
+ * a connection), Bind, Describe (until the connection knows the statement's
+ * columns), Execute and Sync leave in one buffer, built in one pass, and its
+ * rows are built by a function compiled once per column list. pg's `Query`
+ * would serialise four messages one by one, ask the server to describe the
+ * result on every run, and look its parsers up and copy a template object
+ * for every row. Values are prepared by pg's own `prepareValue` and parsed by
+ * the same type parsers (`types`, `rowMode` and `pg.types.setTypeParser`
+ * work as with pg); errors, notices and the connection's state stay pg's.
+ * Other statements (no parameters, `binary`, `rows`, `queryMode`, ...) run
+ * as pg's `Query`.
+ *
+ * A described statement keeps its columns while its name lives: the server
+ * refuses to run a prepared statement whose result changed (0A000), and the
+ * statement cache then prepares it again under a new name.
+ *
+ * Internal: nothing here is exported from `mod.ts`.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import pg from "pg";
+import { Buffer } from "node:buffer";
+
+/** The parts of pg's Connection a query writes to. */
+interface RawConnection {
+  parsedStatements: Record<string, string>;
+  submittedNamedStatements: Record<string, string>;
+  stream: { writable: boolean; write(data: Uint8Array): boolean };
+  sendCopyFail(message: string): void;
+}
+
+/** pg's Query class (`pg.Query`), and the parts of a query object @types/pg leaves out. */
+interface RawQuery extends pg.Submittable {
+  name?: string | undefined;
+  types?: unknown;
+  _rowMode?: string | undefined;
+  _result: { constructor: new (rowMode: unknown, types: unknown) => unknown };
+  _results: unknown;
+}
+const Query = (pg as unknown as {
+  Query: {
+    new (
+      text: string,
+      values: unknown[] | undefined,
+      callback: (err: Error | null, result: pg.QueryResult) => void,
+    ): RawQuery;
+    prototype: object;
+  };
+}).Query;
+
+/** pg's value serialiser (what its `Query` binds values with). */
+const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): unknown } })
+  .utils.prepareValue;
+
+/** A row description field, as pg-protocol parses it. */
+type Field = pg.FieldDef;
+/** A value parser. */
+type Parser = (text: string) => unknown;
+/** Builds one row from a DataRow's field texts. */
+type RowBuilder = (parsers: readonly Parser[], texts: readonly (string | null)[]) => unknown;
+
+/** What a connection knows of a named statement's result: its columns, and how rows are built. */
+interface Described {
+  readonly fields: readonly Field[];
+  /** Object rows' builder, compiled on first use. */
+  build?: RowBuilder;
+}
+
+/** Per connection: described statements by name. */
+const described = new WeakMap<object, Map<string, Described>>();
+
+/**
+ * Forgets what a connection knew of a statement's result (its name was
+ * dropped); every statement when `name` is undefined.
+ *
+ * @param connection pg's Connection of a client.
+ * @param name The statement's name.
+ */
+export function forgetDescribed(connection: object, name?: string): void {
+  if (name === undefined) described.delete(connection);
+  else described.get(connection)?.delete(name);
+}
+
+/** Object row builders by column list, shared by every connection. */
+const builders = new Map<string, RowBuilder>();
+/** Bound on {@linkcode builders}: past it a column list gets the loop below. */
+const MAX_BUILDERS = 2_000;
+
+/**
+ * The object row builder of a column list: an object literal with the
+ * columns in order, so every row of the list has one shape. As with pg, a
+ * repeated name keeps its first place and its last value.
+ */
+function objectBuilder(fields: readonly Field[]): RowBuilder {
+  const key = fields.map((f) => f.name).join("\0");
+  let build = builders.get(key);
+  if (build !== undefined) return build;
+  if (builders.size >= MAX_BUILDERS || fields.some((f) => f.name === "__proto__")) {
+    // pg's own way (`__proto__` in a literal would set the prototype instead).
+    const template: Record<string, unknown> = Object.create(null);
+    for (const f of fields) template[f.name] = null;
+    return (parsers, texts) => {
+      const row: Record<string, unknown> = { ...template };
+      for (let i = 0; i < texts.length; i++) {
+        const text = texts[i]!;
+        row[fields[i]!.name] = text === null ? null : parsers[i]!(text);
+      }
+      return row;
+    };
+  }
+  const body = fields.map((f, i) =>
+    `${JSON.stringify(f.name)}: t[${i}] === null ? null : p[${i}](t[${i}])`
+  );
+  build = new Function("p", "t", `return { ${body.join(", ")} };`) as RowBuilder;
+  builders.set(key, build);
+  return build;
+}
+
+/** An array row. */
+function arrayRow(parsers: readonly Parser[], texts: readonly (string | null)[]): unknown[] {
+  const row = new Array<unknown>(texts.length);
+  for (let i = 0; i < texts.length; i++) {
+    const text = texts[i]!;
+    row[i] = text === null ? null : parsers[i]!(text);
+  }
+  return row;
+}
+
+/** CommandComplete's tag: command, then an OID and a row count, or a row count. */
+const COMMAND_TAG = /^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/;
+
+/** Describe of the unnamed portal, Execute of it with no row limit, and Sync. */
+const DESCRIBE = Buffer.from([0x44, 0, 0, 0, 6, 0x50, 0]);
+const EXECUTE_SYNC = Buffer.from([0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0x53, 0, 0, 0, 4]);
+
+/** The result a {@linkcode NamedQuery} answers with: pg's `QueryResult` fields. */
+interface NamedResult {
+  command: string | null;
+  rowCount: number | null;
+  oid: number | null;
+  rows: unknown[];
+  fields: Field[];
+}
+
+/**
+ * A named statement run the lean way. Its prototype is pg's `Query`'s
+ * (without running that constructor): a pipelined pg client takes only
+ * `Query` objects, to keep portals that stay open across round trips (a
+ * cursor) off a shared connection, and this query never leaves one open.
+ */
+class NamedQuery {
+  readonly text: string;
+  readonly name: string;
+  readonly values: readonly unknown[];
+  callback: (err: Error | null, result?: NamedResult) => void;
+  readonly #types: pg.CustomTypesConfig;
+  readonly #arrayRows: boolean;
+  #connection: RawConnection | undefined;
+  /** What the connection knew of the result when this was sent; undefined: Describe was sent. */
+  #described: Described | undefined;
+  #fields: Field[] = [];
+  #parsers: Parser[] = [];
+  #build: RowBuilder = arrayRow;
+  readonly #rows: unknown[] = [];
+  #rowError: Error | undefined;
+  #result: NamedResult | undefined;
+
+  constructor(
+    text: string,
+    name: string,
+    values: readonly unknown[],
+    types: pg.CustomTypesConfig,
+    arrayRows: boolean,
+    callback: (err: Error | null, result?: NamedResult) => void,
+  ) {
+    this.text = text;
+    this.name = name;
+    this.values = values;
+    this.#types = types;
+    this.#arrayRows = arrayRows;
+    this.callback = callback;
+  }
+
+  /** Called by pg when the query is sent: every message in one write. */
+  submit(connection: RawConnection): Error | null {
+    const { name, text } = this;
+    const parsed = connection.parsedStatements[name];
+    const previous = parsed ?? connection.submittedNamedStatements[name];
+    if (previous !== undefined && previous !== text) {
+      return new Error(
+        `Prepared statements must be unique - '${name}' was used for a different statement`,
+      );
+    }
+    let bytes: Buffer;
+    try {
+      bytes = this.#messages(previous === undefined, parsed !== undefined, connection);
+    } catch (err) {
+      // A value pg cannot serialise: nothing was sent, pg answers with the error.
+      return err as Error;
+    }
+    this.#connection = connection;
+    if (previous === undefined) connection.submittedNamedStatements[name] = text;
+    if (connection.stream.writable) connection.stream.write(bytes);
+    return null;
+  }
+
+  /** Parse when needed, Bind, Describe when the columns are not known, Execute, Sync. */
+  #messages(parse: boolean, parsed: boolean, connection: RawConnection): Buffer {
+    const { name, text, values } = this;
+    const n = values.length;
+    const prepared = new Array<Buffer | string | null>(n);
+    const sizes = new Array<number>(n);
+    const nameBytes = Buffer.byteLength(name);
+    // Bind: code, length, portal "", name, format count and codes, value count, values, result format count and code.
+    let bind = 1 + 4 + 1 + nameBytes + 1 + 2 + 2 * n + 2 + 4;
+    for (let i = 0; i < n; i++) {
+      const value = prepareValue(values[i]) as Buffer | string | null | undefined;
+      if (value === null || value === undefined) {
+        prepared[i] = null;
+        sizes[i] = 0;
+      } else {
+        prepared[i] = value;
+        sizes[i] = typeof value === "string" ? Buffer.byteLength(value) : value.length;
+      }
+      bind += 4 + sizes[i]!;
+    }
+    const textBytes = parse ? Buffer.byteLength(text) : 0;
+    const parseSize = parse ? 1 + 4 + nameBytes + 1 + textBytes + 1 + 2 : 0;
+    this.#described = parsed ? described.get(connection)?.get(name) : undefined;
+    const describe = this.#described === undefined ? DESCRIBE.length : 0;
+    const buf = Buffer.allocUnsafe(parseSize + bind + describe + EXECUTE_SYNC.length);
+    let at = 0;
+    if (parse) {
+      buf[at++] = 0x50;
+      at = buf.writeInt32BE(parseSize - 1, at);
+      at += buf.write(name, at, "utf8");
+      buf[at++] = 0;
+      at += buf.write(text, at, "utf8");
+      buf[at++] = 0;
+      at = buf.writeInt16BE(0, at);
+    }
+    buf[at++] = 0x42;
+    at = buf.writeInt32BE(bind - 1, at);
+    buf[at++] = 0;
+    at += buf.write(name, at, "utf8");
+    buf[at++] = 0;
+    at = buf.writeInt16BE(n, at);
+    // Text, or binary for a Buffer (as pg binds them).
+    for (let i = 0; i < n; i++) at = buf.writeInt16BE(prepared[i] instanceof Buffer ? 1 : 0, at);
+    at = buf.writeInt16BE(n, at);
+    for (let i = 0; i < n; i++) {
+      const value = prepared[i]!;
+      if (value === null) {
+        at = buf.writeInt32BE(-1, at);
+        continue;
+      }
+      at = buf.writeInt32BE(sizes[i]!, at);
+      at += typeof value === "string" ? buf.write(value, at, "utf8") : value.copy(buf, at);
+    }
+    at = buf.writeInt16BE(1, at);
+    at = buf.writeInt16BE(0, at);
+    if (describe > 0) at += DESCRIBE.copy(buf, at);
+    EXECUTE_SYNC.copy(buf, at);
+    if (this.#described !== undefined) this.#columns(this.#described);
+    return buf;
+  }
+
+  /** Takes the result's columns: their parsers now (an app may set one at any time), the builder once. */
+  #columns(known: Described): void {
+    const fields = known.fields;
+    const parsers = new Array<Parser>(fields.length);
+    for (let i = 0; i < fields.length; i++) {
+      parsers[i] = this.#types.getTypeParser(fields[i]!.dataTypeID, "text") as Parser;
+    }
+    this.#parsers = parsers;
+    this.#fields = fields.slice();
+    if (!this.#arrayRows) this.#build = known.build ??= objectBuilder(fields);
+  }
+
+  handleRowDescription(msg: { fields: Field[] }): void {
+    const known: Described = { fields: msg.fields };
+    if (this.#connection !== undefined) {
+      let byName = described.get(this.#connection);
+      if (byName === undefined) described.set(this.#connection, byName = new Map());
+      byName.set(this.name, known);
+    }
+    this.#columns(known);
+  }
+
+  handleDataRow(msg: { fields: (string | null)[] }): void {
+    if (this.#rowError !== undefined) return;
+    try {
+      this.#rows.push(this.#build(this.#parsers, msg.fields));
+    } catch (err) {
+      // As pg: the statement fails with the parser's error once it is answered.
+      this.#rowError = err as Error;
+    }
+  }
+
+  handleCommandComplete(msg: { text: string }): void {
+    if (this.#described === undefined && this.#fields.length === 0 && this.#connection) {
+      // Described, and no RowDescription came (NoData): a statement without rows.
+      let byName = described.get(this.#connection);
+      if (byName === undefined) described.set(this.#connection, byName = new Map());
+      byName.set(this.name, { fields: [] });
+    }
+    const result = this.#answer();
+    const match = COMMAND_TAG.exec(msg.text);
+    if (match === null) return;
+    result.command = match[1]!;
+    if (match[3] !== undefined) {
+      result.oid = parseInt(match[2]!, 10);
+      result.rowCount = parseInt(match[3], 10);
+    } else if (match[2] !== undefined) result.rowCount = parseInt(match[2], 10);
+  }
+
+  /** The result, as pg's starts: no command, no counts. */
+  #answer(): NamedResult {
+    return this.#result ??= {
+      command: null,
+      rowCount: null,
+      oid: null,
+      rows: this.#rows,
+      fields: this.#fields,
+    };
+  }
+
+  handleEmptyQuery(): void {}
+
+  handlePortalSuspended(): void {}
+
+  handleCopyInResponse(connection: RawConnection): void {
+    connection.sendCopyFail("No source stream defined");
+  }
+
+  handleCopyData(): void {}
+
+  handleError(err: Error): void {
+    const rowError = this.#rowError;
+    this.#rowError = undefined;
+    this.callback(rowError ?? err);
+  }
+
+  handleReadyForQuery(): void {
+    if (this.#rowError !== undefined) return this.handleError(this.#rowError);
+    this.callback(null, this.#answer());
+  }
+}
+Object.setPrototypeOf(NamedQuery.prototype, Query.prototype);
+
+/**
+ * The query object pg runs for `config`: a {@linkcode NamedQuery} for a
+ * named statement with values and nothing else but `rowMode` and `types`;
+ * pg's `Query`, built from the text, for one with only a text, values,
+ * `rowMode` and `types` (pg copies a config object property by property,
+ * descriptors included, a cost on every statement); undefined for others
+ * (`queryMode`, `binary`, `rows`, ...), which are left to pg.
+ *
+ * @param config The statement.
+ * @param types The connection's value parsers (a query's own `types` come first).
+ * @param callback pg's callback for its answer.
+ * @returns The query for `client.query()`; undefined: pass `config` and `callback` to it.
+ */
+export function pgQuery(
+  config: pg.QueryConfig,
+  types: pg.CustomTypesConfig,
+  callback: (err: Error | null, result: pg.QueryResult) => void,
+): pg.Submittable | undefined {
+  const c = config as pg.QueryConfig & Partial<pg.QueryArrayConfig> & Record<string, unknown>;
+  if (
+    c.queryMode !== undefined || c.binary !== undefined || c.portal !== undefined ||
+    c.rows !== undefined || c.query_timeout !== undefined || c.callback !== undefined
+  ) return undefined;
+  const { name, values } = config;
+  if (name !== undefined && Array.isArray(values) && typeof config.text === "string") {
+    return new NamedQuery(
+      config.text,
+      name,
+      values,
+      (c.types as pg.CustomTypesConfig | undefined) ?? types,
+      c.rowMode === "array",
+      callback as (err: Error | null, result?: NamedResult) => void,
+    ) as unknown as pg.Submittable;
+  }
+  const query = new Query(config.text, config.values, callback);
+  if (name !== undefined) query.name = name;
+  if (c.rowMode !== undefined || c.types !== undefined) {
+    // As pg's constructor does with a config: the result reads rows by these.
+    query.types = c.types;
+    query._rowMode = c.rowMode;
+    query._result = query._results = new query._result.constructor(c.rowMode, c.types) as never;
+  }
+  return query;
+}
