@@ -1,5 +1,5 @@
 /**
- * Named statements on pipes (`src/node/pg_query.ts`): what they return is
+ * Named statements (`src/node/pg_query.ts`), on pipes and pooled connections: what they return is
  * what stock pg returns (rows, `rowMode: "array"`, `types`, fields, command
  * and counts), on the run that describes the statement and on the runs that
  * reuse its description; a connection describes a statement once; parser
@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { dbTest, testDatabase } from "../src/testing/db_test.ts";
 import { pgQuery } from "../src/node/pg_query.ts";
-import { rowTypes } from "../src/node/pg_types.ts";
 import { useRowParser } from "../src/node/pg_parser.ts";
 
 /** A stock pg client on the test database, closed by `end()`. */
@@ -56,7 +55,11 @@ dbTest(
       const facade = cluster.pgPool();
       for (let run = 0; run < 3; run++) {
         for (const n of [0, 1, 40]) {
-          assert.deepEqual(await cluster.query(ROWS, [n]), (await client.query(ROWS, [n])).rows);
+          const want = (await client.query(ROWS, [n])).rows;
+          assert.deepEqual(await cluster.query(ROWS, [n]), want);
+          // On a pooled connection: a transaction, and one of its own.
+          assert.deepEqual(await cluster.runTx((tx) => tx.query(ROWS, [n])), want);
+          assert.deepEqual(await cluster.withConnection((conn) => conn.query(ROWS, [n])), want);
           const config = { text: ROWS, values: [n] };
           assert.deepEqual(shown(await facade.query(config)), shown(await client.query(config)));
           const arrays = { ...config, rowMode: "array" as const };
@@ -118,7 +121,7 @@ dbTest("a connection describes a named statement once and reuses its columns", a
   connection.on("message", (m: { name: string }) => seen.push(m.name));
   const run = (text: string, values: unknown[], name: string) =>
     new Promise<pg.QueryResult>((resolve, reject) => {
-      const query = pgQuery({ text, values, name }, rowTypes(undefined), (err, result) => {
+      const query = pgQuery(client, { text, values, name }, (err, result) => {
         if (err) reject(err);
         else resolve(result);
       });

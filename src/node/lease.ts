@@ -34,6 +34,7 @@ import {
 } from "./pg_internals.ts";
 import { sessionEffect } from "./session_state.ts";
 import { sendCached, type StatementCache, statementConfig } from "./statement_cache.ts";
+import { sendQuery } from "./pg_query.ts";
 
 /** The node a lease belongs to, as the lease sees it. */
 export interface LeaseNode {
@@ -125,7 +126,7 @@ export class Lease<N extends LeaseNode = LeaseNode> {
   send(config: pg.QueryConfig, signal: AbortSignal | undefined): Promise<pg.QueryResult> {
     return this.use(signal, (client) => {
       this.noteStatement(config.text);
-      return sendCached(client, this.#statements, config, (c) => client.query(c));
+      return sendCached(client, this.#statements, config, (c) => sendQuery(client, c));
     });
   }
 

@@ -360,14 +360,16 @@ Object.setPrototypeOf(NamedQuery.prototype, Query.prototype);
  * descriptors included, a cost on every statement); undefined for others
  * (`queryMode`, `binary`, `rows`, ...), which are left to pg.
  *
+ * @param client The connection it goes to: its value parsers (pg's
+ *   `types`, and any `client.setTypeParser`) read the rows, unless the query
+ *   brings its own `types`.
  * @param config The statement.
- * @param types The connection's value parsers (a query's own `types` come first).
  * @param callback pg's callback for its answer.
  * @returns The query for `client.query()`; undefined: pass `config` and `callback` to it.
  */
 export function pgQuery(
+  client: pg.ClientBase,
   config: pg.QueryConfig,
-  types: pg.CustomTypesConfig,
   callback: (err: Error | null, result: pg.QueryResult) => void,
 ): pg.Submittable | undefined {
   const c = config as pg.QueryConfig & Partial<pg.QueryArrayConfig> & Record<string, unknown>;
@@ -381,7 +383,8 @@ export function pgQuery(
       config.text,
       name,
       values,
-      (c.types as pg.CustomTypesConfig | undefined) ?? types,
+      (c.types as pg.CustomTypesConfig | undefined) ??
+        (client as unknown as { _types: pg.CustomTypesConfig })._types,
       c.rowMode === "array",
       callback as (err: Error | null, result?: NamedResult) => void,
     ) as unknown as pg.Submittable;
@@ -395,4 +398,21 @@ export function pgQuery(
     query._result = query._results = new query._result.constructor(c.rowMode, c.types) as never;
   }
   return query;
+}
+
+/**
+ * Sends one statement on a client the way {@linkcode pgQuery} builds it.
+ *
+ * @param client A connection (pooled or leased).
+ * @param config The statement.
+ * @returns pg's result.
+ */
+export function sendQuery(client: pg.ClientBase, config: pg.QueryConfig): Promise<pg.QueryResult> {
+  return new Promise((resolve, reject) => {
+    const answered = (err: Error | null, result: pg.QueryResult) =>
+      err ? reject(err) : resolve(result);
+    const query = pgQuery(client, config, answered);
+    if (query === undefined) client.query(config, answered);
+    else client.query(query);
+  });
 }

@@ -301,7 +301,7 @@ export class Pipes {
         resolve(result);
       };
       try {
-        const query = pgQuery(config, this.#types, answered);
+        const query = pgQuery(pipe.client, config, answered);
         if (query === undefined) pipe.client.query(config, answered);
         else pipe.client.query(query);
       } catch (err) {
