@@ -14,7 +14,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, corkForTick, destroySocket, usePassword } from "./pg_internals.ts";
+import { clientEnd, destroySocket, gatherForTick, usePassword } from "./pg_internals.ts";
 import { pgQuery } from "./pg_query.ts";
 import { lastRead, useRowParser } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
@@ -234,7 +234,7 @@ export class Pipes {
   }
 
   #send(pipe: Pipe, config: pg.QueryConfig, started: number): Promise<pg.QueryResult> {
-    corkForTick(pipe.client);
+    gatherForTick(pipe.client);
     return new Promise<pg.QueryResult>((resolve, reject) => {
       // The callback runs inside pg's handling of this statement's
       // ReadyForQuery, before any later answer is handled: the transaction
