@@ -46,8 +46,6 @@ interface RawClient {
     stream: {
       write(data: Uint8Array, cb: () => void): void;
       destroy(): void;
-      cork?(): void;
-      uncork?(): void;
     };
   };
 }
@@ -205,9 +203,9 @@ function flushGathered(g: Gathered): void {
  * included) ends, then sends them in one buffer with one socket write:
  * statements of many callers that are pipelined in the same tick cost one
  * write instead of one each. Corking the socket would do the same with a
- * stream request per message, each handled again when uncorked (on Bun, a
- * third of the client's time at 256 callers). A write with more arguments
- * (pg's Terminate, with a callback) first sends what was gathered, in order.
+ * stream request per message, each handled again when uncorked. A write
+ * with more arguments (pg's Terminate, with a callback) first sends what was
+ * gathered, in order.
  * A TLS socket, which pg puts in place after connecting, gets its own.
  *
  * @param client A pipelined client.
