@@ -48,34 +48,46 @@ type Latin1 = { latin1Slice(start: number, end: number): string };
 /**
  * Reads one DataRow: the row's bytes become one latin1 string, and a field
  * whose bytes are all ASCII (the same characters in latin1 and UTF-8) is a
- * slice of it.
+ * slice of it. Whether they are is asked of the text (one regular expression
+ * per row; a field only when the row has a byte above 127, which a length of
+ * 128 or more has too), not by reading the Buffer byte by byte: on Bun that
+ * loop now and then left this function several times slower for the rest of
+ * the process (100-row selects at 5k–6k q/s instead of 12k–16k, 3 runs of 4).
  */
 function readDataRow(bytes: Buffer, offset: number, length: number): DataRowMessage {
-  const count = (bytes[offset]! << 8) | bytes[offset + 1]!;
-  const fields = new Array<string | null>(count);
   // `length` counts its own 4 bytes.
   const text = (bytes as unknown as Latin1).latin1Slice(offset, offset + length - 4);
-  let p = offset + 2;
+  const count = (bytes[offset]! << 8) | bytes[offset + 1]!;
+  const fields = new Array<string | null>(count);
+  const ascii = !NON_ASCII.test(text);
+  let p = 2;
   for (let i = 0; i < count; i++) {
-    const n = (bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!;
+    const at = offset + p;
+    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
     p += 4;
     if (n === -1) {
       fields[i] = null;
       continue;
     }
     const end = p + n;
-    let ascii = true;
-    for (let k = p; k < end; k++) {
-      if (bytes[k]! > 127) {
-        ascii = false;
-        break;
+    let plain = ascii;
+    if (!plain) {
+      plain = true;
+      for (let k = p; k < end; k++) {
+        if (text.charCodeAt(k) > 127) {
+          plain = false;
+          break;
+        }
       }
     }
-    fields[i] = ascii ? text.substring(p - offset, end - offset) : bytes.toString("utf8", p, end);
+    fields[i] = plain ? text.substring(p, end) : bytes.toString("utf8", offset + p, offset + end);
     p = end;
   }
   return new DataRowMessage(length, fields);
 }
+
+/** A character outside ASCII (in a row's latin1 text: a byte above 127). */
+const NON_ASCII = /[\x80-\xff]/;
 
 /** pg-protocol's Parser, reading DataRows with {@linkcode readDataRow}. */
 const RowParser = (() => {
