@@ -3,8 +3,9 @@
  * cache prepared) runs as a {@linkcode NamedQuery}: its Parse (first time on
  * a connection), Bind, Describe (until the connection knows the statement's
  * columns), Execute and Sync leave in one buffer, built in one pass, and its
- * rows are built by a function compiled once per column list. pg's `Query`
- * would serialise four messages one by one, ask the server to describe the
+ * rows are built by a function compiled once per column list
+ * (`row_builder.ts`). pg's `Query` would serialise four messages one by one,
+ * ask the server to describe the
  * result on every run, and look its parsers up and copy a template object
  * for every row. Values are prepared by pg's own `prepareValue` and parsed by
  * the same type parsers (`types`, `rowMode` and `pg.types.setTypeParser`
@@ -24,6 +25,13 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import { Buffer } from "node:buffer";
+import {
+  arrayRow,
+  type Field,
+  objectBuilder,
+  type Parser,
+  type RowBuilder,
+} from "./row_builder.ts";
 
 /** The parts of pg's Connection a query writes to. */
 interface RawConnection {
@@ -56,13 +64,6 @@ const Query = (pg as unknown as {
 const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): unknown } })
   .utils.prepareValue;
 
-/** A row description field, as pg-protocol parses it. */
-type Field = pg.FieldDef;
-/** A value parser. */
-type Parser = (text: string) => unknown;
-/** Builds one row from a DataRow's field texts. */
-type RowBuilder = (parsers: readonly Parser[], texts: readonly (string | null)[]) => unknown;
-
 /** What a connection knows of a named statement's result: its columns, and how rows are built. */
 interface Described {
   readonly fields: readonly Field[];
@@ -83,51 +84,6 @@ const described = new WeakMap<object, Map<string, Described>>();
 export function forgetDescribed(connection: object, name?: string): void {
   if (name === undefined) described.delete(connection);
   else described.get(connection)?.delete(name);
-}
-
-/** Object row builders by column list, shared by every connection. */
-const builders = new Map<string, RowBuilder>();
-/** Bound on {@linkcode builders}: past it a column list gets the loop below. */
-const MAX_BUILDERS = 2_000;
-
-/**
- * The object row builder of a column list: an object literal with the
- * columns in order, so every row of the list has one shape. As with pg, a
- * repeated name keeps its first place and its last value.
- */
-function objectBuilder(fields: readonly Field[]): RowBuilder {
-  const key = fields.map((f) => f.name).join("\0");
-  let build = builders.get(key);
-  if (build !== undefined) return build;
-  if (builders.size >= MAX_BUILDERS || fields.some((f) => f.name === "__proto__")) {
-    // pg's own way (`__proto__` in a literal would set the prototype instead).
-    const template: Record<string, unknown> = Object.create(null);
-    for (const f of fields) template[f.name] = null;
-    return (parsers, texts) => {
-      const row: Record<string, unknown> = { ...template };
-      for (let i = 0; i < texts.length; i++) {
-        const text = texts[i]!;
-        row[fields[i]!.name] = text === null ? null : parsers[i]!(text);
-      }
-      return row;
-    };
-  }
-  const body = fields.map((f, i) =>
-    `${JSON.stringify(f.name)}: t[${i}] === null ? null : p[${i}](t[${i}])`
-  );
-  build = new Function("p", "t", `return { ${body.join(", ")} };`) as RowBuilder;
-  builders.set(key, build);
-  return build;
-}
-
-/** An array row. */
-function arrayRow(parsers: readonly Parser[], texts: readonly (string | null)[]): unknown[] {
-  const row = new Array<unknown>(texts.length);
-  for (let i = 0; i < texts.length; i++) {
-    const text = texts[i]!;
-    row[i] = text === null ? null : parsers[i]!(text);
-  }
-  return row;
 }
 
 /** CommandComplete's tag: command, then an OID and a row count, or a row count. */

@@ -1,0 +1,66 @@
+/**
+ * Row builders for named statements (`pg_query.ts`): an object row is built
+ * by a function compiled once per column list (an object literal with the
+ * columns in order, so every row of the list has one shape); an array row by
+ * a loop. Both call the connection's parsers as pg does, and leave NULL as
+ * null.
+ *
+ * Internal: nothing here is exported from `mod.ts`.
+ *
+ * @module
+ */
+
+// @ts-types="@types/pg"
+import type pg from "pg";
+
+/** A row description field, as pg-protocol parses it. */
+export type Field = pg.FieldDef;
+/** A value parser. */
+export type Parser = (text: string) => unknown;
+/** Builds one row from a DataRow's field texts. */
+export type RowBuilder = (parsers: readonly Parser[], texts: readonly (string | null)[]) => unknown;
+
+/** Object row builders by column list, shared by every connection. */
+const builders = new Map<string, RowBuilder>();
+/** Bound on {@linkcode builders}: past it a column list gets the loop below. */
+const MAX_BUILDERS = 2_000;
+
+/**
+ * The object row builder of a column list: an object literal with the
+ * columns in order, so every row of the list has one shape. As with pg, a
+ * repeated name keeps its first place and its last value.
+ */
+export function objectBuilder(fields: readonly Field[]): RowBuilder {
+  const key = fields.map((f) => f.name).join("\0");
+  let build = builders.get(key);
+  if (build !== undefined) return build;
+  if (builders.size >= MAX_BUILDERS || fields.some((f) => f.name === "__proto__")) {
+    // pg's own way (`__proto__` in a literal would set the prototype instead).
+    const template: Record<string, unknown> = Object.create(null);
+    for (const f of fields) template[f.name] = null;
+    return (parsers, texts) => {
+      const row: Record<string, unknown> = { ...template };
+      for (let i = 0; i < texts.length; i++) {
+        const text = texts[i]!;
+        row[fields[i]!.name] = text === null ? null : parsers[i]!(text);
+      }
+      return row;
+    };
+  }
+  const body = fields.map((f, i) =>
+    `${JSON.stringify(f.name)}: t[${i}] === null ? null : p[${i}](t[${i}])`
+  );
+  build = new Function("p", "t", `return { ${body.join(", ")} };`) as RowBuilder;
+  builders.set(key, build);
+  return build;
+}
+
+/** An array row. */
+export function arrayRow(parsers: readonly Parser[], texts: readonly (string | null)[]): unknown[] {
+  const row = new Array<unknown>(texts.length);
+  for (let i = 0; i < texts.length; i++) {
+    const text = texts[i]!;
+    row[i] = text === null ? null : parsers[i]!(text);
+  }
+  return row;
+}
