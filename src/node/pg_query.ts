@@ -5,9 +5,8 @@
  * columns), Execute and Sync leave in one buffer, built in one pass, and its
  * rows are built by a function compiled once per column list
  * (`row_builder.ts`). pg's `Query` would serialise four messages one by one,
- * ask the server to describe the
- * result on every run, and look its parsers up and copy a template object
- * for every row. Values are prepared by pg's own `prepareValue` and parsed by
+ * ask the server to describe the result on every run, and look its parsers
+ * up and copy a template object for every row. Values are prepared by pg's own `prepareValue` and parsed by
  * the same type parsers (`types`, `rowMode` and `pg.types.setTypeParser`
  * work as with pg); errors, notices and the connection's state stay pg's.
  * Other statements (no parameters, `binary`, `rows`, `queryMode`, ...) run
