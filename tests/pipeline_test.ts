@@ -5,7 +5,10 @@
  */
 
 import assert from "node:assert/strict";
+// @ts-types="@types/pg"
+import pg from "pg";
 import { DbxError, mayHaveBeenApplied } from "../mod.ts";
+import { testDatabaseUrls } from "../src/testing/db_test.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { until, within } from "./helpers.ts";
 
@@ -153,11 +156,14 @@ dbTest(
     let released = false;
     const first = cluster.query(blocked).then(() => released);
     // Stuck for longer than the slowest a pipe tolerates (20 ms): stalled, by any measure.
+    // Asked on a pooled connection (a timeout keeps a statement off the pipes): sent in
+    // the same tick, it would share the blocked statement's pipe and wait behind it.
     await until("the first statement waited 100 ms for the lock", async () => {
       const [row] = await cluster.query<{ n: number }>(
         `select count(*)::int as n from pg_stat_activity
          where query = $1 and wait_event_type = 'Lock' and now() - query_start > interval '100 ms'`,
         [blocked],
+        { timeoutMs: 30_000 },
       );
       return row!.n === 1;
     });
@@ -207,7 +213,7 @@ dbTest(
     for (let attempt = 1; after === undefined; attempt++) {
       assert.ok(attempt <= 20, "the late answer was read before the fast one's 20 times");
       let lateRead = false;
-      // On one pipe each (an idle pipe is taken first).
+      // On one pipe each (the first is full with one).
       const waiting = cluster.query(late(attempt), [1]).then(() => (lateRead = true));
       after = await cluster.query(fast, [1]).then(() => {
         if (lateRead) return undefined;
@@ -223,7 +229,92 @@ dbTest(
     await after.sent;
     assert.equal(total(), 2, "the statement after the busy spell took a pipe, not the pool");
   },
-  { config: { replicas: [], pipeline: { connections: 2 } } },
+  // One statement per pipe, so that the second of two takes the other pipe.
+  { config: { replicas: [], pipeline: { connections: 2, maxDepth: 1 } } },
+);
+
+dbTest(
+  "pipes open as the load grows, 16 statements each, and close when it goes",
+  async (cluster) => {
+    const conns = () => cluster.stats().nodes[0]!.totalConns;
+    const burst = (n: number) =>
+      Promise.all(
+        Array.from(
+          { length: n },
+          (_, i) => cluster.query<{ i: number }>("select $1::int as i", [i]),
+        ),
+      ).then((all) => all.map((rows) => rows[0]!.i));
+    // Sent in one tick: 16 on each of four pipes, none on a pooled connection.
+    assert.deepEqual(await burst(64), Array.from({ length: 64 }, (_, i) => i));
+    assert.equal(conns(), 4, "four pipes for 64 statements at once");
+    // Unused for the pool's idle timeout, every pipe but the first closes.
+    await until(() => `the pipes closed down to one (${conns()} connections)`, async () => {
+      await cluster.query("select 1");
+      return conns() === 1;
+    });
+    // Ten at once fit on the one pipe left.
+    assert.deepEqual(await burst(10), Array.from({ length: 10 }, (_, i) => i));
+    assert.equal(conns(), 1, "ten statements at once share one pipe");
+  },
+  { config: { replicas: [], pool: { idleTimeoutMs: 200 } } },
+);
+
+dbTest(
+  "a statement is not gathered behind one whose text was never seen fast on a pipe",
+  async (cluster) => {
+    await cluster.query("select $1::int as i", [0]); // Its text is seen fast.
+    await using tx = await cluster.begin();
+    await tx.exec("select pg_advisory_xact_lock(4244)");
+    // Sent in one tick: the first has never run, and waits for the lock.
+    const first = cluster.query("select pg_advisory_xact_lock(4244) as locked");
+    const quick = cluster.query<{ i: number }>("select $1::int as i", [1]);
+    assert.deepEqual(
+      await within("the quick statement is answered while the first waits", quick),
+      [{ i: 1 }],
+    );
+    await tx.rollback();
+    assert.equal((await first).length, 1);
+  },
+  { config: { replicas: [] } },
+);
+
+dbTest(
+  "a statement goes around a pipe that has answered nothing for a while, with nothing else read",
+  async (cluster) => {
+    const blocked = "select pg_advisory_xact_lock(4243) as locked";
+    // Its text seen fast on a pipe: statements may be gathered behind it.
+    for (let i = 0; i < 4; i++) await cluster.query(blocked);
+    await using tx = await cluster.begin();
+    await tx.exec("select pg_advisory_xact_lock(4243)");
+    const first = cluster.query(blocked);
+    // Watched by a client of the test's own: dbx reads nothing meanwhile, so nothing
+    // shows whether the pipe is late or its answer only unread.
+    const watcher = new pg.Client({ connectionString: testDatabaseUrls()!.master });
+    await watcher.connect();
+    try {
+      await until("the blocked statement waited 100 ms for the lock", async () => {
+        const { rows } = await watcher.query(
+          `select count(*)::int as n from pg_stat_activity
+           where query = $1 and wait_event_type = 'Lock' and now() - query_start > interval '100 ms'`,
+          [blocked],
+        );
+        return rows[0].n === 1;
+      });
+    } finally {
+      await watcher.end();
+    }
+    const before = cluster.stats().nodes[0]!.totalConns;
+    const answer = await within(
+      "a statement sent now is answered while the first still waits",
+      cluster.query("select $1::int as i", [7]),
+    );
+    assert.deepEqual(answer, [{ i: 7 }]);
+    assert.equal(cluster.stats().nodes[0]!.totalConns, before + 1, "on a pipe of its own");
+    await tx.rollback();
+    assert.equal((await first).length, 1);
+  },
+  // No health probe reads meanwhile either.
+  { config: { replicas: [], healthCheck: { intervalMs: 600_000 } } },
 );
 
 dbTest(

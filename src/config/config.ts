@@ -273,10 +273,13 @@ export interface ClusterConfig {
   /**
    * Automatic pipelining of statements that need no session of their own
    * (`exec`, `query`, `queryRow`, `readQuery`, `readQueryRow` without a
-   * `signal` / `timeoutMs`, outside a transaction): they share `connections`
-   * pipelined connections per node, up to `maxDepth` in flight on each; the
-   * rest use the pool. `false` sends every statement on a pooled connection.
-   * @default { connections: 2, maxDepth: 64 }
+   * `signal` / `timeoutMs`, outside a transaction): they share up to
+   * `connections` pipelined connections per node, up to `maxDepth` in flight
+   * on each; the rest use the pool. Pipes open as the load grows (another
+   * once each has 16 in flight) and close, down to one, after the pool's
+   * `idleTimeoutMs` unused. `false` sends every statement on a pooled
+   * connection.
+   * @default { connections: 4, maxDepth: 64 }
    */
   pipeline?:
     | boolean

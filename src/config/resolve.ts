@@ -29,11 +29,11 @@ function pipelineOf(
   value: unknown,
 ): { readonly connections: number; readonly maxDepth: number } | undefined {
   if (value === false) return undefined;
-  if (value === undefined || value === true) return { connections: 2, maxDepth: 64 };
+  if (value === undefined || value === true) return { connections: 4, maxDepth: 64 };
   const p = plainObject("pipeline", value);
   onlyKnownKeys("pipeline", p, KNOWN.pipeline);
   return {
-    connections: integer("pipeline.connections", p.connections, 2, 1),
+    connections: integer("pipeline.connections", p.connections, 4, 1),
     maxDepth: integer("pipeline.maxDepth", p.maxDepth, 64, 1),
   };
 }

@@ -135,9 +135,13 @@ export class Node extends AttemptCounters implements BalancerNode {
     };
     const connectTimeoutMs = this.#connectTimeoutMs = config.pool.connectTimeoutMs;
     this.#statements = options.statements;
-    this.#pipes = options.pipeline === undefined
-      ? undefined
-      : new Pipes(target, connectTimeoutMs, options.pipeline, rowTypes(options.types));
+    this.#pipes = options.pipeline === undefined ? undefined : new Pipes(
+      target,
+      connectTimeoutMs,
+      options.pipeline,
+      rowTypes(options.types),
+      config.pool.idleTimeoutMs,
+    );
     this.#pool = new pg.Pool({
       ...target as pg.ClientConfig,
       max: config.pool.max,

@@ -23,6 +23,13 @@ import type { PgTarget } from "../config/tls.ts";
 import { isConnectionError } from "../sqlstate.ts";
 import { SlowTexts } from "./slow_texts.ts";
 
+/**
+ * In flight on a pipe before the next statement goes to another one (opened
+ * if need be, up to `connections`): deep enough that a tick's statements
+ * share a write, shallow enough that load spreads over server backends.
+ */
+const GROW_AT = 16;
+
 /** Pipelining settings of a node. */
 export interface PipeSettings {
   /** Pipelined connections per node. */
@@ -43,6 +50,11 @@ class Pipe {
   readonly heads: number[] = [];
   /** Their texts, in the same order. */
   readonly texts: string[] = [];
+  /**
+   * How many of them are of a text not yet seen fast on a pipe: it may take
+   * long (a lock, a large scan), so more statements are not gathered behind it.
+   */
+  unproven = 0;
   /** When the last answer arrived: the next statement's own time starts there at the latest. */
   lastDone = 0;
   /** The read that brought the last answer (`lastRead()`). */
@@ -80,6 +92,8 @@ export class Pipes {
   readonly #connectTimeoutMs: number;
   readonly #settings: PipeSettings;
   readonly #types: pg.CustomTypesConfig;
+  /** An idle pipe beyond the first is closed after this long. */
+  readonly #idleMs: number;
   #pipes: Pipe[] = [];
   #all = new Set<Pipe>();
   /** Statements accepted and not yet answered, on every pipe. */
@@ -95,14 +109,17 @@ export class Pipes {
    * @param connectTimeoutMs Bound on opening a pipe.
    * @param settings Connections and depth.
    * @param types Value parsers.
+   * @param idleMs An idle pipe beyond the first is closed after this long (0: never).
    */
   constructor(
     target: PgTarget,
     connectTimeoutMs: number,
     settings: PipeSettings,
     types: pg.CustomTypesConfig,
+    idleMs: number,
   ) {
     this.#target = target;
+    this.#idleMs = idleMs > 0 ? idleMs : Infinity;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#settings = settings;
     this.#types = types;
@@ -116,13 +133,19 @@ export class Pipes {
   }
 
   /**
-   * A pipe to send `sql` on now: the least loaded one that is neither full
-   * nor late, a new one while there is room, else the least loaded late one
-   * that is not stuck; when every pipe is full, the least loaded one anyway
-   * if `poolBusy` (a statement waiting for a pooled connection would wait
-   * longer than behind answering pipes); undefined (use the pool) otherwise,
-   * when every pipe is stuck, or when `sql` is known to be slow (but for a
-   * trial on a pipe now and then).
+   * A pipe to send `sql` on now. Statements are gathered on as few pipes as
+   * the load needs, since one socket write and one read carry all of a
+   * pipe's statements of a tick: the first pipe (oldest first) with fewer
+   * than {@linkcode GROW_AT} in flight, all of texts seen fast on a pipe,
+   * that has answered within the slow threshold; else a new one while there
+   * is room; else the least loaded one that is neither full nor late, else
+   * the least loaded late one that is not stuck; when every pipe is full, the
+   * least loaded one anyway if `poolBusy` (a statement waiting for a pooled
+   * connection would wait longer than behind answering pipes); undefined (use
+   * the pool) otherwise, when every pipe is stuck, or when `sql` is known to
+   * be slow (but for a trial on a pipe now and then). A pipe other than the
+   * first that has been idle for the pool's idle timeout is closed here:
+   * pipes grow with load and shrink when it goes.
    *
    * @param sql The statement text.
    * @param poolBusy The node's pool has no connection free, nor room for one.
@@ -133,60 +156,76 @@ export class Pipes {
     const times = this.#times;
     const slow = times.slowMs();
     const now = performance.now();
-    if (times.avoid(sql, slow, now)) return undefined;
+    if (times.verdict(sql, slow, now) === "pool") return undefined;
     const { connections, maxDepth } = this.#settings;
+    const growAt = Math.min(GROW_AT, maxDepth);
+    /** The first pipe with room below `growAt` that is not late. */
+    let open: Pipe | undefined;
+    /** The least loaded of the others that are neither full nor late. */
     let best: Pipe | undefined;
     /** The least loaded of the full pipes that are not late. */
     let full: Pipe | undefined;
     /** The least loaded of the late pipes that are not stuck, with room. */
     let late: Pipe | undefined;
-    let idle: Pipe | undefined;
-    let busy = 0;
+    let spare: Pipe | undefined;
     let marked = false;
     const read = lastRead(now);
-    // Every pipe is looked at, an idle one found first or not: a stalled pipe's
+    // Every pipe is looked at, one with room found first or not: a stalled pipe's
     // oldest text is marked slow on the first pick after it stalled.
     for (const pipe of this.#pipes) {
       const depth = pipe.heads.length;
       if (depth === 0) {
-        idle ??= pipe;
+        if (open !== undefined && pipe.connected && now - pipe.lastDone > this.#idleMs) {
+          spare ??= pipe;
+        } else open ??= pipe;
         continue;
       }
-      busy++;
-      if (!pipe.connected) {
-        // Still connecting: nothing of it is a statement's time yet.
-        if (depth < maxDepth && (best === undefined || depth < best.heads.length)) best = pipe;
-        continue;
-      }
-      // Late: no answer for a while although statements are in flight (a
-      // busy pipe answers all the time, however deep its queue), while other
-      // connections' answers were read: one waiting unread because this
-      // process is busy is not late. New statements go around a late pipe if
-      // another has room. Stuck for longer than 20 ms (`slow_texts.ts`), it
-      // takes none, and its oldest statement is slow: more of the same text go
-      // to the pool now, not once the first has ended. (Between the two, a
-      // loaded server or host answers one pipe late now and then: a text slow
-      // on every run is found by its runs instead.)
-      const since = Math.max(pipe.heads[0]!, pipe.lastDone);
-      const waited = now - since;
-      if (waited > slow && read - since > slow) {
-        if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
-        else if (waited <= times.stuckMs() && depth < maxDepth) {
-          if (late === undefined || depth < late.heads.length) late = pipe;
+      /** No answer for a while, maybe only unread: it keeps its statements, not more. */
+      let waiting = false;
+      if (pipe.connected) {
+        // Late: no answer for a while although statements are in flight (a
+        // busy pipe answers all the time, however deep its queue), while other
+        // connections' answers were read: one waiting unread because this
+        // process is busy is not late. New statements go around a late pipe if
+        // another has room. Stuck for longer than 20 ms (`slow_texts.ts`), it
+        // takes none, and its oldest statement is slow: more of the same text go
+        // to the pool now, not once the first has ended. (Between the two, a
+        // loaded server or host answers one pipe late now and then: a text slow
+        // on every run is found by its runs instead.)
+        const since = Math.max(pipe.heads[0]!, pipe.lastDone);
+        const waited = now - since;
+        if (waited > slow) {
+          if (read - since > slow) {
+            if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
+            else if (waited <= times.stuckMs() && depth < maxDepth) {
+              if (late === undefined || depth < late.heads.length) late = pipe;
+            }
+            continue;
+          }
+          // Nothing else was read meanwhile either, so nothing shows whether
+          // it is late: more statements are not gathered behind it while
+          // another pipe can open.
+          waiting = true;
         }
-        continue;
       }
+      // A pipe still connecting counts as answering: nothing of it is a statement's time yet.
       if (depth >= maxDepth) {
         if (full === undefined || depth < full.heads.length) full = pipe;
-        continue;
-      }
-      if (best === undefined || depth < best.heads.length) best = pipe;
+      } else if (depth < growAt && !waiting && pipe.unproven === 0) open ??= pipe;
+      else if (best === undefined || depth < best.heads.length) best = pipe;
     }
+    if (spare !== undefined) this.#retire(spare);
     // The statement at hand may be of the text just found stuck.
     if (marked && times.isSlow(sql, slow)) return undefined;
-    if (idle !== undefined) return idle;
-    if (busy < connections && this.#pipes.length < connections) return this.#open();
+    if (open !== undefined) return open;
+    if (this.#pipes.length < connections) return this.#open();
     return best ?? late ?? (poolBusy ? full : undefined);
+  }
+
+  /** Closes an idle pipe that the load no longer needs. */
+  #retire(pipe: Pipe): void {
+    this.#drop(pipe);
+    pipe.client.end().catch(() => {});
   }
 
   #open(): Pipe {
@@ -215,11 +254,14 @@ export class Pipes {
     const started = performance.now();
     pipe.heads.push(started);
     pipe.texts.push(config.text);
-    if (pipe.connected) return this.#send(pipe, config, started);
+    const unproven = !this.#times.isFast(config.text, this.#times.slowMs());
+    if (unproven) pipe.unproven++;
+    if (pipe.connected) return this.#send(pipe, config, started, unproven);
     return pipe.ready.then(
-      () => this.#send(pipe, config, started),
+      () => this.#send(pipe, config, started, unproven),
       (err) => {
         this.#settled();
+        if (unproven) pipe.unproven--;
         pipe.heads.shift();
         pipe.texts.shift();
         // The pipe never opened: nothing was sent.
@@ -233,7 +275,12 @@ export class Pipes {
     if (--this.#inFlight === 0) this.#drained?.();
   }
 
-  #send(pipe: Pipe, config: pg.QueryConfig, started: number): Promise<pg.QueryResult> {
+  #send(
+    pipe: Pipe,
+    config: pg.QueryConfig,
+    started: number,
+    unproven: boolean,
+  ): Promise<pg.QueryResult> {
     gatherForTick(pipe.client);
     return new Promise<pg.QueryResult>((resolve, reject) => {
       // The callback runs inside pg's handling of this statement's
@@ -248,6 +295,7 @@ export class Pipes {
         if (settled) return;
         settled = true;
         this.#settled();
+        if (unproven) pipe.unproven--;
         // In order, its entry is the oldest; an early answer removes its own.
         const i = pipe.heads[0] === started ? 0 : pipe.heads.lastIndexOf(started);
         if (i >= 0) {
@@ -307,6 +355,7 @@ export class Pipes {
       } catch (err) {
         // Refused before anything was queued (pg throws only for a missing config).
         this.#settled();
+        if (unproven) pipe.unproven--;
         const i = pipe.heads.lastIndexOf(started);
         pipe.heads.splice(i, 1);
         pipe.texts.splice(i, 1);

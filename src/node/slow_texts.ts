@@ -113,23 +113,38 @@ export class SlowTexts {
   }
 
   /**
-   * Whether `text` must not go to a pipe now: it is slow, and its next trial
-   * on a pipe is not due (a due trial is taken by this call).
+   * Where a statement of `text` goes now: `"pool"` when it is slow and its
+   * next trial on a pipe is not due (a due trial is taken by this call, and
+   * is `"unproven"`); `"fast"` when its recent runs on a pipe were fast;
+   * `"unproven"` when it has none yet.
    *
    * @param text The statement text.
    * @param slow {@linkcode slowMs}, now.
    * @param now `performance.now()`.
-   * @returns True: send it on a pooled connection.
+   * @returns The verdict.
    */
-  avoid(text: string, slow: number, now: number): boolean {
+  verdict(text: string, slow: number, now: number): "pool" | "fast" | "unproven" {
     const runs = this.#durations.get(text);
-    if (runs === undefined || runs.ms <= slow) return false;
+    if (runs === undefined) return "unproven";
+    if (runs.ms <= slow) return "fast";
     // Slow: the pool, but now and then one goes to a pipe, so that a text slow only
     // while this process was busy comes back (its answer on the pipe decides).
-    if (now < runs.trialAt) return true;
+    if (now < runs.trialAt) return "pool";
     runs.trialAt = now + runs.trialWait;
     runs.trialWait = Math.min(TRIAL_MAX_MS, runs.trialWait * 2);
-    return false;
+    return "unproven";
+  }
+
+  /**
+   * Whether `text`'s recent runs on a pipe were fast (no trial taken).
+   *
+   * @param text The statement text.
+   * @param slow {@linkcode slowMs}, now.
+   * @returns False for a text slow or not seen yet.
+   */
+  isFast(text: string, slow: number): boolean {
+    const ms = this.#durations.get(text)?.ms;
+    return ms !== undefined && ms <= slow;
   }
 
   /**
