@@ -10,7 +10,14 @@
 
 import { formatLsn } from "../call/route.ts";
 import type { Row } from "../executor.ts";
-import { type PgOutputMessage, type Relation, type TupleValue, UNCHANGED } from "./pgoutput.ts";
+import {
+  decodePgOutput,
+  decodeReplication,
+  type PgOutputMessage,
+  type Relation,
+  type TupleValue,
+  UNCHANGED,
+} from "./pgoutput.ts";
 import type { Change } from "./subscribe.ts";
 
 /** Parses a column's text by its type OID (the cluster's `types`, else pg's). */
@@ -23,6 +30,20 @@ export type Decoded =
   | { readonly kind: "none" };
 
 const NONE: Decoded = { kind: "none" };
+
+/** What one CopyData message of the replication stream means for the stream. */
+export interface StreamStep {
+  /** The WAL position the server shows it has reached (0n: none). */
+  readonly at: bigint;
+  /** Changes to hand over, in order. */
+  readonly changes: readonly Change[];
+  /** Then a position to acknowledge once everything before it was handled. */
+  readonly ack: bigint | undefined;
+  /** The server asks for a status update now. */
+  readonly replyRequested: boolean;
+}
+
+const NO_CHANGES: readonly Change[] = [];
 
 /** The transaction being received. */
 interface OpenTx {
@@ -47,6 +68,38 @@ export class ChangeDecoder {
   /** Whether a transaction has begun and not committed yet. */
   get inTransaction(): boolean {
     return this.#open !== undefined;
+  }
+
+  /**
+   * Reads one CopyData message of the replication stream: an XLogData's
+   * changes, or its commit's end to acknowledge; a keepalive's position, to
+   * acknowledge when no transaction is open (the server has sent everything
+   * before it, so WAL is not held forever by changes outside the publication).
+   *
+   * @param chunk The CopyData payload.
+   * @returns What it means for the stream.
+   * @throws {RangeError} When the message cannot be read ({@linkcode apply}).
+   */
+  read(chunk: Uint8Array): StreamStep {
+    const message = decodeReplication(chunk);
+    if (message.tag === "xlog") {
+      const decoded = this.apply(decodePgOutput(message.data), message.start);
+      return {
+        at: message.start,
+        changes: decoded.kind === "changes" ? decoded.changes : NO_CHANGES,
+        ack: decoded.kind === "commit" ? decoded.endLsn : undefined,
+        replyRequested: false,
+      };
+    }
+    if (message.tag === "keepalive") {
+      return {
+        at: message.walEnd,
+        changes: NO_CHANGES,
+        ack: this.inTransaction ? undefined : message.walEnd,
+        replyRequested: message.replyRequested,
+      };
+    }
+    return { at: 0n, changes: NO_CHANGES, ack: undefined, replyRequested: false };
   }
 
   /**

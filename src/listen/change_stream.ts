@@ -24,7 +24,7 @@ import { isConnectionError } from "../failure.ts";
 import type { Node } from "../node/node.ts";
 import { discardClient } from "../node/pg_internals.ts";
 import { type CopyBoth, startCopyBoth } from "../node/pg_copy_both.ts";
-import { ChangeDecoder } from "./change_decoder.ts";
+import { ChangeDecoder, type StreamStep } from "./change_decoder.ts";
 import * as follow from "./follow_primary.ts";
 import * as wire from "./pgoutput.ts";
 import type {
@@ -225,26 +225,9 @@ export class ChangeStream implements ChangeSubscription {
   /** One CopyData message of `conn`, in order; never throws (pg calls it). */
   #receive(conn: Conn, chunk: Uint8Array): void {
     if (conn.cut !== undefined) return;
+    let step: StreamStep;
     try {
-      const message = wire.decodeReplication(chunk);
-      const at = message.tag === "xlog"
-        ? message.start
-        : message.tag === "keepalive"
-        ? message.walEnd
-        : 0n;
-      if (at > this.#received) this.#received = at;
-      if (message.tag === "xlog") {
-        const decoded = conn.decoder.apply(wire.decodePgOutput(message.data), message.start);
-        if (decoded.kind === "changes") {
-          for (const change of decoded.changes) this.#queue.push({ conn, change });
-        } else if (decoded.kind === "commit") this.#queue.push({ conn, ack: decoded.endLsn });
-      } else if (message.tag === "keepalive") {
-        // Between transactions the server has sent everything before walEnd: once the
-        // queue ahead of it is handled, the slot may move there (WAL is not held forever
-        // by changes outside the publication).
-        if (!conn.decoder.inTransaction) this.#queue.push({ conn, ack: message.walEnd });
-        if (message.replyRequested) this.#report(conn, true);
-      }
+      step = conn.decoder.read(chunk);
     } catch (error) {
       this.#d.observer.log("error", "dbx: unreadable change stream message; restarting", {
         slot: this.slot,
@@ -254,6 +237,10 @@ export class ChangeStream implements ChangeSubscription {
       discardClient(conn.client);
       return;
     }
+    if (step.at > this.#received) this.#received = step.at;
+    for (const change of step.changes) this.#queue.push({ conn, change });
+    if (step.ack !== undefined) this.#queue.push({ conn, ack: step.ack });
+    if (step.replyRequested) this.#report(conn, true);
     if (this.#queue.length > HIGH_WATER) conn.copy.pause();
     this.#draining ??= this.#drain();
   }
@@ -287,17 +274,10 @@ export class ChangeStream implements ChangeSubscription {
       } catch (error) {
         if (conn.cut !== undefined) continue;
         this.#failures++;
-        this.#d.observer.log(
-          "error",
-          "dbx: change handler threw; its transaction is delivered again",
-          {
-            slot: this.slot,
-            xid: item.change.xid,
-            commitLsn: item.change.commitLsn,
-            failures: this.#failures,
-            error,
-          },
-        );
+        const { xid, commitLsn } = item.change;
+        const fields = { slot: this.slot, xid, commitLsn, failures: this.#failures, error };
+        const message = "dbx: change handler threw; its transaction is delivered again";
+        this.#d.observer.log("error", message, fields);
         conn.cut = "handler_failed";
         discardClient(conn.client);
       }
