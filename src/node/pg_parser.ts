@@ -70,10 +70,31 @@ type Utf8 = { utf8Slice(start: number, end: number): string };
  * @returns The message pg's connection expects.
  */
 export function readDataRow(bytes: Buffer, offset: number, length: number): DataRowMessage {
+  return new DataRowMessage(length, readFields(bytes, offset, length, undefined));
+}
+
+/**
+ * A DataRow's fields ({@linkcode readDataRow}), into `into` when it has as
+ * many places as the row has fields, else into a new array.
+ *
+ * @param bytes The buffer holding the message.
+ * @param offset Where the row's content starts.
+ * @param length The message length.
+ * @param into An array to reuse, if any.
+ * @returns The fields.
+ */
+export function readFields(
+  bytes: Buffer,
+  offset: number,
+  length: number,
+  into: (string | null)[] | undefined,
+): (string | null)[] {
   const size = length - 4;
   const text = (bytes as unknown as Utf8).utf8Slice(offset, offset + size);
   const count = (bytes[offset]! << 8) | bytes[offset + 1]!;
-  const fields = new Array<string | null>(count);
+  const fields = into !== undefined && into.length === count
+    ? into
+    : new Array<string | null>(count);
   const sliced = text.length === size;
   let p = 2;
   for (let i = 0; i < count; i++) {
@@ -88,15 +109,41 @@ export function readDataRow(bytes: Buffer, offset: number, length: number): Data
     fields[i] = sliced ? text.substring(p, end) : bytes.toString("utf8", offset + p, offset + end);
     p = end;
   }
-  return new DataRowMessage(length, fields);
+  return fields;
 }
 
-/** pg-protocol's Parser, reading DataRows with {@linkcode readDataRow}. */
+/**
+ * A query that reads its rows straight from the protocol buffer (dbx's
+ * named statements, `pg_query.ts`): no message object, event or fields
+ * array per row.
+ */
+export interface RowReader {
+  /** One DataRow of its result ({@linkcode readFields} gives its fields). */
+  readRow(bytes: Buffer, offset: number, length: number): void;
+}
+
+/** Returned for a DataRow its query read itself: nothing to emit. */
+const READ = { name: "" };
+
+/** pg-protocol's Parser, reading DataRows with {@linkcode readDataRow} or the query's own reader. */
 const RowParser = (() => {
   const Base = Parser as unknown as new () => RawParser;
   return class RowParser extends Base {
+    /** The query now answered, when it reads its rows itself and nothing else listens. */
+    readonly #reader: () => RowReader | undefined;
+
+    constructor(reader: () => RowReader | undefined) {
+      super();
+      this.#reader = reader;
+    }
+
     override handlePacket(offset: number, code: number, length: number, bytes: Buffer): unknown {
-      if (code === DATA_ROW) return readDataRow(bytes, offset, length);
+      if (code === DATA_ROW) {
+        const reader = this.#reader();
+        if (reader === undefined) return readDataRow(bytes, offset, length);
+        reader.readRow(bytes, offset, length);
+        return READ;
+      }
       return super.handlePacket(offset, code, length, bytes);
     }
   };
@@ -136,13 +183,24 @@ export function lastRead(now: number): number {
  */
 export function useRowParser(client: pg.ClientBase): void {
   if (!samePgProtocol) return;
-  const connection = (client as unknown as { connection: RawConnection }).connection;
+  const raw = client as unknown as {
+    connection: RawConnection;
+    _getActiveQuery(): Partial<RowReader> | null | undefined;
+  };
+  const connection = raw.connection;
   // pg's own attachListeners with another parser (pg-protocol's `parse`).
   connection.attachListeners = function (this: RawConnection, stream: EventEmitter): void {
-    const parser = new RowParser();
+    // pg hands a DataRow to the query it is answering (`_handleDataRow`); one that reads
+    // rows itself is handed the bytes instead, unless something listens to every message.
+    const parser = new RowParser(() => {
+      if (this._emitMessage) return undefined;
+      const query = raw._getActiveQuery();
+      return typeof query?.readRow === "function" ? query as RowReader : undefined;
+    });
     stream.on("data", (buffer: Buffer) => {
       readAt = performance.now();
       parser.parse(buffer, (message) => {
+        if (message === READ) return;
         if (this._emitMessage) this.emit("message", message);
         this.emit(message.name === "error" ? "errorMessage" : message.name, message);
       });

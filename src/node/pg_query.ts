@@ -31,6 +31,7 @@ import {
   type Parser,
   type RowBuilder,
 } from "./row_builder.ts";
+import { readFields } from "./pg_parser.ts";
 
 /** The parts of pg's Connection a query writes to. */
 interface RawConnection {
@@ -122,6 +123,8 @@ class NamedQuery {
   #build: RowBuilder = arrayRow;
   readonly #rows: unknown[] = [];
   #rowError: Error | undefined;
+  /** The fields of the row being read, reused from row to row. */
+  #scratch: (string | null)[] | undefined;
   #result: NamedResult | undefined;
 
   constructor(
@@ -252,6 +255,18 @@ class NamedQuery {
       this.#rows.push(this.#build(this.#parsers, msg.fields));
     } catch (err) {
       // As pg: the statement fails with the parser's error once it is answered.
+      this.#rowError = err as Error;
+    }
+  }
+
+  /** A DataRow read from the protocol buffer (`pg_parser.ts`): its fields array is reused. */
+  readRow(bytes: Buffer, offset: number, length: number): void {
+    if (this.#rowError !== undefined) return;
+    // The builders copy what they read of it into a new row.
+    const fields = this.#scratch = readFields(bytes, offset, length, this.#scratch);
+    try {
+      this.#rows.push(this.#build(this.#parsers, fields));
+    } catch (err) {
       this.#rowError = err as Error;
     }
   }
