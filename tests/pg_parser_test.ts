@@ -10,7 +10,7 @@ import pg from "pg";
 import postgresDate from "postgres-date";
 import { dbTest, testDatabase } from "../src/testing/db_test.ts";
 import { Buffer } from "node:buffer";
-import { parsePgDate, rowTypes } from "../src/node/pg_types.ts";
+import { parseIntegerAt, parsePgDate, parsePgDateAt, rowTypes } from "../src/node/pg_types.ts";
 import { readDataRow } from "../src/node/pg_parser.ts";
 
 const stockDate = postgresDate as (text: string) => Date | number | null;
@@ -18,15 +18,17 @@ const stockDate = postgresDate as (text: string) => Date | number | null;
 /** The same value as postgres-date's, `Date`s compared by their time (NaN included). */
 function assertSameDate(text: string): void {
   const want = stockDate(text);
-  const got = parsePgDate(text);
-  if (want instanceof Date) {
-    assert.ok(got instanceof Date, `${text}: ${got} is not a Date`);
-    assert.ok(
-      Object.is(got.getTime(), want.getTime()),
-      `${text}: ${got.getTime()} ≠ ${want.getTime()}`,
-    );
-  } else {
-    assert.deepEqual(got, want, text);
+  // On its own, and in place inside a row's text, with digits and a sign around it.
+  for (const got of [parsePgDate(text), parsePgDateAt(`7-${text}12:+0`, 2, 2 + text.length)]) {
+    if (want instanceof Date) {
+      assert.ok(got instanceof Date, `${text}: ${got} is not a Date`);
+      assert.ok(
+        Object.is(got.getTime(), want.getTime()),
+        `${text}: ${got.getTime()} ≠ ${want.getTime()}`,
+      );
+    } else {
+      assert.deepEqual(got, want, text);
+    }
   }
 }
 
@@ -85,6 +87,16 @@ Deno.test("parsePgDate() leaves every other text to postgres-date, with its resu
       "",
     ]
   ) assertSameDate(text);
+});
+
+Deno.test("parseIntegerAt() gives pg's parseInt(text, 10) for a field in place", () => {
+  const texts = ["0", "-0", "7", "-2147483648", "2147483647", "32767", "-32768", "4294967295"];
+  texts.push("", "-", "+5", " 7", "12345678901", "-12345678901", "1e3", "0x10", "12a");
+  for (let i = 0; i < 2_000; i++) texts.push(String(Math.trunc((Math.random() - 0.5) * 2 ** 32)));
+  for (const text of texts) {
+    const got = parseIntegerAt(`9${text}9`, 1, 1 + text.length);
+    assert.ok(Object.is(got, parseInt(text, 10)), `${JSON.stringify(text)}: ${got}`);
+  }
 });
 
 Deno.test("a DataRow's fields equal each field decoded alone as UTF-8, whatever its bytes", () => {
@@ -148,9 +160,16 @@ Deno.test("a DataRow's fields equal each field decoded alone as UTF-8, whatever 
   assert.ok(sliced > 1_000 && sliced < 4_000, `${sliced} rows of 5000 read as slices`);
 });
 
-/** Every type the row reader and the date path touch, with NULLs, non-ASCII and long texts. */
-const MIXED = `
+/**
+ * Every type the row reader and the date path touch, with NULLs, non-ASCII and long texts;
+ * as many rows as `count` says (a parameter makes it a named statement, read in place).
+ */
+const mixed = (count: string) => `
   select i,
+         -i as neg,
+         i::int2 as small,
+         i::oid as o,
+         case when i % 5 = 0 then null else i end as maybe_int,
          'name ' || i as ascii,
          case when i % 3 = 0 then null else 'Grüße ' || i || ' 日本語 🎉' end as utf8,
          repeat('x', 100 + i) as long,
@@ -162,11 +181,12 @@ const MIXED = `
          timestamp '1999-12-31 23:59:59.999' + i * interval '1 day 1 second' as ts,
          date '2000-02-28' + i as d,
          case when i % 4 = 0 then timestamptz 'infinity' end as inf,
+         case when i % 7 = 0 then null else date '2000-02-28' - i * 1000 end as old_date,
          jsonb_build_object('i', i, 's', 'ü') as j,
          array[i, i + 1] as arr,
          '' as empty,
          i % 2 = 0 as flag
-    from generate_series(1, 300) as i`;
+    from generate_series(1, ${count}) as i`;
 
 dbTest("rows read by dbx equal stock pg's, on pooled connections and pipes", async (cluster) => {
   const { master } = await testDatabase();
@@ -174,24 +194,27 @@ dbTest("rows read by dbx equal stock pg's, on pooled connections and pipes", asy
   client.on("error", () => {});
   await client.connect();
   try {
-    await client.query("set time zone 'America/New_York'");
-    const stock = (await client.query(MIXED)).rows;
-    const zone = "America/New_York";
-    // In a transaction and on a connection of its own: pooled connections.
-    const inTx = await cluster.runTx(async (tx) => {
-      await tx.exec(`set local time zone '${zone}'`);
-      return await tx.query(MIXED);
-    });
-    const pooled = await cluster.withConnection(async (conn) => {
-      await conn.exec(`set time zone '${zone}'`);
-      return await conn.query(MIXED);
-    });
-    assert.equal(stock.length, 300);
-    assert.deepEqual(inTx, stock);
-    assert.deepEqual(pooled, stock);
-    // A shared-path statement (pipelined), in the server's time zone on both sides.
-    await client.query("reset time zone");
-    assert.deepEqual(await cluster.query(MIXED), (await client.query(MIXED)).rows);
+    // Unnamed (pg's query object, rows through pg's events) and named (dbx's, read in place).
+    for (const [sql, args] of [[mixed("300"), []], [mixed("$1::int"), [300]]] as const) {
+      await client.query("set time zone 'America/New_York'");
+      const stock = (await client.query(sql, [...args])).rows;
+      const zone = "America/New_York";
+      // In a transaction and on a connection of its own: pooled connections.
+      const inTx = await cluster.runTx(async (tx) => {
+        await tx.exec(`set local time zone '${zone}'`);
+        return await tx.query(sql, args);
+      });
+      const pooled = await cluster.withConnection(async (conn) => {
+        await conn.exec(`set time zone '${zone}'`);
+        return await conn.query(sql, args);
+      });
+      assert.equal(stock.length, 300);
+      assert.deepEqual(inTx, stock);
+      assert.deepEqual(pooled, stock);
+      // A shared-path statement (pipelined), in the server's time zone on both sides.
+      await client.query("reset time zone");
+      assert.deepEqual(await cluster.query(sql, args), (await client.query(sql, [...args])).rows);
+    }
   } finally {
     await client.end();
   }

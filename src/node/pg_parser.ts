@@ -3,10 +3,12 @@
  * parser (pg-protocol) decodes every field of a DataRow with its own
  * `Buffer#toString` call; on a 100-row result that is the client's largest
  * cost (about half of its CPU on Bun). Here a row is decoded with one call,
- * and each ASCII field is a slice of it; a field with other bytes is decoded
- * as UTF-8 on its own, as pg does. Every other message, and everything pg does
- * with a row (type parsers, `rowMode`, `types`), is unchanged: this is
- * pg-protocol's own `Parser` with one message type read differently.
+ * and its fields are slices of it when that is what decoding each gives
+ * ({@linkcode readDataRow}). Every other message, and everything pg does with
+ * a row (type parsers, `rowMode`, `types`), is unchanged: this is
+ * pg-protocol's own `Parser` with one message type read differently. A query
+ * that reads its rows itself (dbx's named statements) is handed the bytes
+ * instead of a message ({@linkcode RowReader}).
  *
  * Used only when the `pg-protocol` that dbx imports is the one `pg` uses
  * (same module, so `pg.DatabaseError` stays the class of server errors);
@@ -70,31 +72,36 @@ type Utf8 = { utf8Slice(start: number, end: number): string };
  * @returns The message pg's connection expects.
  */
 export function readDataRow(bytes: Buffer, offset: number, length: number): DataRowMessage {
-  return new DataRowMessage(length, readFields(bytes, offset, length, undefined));
+  const fields = readFields(bytes, offset, length, undefined, undefined);
+  return new DataRowMessage(length, fields as (string | null)[]);
 }
+
+/** Parses a field where it lies in a row's text, from `at` to `end` (`pg_types.ts`). */
+export type InPlace = (text: string, at: number, end: number) => unknown;
 
 /**
  * A DataRow's fields ({@linkcode readDataRow}), into `into` when it has as
- * many places as the row has fields, else into a new array.
+ * many places as the row has fields, else into a new array. A column with an
+ * in-place parser gets its value instead of its text (null stays null).
  *
  * @param bytes The buffer holding the message.
  * @param offset Where the row's content starts.
  * @param length The message length.
  * @param into An array to reuse, if any.
+ * @param inPlace In-place parsers by column, if any.
  * @returns The fields.
  */
 export function readFields(
   bytes: Buffer,
   offset: number,
   length: number,
-  into: (string | null)[] | undefined,
-): (string | null)[] {
+  into: unknown[] | undefined,
+  inPlace: readonly (InPlace | undefined)[] | undefined,
+): unknown[] {
   const size = length - 4;
   const text = (bytes as unknown as Utf8).utf8Slice(offset, offset + size);
   const count = (bytes[offset]! << 8) | bytes[offset + 1]!;
-  const fields = into !== undefined && into.length === count
-    ? into
-    : new Array<string | null>(count);
+  const fields = into !== undefined && into.length === count ? into : new Array<unknown>(count);
   const sliced = text.length === size;
   let p = 2;
   for (let i = 0; i < count; i++) {
@@ -106,7 +113,12 @@ export function readFields(
       continue;
     }
     const end = p + n;
-    fields[i] = sliced ? text.substring(p, end) : bytes.toString("utf8", offset + p, offset + end);
+    const parse = inPlace?.[i];
+    if (sliced) fields[i] = parse === undefined ? text.substring(p, end) : parse(text, p, end);
+    else {
+      const field = bytes.toString("utf8", offset + p, offset + end);
+      fields[i] = parse === undefined ? field : parse(field, 0, field.length);
+    }
     p = end;
   }
   return fields;

@@ -26,12 +26,13 @@ import pg from "pg";
 import { Buffer } from "node:buffer";
 import {
   arrayRow,
+  columnParsers,
   type Field,
   objectBuilder,
   type Parser,
   type RowBuilder,
 } from "./row_builder.ts";
-import { readFields } from "./pg_parser.ts";
+import { type InPlace, readFields } from "./pg_parser.ts";
 
 /** The parts of pg's Connection a query writes to. */
 interface RawConnection {
@@ -120,11 +121,15 @@ class NamedQuery {
   #described: Described | undefined;
   #fields: Field[] = [];
   #parsers: Parser[] = [];
+  /** In-place parsers by column (`readRow`), if any column has one. */
+  #inPlace: (InPlace | undefined)[] | undefined;
+  /** {@linkcode #parsers} with the identity for the columns parsed in place. */
+  #rawParsers: Parser[] = [];
   #build: RowBuilder = arrayRow;
   readonly #rows: unknown[] = [];
   #rowError: Error | undefined;
   /** The fields of the row being read, reused from row to row. */
-  #scratch: (string | null)[] | undefined;
+  #scratch: unknown[] | undefined;
   #result: NamedResult | undefined;
 
   constructor(
@@ -230,11 +235,10 @@ class NamedQuery {
   /** Takes the result's columns: their parsers now (an app may set one at any time), the builder once. */
   #columns(known: Described): void {
     const fields = known.fields;
-    const parsers = new Array<Parser>(fields.length);
-    for (let i = 0; i < fields.length; i++) {
-      parsers[i] = this.#types.getTypeParser(fields[i]!.dataTypeID, "text") as Parser;
-    }
+    const { parsers, inPlace, rawParsers } = columnParsers(this.#types, fields);
     this.#parsers = parsers;
+    this.#inPlace = inPlace;
+    this.#rawParsers = rawParsers;
     this.#fields = fields.slice();
     if (!this.#arrayRows) this.#build = known.build ??= objectBuilder(fields);
   }
@@ -259,13 +263,18 @@ class NamedQuery {
     }
   }
 
-  /** A DataRow read from the protocol buffer (`pg_parser.ts`): its fields array is reused. */
+  /**
+   * A DataRow read from the protocol buffer (`pg_parser.ts`): its fields
+   * array is reused, and dates and integers are parsed where they lie in the
+   * row's text, not cut out of it first.
+   */
   readRow(bytes: Buffer, offset: number, length: number): void {
     if (this.#rowError !== undefined) return;
-    // The builders copy what they read of it into a new row.
-    const fields = this.#scratch = readFields(bytes, offset, length, this.#scratch);
     try {
-      this.#rows.push(this.#build(this.#parsers, fields));
+      // The builders copy what they read of it into a new row.
+      const fields = readFields(bytes, offset, length, this.#scratch, this.#inPlace);
+      this.#scratch = fields;
+      this.#rows.push(this.#build(this.#rawParsers, fields as (string | null)[]));
     } catch (err) {
       this.#rowError = err as Error;
     }

@@ -7,7 +7,9 @@
  * 08:11:18.123456+00`, read with character arithmetic instead of three regular
  * expressions. It gives the same `Date` for every such text; anything else
  * (`infinity`, BC, a year outside 1000–9999, another DateStyle) goes to pg's
- * parser.
+ * parser. The date parser and pg's own `int2`/`int4` parser also have an
+ * in-place form (`parserAt`), reading a field where it lies in a row's text,
+ * for rows that named statements read themselves (`pg_query.ts`).
  *
  * Internal: nothing here is exported from `mod.ts`.
  *
@@ -17,6 +19,7 @@
 // @ts-types="@types/pg"
 import pg from "pg";
 import postgresDate from "postgres-date";
+import textParsers from "pg-types/lib/textParsers.js";
 
 /** pg's date parser (postgres-date, the copy pg-types uses; the package has no types). */
 const parseDate = postgresDate as (text: string) => Date | number | null;
@@ -50,28 +53,31 @@ function daysFromCivil(year: number, month: number, day: number): number {
 
 /**
  * postgres-date's result for an ISO date or timestamp, computed directly;
- * undefined when the text is not of the common form.
+ * undefined when the text is not of the common form. It reads `s` from
+ * `at` to `end` (a field of a row's text, not cut out of it).
  */
-function isoDate(s: string): Date | undefined {
-  const year = two(s, 0) * 100 + two(s, 2);
-  if (!(year >= 1000) || s.charCodeAt(4) !== DASH || s.charCodeAt(7) !== DASH) return undefined;
-  const month = two(s, 5), day = two(s, 8);
-  const length = s.length;
+function isoDate(s: string, at: number, end: number): Date | undefined {
+  const year = two(s, at) * 100 + two(s, at + 2);
+  if (!(year >= 1000) || s.charCodeAt(at + 4) !== DASH || s.charCodeAt(at + 7) !== DASH) {
+    return undefined;
+  }
+  const month = two(s, at + 5), day = two(s, at + 8);
+  const length = end - at;
   if (length === 10) return month >= 1 && day >= 1 ? new Date(year, month - 1, day) : undefined;
   if (
-    length < 19 || s.charCodeAt(10) !== SPACE || s.charCodeAt(13) !== COLON ||
-    s.charCodeAt(16) !== COLON
+    length < 19 || s.charCodeAt(at + 10) !== SPACE || s.charCodeAt(at + 13) !== COLON ||
+    s.charCodeAt(at + 16) !== COLON
   ) return undefined;
-  const hour = two(s, 11), minute = two(s, 14), second = two(s, 17);
+  const hour = two(s, at + 11), minute = two(s, at + 14), second = two(s, at + 17);
   if (!(month >= 1 && day >= 1 && hour >= 0 && minute >= 0 && second >= 0)) return undefined;
-  let i = 19;
+  let i = at + 19;
   let ms = 0;
-  if (s.charCodeAt(i) === DOT) {
+  if (i < end && s.charCodeAt(i) === DOT) {
     // postgres-date takes 1000 * parseFloat(".ddd"); the quotient of two exact
     // integers is rounded as parseFloat rounds the same decimal: the same number.
     let fraction = 0;
     let j = i + 1;
-    for (let d = DIGITS[s.charCodeAt(j)]!; d >= 0; d = DIGITS[s.charCodeAt(++j)]!) {
+    for (let d = DIGITS[s.charCodeAt(j)]!; j < end && d >= 0; d = DIGITS[s.charCodeAt(++j)]!) {
       fraction = fraction * 10 + d;
     }
     const digits = j - i - 1;
@@ -80,17 +86,17 @@ function isoDate(s: string): Date | undefined {
     ms = 1000 * (fraction / TENS[digits]!);
     i = j;
   }
-  if (i === length) return new Date(year, month - 1, day, hour, minute, second, ms);
+  if (i === end) return new Date(year, month - 1, day, hour, minute, second, ms);
   // A time zone: +HH, +HH:MM or +HH:MM:SS (or -).
   const sign = s.charCodeAt(i);
   if (sign !== PLUS && sign !== DASH) return undefined;
   let offset = two(s, i + 1) * 3600;
   i += 3;
-  for (let part = 60; part >= 1 && i < length; part /= 60, i += 3) {
+  for (let part = 60; part >= 1 && i < end; part /= 60, i += 3) {
     if (s.charCodeAt(i) !== COLON) return undefined;
     offset += two(s, i + 1) * part;
   }
-  if (i !== length || !(offset >= 0)) return undefined;
+  if (i !== end || !(offset >= 0)) return undefined;
   const utc = daysFromCivil(year, month, day) * DAY_MS + hour * 3_600_000 + minute * 60_000 +
     second * 1000 + Math.trunc(ms);
   return new Date(utc - (sign === DASH ? -offset : offset) * 1000);
@@ -103,7 +109,69 @@ function isoDate(s: string): Date | undefined {
  * @returns What postgres-date returns for it.
  */
 export function parsePgDate(text: string): Date | number | null {
-  return isoDate(text) ?? parseDate(text);
+  return isoDate(text, 0, text.length) ?? parseDate(text);
+}
+
+/**
+ * {@linkcode parsePgDate} of the field from `at` to `end` of `s`.
+ *
+ * @param s A row's text.
+ * @param at Where the field starts.
+ * @param end Where it ends.
+ * @returns What postgres-date returns for the field.
+ */
+export function parsePgDateAt(s: string, at: number, end: number): Date | number | null {
+  return isoDate(s, at, end) ?? parseDate(s.substring(at, end));
+}
+
+/**
+ * pg's own parser of `int2`, `int4` and `oid` (`parseInt(text, 10)`), from
+ * pg-types itself: `pg.types` may hold an app's parser by now.
+ */
+const parseInteger = (() => {
+  const parsers = new Map<number, unknown>();
+  (textParsers as { init(register: (oid: number, parser: unknown) => void): void }).init(
+    (oid, parser) => parsers.set(oid, parser),
+  );
+  return parsers.get(23);
+})();
+
+/**
+ * pg's `int2`/`int4` parser's result for the field from `at` to `end` of `s`:
+ * its digits read in place when it is an optional minus and up to 10 digits
+ * (all `int4` texts), else `parseInt` of the field.
+ *
+ * @param s A row's text.
+ * @param at Where the field starts.
+ * @param end Where it ends.
+ * @returns The number.
+ */
+export function parseIntegerAt(s: string, at: number, end: number): number {
+  const minus = s.charCodeAt(at) === DASH;
+  let i = minus ? at + 1 : at;
+  if (i === end || end - i > 10) return parseInt(s.substring(at, end), 10);
+  let n = 0;
+  for (; i < end; i++) {
+    const d = DIGITS[s.charCodeAt(i)]!;
+    if (!(d >= 0)) return parseInt(s.substring(at, end), 10);
+    n = n * 10 + d;
+  }
+  return minus ? -n : n;
+}
+
+/**
+ * The in-place parser equal to `parser`, for the parsers whose field can be
+ * read inside a row's text: dbx's date parser, pg's `int2`/`int4` parser.
+ *
+ * @param parser A column's parser.
+ * @returns Its in-place form, or undefined.
+ */
+export function parserAt(
+  parser: unknown,
+): ((s: string, at: number, end: number) => unknown) | undefined {
+  if (parser === parsePgDate) return parsePgDateAt;
+  if (parser === parseInteger) return parseIntegerAt;
+  return undefined;
 }
 
 /** pg's parsers, with {@linkcode parsePgDate} where pg's is postgres-date's. */

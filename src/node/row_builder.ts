@@ -12,6 +12,8 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
+import type { InPlace } from "./pg_parser.ts";
+import { parserAt } from "./pg_types.ts";
 
 /** A row description field, as pg-protocol parses it. */
 export type Field = pg.FieldDef;
@@ -19,6 +21,43 @@ export type Field = pg.FieldDef;
 export type Parser = (text: string) => unknown;
 /** Builds one row from a DataRow's field texts. */
 export type RowBuilder = (parsers: readonly Parser[], texts: readonly (string | null)[]) => unknown;
+
+/** The "parser" of a column whose value `readFields` (`pg_parser.ts`) parsed in place. */
+const parsedInPlace: Parser = (value) => value;
+
+/**
+ * A result's parsers, looked up now (an app may set one at any time): by
+ * column, the connection's parser; the in-place form of those that have one
+ * (`pg_types.ts`), if any; and the parsers for rows read in place (the
+ * identity for those columns).
+ *
+ * @param types The connection's parsers.
+ * @param fields The result's columns.
+ * @returns The three.
+ */
+export function columnParsers(types: pg.CustomTypesConfig, fields: readonly Field[]): {
+  parsers: Parser[];
+  inPlace: (InPlace | undefined)[] | undefined;
+  rawParsers: Parser[];
+} {
+  const parsers = new Array<Parser>(fields.length);
+  for (let i = 0; i < fields.length; i++) {
+    parsers[i] = types.getTypeParser(fields[i]!.dataTypeID, "text") as Parser;
+  }
+  let inPlace: (InPlace | undefined)[] | undefined;
+  let rawParsers = parsers;
+  for (let i = 0; i < fields.length; i++) {
+    const at = parserAt(parsers[i]);
+    if (at === undefined) continue;
+    if (inPlace === undefined) {
+      inPlace = new Array<InPlace | undefined>(fields.length);
+      rawParsers = parsers.slice();
+    }
+    inPlace[i] = at;
+    rawParsers[i] = parsedInPlace;
+  }
+  return { parsers, inPlace, rawParsers };
+}
 
 /** Object row builders by column list, shared by every connection. */
 const builders = new Map<string, RowBuilder>();
