@@ -37,9 +37,10 @@ const ROUNDS = Number(process.env.DBX_BENCH_ROUNDS ?? 3);
 const ROUND_MS = Number(process.env.DBX_BENCH_ROUND_MS ?? 400);
 const ROWS = 10_000;
 
-type Call = (i: number) => Promise<unknown>;
+/** One statement of a shape, the i-th of its run. */
+export type Call = (i: number) => Promise<unknown>;
 /** One contender: a call per shape, and how to close it. */
-interface Contender {
+export interface Contender {
   readonly name: string;
   readonly calls: Record<Shape, Call>;
   close(): Promise<void>;
@@ -95,7 +96,12 @@ async function round(fn: Call, callers: number, ms: number, latencies: number[])
   return done / ((performance.now() - start) / 1000);
 }
 
-async function prepare(url: string): Promise<void> {
+/**
+ * Creates the bench tables (`bench_rows` with {@linkcode ROWS} rows, `bench_inserts`).
+ *
+ * @param url The server.
+ */
+export async function prepare(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
@@ -117,7 +123,13 @@ async function prepare(url: string): Promise<void> {
   }
 }
 
-async function contenders(url: string): Promise<Contender[]> {
+/**
+ * Every contender on this runtime, each with a pool of {@linkcode POOL_SIZE}.
+ *
+ * @param url The server.
+ * @returns Them, in the tables' order.
+ */
+export async function contenders(url: string): Promise<Contender[]> {
   const byShape = (run: (text: string, args: unknown[]) => Promise<unknown>) =>
     Object.fromEntries(
       Object.entries(SHAPES).map(([shape, s]) => [shape, (i: number) => run(s.text, s.args(i))]),
@@ -287,4 +299,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (import.meta.main) await main();

@@ -1,0 +1,139 @@
+/**
+ * Memory of dbx and the peers over a long run, on the runtime running this file:
+ * `deno task bench:rss` (Deno) and `bun bench/peers_rss.ts` (Bun).
+ *
+ * Each contender of `peers.ts` runs in a process of its own (the same runtime), so that
+ * one's garbage is not counted as another's: {@linkcode WARMUP} point selects at
+ * {@linkcode CALLERS} callers, a full GC, RSS; then `DBX_RSS_STATEMENTS` more (default
+ * 1M), RSS sampled every 100k; a full GC, RSS again. Growth is the RSS after the second
+ * GC minus the first; the peak is the highest sample minus the first. Uses
+ * `DBX_BENCH_URL` when set, else starts a local primary. Prints a table, and the
+ * figures as JSON on the last line.
+ *
+ * @module
+ */
+
+import { execFile } from "node:child_process";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { type Call, contenders, prepare } from "./peers.ts";
+import { startLocalCluster } from "../src/testing/mod.ts";
+
+const CALLERS = 64;
+const WARMUP = 50_000;
+const STATEMENTS = Number(process.env.DBX_RSS_STATEMENTS ?? 1_000_000);
+const SAMPLE_EVERY = 100_000;
+/** A child's permissions on Deno: the task's. */
+const PERMISSIONS = ["net", "env", "read", "write", "run", "sys"].map((p) => `--allow-${p}`);
+
+/** What one contender's process reports. */
+interface Figures {
+  name: string;
+  statements: number;
+  rssBeforeMb: number;
+  rssAfterMb: number;
+  growthMb: number;
+  peakMb: number;
+}
+
+const mb = (bytes: number) => Math.round(bytes / 1024 / 1024 * 10) / 10;
+
+/** A full collection, where the runtime offers one (Deno needs `--expose-gc`). */
+function collect(): void {
+  const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
+  if (bun !== undefined) bun.gc(true);
+  else (globalThis as { gc?: () => void }).gc?.();
+}
+
+/** Runs `count` calls from `callers` loops, calling `every` after each `step` of them. */
+async function run(fn: Call, count: number, step: number, every: () => void): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: CALLERS }, async () => {
+    while (next < count) {
+      const i = next++;
+      await fn(i);
+      if ((i + 1) % step === 0) every();
+    }
+  }));
+}
+
+/** In a child: measures the contender `name`. */
+async function child(url: string, name: string): Promise<Figures> {
+  const list = await contenders(url);
+  try {
+    const contender = list.find((c) => c.name === name);
+    if (contender === undefined) throw new Error(`no contender named ${name}`);
+    const call = contender.calls.point;
+    await run(call, WARMUP, WARMUP, () => {});
+    collect();
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    await run(call, STATEMENTS, SAMPLE_EVERY, () => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    });
+    collect();
+    const after = process.memoryUsage().rss;
+    return {
+      name,
+      statements: STATEMENTS,
+      rssBeforeMb: mb(before),
+      rssAfterMb: mb(after),
+      growthMb: mb(after - before),
+      peakMb: mb(peak - before),
+    };
+  } finally {
+    for (const c of list) await c.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const only = process.env.DBX_RSS_CONTENDER;
+  let url = process.env.DBX_BENCH_URL;
+  if (only !== undefined) {
+    console.log(JSON.stringify(await child(url!, only)));
+    return;
+  }
+  let local: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
+  if (url === undefined) {
+    local = await startLocalCluster({ replicas: 0 });
+    url = local.masterUrl;
+  }
+  try {
+    await prepare(url);
+    const names = await contenders(url).then(async (list) => {
+      for (const c of list) await c.close();
+      return list.map((c) => c.name);
+    });
+    const self = fileURLToPath(import.meta.url);
+    const args = "Bun" in globalThis
+      ? [self]
+      : ["run", ...PERMISSIONS, "--v8-flags=--expose-gc", self];
+    const figures: Figures[] = [];
+    for (const name of names) {
+      const { stdout } = await promisify(execFile)(process.execPath, args, {
+        env: { ...process.env, DBX_BENCH_URL: url, DBX_RSS_CONTENDER: name },
+        maxBuffer: 1 << 20,
+      });
+      figures.push(JSON.parse(stdout.trim().split("\n").at(-1)!) as Figures);
+      console.error(JSON.stringify(figures.at(-1)));
+    }
+    const runtime = "Bun" in globalThis ? "bun" : "deno";
+    console.log(
+      `\n${runtime}: ${STATEMENTS} point selects at ${CALLERS} callers after ${WARMUP} warm-up`,
+    );
+    console.log("contender    | RSS before MB | after MB | growth MB | peak MB");
+    for (const f of figures) {
+      console.log(
+        `${f.name.padEnd(12)} | ${String(f.rssBeforeMb).padStart(13)} | ${
+          String(f.rssAfterMb).padStart(8)
+        } | ${String(f.growthMb).padStart(9)} | ${String(f.peakMb).padStart(7)}`,
+      );
+    }
+    console.log(JSON.stringify({ runtime, statements: STATEMENTS, figures }));
+  } finally {
+    await local?.close();
+  }
+}
+
+if (import.meta.main) await main();
