@@ -96,12 +96,8 @@ async function round(fn: Call, callers: number, ms: number, latencies: number[])
   return done / ((performance.now() - start) / 1000);
 }
 
-/**
- * Creates the bench tables (`bench_rows` with {@linkcode ROWS} rows, `bench_inserts`).
- *
- * @param url The server.
- */
-export async function prepare(url: string): Promise<void> {
+/** Creates the bench tables (`bench_rows` with {@linkcode ROWS} rows, `bench_inserts`). */
+async function prepare(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
@@ -259,44 +255,52 @@ function report(results: Record<string, Record<string, Cell>>, names: string[]):
   );
 }
 
-async function main(): Promise<void> {
-  let url = process.env.DBX_BENCH_URL;
-  let local: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
-  if (url === undefined) {
-    local = await startLocalCluster({ replicas: 0 });
-    url = local.masterUrl;
-  }
+/**
+ * Runs `fn` against the bench's server, its tables just created: `DBX_BENCH_URL` when
+ * set, else a local primary started (and stopped) here.
+ *
+ * @param fn The bench.
+ */
+export async function withBenchServer(fn: (url: string) => Promise<void>): Promise<void> {
+  const local = process.env.DBX_BENCH_URL === undefined
+    ? await startLocalCluster({ replicas: 0 })
+    : undefined;
   try {
+    const url = local?.masterUrl ?? process.env.DBX_BENCH_URL!;
     await prepare(url);
-    const list = await contenders(url);
-    let results;
-    try {
-      results = await measure(list);
-    } finally {
-      for (const c of list) await c.close();
-    }
-    const ceiling = await pgbenchCeiling(url);
-    const names = list.map((c) => c.name);
-    console.log(`\n${runtime}: pool ${POOL_SIZE}, ${ROUNDS} rounds of ${ROUND_MS} ms per cell`);
-    console.log(report(results, names));
-    const dbxBest = Math.max(...Object.values(results).map((r) => r.dbx!.qps));
-    if (ceiling !== undefined) {
-      console.log(
-        `pgbench pipeline ceiling: ${ceiling} statements/s; dbx's best cell is ${
-          (100 * dbxBest / ceiling).toFixed(1)
-        } % of it`,
-      );
-    }
-    const summary = { runtime, poolSize: POOL_SIZE, results, pgbenchPipeline: ceiling };
-    await mkdir(new URL("./results/", import.meta.url), { recursive: true });
-    await writeFile(
-      new URL(`./results/peers-${runtime}.json`, import.meta.url),
-      JSON.stringify(summary, null, 2),
-    );
-    console.log(JSON.stringify(summary));
+    await fn(url);
   } finally {
     await local?.close();
   }
 }
 
-if (import.meta.main) await main();
+async function main(url: string): Promise<void> {
+  const list = await contenders(url);
+  let results;
+  try {
+    results = await measure(list);
+  } finally {
+    for (const c of list) await c.close();
+  }
+  const ceiling = await pgbenchCeiling(url);
+  const names = list.map((c) => c.name);
+  console.log(`\n${runtime}: pool ${POOL_SIZE}, ${ROUNDS} rounds of ${ROUND_MS} ms per cell`);
+  console.log(report(results, names));
+  const dbxBest = Math.max(...Object.values(results).map((r) => r.dbx!.qps));
+  if (ceiling !== undefined) {
+    console.log(
+      `pgbench pipeline ceiling: ${ceiling} statements/s; dbx's best cell is ${
+        (100 * dbxBest / ceiling).toFixed(1)
+      } % of it`,
+    );
+  }
+  const summary = { runtime, poolSize: POOL_SIZE, results, pgbenchPipeline: ceiling };
+  await mkdir(new URL("./results/", import.meta.url), { recursive: true });
+  await writeFile(
+    new URL(`./results/peers-${runtime}.json`, import.meta.url),
+    JSON.stringify(summary, null, 2),
+  );
+  console.log(JSON.stringify(summary));
+}
+
+if (import.meta.main) await withBenchServer(main);

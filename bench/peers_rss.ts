@@ -17,8 +17,7 @@ import { execFile } from "node:child_process";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { type Call, contenders, prepare } from "./peers.ts";
-import { startLocalCluster } from "../src/testing/mod.ts";
+import { type Call, contenders, withBenchServer } from "./peers.ts";
 
 const CALLERS = 64;
 const WARMUP = 50_000;
@@ -87,53 +86,42 @@ async function child(url: string, name: string): Promise<Figures> {
   }
 }
 
-async function main(): Promise<void> {
-  const only = process.env.DBX_RSS_CONTENDER;
-  let url = process.env.DBX_BENCH_URL;
-  if (only !== undefined) {
-    console.log(JSON.stringify(await child(url!, only)));
-    return;
-  }
-  let local: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
-  if (url === undefined) {
-    local = await startLocalCluster({ replicas: 0 });
-    url = local.masterUrl;
-  }
-  try {
-    await prepare(url);
-    const names = await contenders(url).then(async (list) => {
-      for (const c of list) await c.close();
-      return list.map((c) => c.name);
+async function main(url: string): Promise<void> {
+  const names = await contenders(url).then(async (list) => {
+    for (const c of list) await c.close();
+    return list.map((c) => c.name);
+  });
+  const self = fileURLToPath(import.meta.url);
+  const args = "Bun" in globalThis
+    ? [self]
+    : ["run", ...PERMISSIONS, "--v8-flags=--expose-gc", self];
+  const figures: Figures[] = [];
+  for (const name of names) {
+    const { stdout } = await promisify(execFile)(process.execPath, args, {
+      env: { ...process.env, DBX_BENCH_URL: url, DBX_RSS_CONTENDER: name },
+      maxBuffer: 1 << 20,
     });
-    const self = fileURLToPath(import.meta.url);
-    const args = "Bun" in globalThis
-      ? [self]
-      : ["run", ...PERMISSIONS, "--v8-flags=--expose-gc", self];
-    const figures: Figures[] = [];
-    for (const name of names) {
-      const { stdout } = await promisify(execFile)(process.execPath, args, {
-        env: { ...process.env, DBX_BENCH_URL: url, DBX_RSS_CONTENDER: name },
-        maxBuffer: 1 << 20,
-      });
-      figures.push(JSON.parse(stdout.trim().split("\n").at(-1)!) as Figures);
-      console.error(JSON.stringify(figures.at(-1)));
-    }
-    const runtime = "Bun" in globalThis ? "bun" : "deno";
-    console.log(
-      `\n${runtime}: ${STATEMENTS} point selects at ${CALLERS} callers after ${WARMUP} warm-up`,
-    );
-    console.log("contender    | RSS before MB | after MB | growth MB | peak MB");
-    for (const f of figures) {
-      console.log(
-        `${f.name.padEnd(12)} | ${String(f.rssBeforeMb).padStart(13)} | ${
-          String(f.rssAfterMb).padStart(8)
-        } | ${String(f.growthMb).padStart(9)} | ${String(f.peakMb).padStart(7)}`,
-      );
-    }
-    console.log(JSON.stringify({ runtime, statements: STATEMENTS, figures }));
-  } finally {
-    await local?.close();
+    figures.push(JSON.parse(stdout.trim().split("\n").at(-1)!) as Figures);
+    console.error(JSON.stringify(figures.at(-1)));
   }
+  const runtime = "Bun" in globalThis ? "bun" : "deno";
+  console.log(
+    `\n${runtime}: ${STATEMENTS} point selects at ${CALLERS} callers after ${WARMUP} warm-up`,
+  );
+  console.log("contender    | RSS before MB | after MB | growth MB | peak MB");
+  for (const f of figures) {
+    console.log(
+      `${f.name.padEnd(12)} | ${String(f.rssBeforeMb).padStart(13)} | ${
+        String(f.rssAfterMb).padStart(8)
+      } | ${String(f.growthMb).padStart(9)} | ${String(f.peakMb).padStart(7)}`,
+    );
+  }
+  console.log(JSON.stringify({ runtime, statements: STATEMENTS, figures }));
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  const only = process.env.DBX_RSS_CONTENDER;
+  if (only !== undefined) {
+    console.log(JSON.stringify(await child(process.env.DBX_BENCH_URL!, only)));
+  } else await withBenchServer(main);
+}
