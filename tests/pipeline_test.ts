@@ -244,17 +244,26 @@ dbTest(
           (_, i) => cluster.query<{ i: number }>("select $1::int as i", [i]),
         ),
       ).then((all) => all.map((rows) => rows[0]!.i));
-    // Sent in one tick: 16 on each of four pipes, none on a pooled connection.
+    // Sent in one tick: 64 fit on no fewer than four pipes, and no more open.
     assert.deepEqual(await burst(64), Array.from({ length: 64 }, (_, i) => i));
-    assert.equal(conns(), 4, "four pipes for 64 statements at once");
+    assert.equal(conns(), 4, "four pipes for 64 statements at once, no pooled connection");
     // Unused for the pool's idle timeout, every pipe but the first closes.
-    await until(() => `the pipes closed down to one (${conns()} connections)`, async () => {
-      await cluster.query("select 1");
-      return conns() === 1;
-    });
-    // Ten at once fit on the one pipe left.
-    assert.deepEqual(await burst(10), Array.from({ length: 10 }, (_, i) => i));
-    assert.equal(conns(), 1, "ten statements at once share one pipe");
+    const shrunk = () =>
+      until(() => `the pipes closed down to one (${conns()} connections)`, async () => {
+        await cluster.query("select 1");
+        return conns() === 1;
+      });
+    await shrunk();
+    // Ten at once fit on the one pipe left. A statement is not gathered behind a text
+    // not yet seen fast, nor on a pipe silent for longer than the slow threshold, which a
+    // loaded host can make of any run: so the claim is that some run of a few shows it.
+    const seen: number[] = [];
+    for (let attempt = 1; seen.at(-1) !== 1; attempt++) {
+      assert.ok(attempt <= 10, `ten statements at once took ${seen.join(", ")} pipes`);
+      if (attempt > 1) await shrunk();
+      assert.deepEqual(await burst(10), Array.from({ length: 10 }, (_, i) => i));
+      seen.push(conns());
+    }
   },
   { config: { replicas: [], pool: { idleTimeoutMs: 200 } } },
 );
