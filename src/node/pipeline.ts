@@ -2,12 +2,13 @@
  * Automatic pipelining: statements of concurrent callers that need no
  * session of their own (no transaction, no cancel signal) share a few
  * connections per node in pg's `pipeline` mode, each with its own Sync, so
- * one failure affects only its statement. A statement goes to the least
- * loaded pipe that is not stalled; when every pipe is stalled, or full while
- * a pooled connection is free, or its text is slow (`slow_texts.ts`), it
- * takes a pooled connection instead, so one slow statement never holds up
- * unrelated callers for its whole duration. Statements pipelined in one tick
- * leave in one socket write. (Named statements: `statement_cache.ts`.)
+ * one failure affects only its statement. Statements pipelined in one tick
+ * leave in one socket write, so they are gathered on as few pipes as the
+ * load needs: more open as it grows, and close when it goes (`Pipes.pick`).
+ * When every pipe is stalled, or full while a pooled connection is free, or
+ * a statement's text is slow (`slow_texts.ts`), it takes a pooled connection
+ * instead, so one slow statement never holds up unrelated callers for its
+ * whole duration. (Named statements: `statement_cache.ts`.)
  *
  * @module
  */
