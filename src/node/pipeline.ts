@@ -215,18 +215,16 @@ export class Pipes {
       } else if (depth < growAt && !waiting && pipe.unproven === 0) open ??= pipe;
       else if (best === undefined || depth < best.heads.length) best = pipe;
     }
-    if (spare !== undefined) this.#retire(spare);
+    if (spare !== undefined) {
+      // An idle pipe the load no longer needs.
+      this.#drop(spare);
+      spare.client.end().catch(() => {});
+    }
     // The statement at hand may be of the text just found stuck.
     if (marked && times.isSlow(sql, slow)) return undefined;
     if (open !== undefined) return open;
     if (this.#pipes.length < connections) return this.#open();
     return best ?? late ?? (poolBusy ? full : undefined);
-  }
-
-  /** Closes an idle pipe that the load no longer needs. */
-  #retire(pipe: Pipe): void {
-    this.#drop(pipe);
-    pipe.client.end().catch(() => {});
   }
 
   #open(): Pipe {
