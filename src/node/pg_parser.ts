@@ -25,6 +25,7 @@ import type { EventEmitter } from "node:events";
 import pg from "pg";
 import { Parser } from "pg-protocol/dist/parser.js";
 import { DatabaseError } from "pg-protocol/dist/messages.js";
+import type { BinaryAt } from "./pg_types.ts";
 
 /** The DataRow message code ('D'). */
 const DATA_ROW = 68;
@@ -97,15 +98,19 @@ export function readFields(
   length: number,
   into: unknown[] | undefined,
   inPlace: readonly (InPlace | undefined)[] | undefined,
+  binary?: readonly (BinaryAt | undefined)[],
 ): unknown[] {
+  if (binary !== undefined) return readMixed(bytes, offset, into, inPlace, binary);
+  // A small integer (see readMixed).
+  const base = offset | 0;
   const size = length - 4;
-  const text = (bytes as unknown as Utf8).utf8Slice(offset, offset + size);
-  const count = (bytes[offset]! << 8) | bytes[offset + 1]!;
+  const text = (bytes as unknown as Utf8).utf8Slice(base, base + size);
+  const count = (bytes[base]! << 8) | bytes[base + 1]!;
   const fields = into !== undefined && into.length === count ? into : new Array<unknown>(count);
   const sliced = text.length === size;
   let p = 2;
   for (let i = 0; i < count; i++) {
-    const at = offset + p;
+    const at = base + p;
     const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
     p += 4;
     if (n === -1) {
@@ -116,10 +121,77 @@ export function readFields(
     const parse = inPlace?.[i];
     if (sliced) fields[i] = parse === undefined ? text.substring(p, end) : parse(text, p, end);
     else {
-      const field = bytes.toString("utf8", offset + p, offset + end);
+      const field = bytes.toString("utf8", base + p, base + end);
       fields[i] = parse === undefined ? field : parse(field, 0, field.length);
     }
     p = end;
+  }
+  return fields;
+}
+
+/**
+ * {@linkcode readFields} of a row with binary columns: those are read where
+ * they lie, with their reader; the text columns as in `readFields`, their
+ * span (first to last) decoded with one call. A first pass finds the span,
+ * the second reads the fields (each reads the field lengths).
+ *
+ * Positions are kept from the row's start, as small integers: pg-protocol
+ * hands a message's offset in a buffer of up to megabytes, as a number the
+ * engine may hold as a double, and Bun's JIT left `substring` calls with such
+ * positions for its slow path on every row of the process thereafter.
+ */
+function readMixed(
+  bytes: Buffer,
+  offset: number,
+  into: unknown[] | undefined,
+  inPlace: readonly (InPlace | undefined)[] | undefined,
+  binary: readonly (BinaryAt | undefined)[],
+): unknown[] {
+  const base = offset | 0;
+  const count = (bytes[base]! << 8) | bytes[base + 1]!;
+  const fields = into !== undefined && into.length === count ? into : new Array<unknown>(count);
+  // Where the text columns' bytes start and end.
+  let first = -1;
+  let last = 0;
+  let p = 2;
+  for (let i = 0; i < count; i++) {
+    const at = base + p;
+    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+    p += 4;
+    if (n === -1) continue;
+    if (binary[i] === undefined) {
+      if (first < 0) first = p;
+      last = p + n;
+    }
+    p += n;
+  }
+  if (first < 0) first = last = 0;
+  const text = (bytes as unknown as Utf8).utf8Slice(base + first, base + last);
+  const sliced = text.length === last - first;
+  p = 2;
+  for (let i = 0; i < count; i++) {
+    const at = base + p;
+    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+    p += 4;
+    if (n === -1) {
+      fields[i] = null;
+      continue;
+    }
+    const read = binary[i];
+    if (read !== undefined) fields[i] = read(bytes, base + p, n);
+    else {
+      const parse = inPlace?.[i];
+      if (sliced) {
+        const from = p - first;
+        fields[i] = parse === undefined
+          ? text.substring(from, from + n)
+          : parse(text, from, from + n);
+      } else {
+        const field = bytes.toString("utf8", base + p, base + p + n);
+        fields[i] = parse === undefined ? field : parse(field, 0, field.length);
+      }
+    }
+    p += n;
   }
   return fields;
 }
@@ -132,6 +204,12 @@ export function readFields(
 export interface RowReader {
   /** One DataRow of its result ({@linkcode readFields} gives its fields). */
   readRow(bytes: Buffer, offset: number, length: number): void;
+  /**
+   * It asked for binary columns: its rows come to {@linkcode readRow} even
+   * if something started to listen to every message since it was sent
+   * (which then misses them).
+   */
+  readonly binaryRows?: boolean;
 }
 
 /** Returned for a DataRow its query read itself: nothing to emit. */
@@ -187,6 +265,22 @@ export function lastRead(now: number): number {
   return samePgProtocol ? readAt : now;
 }
 
+/** pg Connections whose rows {@linkcode RowParser} reads. */
+const reading = new WeakSet<object>();
+
+/**
+ * Whether a query on this connection that reads its rows itself is handed
+ * every one of them ({@linkcode RowReader.binaryRows}): only then may it ask
+ * for binary columns, which pg's own row handling would read as text. Not
+ * while something listens to every message: it would miss those rows.
+ *
+ * @param connection pg's Connection of a client.
+ * @returns True when {@linkcode useRowParser} took the client and nothing listens to every message.
+ */
+export function readsRows(connection: object): boolean {
+  return reading.has(connection) && !(connection as RawConnection)._emitMessage;
+}
+
 /**
  * Makes a client read result rows with {@linkcode RowParser}. Call before
  * `connect()`. Does nothing when dbx's pg-protocol is not pg's.
@@ -200,14 +294,15 @@ export function useRowParser(client: pg.ClientBase): void {
     _getActiveQuery(): Partial<RowReader> | null | undefined;
   };
   const connection = raw.connection;
+  reading.add(connection);
   // pg's own attachListeners with another parser (pg-protocol's `parse`).
   connection.attachListeners = function (this: RawConnection, stream: EventEmitter): void {
     // pg hands a DataRow to the query it is answering (`_handleDataRow`); one that reads
     // rows itself is handed the bytes instead, unless something listens to every message.
     const parser = new RowParser(() => {
-      if (this._emitMessage) return undefined;
       const query = raw._getActiveQuery();
-      return typeof query?.readRow === "function" ? query as RowReader : undefined;
+      if (typeof query?.readRow !== "function") return undefined;
+      return this._emitMessage && !query.binaryRows ? undefined : query as RowReader;
     });
     stream.on("data", (buffer: Buffer) => {
       readAt = performance.now();

@@ -2,15 +2,22 @@
  * The query objects dbx hands to pg. A named statement (one the statement
  * cache prepared) runs as a {@linkcode NamedQuery}: its Parse (first time on
  * a connection), Bind, Describe (until the connection knows the statement's
- * columns), Execute and Sync leave in one buffer, built in one pass, and its
- * rows are built by a function compiled once per column list
- * (`row_builder.ts`). pg's `Query` would serialise four messages one by one,
- * ask the server to describe the result on every run, and look its parsers
- * up and copy a template object for every row. Values are prepared by pg's own `prepareValue` and parsed by
- * the same type parsers (`types`, `rowMode` and `pg.types.setTypeParser`
- * work as with pg); errors, notices and the connection's state stay pg's.
- * Other statements (no parameters, `binary`, `rows`, `queryMode`, ...) run
- * as pg's `Query`.
+ * columns), Execute and Sync leave in one buffer, built in one pass
+ * (`pg_messages.ts`), and its rows are built by a function compiled once per
+ * column list (`row_builder.ts`). pg's `Query` would serialise four messages
+ * one by one, ask the server to describe the result on every run, and look
+ * its parsers up and copy a template object for every row. Values are
+ * prepared by pg's own `prepareValue` and parsed by the same type parsers
+ * (`types`, `rowMode` and `pg.types.setTypeParser` work as with pg); errors,
+ * notices and the connection's state stay pg's. Other statements (no
+ * parameters, `binary`, `rows`, `queryMode`, ...) run as pg's `Query`.
+ *
+ * Once a connection knows a statement's columns, those of `int2`, `int4`,
+ * `oid`, `float8` and `timestamptz` whose parser is pg's own (or dbx's date
+ * parser) are asked for in binary, which the server writes and this process
+ * reads for less than their text, to the same values (`pg_types.ts`
+ * `binaryAt`); only on connections whose rows dbx's parser reads
+ * (`pg_parser.ts` `readsRows`), since pg would read them as text.
  *
  * A described statement keeps its columns while its name lives: the server
  * refuses to run a prepared statement whose result changed (0A000), and the
@@ -23,7 +30,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import {
   arrayRow,
   columnParsers,
@@ -32,7 +39,9 @@ import {
   type Parser,
   type RowBuilder,
 } from "./row_builder.ts";
-import { type InPlace, readFields } from "./pg_parser.ts";
+import { type InPlace, readFields, readsRows } from "./pg_parser.ts";
+import type { BinaryAt } from "./pg_types.ts";
+import { namedRunMessages } from "./pg_messages.ts";
 
 /** The parts of pg's Connection a query writes to. */
 interface RawConnection {
@@ -61,10 +70,6 @@ const Query = (pg as unknown as {
   };
 }).Query;
 
-/** pg's value serialiser (what its `Query` binds values with). */
-const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): unknown } })
-  .utils.prepareValue;
-
 /** What a connection knows of a named statement's result: its columns, and how rows are built. */
 interface Described {
   readonly fields: readonly Field[];
@@ -89,10 +94,6 @@ export function forgetDescribed(connection: object, name?: string): void {
 
 /** CommandComplete's tag: command, then an OID and a row count, or a row count. */
 const COMMAND_TAG = /^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/;
-
-/** Describe of the unnamed portal, Execute of it with no row limit, and Sync. */
-const DESCRIBE = Buffer.from([0x44, 0, 0, 0, 6, 0x50, 0]);
-const EXECUTE_SYNC = Buffer.from([0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0x53, 0, 0, 0, 4]);
 
 /** The result a {@linkcode NamedQuery} answers with: pg's `QueryResult` fields. */
 interface NamedResult {
@@ -123,7 +124,9 @@ class NamedQuery {
   #parsers: Parser[] = [];
   /** In-place parsers by column (`readRow`), if any column has one. */
   #inPlace: (InPlace | undefined)[] | undefined;
-  /** {@linkcode #parsers} with the identity for the columns parsed in place. */
+  /** Binary readers by column, if any column is asked for in binary. */
+  #binary: (BinaryAt | undefined)[] | undefined;
+  /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
   #rawParsers: Parser[] = [];
   #build: RowBuilder = arrayRow;
   readonly #rows: unknown[] = [];
@@ -173,71 +176,35 @@ class NamedQuery {
 
   /** Parse when needed, Bind, Describe when the columns are not known, Execute, Sync. */
   #messages(parse: boolean, parsed: boolean, connection: RawConnection): Buffer {
-    const { name, text, values } = this;
-    const n = values.length;
-    const prepared = new Array<Buffer | string | null>(n);
-    const sizes = new Array<number>(n);
-    const nameBytes = Buffer.byteLength(name);
-    // Bind: code, length, portal "", name, format count and codes, value count, values, result format count and code.
-    let bind = 1 + 4 + 1 + nameBytes + 1 + 2 + 2 * n + 2 + 4;
-    for (let i = 0; i < n; i++) {
-      const value = prepareValue(values[i]) as Buffer | string | null | undefined;
-      if (value === null || value === undefined) {
-        prepared[i] = null;
-        sizes[i] = 0;
-      } else {
-        prepared[i] = value;
-        sizes[i] = typeof value === "string" ? Buffer.byteLength(value) : value.length;
-      }
-      bind += 4 + sizes[i]!;
-    }
-    const textBytes = parse ? Buffer.byteLength(text) : 0;
-    const parseSize = parse ? 1 + 4 + nameBytes + 1 + textBytes + 1 + 2 : 0;
-    this.#described = parsed ? described.get(connection)?.get(name) : undefined;
-    const describe = this.#described === undefined ? DESCRIBE.length : 0;
-    const buf = Buffer.allocUnsafe(parseSize + bind + describe + EXECUTE_SYNC.length);
-    let at = 0;
-    if (parse) {
-      buf[at++] = 0x50;
-      at = buf.writeInt32BE(parseSize - 1, at);
-      at += buf.write(name, at, "utf8");
-      buf[at++] = 0;
-      at += buf.write(text, at, "utf8");
-      buf[at++] = 0;
-      at = buf.writeInt16BE(0, at);
-    }
-    buf[at++] = 0x42;
-    at = buf.writeInt32BE(bind - 1, at);
-    buf[at++] = 0;
-    at += buf.write(name, at, "utf8");
-    buf[at++] = 0;
-    at = buf.writeInt16BE(n, at);
-    // Text, or binary for a Buffer (as pg binds them).
-    for (let i = 0; i < n; i++) at = buf.writeInt16BE(prepared[i] instanceof Buffer ? 1 : 0, at);
-    at = buf.writeInt16BE(n, at);
-    for (let i = 0; i < n; i++) {
-      const value = prepared[i]!;
-      if (value === null) {
-        at = buf.writeInt32BE(-1, at);
-        continue;
-      }
-      at = buf.writeInt32BE(sizes[i]!, at);
-      at += typeof value === "string" ? buf.write(value, at, "utf8") : value.copy(buf, at);
-    }
-    at = buf.writeInt16BE(1, at);
-    at = buf.writeInt16BE(0, at);
-    if (describe > 0) at += DESCRIBE.copy(buf, at);
-    EXECUTE_SYNC.copy(buf, at);
-    if (this.#described !== undefined) this.#columns(this.#described);
-    return buf;
+    const known = parsed ? described.get(connection)?.get(this.name) : undefined;
+    this.#described = known;
+    if (known !== undefined) this.#columns(known, readsRows(connection));
+    return namedRunMessages({
+      name: this.name,
+      text: this.text,
+      values: this.values,
+      parse,
+      describe: known === undefined,
+      binary: this.#binary,
+    });
   }
 
-  /** Takes the result's columns: their parsers now (an app may set one at any time), the builder once. */
-  #columns(known: Described): void {
+  /**
+   * Takes the result's columns: their parsers now (an app may set one at any
+   * time), the builder once. With `binaryRows`, the columns whose binary form
+   * reads to the same value as their text with their parser are asked for in
+   * binary (`pg_types.ts` `binaryAt`).
+   */
+  #columns(known: Described, binaryRows: boolean): void {
     const fields = known.fields;
-    const { parsers, inPlace, rawParsers } = columnParsers(this.#types, fields);
+    const { parsers, inPlace, binary, rawParsers } = columnParsers(
+      this.#types,
+      fields,
+      binaryRows,
+    );
     this.#parsers = parsers;
     this.#inPlace = inPlace;
+    this.#binary = binary;
     this.#rawParsers = rawParsers;
     this.#fields = fields.slice();
     if (!this.#arrayRows) this.#build = known.build ??= objectBuilder(fields);
@@ -250,7 +217,13 @@ class NamedQuery {
       if (byName === undefined) described.set(this.#connection, byName = new Map());
       byName.set(this.name, known);
     }
-    this.#columns(known);
+    // The rows of this run come in text: the Describe asked for none in binary.
+    this.#columns(known, false);
+  }
+
+  /** Some columns come in binary: every row must reach {@linkcode readRow} (`pg_parser.ts`). */
+  get binaryRows(): boolean {
+    return this.#binary !== undefined;
   }
 
   handleDataRow(msg: { fields: (string | null)[] }): void {
@@ -272,7 +245,14 @@ class NamedQuery {
     if (this.#rowError !== undefined) return;
     try {
       // The builders copy what they read of it into a new row.
-      const fields = readFields(bytes, offset, length, this.#scratch, this.#inPlace);
+      const fields = readFields(
+        bytes,
+        offset,
+        length,
+        this.#scratch,
+        this.#inPlace,
+        this.#binary,
+      );
       this.#scratch = fields;
       this.#rows.push(this.#build(this.#rawParsers, fields as (string | null)[]));
     } catch (err) {

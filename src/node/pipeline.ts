@@ -188,17 +188,18 @@ export class Pipes {
         // busy pipe answers all the time, however deep its queue), while other
         // connections' answers were read: one waiting unread because this
         // process is busy is not late. New statements go around a late pipe if
-        // another has room. Stuck for longer than 20 ms (`slow_texts.ts`), it
-        // takes none, and its oldest statement is slow: more of the same text go
-        // to the pool now, not once the first has ended. (Between the two, a
-        // loaded server or host answers one pipe late now and then: a text slow
-        // on every run is found by its runs instead.)
+        // another has room. Stuck (20 ms, or twice the longest recent wait for a
+        // fast answer, up to 200 ms: `SlowTexts.stuckMs`), it takes none, and its
+        // oldest statement is slow: more of the same text go to the pool now, not
+        // once the first has ended. (Between the two, a loaded server or host
+        // answers one pipe late now and then: a text slow on every run is found
+        // by its runs instead.)
         const since = Math.max(pipe.heads[0]!, pipe.lastDone);
         const waited = now - since;
         if (waited > slow) {
           if (read - since > slow) {
             if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
-            else if (waited <= times.stuckMs() && depth < maxDepth) {
+            else if (waited <= times.stuckMs(now) && depth < maxDepth) {
               if (late === undefined || depth < late.heads.length) late = pipe;
             }
             continue;
@@ -311,6 +312,7 @@ export class Pipes {
             config.text,
             now - Math.max(started, pipe.lastDone),
             read !== pipe.lastRead,
+            now,
           );
           pipe.lastRead = read;
           pipe.lastDone = now;

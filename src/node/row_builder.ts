@@ -13,7 +13,7 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import type { InPlace } from "./pg_parser.ts";
-import { parserAt } from "./pg_types.ts";
+import { type BinaryAt, binaryAt, parserAt } from "./pg_types.ts";
 
 /** A row description field, as pg-protocol parses it. */
 export type Field = pg.FieldDef;
@@ -28,35 +28,43 @@ const parsedInPlace: Parser = (value) => value;
 /**
  * A result's parsers, looked up now (an app may set one at any time): by
  * column, the connection's parser; the in-place form of those that have one
- * (`pg_types.ts`), if any; and the parsers for rows read in place (the
- * identity for those columns).
+ * (`pg_types.ts`), if any; the binary reader of those that have one, if any
+ * and when `binaryRows`; and the parsers for rows read in place (the
+ * identity for the columns read in place or in binary).
  *
  * @param types The connection's parsers.
  * @param fields The result's columns.
- * @returns The three.
+ * @param binaryRows Whether the rows may come with binary columns (`pg_parser.ts` `readsRows`).
+ * @returns The four.
  */
-export function columnParsers(types: pg.CustomTypesConfig, fields: readonly Field[]): {
+export function columnParsers(
+  types: pg.CustomTypesConfig,
+  fields: readonly Field[],
+  binaryRows: boolean,
+): {
   parsers: Parser[];
   inPlace: (InPlace | undefined)[] | undefined;
+  binary: (BinaryAt | undefined)[] | undefined;
   rawParsers: Parser[];
 } {
-  const parsers = new Array<Parser>(fields.length);
-  for (let i = 0; i < fields.length; i++) {
+  const count = fields.length;
+  const parsers = new Array<Parser>(count);
+  for (let i = 0; i < count; i++) {
     parsers[i] = types.getTypeParser(fields[i]!.dataTypeID, "text") as Parser;
   }
   let inPlace: (InPlace | undefined)[] | undefined;
+  let binary: (BinaryAt | undefined)[] | undefined;
   let rawParsers = parsers;
-  for (let i = 0; i < fields.length; i++) {
-    const at = parserAt(parsers[i]);
-    if (at === undefined) continue;
-    if (inPlace === undefined) {
-      inPlace = new Array<InPlace | undefined>(fields.length);
-      rawParsers = parsers.slice();
-    }
-    inPlace[i] = at;
+  for (let i = 0; i < count; i++) {
+    const read = binaryRows ? binaryAt(parsers[i], fields[i]!.dataTypeID) : undefined;
+    const at = read === undefined ? parserAt(parsers[i]) : undefined;
+    if (read === undefined && at === undefined) continue;
+    if (rawParsers === parsers) rawParsers = parsers.slice();
     rawParsers[i] = parsedInPlace;
+    if (read !== undefined) (binary ??= new Array<BinaryAt | undefined>(count))[i] = read;
+    else (inPlace ??= new Array<InPlace | undefined>(count))[i] = at;
   }
-  return { parsers, inPlace, rawParsers };
+  return { parsers, inPlace, binary, rawParsers };
 }
 
 /** Object row builders by column list, shared by every connection. */

@@ -27,6 +27,20 @@ const SLOW_FACTOR = 8;
 /** ... but never more than this: a statement this slow always leaves the pipes. */
 const SLOW_CAP_MS = 20;
 
+/**
+ * A pipe with no answer for twice the longest recent wait between answers
+ * of fast texts (halved every {@linkcode PEAK_HALF_LIFE_MS}), and at least
+ * {@linkcode SLOW_CAP_MS}, is stuck; never later than this. On a loaded
+ * host or server a backend can go unscheduled for tens of ms while the
+ * others answer: that is no reason to call its statement's text slow and
+ * send every run of it to the pooled connections, which do the same work
+ * at several times the cost.
+ */
+const STUCK_MAX_MS = 200;
+
+/** Half-life of the longest recent wait ({@linkcode STUCK_MAX_MS}). */
+const PEAK_HALF_LIFE_MS = 1_000;
+
 /** Statement texts whose durations are remembered (the map is reset when full). */
 const DURATIONS_MAX = 4_096;
 
@@ -101,10 +115,23 @@ export class SlowTexts {
   readonly #durations = new Map<string, Runs>();
   /** Recent duration (ms, moving average) of every statement, whatever its text. */
   #typical = 0;
+  /** The longest recent wait for a fast text's answer on a pipe (ms), and when it was seen. */
+  #peak = 0;
+  #peakAt = 0;
 
-  /** How long a pipe may wait for an answer before it counts as stuck (ms). */
-  stuckMs(): number {
-    return SLOW_CAP_MS;
+  /**
+   * How long a pipe may wait for an answer before it counts as stuck (ms):
+   * {@linkcode STUCK_MAX_MS}.
+   *
+   * @param now `performance.now()`.
+   */
+  stuckMs(now: number): number {
+    return Math.min(STUCK_MAX_MS, Math.max(SLOW_CAP_MS, 2 * this.#recentPeak(now)));
+  }
+
+  /** {@linkcode #peak}, halved every {@linkcode PEAK_HALF_LIFE_MS} since it was seen. */
+  #recentPeak(now: number): number {
+    return this.#peak * 0.5 ** (Math.max(0, now - this.#peakAt) / PEAK_HALF_LIFE_MS);
   }
 
   /** How long a statement may take before it counts as slow, now (ms). */
@@ -160,7 +187,7 @@ export class SlowTexts {
 
   /**
    * A statement of `text` has waited `waited` ms on a stalled pipe: stuck for
-   * longer than {@linkcode SLOW_CAP_MS}, its text is slow from now on.
+   * longer than {@linkcode stuckMs}, its text is slow from now on.
    *
    * @param text The stalled statement's text.
    * @param waited How long it has waited.
@@ -168,7 +195,7 @@ export class SlowTexts {
    * @returns Whether the text was marked slow by this call.
    */
   stuck(text: string, waited: number, now: number): boolean {
-    if (waited <= SLOW_CAP_MS) return false;
+    if (waited <= this.stuckMs(now)) return false;
     const runs = this.#durations.get(text);
     if (runs !== undefined && runs.ms >= waited) return false;
     if (runs === undefined) this.#remember(text, new Runs(waited, true, now));
@@ -184,13 +211,21 @@ export class SlowTexts {
    * @param ms Its own time.
    * @param typical Whether it counts toward the node's typical time: not when it was
    * read together with the answer before it.
+   * @param now `performance.now()`.
    */
-  took(text: string, ms: number, typical = true): void {
+  took(text: string, ms: number, typical = true, now = performance.now()): void {
     const runs = this.#durations.get(text);
     if (runs === undefined) this.#remember(text, new Runs(ms, false));
     else {
       runs.add(ms);
-      if (runs.ms <= this.slowMs()) runs.trialWait = TRIAL_MS;
+      if (runs.ms <= this.slowMs()) {
+        runs.trialWait = TRIAL_MS;
+        // A fast text's wait: how late a pipe answers now (`stuckMs`).
+        if (ms > this.#recentPeak(now)) {
+          this.#peak = ms;
+          this.#peakAt = now;
+        }
+      }
     }
     if (typical) this.#typical = this.#typical * 0.95 + ms * 0.05;
   }
