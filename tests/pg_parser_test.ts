@@ -10,8 +10,15 @@ import pg from "pg";
 import postgresDate from "postgres-date";
 import { dbTest, testDatabase } from "../src/testing/db_test.ts";
 import { Buffer } from "node:buffer";
-import { parseIntegerAt, parsePgDate, parsePgDateAt, rowTypes } from "../src/node/pg_types.ts";
-import { readDataRow } from "../src/node/pg_parser.ts";
+import {
+  type BinaryAt,
+  binaryAt,
+  parseIntegerAt,
+  parsePgDate,
+  parsePgDateAt,
+  rowTypes,
+} from "../src/node/pg_types.ts";
+import { readDataRow, readFields } from "../src/node/pg_parser.ts";
 
 const stockDate = postgresDate as (text: string) => Date | number | null;
 
@@ -99,64 +106,108 @@ Deno.test("parseIntegerAt() gives pg's parseInt(text, 10) for a field in place",
   }
 });
 
-Deno.test("a DataRow's fields equal each field decoded alone as UTF-8, whatever its bytes", () => {
-  // Seeded, so that a failure can be replayed.
-  let seed = 20261203;
-  const random = (n: number) => {
-    // mulberry32
+/** A seeded generator of numbers below `n` (mulberry32): a failure can be replayed. */
+function seeded(seed: number): (n: number) => number {
+  return (n) => {
     seed = (seed + 0x6d2b79f5) | 0;
     let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) % n;
   };
-  // Bytes that make or break sequences: continuation bytes, lead bytes of 2–4,
-  // bytes never valid, and the encodings of é, € and 🎉.
-  const pieces = [
-    [0x80],
-    [0xbf],
-    [0xc3],
-    [0xe2, 0x82],
-    [0xf0, 0x9f],
-    [0xc0],
-    [0xff],
-    [0xed, 0xa0, 0x80],
-    [0xc3, 0xa9],
-    [0xe2, 0x82, 0xac],
-    [0xf0, 0x9f, 0x8e, 0x89],
-  ];
+}
+
+// Bytes that make or break sequences: continuation bytes, lead bytes of 2–4,
+// bytes never valid, and the encodings of é, € and 🎉.
+const PIECES = [
+  [0x80],
+  [0xbf],
+  [0xc3],
+  [0xe2, 0x82],
+  [0xf0, 0x9f],
+  [0xc0],
+  [0xff],
+  [0xed, 0xa0, 0x80],
+  [0xc3, 0xa9],
+  [0xe2, 0x82, 0xac],
+  [0xf0, 0x9f, 0x8e, 0x89],
+];
+
+/**
+ * A random DataRow: up to six fields, some NULL, mostly ASCII (some rows none
+ * other), lengths past 127 (bytes above 127 in the length words too).
+ *
+ * @returns The fields, and the message as a buffer holding other bytes before it.
+ */
+function randomRow(random: (n: number) => number): { fields: (Buffer | null)[]; message: Buffer } {
+  const fields: (Buffer | null)[] = [];
+  for (let f = 1 + random(6); f > 0; f--) {
+    if (random(8) === 0) {
+      fields.push(null);
+      continue;
+    }
+    const bytes: number[] = [];
+    const other = random(3) === 0 ? 0 : 1 + random(4);
+    for (let n = random(4) === 0 ? 120 + random(200) : random(12); n > 0; n--) {
+      if (other > 0 && random(10) < other) bytes.push(...PIECES[random(PIECES.length)]!);
+      else bytes.push(0x20 + random(95));
+    }
+    fields.push(Buffer.from(bytes));
+  }
+  const parts: Buffer[] = [Buffer.from([1, 2, 3, fields.length >> 8, fields.length & 255])];
+  for (const field of fields) {
+    const size = Buffer.alloc(4);
+    size.writeInt32BE(field === null ? -1 : field.length);
+    parts.push(size, ...(field === null ? [] : [field]));
+  }
+  return { fields, message: Buffer.concat(parts) };
+}
+
+Deno.test("a DataRow's fields equal each field decoded alone as UTF-8, whatever its bytes", () => {
+  const random = seeded(20261203);
   let sliced = 0;
   for (let row = 0; row < 5_000; row++) {
-    const fields: (Buffer | null)[] = [];
-    for (let f = 1 + random(6); f > 0; f--) {
-      if (random(8) === 0) {
-        fields.push(null);
-        continue;
-      }
-      const bytes: number[] = [];
-      // Mostly ASCII, some rows none other; lengths past 127 put bytes above 127
-      // in the length words too.
-      const other = random(3) === 0 ? 0 : 1 + random(4);
-      for (let n = random(4) === 0 ? 120 + random(200) : random(12); n > 0; n--) {
-        if (other > 0 && random(10) < other) bytes.push(...pieces[random(pieces.length)]!);
-        else bytes.push(0x20 + random(95));
-      }
-      fields.push(Buffer.from(bytes));
-    }
-    const parts: Buffer[] = [Buffer.from([fields.length >> 8, fields.length & 255])];
-    for (const field of fields) {
-      const size = Buffer.alloc(4);
-      size.writeInt32BE(field === null ? -1 : field.length);
-      parts.push(size, ...(field === null ? [] : [field]));
-    }
-    const body = Buffer.concat(parts);
-    // Some bytes before it, as in a buffer holding several messages.
-    const message = Buffer.concat([Buffer.from([1, 2, 3]), body]);
-    const got = readDataRow(message, 3, body.length + 4);
+    const { fields, message } = randomRow(random);
+    // The row starts after three other bytes, as in a buffer holding several messages.
+    const got = readDataRow(message, 3, message.length - 3 + 4);
     const want = fields.map((field) => field === null ? null : field.toString("utf8"));
-    assert.deepEqual(got.fields, want, `row ${row}: ${body.toString("hex")}`);
-    if (body.toString("utf8").length === body.length) sliced++;
+    assert.deepEqual(got.fields, want, `row ${row}: ${message.toString("hex")}`);
+    if (message.subarray(3).toString("utf8").length === message.length - 3) sliced++;
   }
   // Both ways of reading were taken, many times each.
+  assert.ok(sliced > 1_000 && sliced < 4_000, `${sliced} rows of 5000 read as slices`);
+});
+
+Deno.test("a row with binary columns: those read by their reader, the text ones as decoded alone", () => {
+  const random = seeded(20261204);
+  const hex: BinaryAt = (bytes, at, n) => `hex ${bytes.subarray(at, at + n).toString("hex")}`;
+  let sliced = 0;
+  for (let row = 0; row < 5_000; row++) {
+    const { fields, message } = randomRow(random);
+    // Any columns binary, none or all included: their bytes (any bytes) sit between text ones.
+    const binary = fields.map(() => random(3) === 0 ? hex : undefined);
+    const got = readFields(message, 3, message.length - 3 + 4, undefined, undefined, binary);
+    const want = fields.map((field, i) =>
+      field === null
+        ? null
+        : binary[i] === undefined
+        ? field.toString("utf8")
+        : hex(field, 0, field.length)
+    );
+    assert.deepEqual(got, want, `row ${row}: ${message.toString("hex")}`);
+    // Whether the span from the first text column to the last was read as slices.
+    const texts = fields.flatMap((f, i) => f === null || binary[i] !== undefined ? [] : [i]);
+    if (texts.length > 0) {
+      let at = 5;
+      const starts: number[] = [];
+      for (const f of fields) {
+        starts.push(at + 4);
+        at += 4 + (f?.length ?? 0);
+      }
+      const from = starts[texts[0]!]!;
+      const to = starts[texts.at(-1)!]! + fields[texts.at(-1)!]!.length;
+      if (message.subarray(from, to).toString("utf8").length === to - from) sliced++;
+    }
+  }
   assert.ok(sliced > 1_000 && sliced < 4_000, `${sliced} rows of 5000 read as slices`);
 });
 

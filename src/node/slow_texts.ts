@@ -67,6 +67,8 @@ class Runs {
   #current: number;
   #previous: number;
   #n = 0;
+  /** A whole window of runs is behind it: its time is not a first run's guess. */
+  settled = false;
   /** While slow: when it may be tried on a pipe again (`performance.now()`). */
   trialAt = 0;
   /** The wait before the next trial. */
@@ -92,6 +94,7 @@ class Runs {
   /** One more run. */
   add(ms: number): void {
     if (this.#n === WINDOW) {
+      this.settled = true;
       this.#previous = this.#current;
       this.#current = ms;
       this.#n = 1;
@@ -220,8 +223,9 @@ export class SlowTexts {
       runs.add(ms);
       if (runs.ms <= this.slowMs()) {
         runs.trialWait = TRIAL_MS;
-        // A fast text's wait: how late a pipe answers now (`stuckMs`).
-        if (ms > this.#recentPeak(now)) {
+        // A wait for a text fast over a window of runs: how late a pipe answers
+        // now (`stuckMs`). (A text's first runs read as fast: one is no proof.)
+        if (runs.settled && ms > this.#recentPeak(now)) {
           this.#peak = ms;
           this.#peakAt = now;
         }
