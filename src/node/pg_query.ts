@@ -33,6 +33,7 @@ import pg from "pg";
 import type { Buffer } from "node:buffer";
 import {
   arrayRow,
+  type ColumnParsers,
   columnParsers,
   type Field,
   objectBuilder,
@@ -75,6 +76,8 @@ interface Described {
   readonly fields: readonly Field[];
   /** Object rows' builder, compiled on first use. */
   build?: RowBuilder;
+  /** How the last run read the columns: kept while every parser stays the same. */
+  read?: ColumnParsers;
 }
 
 /** Per connection: described statements by name. */
@@ -121,13 +124,13 @@ class NamedQuery {
   /** What the connection knew of the result when this was sent; undefined: Describe was sent. */
   #described: Described | undefined;
   #fields: Field[] = [];
-  #parsers: Parser[] = [];
+  #parsers: readonly Parser[] = [];
   /** In-place parsers by column (`readRow`), if any column has one. */
-  #inPlace: (InPlace | undefined)[] | undefined;
+  #inPlace: readonly (InPlace | undefined)[] | undefined;
   /** Binary readers by column, if any column is asked for in binary. */
-  #binary: (BinaryAt | undefined)[] | undefined;
+  #binary: readonly (BinaryAt | undefined)[] | undefined;
   /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
-  #rawParsers: Parser[] = [];
+  #rawParsers: readonly Parser[] = [];
   #build: RowBuilder = arrayRow;
   readonly #rows: unknown[] = [];
   #rowError: Error | undefined;
@@ -197,11 +200,8 @@ class NamedQuery {
    */
   #columns(known: Described, binaryRows: boolean): void {
     const fields = known.fields;
-    const { parsers, inPlace, binary, rawParsers } = columnParsers(
-      this.#types,
-      fields,
-      binaryRows,
-    );
+    const read = known.read = columnParsers(this.#types, fields, binaryRows, known.read);
+    const { parsers, inPlace, binary, rawParsers } = read;
     this.#parsers = parsers;
     this.#inPlace = inPlace;
     this.#binary = binary;

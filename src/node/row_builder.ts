@@ -25,29 +25,46 @@ export type RowBuilder = (parsers: readonly Parser[], texts: readonly (string | 
 /** The "parser" of a column whose value `readFields` (`pg_parser.ts`) parsed in place. */
 const parsedInPlace: Parser = (value) => value;
 
+/** How a result's columns are read ({@linkcode columnParsers}). */
+export interface ColumnParsers {
+  /** The parsers they were looked up in, and whether binary columns were allowed. */
+  readonly types: pg.CustomTypesConfig;
+  readonly binaryRows: boolean;
+  /** By column, the connection's parser. */
+  readonly parsers: readonly Parser[];
+  /** The in-place form of those that have one (`pg_types.ts`), if any. */
+  readonly inPlace: readonly (InPlace | undefined)[] | undefined;
+  /** The binary reader of those that have one, if any and when `binaryRows`. */
+  readonly binary: readonly (BinaryAt | undefined)[] | undefined;
+  /** The parsers for rows read in place (the identity for columns read in place or in binary). */
+  readonly rawParsers: readonly Parser[];
+}
+
 /**
- * A result's parsers, looked up now (an app may set one at any time): by
- * column, the connection's parser; the in-place form of those that have one
- * (`pg_types.ts`), if any; the binary reader of those that have one, if any
- * and when `binaryRows`; and the parsers for rows read in place (the
- * identity for the columns read in place or in binary).
+ * A result's parsers, looked up now (an app may set one at any time), and
+ * how each column is read. When every parser is the one `previous` found,
+ * `previous` is returned as it is.
  *
  * @param types The connection's parsers.
  * @param fields The result's columns.
  * @param binaryRows Whether the rows may come with binary columns (`pg_parser.ts` `readsRows`).
- * @returns The four.
+ * @param previous What the last run of the same statement found, if any.
+ * @returns How the columns are read.
  */
 export function columnParsers(
   types: pg.CustomTypesConfig,
   fields: readonly Field[],
   binaryRows: boolean,
-): {
-  parsers: Parser[];
-  inPlace: (InPlace | undefined)[] | undefined;
-  binary: (BinaryAt | undefined)[] | undefined;
-  rawParsers: Parser[];
-} {
+  previous?: ColumnParsers,
+): ColumnParsers {
   const count = fields.length;
+  if (previous?.types === types && previous.binaryRows === binaryRows) {
+    let i = 0;
+    while (
+      i < count && types.getTypeParser(fields[i]!.dataTypeID, "text") === previous.parsers[i]
+    ) i++;
+    if (i === count) return previous;
+  }
   const parsers = new Array<Parser>(count);
   for (let i = 0; i < count; i++) {
     parsers[i] = types.getTypeParser(fields[i]!.dataTypeID, "text") as Parser;
@@ -64,7 +81,7 @@ export function columnParsers(
     if (read !== undefined) (binary ??= new Array<BinaryAt | undefined>(count))[i] = read;
     else (inPlace ??= new Array<InPlace | undefined>(count))[i] = at;
   }
-  return { parsers, inPlace, binary, rawParsers };
+  return { types, binaryRows, parsers, inPlace, binary, rawParsers };
 }
 
 /** Object row builders by column list, shared by every connection. */

@@ -14,6 +14,8 @@
  * @module
  */
 
+import { memoByText } from "./text_memo.ts";
+
 /** What a statement leaves behind on its session. */
 export type SessionEffect =
   /** Nothing beyond the statement (or its transaction). */
@@ -59,11 +61,11 @@ const CANDIDATE = /\b(?:set|reset|discard|deallocate|prepare|listen|unlisten|loa
  * @returns `"statements"` when it drops prepared statements, `"session"`
  * when it changes other session state, `undefined` when neither.
  */
-export function sessionEffect(sql: string): SessionEffect {
+export const sessionEffect: (sql: string) => SessionEffect = memoByText((sql) => {
   if (!CANDIDATE.test(sql)) return undefined;
   if (DROPS_STATEMENTS.test(sql)) return "statements";
   return SESSION_COMMANDS.test(sql) || SESSION_CALLS.test(sql) ? "session" : undefined;
-}
+});
 
 /**
  * The tool to use instead of a session-changing statement on a shared

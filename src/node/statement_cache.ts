@@ -12,12 +12,16 @@ import type pg from "pg";
 import { forgetStatement } from "./pg_internals.ts";
 import { DbxError } from "../errors.ts";
 import { pgErrorCode } from "../failure.ts";
+import { memoByText } from "./text_memo.ts";
 
 /** A statement that changes the schema: prepared statements' parameter types may be stale after it. */
 const SCHEMA_CHANGE = /(?:^|;)(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:create|alter|drop)\b/i;
 
 /** Cheap pre-filter of {@linkcode SCHEMA_CHANGE}. */
 const SCHEMA_WORDS = /\b(?:create|alter|drop)\b/i;
+
+/** Whether a text changes the schema (any of its statements). */
+const changesSchema = memoByText((sql) => SCHEMA_WORDS.test(sql) && SCHEMA_CHANGE.test(sql));
 
 /** A statement's name on a connection, and when it was last used. */
 interface Named {
@@ -128,7 +132,7 @@ export class StatementCache {
    * @returns Whether it changes the schema.
    */
   schemaChange(sql: string): boolean {
-    if (!SCHEMA_WORDS.test(sql) || !SCHEMA_CHANGE.test(sql)) return false;
+    if (!changesSchema(sql)) return false;
     this.#generation++;
     return true;
   }
