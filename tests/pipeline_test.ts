@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 // @ts-types="@types/pg"
 import pg from "pg";
-import { DbxError, mayHaveBeenApplied } from "../mod.ts";
-import { testDatabaseUrls } from "../src/testing/db_test.ts";
+import { DbxError, type Logger, mayHaveBeenApplied } from "../mod.ts";
+import { testDatabase, testDatabaseUrls } from "../src/testing/db_test.ts";
 import { dbTest } from "../src/testing/mod.ts";
 import { until, within } from "./helpers.ts";
 
@@ -343,4 +343,46 @@ dbTest(
     assert.equal(cluster.stats().totals.retries, 0);
   },
   { config: { replicas: [], pipeline: { connections: 1, maxDepth: 1 }, pool: { max: 1 } } },
+);
+
+/** A logger keeping its debug entries (message and fields). */
+function debugLog(): { entries: string[]; logger: Logger } {
+  const entries: string[] = [];
+  const ignore = () => {};
+  return {
+    entries,
+    logger: {
+      debug: (msg, fields) => void entries.push(`${msg} ${JSON.stringify(fields ?? {})}`),
+      info: ignore,
+      warn: ignore,
+      error: ignore,
+    },
+  };
+}
+
+const idleLog = debugLog();
+dbTest(
+  "a pipe that dies with nothing in flight has its node probed at once, as an idle pooled connection",
+  async (cluster) => {
+    // One statement: it opens the first pipe, which is idle once answered.
+    const [row] = await cluster.query<{ pid: number }>("select pg_backend_pid() as pid");
+    assert.equal(cluster.stats().nodes[0]!.totalConns, 1, "one pipe, no pooled connection");
+    const { master } = await testDatabase();
+    const outside = new pg.Client({ connectionString: master });
+    outside.on("error", () => {});
+    await outside.connect();
+    try {
+      await outside.query("select pg_terminate_backend($1)", [row!.pid]);
+    } finally {
+      await outside.end();
+    }
+    // No statement meets the dead pipe, and the next probe is 10 minutes away.
+    await until(
+      () => `the idle pipe's loss is reported: ${idleLog.entries.join("; ")}`,
+      () => idleLog.entries.some((e) => e.startsWith("dbx: idle connection lost")),
+    );
+    assert.ok(cluster.stats().nodes[0]!.healthy);
+    assert.deepEqual(await cluster.query("select 1 as one"), [{ one: 1 }]);
+  },
+  { config: { replicas: [], healthCheck: { intervalMs: 600_000 }, logger: idleLog.logger } },
 );

@@ -106,7 +106,7 @@ export class Node extends AttemptCounters implements BalancerNode {
    * Creates the node and its pool (no connection is opened yet).
    *
    * @param config Resolved node settings.
-   * @param onPoolError Called when an idle pooled connection dies.
+   * @param onPoolError Called when an idle pooled or pipelined connection dies.
    * @param options Pipelining and the statement cache.
    */
   constructor(
@@ -141,6 +141,7 @@ export class Node extends AttemptCounters implements BalancerNode {
       options.pipeline,
       rowTypes(options.types),
       config.pool.idleTimeoutMs,
+      (err) => onPoolError(this, err),
     );
     this.#pool = new pg.Pool({
       ...target as pg.ClientConfig,

@@ -14,10 +14,11 @@
  */
 
 // @ts-types="@types/pg"
-import pg from "pg";
-import { clientEnd, destroySocket, gatherForTick, usePassword } from "./pg_internals.ts";
+import type pg from "pg";
+import { destroySocket, gatherForTick } from "./pg_internals.ts";
+import { Pipe } from "./pipe.ts";
 import { pgQuery } from "./pg_query.ts";
-import { lastRead, useRowParser } from "./pg_parser.ts";
+import { lastRead } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -39,54 +40,6 @@ export interface PipeSettings {
   readonly maxDepth: number;
 }
 
-/** One pipelined connection. */
-class Pipe {
-  readonly client: pg.Client;
-  readonly ready: Promise<void>;
-  readonly ended: Promise<void>;
-  connected = false;
-  /** Cut on purpose because a statement left it inside a transaction. */
-  poisoned = false;
-  /** Start times of the statements in flight, oldest first (answers come in order). */
-  readonly heads: number[] = [];
-  /** Their texts, in the same order. */
-  readonly texts: string[] = [];
-  /**
-   * How many of them are of a text not yet seen fast on a pipe: it may take
-   * long (a lock, a large scan), so more statements are not gathered behind it.
-   */
-  unproven = 0;
-  /** When the last answer arrived: the next statement's own time starts there at the latest. */
-  lastDone = 0;
-  /** The read that brought the last answer (`lastRead()`). */
-  lastRead = -1;
-
-  constructor(
-    target: PgTarget,
-    connectTimeoutMs: number,
-    types: pg.CustomTypesConfig | undefined,
-    onBroken: (pipe: Pipe) => void,
-  ) {
-    this.client = new pg.Client({
-      ...target as pg.ClientConfig,
-      pipeline: true,
-      connectionTimeoutMillis: connectTimeoutMs,
-      fallback_application_name: "dbx",
-      ...(types === undefined ? {} : { types }),
-    } as pg.ClientConfig);
-    usePassword(this.client, target);
-    useRowParser(this.client);
-    this.client.on("error", () => onBroken(this));
-    this.ended = clientEnd(this.client).then(() => onBroken(this));
-    this.ready = this.client.connect().then(() => {
-      this.connected = true;
-      // Statements' own times start here at the earliest: connecting is not theirs.
-      this.lastDone = performance.now();
-    });
-    this.ready.catch(() => {});
-  }
-}
-
 /** The pipelined connections of one node. */
 export class Pipes {
   readonly #target: PgTarget;
@@ -95,6 +48,8 @@ export class Pipes {
   readonly #types: pg.CustomTypesConfig;
   /** An idle pipe beyond the first is closed after this long. */
   readonly #idleMs: number;
+  /** Told when a pipe with nothing in flight loses its connection. */
+  readonly #onIdleLoss: (err: Error) => void;
   #pipes: Pipe[] = [];
   #all = new Set<Pipe>();
   /** Statements accepted and not yet answered, on every pipe. */
@@ -111,6 +66,9 @@ export class Pipes {
    * @param settings Connections and depth.
    * @param types Value parsers.
    * @param idleMs An idle pipe beyond the first is closed after this long (0: never).
+   * @param onIdleLoss Told when a pipe with nothing in flight loses its
+   *   connection (a statement in flight reports its own loss): as for an idle
+   *   pooled connection, the node is probed now rather than at the next round.
    */
   constructor(
     target: PgTarget,
@@ -118,8 +76,10 @@ export class Pipes {
     settings: PipeSettings,
     types: pg.CustomTypesConfig,
     idleMs: number,
+    onIdleLoss: (err: Error) => void = () => {},
   ) {
     this.#target = target;
+    this.#onIdleLoss = onIdleLoss;
     this.#idleMs = idleMs > 0 ? idleMs : Infinity;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#settings = settings;
@@ -229,7 +189,13 @@ export class Pipes {
   }
 
   #open(): Pipe {
-    const pipe = new Pipe(this.#target, this.#connectTimeoutMs, this.#types, (p) => this.#drop(p));
+    const pipe = new Pipe(this.#target, this.#connectTimeoutMs, this.#types, (p, err) => {
+      this.#drop(p);
+      // Not one cut on purpose, nor one with statements in flight (they report it).
+      if (err !== undefined && !this.#closed && !p.poisoned && p.heads.length === 0) {
+        this.#onIdleLoss(err);
+      }
+    });
     this.#pipes.push(pipe);
     this.#all.add(pipe);
     pipe.ended.then(() => this.#all.delete(pipe));
