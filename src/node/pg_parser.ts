@@ -110,23 +110,42 @@ export function readFields(
   const sliced = text.length === size;
   let p = 2;
   for (let i = 0; i < count; i++) {
-    const at = base + p;
-    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+    const n = int32At(bytes, base + p);
     p += 4;
     if (n === -1) {
       fields[i] = null;
       continue;
     }
-    const end = p + n;
-    const parse = inPlace?.[i];
-    if (sliced) fields[i] = parse === undefined ? text.substring(p, end) : parse(text, p, end);
-    else {
-      const field = bytes.toString("utf8", base + p, base + end);
-      fields[i] = parse === undefined ? field : parse(field, 0, field.length);
-    }
-    p = end;
+    fields[i] = textField(bytes, base + p, n, text, p, sliced, inPlace?.[i]);
+    p += n;
   }
   return fields;
+}
+
+/** The big-endian int32 at `at` (a field's length; -1: NULL). */
+function int32At(bytes: Buffer, at: number): number {
+  return (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+}
+
+/**
+ * One text field of a row: a slice of the row's decoded text when `sliced`
+ * (from `from` there), else decoded alone, as pg does; parsed in place when
+ * it has an in-place parser.
+ */
+function textField(
+  bytes: Buffer,
+  start: number,
+  n: number,
+  text: string,
+  from: number,
+  sliced: boolean,
+  parse: InPlace | undefined,
+): unknown {
+  if (sliced) {
+    return parse === undefined ? text.substring(from, from + n) : parse(text, from, from + n);
+  }
+  const field = bytes.toString("utf8", start, start + n);
+  return parse === undefined ? field : parse(field, 0, field.length);
 }
 
 /**
@@ -155,8 +174,7 @@ function readMixed(
   let last = 0;
   let p = 2;
   for (let i = 0; i < count; i++) {
-    const at = base + p;
-    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+    const n = int32At(bytes, base + p);
     p += 4;
     if (n === -1) continue;
     if (binary[i] === undefined) {
@@ -170,27 +188,16 @@ function readMixed(
   const sliced = text.length === last - first;
   p = 2;
   for (let i = 0; i < count; i++) {
-    const at = base + p;
-    const n = (bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!;
+    const n = int32At(bytes, base + p);
     p += 4;
     if (n === -1) {
       fields[i] = null;
       continue;
     }
     const read = binary[i];
-    if (read !== undefined) fields[i] = read(bytes, base + p, n);
-    else {
-      const parse = inPlace?.[i];
-      if (sliced) {
-        const from = p - first;
-        fields[i] = parse === undefined
-          ? text.substring(from, from + n)
-          : parse(text, from, from + n);
-      } else {
-        const field = bytes.toString("utf8", base + p, base + p + n);
-        fields[i] = parse === undefined ? field : parse(field, 0, field.length);
-      }
-    }
+    fields[i] = read !== undefined
+      ? read(bytes, base + p, n)
+      : textField(bytes, base + p, n, text, p - first, sliced, inPlace?.[i]);
     p += n;
   }
   return fields;
