@@ -83,13 +83,24 @@ export type InPlace = (text: string, at: number, end: number) => unknown;
 /**
  * A DataRow's fields ({@linkcode readDataRow}), into `into` when it has as
  * many places as the row has fields, else into a new array. A column with an
- * in-place parser gets its value instead of its text (null stays null).
+ * in-place parser gets its value instead of its text, one with a binary
+ * reader the value it reads (null stays null).
+ *
+ * The text is decoded with one call: the whole row, or, when some columns
+ * are binary, the span from the first text column to the last (a first pass
+ * finds it).
+ *
+ * Positions are kept from the row's start, as small integers: pg-protocol
+ * hands a message's offset in a buffer of up to megabytes, as a number the
+ * engine may hold as a double, and Bun's JIT left `substring` calls with such
+ * positions for its slow path on every row of the process thereafter.
  *
  * @param bytes The buffer holding the message.
  * @param offset Where the row's content starts.
  * @param length The message length.
  * @param into An array to reuse, if any.
  * @param inPlace In-place parsers by column, if any.
+ * @param binary Binary readers by column, if any column came in binary.
  * @returns The fields.
  */
 export function readFields(
@@ -100,15 +111,30 @@ export function readFields(
   inPlace: readonly (InPlace | undefined)[] | undefined,
   binary?: readonly (BinaryAt | undefined)[],
 ): unknown[] {
-  if (binary !== undefined) return readMixed(bytes, offset, into, inPlace, binary);
-  // A small integer (see readMixed).
   const base = offset | 0;
-  const size = length - 4;
-  const text = (bytes as unknown as Utf8).utf8Slice(base, base + size);
   const count = (bytes[base]! << 8) | bytes[base + 1]!;
   const fields = into !== undefined && into.length === count ? into : new Array<unknown>(count);
-  const sliced = text.length === size;
+  // The bytes decoded as text, from the row's start.
+  let first = 0;
+  let last = length - 4;
   let p = 2;
+  if (binary !== undefined) {
+    first = -1;
+    for (let i = 0; i < count; i++) {
+      const n = int32At(bytes, base + p);
+      p += 4;
+      if (n === -1) continue;
+      if (binary[i] === undefined) {
+        if (first < 0) first = p;
+        last = p + n;
+      }
+      p += n;
+    }
+    if (first < 0) first = last = 0;
+    p = 2;
+  }
+  const text = (bytes as unknown as Utf8).utf8Slice(base + first, base + last);
+  const sliced = text.length === last - first;
   for (let i = 0; i < count; i++) {
     const n = int32At(bytes, base + p);
     p += 4;
@@ -116,7 +142,10 @@ export function readFields(
       fields[i] = null;
       continue;
     }
-    fields[i] = textField(bytes, base + p, n, text, p, sliced, inPlace?.[i]);
+    const read = binary?.[i];
+    fields[i] = read !== undefined
+      ? read(bytes, base + p, n)
+      : textField(bytes, base + p, n, text, p - first, sliced, inPlace?.[i]);
     p += n;
   }
   return fields;
@@ -146,61 +175,6 @@ function textField(
   }
   const field = bytes.toString("utf8", start, start + n);
   return parse === undefined ? field : parse(field, 0, field.length);
-}
-
-/**
- * {@linkcode readFields} of a row with binary columns: those are read where
- * they lie, with their reader; the text columns as in `readFields`, their
- * span (first to last) decoded with one call. A first pass finds the span,
- * the second reads the fields (each reads the field lengths).
- *
- * Positions are kept from the row's start, as small integers: pg-protocol
- * hands a message's offset in a buffer of up to megabytes, as a number the
- * engine may hold as a double, and Bun's JIT left `substring` calls with such
- * positions for its slow path on every row of the process thereafter.
- */
-function readMixed(
-  bytes: Buffer,
-  offset: number,
-  into: unknown[] | undefined,
-  inPlace: readonly (InPlace | undefined)[] | undefined,
-  binary: readonly (BinaryAt | undefined)[],
-): unknown[] {
-  const base = offset | 0;
-  const count = (bytes[base]! << 8) | bytes[base + 1]!;
-  const fields = into !== undefined && into.length === count ? into : new Array<unknown>(count);
-  // Where the text columns' bytes start and end.
-  let first = -1;
-  let last = 0;
-  let p = 2;
-  for (let i = 0; i < count; i++) {
-    const n = int32At(bytes, base + p);
-    p += 4;
-    if (n === -1) continue;
-    if (binary[i] === undefined) {
-      if (first < 0) first = p;
-      last = p + n;
-    }
-    p += n;
-  }
-  if (first < 0) first = last = 0;
-  const text = (bytes as unknown as Utf8).utf8Slice(base + first, base + last);
-  const sliced = text.length === last - first;
-  p = 2;
-  for (let i = 0; i < count; i++) {
-    const n = int32At(bytes, base + p);
-    p += 4;
-    if (n === -1) {
-      fields[i] = null;
-      continue;
-    }
-    const read = binary[i];
-    fields[i] = read !== undefined
-      ? read(bytes, base + p, n)
-      : textField(bytes, base + p, n, text, p - first, sliced, inPlace?.[i]);
-    p += n;
-  }
-  return fields;
 }
 
 /**
