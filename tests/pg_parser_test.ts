@@ -12,7 +12,6 @@ import { dbTest, testDatabase } from "../src/testing/db_test.ts";
 import { Buffer } from "node:buffer";
 import {
   type BinaryAt,
-  binaryAt,
   parseIntegerAt,
   parsePgDate,
   parsePgDateAt,
