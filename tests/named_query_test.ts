@@ -82,6 +82,20 @@ dbTest(
             shown(await client.query(update, [0, "w"])),
           );
         }
+        // Commands whose tags the client reads undecoded (`pg_parser.ts` `readCommandTag`).
+        const merge = `merge into named_q t using (select $1::int as id) s on t.id = s.id
+                       when matched then update set v = 'm' when not matched then insert values (s.id, 'm')`;
+        for (
+          const [text, values] of [[merge, [7]], [merge, [1]], [
+            "delete from named_q where id > $1",
+            [0],
+          ]] as const
+        ) {
+          assert.deepEqual(
+            shown(await facade.query(text, [...values])),
+            shown(await client.query(text, [...values])),
+          );
+        }
       } finally {
         await cluster.exec("drop table named_q");
       }

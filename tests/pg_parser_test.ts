@@ -17,7 +17,7 @@ import {
   parsePgDateAt,
   rowTypes,
 } from "../src/node/pg_types.ts";
-import { readDataRow, readFields } from "../src/node/pg_parser.ts";
+import { type CommandTag, readCommandTag, readDataRow, readFields } from "../src/node/pg_parser.ts";
 
 const stockDate = postgresDate as (text: string) => Date | number | null;
 
@@ -208,6 +208,54 @@ Deno.test("a row with binary columns: those read by their reader, the text ones 
     }
   }
   assert.ok(sliced > 1_000 && sliced < 4_000, `${sliced} rows of 5000 read as slices`);
+});
+
+/** pg's reading of a CommandComplete's text (pg's `Result#addCommandComplete`). */
+function stockTag(text: string): CommandTag {
+  const result = new (pg as unknown as {
+    Result: new () => CommandTag & { addCommandComplete(msg: { text: string }): void };
+  }).Result();
+  result.addCommandComplete({ text });
+  return { command: result.command, oid: result.oid, rowCount: result.rowCount };
+}
+
+Deno.test("readCommandTag() reads a CommandComplete's tag as pg reads its text", () => {
+  const tags = [
+    "SELECT 1",
+    "SELECT 0",
+    "INSERT 0 1",
+    "INSERT 0 250",
+    "UPDATE 12",
+    "DELETE 0",
+    "MERGE 3",
+    "FETCH 2",
+    "MOVE 1",
+    "COPY 100",
+    "CREATE TABLE",
+    "ALTER TABLE",
+    "BEGIN",
+    "SET",
+    "SELECT 9007199254740993",
+    "INSERT 0 18446744073709551615",
+    "SELECT",
+  ];
+  const random = seeded(20261205);
+  const alphabet = ["S", "E", "L", "z", " ", " ", "0", "1", "9", "-", "é", "\t"];
+  for (let i = 0; i < 20_000; i++) {
+    let tag = "";
+    for (let n = random(14); n > 0; n--) tag += alphabet[random(alphabet.length)]!;
+    tags.push(tag);
+  }
+  // Not the empty tag (no server sends one): pg's Result reads an empty text's `command` instead.
+  for (const tag of tags.filter((t) => t !== "")) {
+    // A CommandComplete after three other bytes: code, length, the tag and its NUL.
+    const body = Buffer.from(`${tag}\0`, "utf8");
+    const message = Buffer.concat([Buffer.from([1, 2, 3, 0x43, 0, 0, 0, 0]), body]);
+    message.writeInt32BE(body.length + 4, 4);
+    const got: CommandTag = { command: null, oid: null, rowCount: null };
+    readCommandTag(message, 8, body.length + 4, got);
+    assert.deepEqual(got, stockTag(tag), JSON.stringify(tag));
+  }
 });
 
 /**

@@ -2,8 +2,13 @@
  * The frontend messages of one run of a named statement (`pg_query.ts`),
  * written into one buffer in one pass: Parse (the first time on a
  * connection), Bind, Describe of the portal (until the connection knows the
- * result's columns), Execute and Sync. Values are prepared by pg's own
- * `prepareValue`, as pg's `Query` binds them: text, or binary for a Buffer.
+ * result's columns), Execute and Sync. Values are prepared as pg's `Query`
+ * binds them (pg's own `prepareValue`, but for a string or a number, which
+ * it gives as text): text, or binary for a Buffer.
+ *
+ * Short ASCII strings (names, most values) are written byte by byte, and
+ * integers likewise: on Bun and Deno a `Buffer` method called from
+ * JavaScript costs more than the loop.
  *
  * Internal: nothing here is exported from `mod.ts`.
  *
@@ -19,8 +24,11 @@ const prepareValue = (pg as unknown as { utils: { prepareValue(value: unknown): 
   .utils.prepareValue;
 
 /** Describe of the unnamed portal, Execute of it with no row limit, and Sync. */
-const DESCRIBE = Buffer.from([0x44, 0, 0, 0, 6, 0x50, 0]);
-const EXECUTE_SYNC = Buffer.from([0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0x53, 0, 0, 0, 4]);
+const DESCRIBE = [0x44, 0, 0, 0, 6, 0x50, 0];
+const EXECUTE_SYNC = [0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0x53, 0, 0, 0, 4];
+
+/** Strings up to this long are measured and written by a loop when ASCII. */
+const SHORT = 64;
 
 /** One run of a named statement. */
 export interface NamedRun {
@@ -38,6 +46,43 @@ export interface NamedRun {
   readonly binary: readonly unknown[] | undefined;
 }
 
+/** A string's UTF-8 length; negative (minus it) when it is written by a loop (short ASCII). */
+function utf8Size(s: string): number {
+  const n = s.length;
+  if (n > SHORT) return Buffer.byteLength(s);
+  for (let i = 0; i < n; i++) if (s.charCodeAt(i) > 0x7f) return Buffer.byteLength(s);
+  return -n;
+}
+
+/** Writes `s` (its {@linkcode utf8Size} `size`) at `at`; returns the position after it. */
+function putString(buf: Buffer, at: number, s: string, size: number): number {
+  if (size >= 0) return at + buf.write(s, at, "utf8");
+  for (let i = 0; i < s.length; i++) buf[at++] = s.charCodeAt(i);
+  return at;
+}
+
+/** Writes a big-endian int32 at `at`; returns the position after it. */
+function putInt32(buf: Buffer, at: number, v: number): number {
+  buf[at] = v >>> 24;
+  buf[at + 1] = v >>> 16;
+  buf[at + 2] = v >>> 8;
+  buf[at + 3] = v;
+  return at + 4;
+}
+
+/** Writes a big-endian int16 at `at`; returns the position after it. */
+function putInt16(buf: Buffer, at: number, v: number): number {
+  buf[at] = v >>> 8;
+  buf[at + 1] = v;
+  return at + 2;
+}
+
+/** Writes constant bytes at `at`; returns the position after them. */
+function putBytes(buf: Buffer, at: number, bytes: readonly number[]): number {
+  for (let i = 0; i < bytes.length; i++) buf[at++] = bytes[i]!;
+  return at;
+}
+
 /**
  * The messages of `run`.
  *
@@ -49,60 +94,71 @@ export function namedRunMessages(run: NamedRun): Buffer {
   const { name, text, values, parse, binary } = run;
   const n = values.length;
   const prepared = new Array<Buffer | string | null>(n);
+  // Per value: its size (negative: a short ASCII string, minus its length).
   const sizes = new Array<number>(n);
-  const nameBytes = Buffer.byteLength(name);
+  const nameSize = utf8Size(name);
+  const nameBytes = Math.abs(nameSize);
   // Bind: code, length, portal "", name, format count and codes, value count, values,
   // result format count and codes (one for every column, or one for all).
   let bind = 1 + 4 + 1 + nameBytes + 1 + 2 + 2 * n + 2 + 2 + 2 * (binary?.length ?? 1);
   for (let i = 0; i < n; i++) {
-    const value = prepareValue(values[i]) as Buffer | string | null | undefined;
+    const raw = values[i];
+    // What pg's prepareValue gives a string or a number, without the call.
+    const value =
+      (typeof raw === "string" ? raw : typeof raw === "number" ? String(raw) : prepareValue(raw)) as
+        | Buffer
+        | string
+        | null
+        | undefined;
     if (value === null || value === undefined) {
       prepared[i] = null;
       sizes[i] = 0;
     } else {
       prepared[i] = value;
-      sizes[i] = typeof value === "string" ? Buffer.byteLength(value) : value.length;
+      sizes[i] = typeof value === "string" ? utf8Size(value) : value.length;
     }
-    bind += 4 + sizes[i]!;
+    bind += 4 + Math.abs(sizes[i]!);
   }
-  const parseSize = parse ? 1 + 4 + nameBytes + 1 + Buffer.byteLength(text) + 1 + 2 : 0;
+  const textSize = parse ? Buffer.byteLength(text) : 0;
+  const parseSize = parse ? 1 + 4 + nameBytes + 1 + textSize + 1 + 2 : 0;
   const describe = run.describe ? DESCRIBE.length : 0;
   const buf = Buffer.allocUnsafe(parseSize + bind + describe + EXECUTE_SYNC.length);
   let at = 0;
   if (parse) {
     buf[at++] = 0x50;
-    at = buf.writeInt32BE(parseSize - 1, at);
-    at += buf.write(name, at, "utf8");
+    at = putInt32(buf, at, parseSize - 1);
+    at = putString(buf, at, name, nameSize);
     buf[at++] = 0;
     at += buf.write(text, at, "utf8");
     buf[at++] = 0;
-    at = buf.writeInt16BE(0, at);
+    at = putInt16(buf, at, 0);
   }
   buf[at++] = 0x42;
-  at = buf.writeInt32BE(bind - 1, at);
+  at = putInt32(buf, at, bind - 1);
   buf[at++] = 0;
-  at += buf.write(name, at, "utf8");
+  at = putString(buf, at, name, nameSize);
   buf[at++] = 0;
-  at = buf.writeInt16BE(n, at);
-  for (let i = 0; i < n; i++) at = buf.writeInt16BE(prepared[i] instanceof Buffer ? 1 : 0, at);
-  at = buf.writeInt16BE(n, at);
+  at = putInt16(buf, at, n);
+  for (let i = 0; i < n; i++) at = putInt16(buf, at, prepared[i] instanceof Buffer ? 1 : 0);
+  at = putInt16(buf, at, n);
   for (let i = 0; i < n; i++) {
     const value = prepared[i]!;
     if (value === null) {
-      at = buf.writeInt32BE(-1, at);
+      at = putInt32(buf, at, -1);
       continue;
     }
-    at = buf.writeInt32BE(sizes[i]!, at);
-    at += typeof value === "string" ? buf.write(value, at, "utf8") : value.copy(buf, at);
+    const size = sizes[i]!;
+    at = putInt32(buf, at, Math.abs(size));
+    at = typeof value === "string" ? putString(buf, at, value, size) : at + value.copy(buf, at);
   }
   if (binary === undefined) {
-    at = buf.writeInt16BE(1, at);
-    at = buf.writeInt16BE(0, at);
+    at = putInt16(buf, at, 1);
+    at = putInt16(buf, at, 0);
   } else {
-    at = buf.writeInt16BE(binary.length, at);
-    for (const column of binary) at = buf.writeInt16BE(column === undefined ? 0 : 1, at);
+    at = putInt16(buf, at, binary.length);
+    for (let i = 0; i < binary.length; i++) at = putInt16(buf, at, binary[i] === undefined ? 0 : 1);
   }
-  if (describe > 0) at += DESCRIBE.copy(buf, at);
-  EXECUTE_SYNC.copy(buf, at);
+  if (describe > 0) at = putBytes(buf, at, DESCRIBE);
+  putBytes(buf, at, EXECUTE_SYNC);
   return buf;
 }

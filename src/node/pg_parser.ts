@@ -4,11 +4,12 @@
  * `Buffer#toString` call; on a 100-row result that is the client's largest
  * cost (about half of its CPU on Bun). Here a row is decoded with one call,
  * and its fields are slices of it when that is what decoding each gives
- * ({@linkcode readDataRow}). Every other message, and everything pg does with
- * a row (type parsers, `rowMode`, `types`), is unchanged: this is
- * pg-protocol's own `Parser` with one message type read differently. A query
- * that reads its rows itself (dbx's named statements) is handed the bytes
- * instead of a message ({@linkcode RowReader}).
+ * ({@linkcode readDataRow}). Everything pg does with a row (type parsers,
+ * `rowMode`, `types`) is unchanged: this is pg-protocol's own `Parser` with a
+ * DataRow read differently, and a ReadyForQuery given as one of three
+ * constant messages. A query that reads its rows itself (dbx's named
+ * statements) is handed the bytes of its DataRows and CommandComplete
+ * instead of messages ({@linkcode RowReader}).
  *
  * Used only when the `pg-protocol` that dbx imports is the one `pg` uses
  * (same module, so `pg.DatabaseError` stays the class of server errors);
@@ -29,6 +30,22 @@ import type { BinaryAt } from "./pg_types.ts";
 
 /** The DataRow message code ('D'). */
 const DATA_ROW = 68;
+/** The CommandComplete message code ('C'). */
+const COMMAND_COMPLETE = 67;
+/** The ReadyForQuery message code ('Z'). */
+const READY_FOR_QUERY = 90;
+
+/**
+ * ReadyForQuery messages by their status byte ('I', 'T', 'E'): pg's client
+ * reads only `status`, and pg-protocol decodes that one byte with a
+ * `Buffer#toString` call and allocates a message on every statement.
+ */
+const READY = new Map(
+  ["I", "T", "E"].map((status) => [
+    status.charCodeAt(0),
+    Object.freeze({ name: "readyForQuery", length: 5, status }),
+  ]),
+);
 
 /** What pg's connection needs of a DataRow message (pg-protocol's own shape). */
 class DataRowMessage {
@@ -185,12 +202,84 @@ function textField(
 export interface RowReader {
   /** One DataRow of its result ({@linkcode readFields} gives its fields). */
   readRow(bytes: Buffer, offset: number, length: number): void;
+  /** Its CommandComplete ({@linkcode readCommandTag} reads the tag). */
+  readCommandComplete(bytes: Buffer, offset: number, length: number): void;
   /**
    * It asked for binary columns: its rows come to {@linkcode readRow} even
    * if something started to listen to every message since it was sent
    * (which then misses them).
    */
   readonly binaryRows?: boolean;
+}
+
+/** The parts of a result a CommandComplete's tag gives (pg's `Result` fields). */
+export interface CommandTag {
+  command: string | null;
+  /** The OID of an INSERT's row (always 0 now). */
+  oid: number | null;
+  rowCount: number | null;
+}
+
+/** Commands whose tag words are matched byte by byte, not decoded. */
+const COMMAND_WORDS = ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY"];
+const COMMAND_BYTES = COMMAND_WORDS.map((word) => [...word].map((c) => c.charCodeAt(0)));
+
+/** The word of a command tag from `start` to `end` (letters): a known one without decoding. */
+function commandWord(bytes: Buffer, start: number, end: number): string {
+  const n = end - start;
+  words: for (let w = 0; w < COMMAND_BYTES.length; w++) {
+    const word = COMMAND_BYTES[w]!;
+    if (word.length !== n) continue;
+    for (let i = 0; i < n; i++) if (bytes[start + i] !== word[i]) continue words;
+    return COMMAND_WORDS[w]!;
+  }
+  return bytes.toString("latin1", start, end);
+}
+
+/** Whether `b` is an ASCII letter. */
+const isLetter = (b: number): boolean => (b >= 65 && b <= 90) || (b >= 97 && b <= 122);
+/** Whether `b` is an ASCII digit. */
+const isDigit = (b: number): boolean => b >= 48 && b <= 57;
+
+/**
+ * Reads a CommandComplete's tag where it lies, as pg's client reads its
+ * text (`/^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/`): the leading letters are
+ * the command; one number after them is the row count, two are an OID and
+ * the row count. A tag that does not start with a letter sets nothing.
+ *
+ * @param bytes The buffer holding the message.
+ * @param offset Where the tag starts.
+ * @param length The message length (it counts its own 4 bytes).
+ * @param into Gets the command, and the numbers the tag has.
+ */
+export function readCommandTag(
+  bytes: Buffer,
+  offset: number,
+  length: number,
+  into: CommandTag,
+): void {
+  const start = offset | 0;
+  // The tag ends at its NUL, or at the message's end.
+  const end = start + length - 4;
+  let at = start;
+  while (at < end && isLetter(bytes[at]!)) at++;
+  if (at === start) return;
+  into.command = commandWord(bytes, start, at);
+  let first = -1;
+  for (let k = 0; k < 2 && at + 1 < end && bytes[at] === 32 && isDigit(bytes[at + 1]!); k++) {
+    const from = ++at;
+    let value = 0;
+    while (at < end && isDigit(bytes[at]!)) value = value * 10 + bytes[at++]! - 48;
+    // Past 15 digits the sum may round otherwise than parseInt.
+    if (at - from > 15) value = parseInt(bytes.toString("latin1", from, at), 10);
+    if (k === 0) first = value;
+    else {
+      into.oid = first;
+      into.rowCount = value;
+      return;
+    }
+  }
+  if (first >= 0) into.rowCount = first;
 }
 
 /** Returned for a DataRow its query read itself: nothing to emit. */
@@ -200,20 +289,35 @@ const READ = { name: "" };
 const RowParser = (() => {
   const Base = Parser as unknown as new () => RawParser;
   return class RowParser extends Base {
-    /** The query now answered, when it reads its rows itself and nothing else listens. */
-    readonly #reader: () => RowReader | undefined;
+    /**
+     * The query now answered, when it reads its messages itself and nothing
+     * else listens to them (`row`: for a DataRow, which a query asking for
+     * binary columns reads in any case).
+     */
+    readonly #reader: (row: boolean) => RowReader | undefined;
 
-    constructor(reader: () => RowReader | undefined) {
+    constructor(reader: (row: boolean) => RowReader | undefined) {
       super();
       this.#reader = reader;
     }
 
     override handlePacket(offset: number, code: number, length: number, bytes: Buffer): unknown {
       if (code === DATA_ROW) {
-        const reader = this.#reader();
+        const reader = this.#reader(true);
         if (reader === undefined) return readDataRow(bytes, offset, length);
         reader.readRow(bytes, offset, length);
         return READ;
+      }
+      if (code === COMMAND_COMPLETE) {
+        // pg's client only hands it to the query it is answering.
+        const reader = this.#reader(false);
+        if (reader === undefined) return super.handlePacket(offset, code, length, bytes);
+        reader.readCommandComplete(bytes, offset, length);
+        return READ;
+      }
+      if (code === READY_FOR_QUERY && length === 5) {
+        const ready = READY.get(bytes[offset]!);
+        if (ready !== undefined) return ready;
       }
       return super.handlePacket(offset, code, length, bytes);
     }
@@ -278,12 +382,13 @@ export function useRowParser(client: pg.ClientBase): void {
   reading.add(connection);
   // pg's own attachListeners with another parser (pg-protocol's `parse`).
   connection.attachListeners = function (this: RawConnection, stream: EventEmitter): void {
-    // pg hands a DataRow to the query it is answering (`_handleDataRow`); one that reads
-    // rows itself is handed the bytes instead, unless something listens to every message.
-    const parser = new RowParser(() => {
+    // pg hands a DataRow or CommandComplete to the query it is answering
+    // (`_handleDataRow`, `_handleCommandComplete`); one that reads them itself is
+    // handed the bytes instead, unless something listens to every message.
+    const parser = new RowParser((row) => {
       const query = raw._getActiveQuery();
       if (typeof query?.readRow !== "function") return undefined;
-      return this._emitMessage && !query.binaryRows ? undefined : query as RowReader;
+      return this._emitMessage && !(row && query.binaryRows) ? undefined : query as RowReader;
     });
     stream.on("data", (buffer: Buffer) => {
       readAt = performance.now();

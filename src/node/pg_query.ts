@@ -40,7 +40,7 @@ import {
   type Parser,
   type RowBuilder,
 } from "./row_builder.ts";
-import { type InPlace, readFields, readsRows } from "./pg_parser.ts";
+import { type InPlace, readCommandTag, readFields, readsRows } from "./pg_parser.ts";
 import type { BinaryAt } from "./pg_types.ts";
 import { namedRunMessages } from "./pg_messages.ts";
 
@@ -261,13 +261,7 @@ class NamedQuery {
   }
 
   handleCommandComplete(msg: { text: string }): void {
-    if (this.#described === undefined && this.#fields.length === 0 && this.#connection) {
-      // Described, and no RowDescription came (NoData): a statement without rows.
-      let byName = described.get(this.#connection);
-      if (byName === undefined) described.set(this.#connection, byName = new Map());
-      byName.set(this.name, { fields: [] });
-    }
-    const result = this.#answer();
+    const result = this.#completed();
     const match = COMMAND_TAG.exec(msg.text);
     if (match === null) return;
     result.command = match[1]!;
@@ -275,6 +269,22 @@ class NamedQuery {
       result.oid = parseInt(match[2]!, 10);
       result.rowCount = parseInt(match[3], 10);
     } else if (match[2] !== undefined) result.rowCount = parseInt(match[2], 10);
+  }
+
+  /** A CommandComplete read from the protocol buffer (`pg_parser.ts`): the same, undecoded. */
+  readCommandComplete(bytes: Buffer, offset: number, length: number): void {
+    readCommandTag(bytes, offset, length, this.#completed());
+  }
+
+  /** The statement completed: its result, to be given the tag's figures. */
+  #completed(): NamedResult {
+    if (this.#described === undefined && this.#fields.length === 0 && this.#connection) {
+      // Described, and no RowDescription came (NoData): a statement without rows.
+      let byName = described.get(this.#connection);
+      if (byName === undefined) described.set(this.#connection, byName = new Map());
+      byName.set(this.name, { fields: [] });
+    }
+    return this.#answer();
   }
 
   /** The result, as pg's starts: no command, no counts. */

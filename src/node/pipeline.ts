@@ -264,7 +264,10 @@ export class Pipes {
         if (unproven) pipe.unproven--;
         // In order, its entry is the oldest; an early answer removes its own.
         const i = pipe.heads[0] === started ? 0 : pipe.heads.lastIndexOf(started);
-        if (i >= 0) {
+        if (i === 0) {
+          pipe.heads.shift();
+          pipe.texts.shift();
+        } else if (i > 0) {
           pipe.heads.splice(i, 1);
           pipe.texts.splice(i, 1);
         }
