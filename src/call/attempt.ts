@@ -95,18 +95,19 @@ export class AttemptRunner {
    * @param info What it is, for hooks and tracers; `undefined` for work that
    * sends no statement (taking a connection): classified, not counted.
    * @param signal The caller's signal; the work itself cancels on it.
-   * @param work The attempt.
+   * @param work The attempt, given when it starts (`performance.now()`): a
+   * statement's own clock can start there without reading the clock again.
    * @returns What `work` returned.
    */
   async run<R>(
     node: Node,
     info: AttemptInfo | undefined,
     signal: AbortSignal | undefined,
-    work: () => Promise<R>,
+    work: (startedAt: number) => Promise<R>,
   ): Promise<R> {
     if (info === undefined) {
       try {
-        return await work();
+        return await work(performance.now());
       } catch (raw) {
         throw this.#failed(node, raw, signal, classify(raw));
       }
@@ -119,7 +120,7 @@ export class AttemptRunner {
     const start = performance.now();
     let result: R;
     try {
-      result = await work();
+      result = await work(start);
     } catch (raw) {
       const end = performance.now();
       const ms = end - start;

@@ -110,7 +110,7 @@ export function routed(
     read,
     { sql, argCount: args?.length ?? 0 },
     signal,
-    (node, s, pipeable) => node.send(statementConfig(sql, args), s, pipeable),
+    (node, s, pipeable, at) => node.send(statementConfig(sql, args), s, pipeable, at),
     { options, session, hedge: true },
   );
 }
@@ -328,9 +328,23 @@ export function routedWork<R>(
   const result = withRetry(
     hedges === undefined || info === undefined
       ? (node, attempt) =>
-        d.runner.run(node, info && { ...info, attempt }, signal, () => work(node, signal))
+        d.runner.run(
+          node,
+          // A literal, not a spread: this runs for every statement.
+          info && { sql: info.sql, argCount: info.argCount, attempt },
+          signal,
+          (at) => work(node, signal, undefined, at),
+        )
       : (node, attempt) =>
-        hedgedAttempt(d, hedges, node, { ...info, attempt }, signal, route?.options, work),
+        hedgedAttempt(
+          d,
+          hedges,
+          node,
+          { sql: info.sql, argCount: info.argCount, attempt },
+          signal,
+          route?.options,
+          work,
+        ),
     retryOptions(d, read ? "read" : "write", route?.options, signal, read ? session : undefined),
   );
   if (read || session === undefined) return result;

@@ -54,12 +54,13 @@ function cancelLate(leg: Leg): void {
 /**
  * A routed call's work on `node`: cancelled on the server when `signal`
  * aborts, unless `pipeable` (a hedged read without a caller's signal) let it
- * join a pipe.
+ * join a pipe. `startedAt`: when its attempt started (`performance.now()`).
  */
 export type HedgedWork<R> = (
   node: Node,
   signal: AbortSignal | undefined,
   pipeable?: boolean,
+  startedAt?: number,
 ) => Promise<R>;
 
 /** A hedge due at `at` (`performance.now()`), unless its read was answered first. */
@@ -249,7 +250,9 @@ export function hedgedAttempt<R>(
   const afterMs = node.role === "replica"
     ? hedger.admit(node, d.checker.topology.replicas)
     : undefined;
-  if (afterMs === undefined) return d.runner.run(node, info, signal, () => work(node, signal));
+  if (afterMs === undefined) {
+    return d.runner.run(node, info, signal, (at) => work(node, signal, undefined, at));
+  }
   // Without a caller's signal either statement may be pipelined (and then only dropped if it loses).
   const pipeable = signal === undefined;
   return new Promise<R>((resolve, reject) => {
@@ -274,7 +277,7 @@ export function hedgedAttempt<R>(
         leg.done = true;
         clearTimeout(leg.grace);
       };
-      d.runner.run(target, info, s, () => work(target, s, pipeable)).then(
+      d.runner.run(target, info, s, (at) => work(target, s, pipeable, at)).then(
         (result) => {
           ended();
           if (settled) return;

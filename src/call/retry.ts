@@ -169,9 +169,35 @@ export interface RetryOptions<N> {
  * {@linkcode RetryExhaustedError} with every attempt's error otherwise; a
  * {@linkcode NoHealthyNodeError} when no node could ever be picked.
  */
-export async function withRetry<N, R>(
+export function withRetry<N, R>(
   attemptOn: (node: N, attempt: number) => Promise<R>,
   options: RetryOptions<N>,
+): Promise<R> {
+  // Most calls succeed at once: the first attempt starts here, and only a
+  // failure (or no node to pick) enters the retry loop.
+  let node: N | undefined;
+  let first: Promise<R>;
+  try {
+    node = options.pick(NONE);
+    if (node === undefined) return retrying(attemptOn, options, undefined, undefined);
+    first = attemptOn(node, 1);
+  } catch (err) {
+    if (node === undefined) return Promise.reject(err);
+    first = Promise.reject(err);
+  }
+  const picked = node;
+  return first.catch((error: unknown) => retrying(attemptOn, options, picked, { error }));
+}
+
+/**
+ * {@linkcode withRetry}'s loop, from its first attempt: on `firstNode`
+ * (undefined: none could be picked), failed with `firstFailure` if given.
+ */
+async function retrying<N, R>(
+  attemptOn: (node: N, attempt: number) => Promise<R>,
+  options: RetryOptions<N>,
+  firstNode: N | undefined,
+  firstFailure: { readonly error: unknown } | undefined,
 ): Promise<R> {
   const { pick, signal } = options;
   const { maxAttempts, baseDelayMs, maxDelayMs } = options.backoff;
@@ -181,7 +207,7 @@ export async function withRetry<N, R>(
   let backoffs = 0;
   let waitDeadline: number | undefined;
   for (let attempt = 1;; attempt++) {
-    let node = pick(tried);
+    let node = attempt === 1 ? firstNode : pick(tried);
     if (node === undefined && attempt > 1) {
       try {
         await delay(backoffDelay(++backoffs, { baseDelayMs, maxDelayMs }), signal);
@@ -212,7 +238,9 @@ export async function withRetry<N, R>(
       continue;
     }
     try {
-      return await attemptOn(node, attempt);
+      return await (attempt === 1 && firstFailure !== undefined
+        ? Promise.reject(firstFailure.error)
+        : attemptOn(node, attempt));
     } catch (err) {
       if (signal?.aborted) throw err;
       const failure = failureOf(err);

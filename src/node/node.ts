@@ -281,23 +281,27 @@ export class Node extends AttemptCounters implements BalancerNode {
    * @param signal Cancels the wait for a connection, or the statement on the server.
    * @param pipeable May join a pipe even with a signal, which then cannot cancel it (a
    * hedged read's loser: the pipes take only statements that ran fast, it is left to finish).
+   * @param now `performance.now()`: its attempt's start, when that was just now.
    * @returns The driver's result.
    */
   send(
     config: pg.QueryConfig,
     signal: AbortSignal | undefined,
     pipeable = signal === undefined,
+    now = performance.now(),
   ): Promise<pg.QueryResult> {
     // A cancel request stops whatever runs on a backend: a statement with a
     // signal must be alone on its connection, so it never joins a pipe.
     const pipes = pipeable ? this.#pipes : undefined;
+    if (pipes === undefined) return this.#runPooled(config, signal, pipes);
     const pool = this.#pool;
-    const pipe = pipes?.pick(
+    const pipe = pipes.pick(
       config.text,
       pool.idleCount === 0 && pool.totalCount >= this.maxConns,
+      now,
     );
     if (pipe === undefined) return this.#runPooled(config, signal, pipes);
-    return sendCached(pipe.client, this.#statements, config, (c) => pipes!.run(pipe, c));
+    return sendCached(pipe.client, this.#statements, config, (c) => pipes.run(pipe, c, now));
   }
 
   /** Runs one statement on a leased connection. */

@@ -186,9 +186,6 @@ interface Gathered {
   readonly write: (data: Uint8Array, ...rest: unknown[]) => boolean;
 }
 
-/** Sockets whose write gathers, by socket. */
-const gathering = new WeakMap<object, Gathered>();
-
 /** Sends what a socket gathered, as one buffer. */
 function flushGathered(g: Gathered): void {
   g.open = false;
@@ -206,33 +203,33 @@ function flushGathered(g: Gathered): void {
  * stream request per message, each handled again when uncorked. A write
  * with more arguments (pg's Terminate, with a callback) first sends what was
  * gathered, in order.
- * A TLS socket, which pg puts in place after connecting, gets its own.
+ * A TLS socket, which pg puts in place while connecting, gets its own.
  *
- * @param client A pipelined client.
+ * @param client A pipelined client, connected (once per client).
+ * @returns Starts gathering the client's writes until the current tick ends
+ *   (nothing when they are gathered already): call it before each statement.
  */
-export function gatherForTick(client: pg.ClientBase): void {
+export function tickGatherer(client: pg.ClientBase): () => void {
   const stream = raw(client).connection.stream as unknown as {
     write: (data: Uint8Array, ...rest: unknown[]) => boolean;
   };
-  let g = gathering.get(stream);
-  if (g === undefined) {
-    const gathered: Gathered = { chunks: [], open: false, write: stream.write.bind(stream) };
-    stream.write = (data: Uint8Array, ...rest: unknown[]): boolean => {
-      if (gathered.open && rest.length === 0) {
-        gathered.chunks.push(data);
-        return true;
-      }
-      flushGathered(gathered);
-      return gathered.write(data, ...rest);
-    };
-    gathering.set(stream, g = gathered);
-  }
-  if (g.open) return;
-  g.open = true;
-  const tick = g;
-  // After every microtask queued so far (Node and Deno run the tick queue
-  // once the microtasks are drained), before any I/O.
-  process.nextTick(() => flushGathered(tick));
+  const tick: Gathered = { chunks: [], open: false, write: stream.write.bind(stream) };
+  stream.write = (data: Uint8Array, ...rest: unknown[]): boolean => {
+    if (tick.open && rest.length === 0) {
+      tick.chunks.push(data);
+      return true;
+    }
+    flushGathered(tick);
+    return tick.write(data, ...rest);
+  };
+  const flush = () => flushGathered(tick);
+  return () => {
+    if (tick.open) return;
+    tick.open = true;
+    // After every microtask queued so far (Node and Deno run the tick queue
+    // once the microtasks are drained), before any I/O.
+    process.nextTick(flush);
+  };
 }
 
 /**

@@ -10,7 +10,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, usePassword } from "./pg_internals.ts";
+import { clientEnd, tickGatherer, usePassword } from "./pg_internals.ts";
 import { useRowParser } from "./pg_parser.ts";
 import type { PgTarget } from "../config/tls.ts";
 
@@ -35,6 +35,8 @@ export class Pipe {
   lastDone = 0;
   /** The read that brought the last answer (`lastRead()`). */
   lastRead = -1;
+  /** Gathers the client's writes of this tick into one (`tickGatherer`); set once connected. */
+  gather: () => void = () => {};
 
   constructor(
     target: PgTarget,
@@ -54,6 +56,7 @@ export class Pipe {
     this.client.on("error", (err: Error) => onBroken(this, err));
     this.ended = clientEnd(this.client).then(() => onBroken(this));
     this.ready = this.client.connect().then(() => {
+      this.gather = tickGatherer(this.client);
       this.connected = true;
       // Statements' own times start here at the earliest: connecting is not theirs.
       this.lastDone = performance.now();

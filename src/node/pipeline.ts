@@ -15,7 +15,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { destroySocket, gatherForTick } from "./pg_internals.ts";
+import { destroySocket } from "./pg_internals.ts";
 import { Pipe } from "./pipe.ts";
 import { pgQuery } from "./pg_query.ts";
 import { lastRead } from "./pg_parser.ts";
@@ -110,13 +110,13 @@ export class Pipes {
    *
    * @param sql The statement text.
    * @param poolBusy The node's pool has no connection free, nor room for one.
+   * @param now `performance.now()`.
    * @returns The pipe, or undefined.
    */
-  pick(sql: string, poolBusy = false): Pipe | undefined {
+  pick(sql: string, poolBusy = false, now = performance.now()): Pipe | undefined {
     if (this.#closed) return undefined;
     const times = this.#times;
     const slow = times.slowMs();
-    const now = performance.now();
     if (times.verdict(sql, slow, now) === "pool") return undefined;
     const { connections, maxDepth } = this.#settings;
     const growAt = Math.min(GROW_AT, maxDepth);
@@ -212,12 +212,12 @@ export class Pipes {
    *
    * @param pipe From {@linkcode pick}.
    * @param config The statement (text, values, name).
+   * @param started `performance.now()` (the time {@linkcode pick} was given, when it was just now).
    * @returns The driver's result.
    */
-  run(pipe: Pipe, config: pg.QueryConfig): Promise<pg.QueryResult> {
+  run(pipe: Pipe, config: pg.QueryConfig, started = performance.now()): Promise<pg.QueryResult> {
     this.#inFlight++;
     // Counted at once, connected or not: `maxDepth` holds for a pipe still connecting.
-    const started = performance.now();
     pipe.heads.push(started);
     pipe.texts.push(config.text);
     const unproven = !this.#times.isFast(config.text, this.#times.slowMs());
@@ -247,7 +247,7 @@ export class Pipes {
     started: number,
     unproven: boolean,
   ): Promise<pg.QueryResult> {
-    gatherForTick(pipe.client);
+    pipe.gather();
     return new Promise<pg.QueryResult>((resolve, reject) => {
       // The callback runs inside pg's handling of this statement's
       // ReadyForQuery, before any later answer is handled: the transaction

@@ -198,6 +198,15 @@ function staleStatement(err: unknown): "gone" | "stale" | undefined {
   return undefined;
 }
 
+/** A statement method's query config: a text, its bind parameters, and the cache's name. */
+class StatementConfig {
+  constructor(
+    readonly text: string,
+    readonly values: readonly unknown[] | undefined,
+    readonly name?: string,
+  ) {}
+}
+
 /**
  * The query config of a statement text and its bind parameters.
  *
@@ -209,7 +218,15 @@ export function statementConfig(
   sql: string,
   args: readonly unknown[] | undefined,
 ): pg.QueryConfig {
-  return { text: sql, values: args } as pg.QueryConfig;
+  return new StatementConfig(sql, args) as pg.QueryConfig;
+}
+
+/** `config` with the cache's `name` (undefined: none): a copy with every other field kept. */
+function withName(config: pg.QueryConfig, name: string | undefined): pg.QueryConfig {
+  // A statement method's config is built, not copied: this runs for every statement.
+  return config instanceof StatementConfig
+    ? new StatementConfig(config.text, config.values, name) as pg.QueryConfig
+    : { ...config, name };
 }
 
 /**
@@ -244,10 +261,10 @@ export function sendCached(
   const args = config.values;
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
   if (name === undefined) {
-    const unnamed = config.name === undefined ? config : { ...config, name: undefined };
+    const unnamed = config.name === undefined ? config : withName(config, undefined);
     return send(unnamed).catch((err) => named(err, "", sql));
   }
-  return send({ ...config, name }).catch((err) => {
+  return send(withName(config, name)).catch((err) => {
     if (pgErrorCode(err) === "42P05") {
       // Our own name already prepared on this server connection: only a
       // pooler handing one server connection to several clients does that.
@@ -260,7 +277,7 @@ export function sendCached(
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") return named(err, name, sql);
     const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
-    return send({ ...config, name: again }).catch((e) => named(e, again, sql));
+    return send(withName(config, again)).catch((e) => named(e, again, sql));
   });
 }
 
