@@ -93,6 +93,9 @@ export class Node extends AttemptCounters implements BalancerNode {
   /** URL (with its password), TLS settings and password: private, so no inspect or JSON shows them. */
   readonly #target: PgTarget;
   readonly #pool: pg.Pool;
+  /** Whether the pool has no connection free, nor room for one (for `Pipes.pick`). */
+  readonly #poolBusy = (): boolean =>
+    this.#pool.idleCount === 0 && this.#pool.totalCount >= this.maxConns;
   readonly #pipes: Pipes | undefined;
   readonly #statements: StatementCache | undefined;
   readonly #connectTimeoutMs: number;
@@ -294,12 +297,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     // signal must be alone on its connection, so it never joins a pipe.
     const pipes = pipeable ? this.#pipes : undefined;
     if (pipes === undefined) return this.#runPooled(config, signal, pipes);
-    const pool = this.#pool;
-    const pipe = pipes.pick(
-      config.text,
-      pool.idleCount === 0 && pool.totalCount >= this.maxConns,
-      now,
-    );
+    const pipe = pipes.pick(config.text, this.#poolBusy, now);
     if (pipe === undefined) return this.#runPooled(config, signal, pipes);
     return sendCached(pipe.client, this.#statements, config, (c) => pipes.run(pipe, c, now));
   }

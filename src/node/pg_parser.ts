@@ -9,7 +9,8 @@
  * DataRow read differently, and a ReadyForQuery given as one of three
  * constant messages. A query that reads its rows itself (dbx's named
  * statements) is handed the bytes of its DataRows and CommandComplete
- * instead of messages ({@linkcode RowReader}).
+ * instead of messages ({@linkcode RowReader}), and its BindComplete, which
+ * nothing in pg listens to, is not emitted.
  *
  * Used only when the `pg-protocol` that dbx imports is the one `pg` uses
  * (same module, so `pg.DatabaseError` stays the class of server errors);
@@ -34,6 +35,8 @@ const DATA_ROW = 68;
 const COMMAND_COMPLETE = 67;
 /** The ReadyForQuery message code ('Z'). */
 const READY_FOR_QUERY = 90;
+/** The BindComplete message code ('2'). */
+const BIND_COMPLETE = 50;
 
 /**
  * ReadyForQuery messages by their status byte ('I', 'T', 'E'): pg's client
@@ -315,6 +318,8 @@ const RowParser = (() => {
         reader.readCommandComplete(bytes, offset, length);
         return READ;
       }
+      // Nothing in pg listens to a BindComplete: not even an event for it, for dbx's queries.
+      if (code === BIND_COMPLETE && this.#reader(false) !== undefined) return READ;
       if (code === READY_FOR_QUERY && length === 5) {
         const ready = READY.get(bytes[offset]!);
         if (ready !== undefined) return ready;
@@ -348,6 +353,20 @@ let readAt = 0;
  */
 export function lastRead(now: number): number {
   return samePgProtocol ? readAt : now;
+}
+
+/** Whether a read of a connection dbx opened is being handled now (its time is `readAt`). */
+let handling = false;
+
+/**
+ * The time of an answer handled now: when its read began, while a read is
+ * handled (every answer of a read arrived then; the clock is read once per
+ * read, not once per answer), else now.
+ *
+ * @returns A `performance.now()` time.
+ */
+export function answerTime(): number {
+  return handling ? readAt : performance.now();
 }
 
 /** pg Connections whose rows {@linkcode RowParser} reads. */
@@ -392,11 +411,16 @@ export function useRowParser(client: pg.ClientBase): void {
     });
     stream.on("data", (buffer: Buffer) => {
       readAt = performance.now();
-      parser.parse(buffer, (message) => {
-        if (message === READ) return;
-        if (this._emitMessage) this.emit("message", message);
-        this.emit(message.name === "error" ? "errorMessage" : message.name, message);
-      });
+      handling = true;
+      try {
+        parser.parse(buffer, (message) => {
+          if (message === READ) return;
+          if (this._emitMessage) this.emit("message", message);
+          this.emit(message.name === "error" ? "errorMessage" : message.name, message);
+        });
+      } finally {
+        handling = false;
+      }
     });
   };
 }

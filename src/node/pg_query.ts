@@ -95,6 +95,9 @@ export function forgetDescribed(connection: object, name?: string): void {
   else described.get(connection)?.delete(name);
 }
 
+/** A query's parsers before its columns are known (shared: nothing is allocated per query). */
+const NO_PARSERS: readonly Parser[] = Object.freeze([]);
+
 /** CommandComplete's tag: command, then an OID and a row count, or a row count. */
 const COMMAND_TAG = /^([A-Za-z]+)(?: (\d+))?(?: (\d+))?/;
 
@@ -123,14 +126,15 @@ class NamedQuery {
   #connection: RawConnection | undefined;
   /** What the connection knew of the result when this was sent; undefined: Describe was sent. */
   #described: Described | undefined;
-  #fields: Field[] = [];
-  #parsers: readonly Parser[] = [];
+  /** The result's columns, once known (a copy for this result); undefined: none. */
+  #fields: Field[] | undefined;
+  #parsers: readonly Parser[] = NO_PARSERS;
   /** In-place parsers by column (`readRow`), if any column has one. */
   #inPlace: readonly (InPlace | undefined)[] | undefined;
   /** Binary readers by column, if any column is asked for in binary. */
   #binary: readonly (BinaryAt | undefined)[] | undefined;
   /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
-  #rawParsers: readonly Parser[] = [];
+  #rawParsers: readonly Parser[] = NO_PARSERS;
   #build: RowBuilder = arrayRow;
   readonly #rows: unknown[] = [];
   #rowError: Error | undefined;
@@ -278,7 +282,7 @@ class NamedQuery {
 
   /** The statement completed: its result, to be given the tag's figures. */
   #completed(): NamedResult {
-    if (this.#described === undefined && this.#fields.length === 0 && this.#connection) {
+    if (this.#described === undefined && !this.#fields?.length && this.#connection) {
       // Described, and no RowDescription came (NoData): a statement without rows.
       let byName = described.get(this.#connection);
       if (byName === undefined) described.set(this.#connection, byName = new Map());
@@ -294,7 +298,7 @@ class NamedQuery {
       rowCount: null,
       oid: null,
       rows: this.#rows,
-      fields: this.#fields,
+      fields: this.#fields ?? [],
     };
   }
 

@@ -18,7 +18,7 @@ import type pg from "pg";
 import { destroySocket } from "./pg_internals.ts";
 import { Pipe } from "./pipe.ts";
 import { pgQuery } from "./pg_query.ts";
-import { lastRead } from "./pg_parser.ts";
+import { answerTime, lastRead } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
 import { markNodeFine, markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
@@ -109,11 +109,16 @@ export class Pipes {
    * pipes grow with load and shrink when it goes.
    *
    * @param sql The statement text.
-   * @param poolBusy The node's pool has no connection free, nor room for one.
+   * @param poolBusy Whether the node's pool has no connection free, nor room for one
+   *   (asked only when every pipe is full).
    * @param now `performance.now()`.
    * @returns The pipe, or undefined.
    */
-  pick(sql: string, poolBusy = false, now = performance.now()): Pipe | undefined {
+  pick(
+    sql: string,
+    poolBusy: () => boolean = () => false,
+    now = performance.now(),
+  ): Pipe | undefined {
     if (this.#closed) return undefined;
     const times = this.#times;
     const slow = times.slowMs();
@@ -185,7 +190,7 @@ export class Pipes {
     if (marked && times.isSlow(sql, slow)) return undefined;
     if (open !== undefined) return open;
     if (this.#pipes.length < connections) return this.#open();
-    return best ?? late ?? (poolBusy ? full : undefined);
+    return best ?? late ?? (full !== undefined && poolBusy() ? full : undefined);
   }
 
   #open(): Pipe {
@@ -273,7 +278,7 @@ export class Pipes {
         }
         if (i === 0) {
           // Its own time, not the time spent queued behind earlier statements.
-          const now = performance.now();
+          const now = answerTime();
           // The node's typical time counts the first answer of each read only: the
           // answers read with it are handled at once, and would count as taking no time.
           const read = lastRead(now);
