@@ -198,13 +198,15 @@ function staleStatement(err: unknown): "gone" | "stale" | undefined {
   return undefined;
 }
 
-/** A statement method's query config: a text, its bind parameters, and the cache's name. */
+/**
+ * A statement method's query config: a text, its bind parameters, and the
+ * cache's name. Made for one {@linkcode sendCached} call (each attempt makes
+ * its own), which names it in place: pg copies the name when the query is
+ * built, so a re-send under a new name leaves the first query as it was.
+ */
 class StatementConfig {
-  constructor(
-    readonly text: string,
-    readonly values: readonly unknown[] | undefined,
-    readonly name?: string,
-  ) {}
+  name: string | undefined = undefined;
+  constructor(readonly text: string, readonly values: readonly unknown[] | undefined) {}
 }
 
 /**
@@ -221,12 +223,15 @@ export function statementConfig(
   return new StatementConfig(sql, args) as pg.QueryConfig;
 }
 
-/** `config` with the cache's `name` (undefined: none): a copy with every other field kept. */
+/**
+ * `config` with the cache's `name` (undefined: none): a statement method's
+ * own config named in place (this runs for every statement), any other
+ * copied with every other field kept.
+ */
 function withName(config: pg.QueryConfig, name: string | undefined): pg.QueryConfig {
-  // A statement method's config is built, not copied: this runs for every statement.
-  return config instanceof StatementConfig
-    ? new StatementConfig(config.text, config.values, name) as pg.QueryConfig
-    : { ...config, name };
+  if (!(config instanceof StatementConfig)) return { ...config, name };
+  config.name = name;
+  return config as pg.QueryConfig;
 }
 
 /**
