@@ -17,7 +17,8 @@ import {
   parsePgDateAt,
   rowTypes,
 } from "../src/node/pg_types.ts";
-import { type CommandTag, readCommandTag, readDataRow, readFields } from "../src/node/pg_parser.ts";
+import { readDataRow, readFields } from "../src/node/pg_parser.ts";
+import { type CommandTag, readCommandTag } from "../src/node/command_tag.ts";
 
 const stockDate = postgresDate as (text: string) => Date | number | null;
 

@@ -40,7 +40,8 @@ import {
   type Parser,
   type RowBuilder,
 } from "./row_builder.ts";
-import { type InPlace, readCommandTag, readFields, readsRows } from "./pg_parser.ts";
+import { type InPlace, readFields, readsRows } from "./pg_parser.ts";
+import { readCommandTag } from "./command_tag.ts";
 import type { BinaryAt } from "./pg_types.ts";
 import { namedRunMessages } from "./pg_messages.ts";
 
