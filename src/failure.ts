@@ -8,6 +8,8 @@
  * @module
  */
 
+// @ts-types="@types/pg"
+import type pg from "pg";
 import { isConnectionError, pgErrorCode, walk } from "./sqlstate.ts";
 
 export { isConnectionError, pgErrorCode, walk };
@@ -202,4 +204,28 @@ export function classify(err: unknown): Failure {
     serialization: code === "40001" || code === "40P01",
     code,
   };
+}
+
+/**
+ * What a statement's failure becomes (`sendCached` in `node/statement_cache.ts`:
+ * the error, named by its statement, or the answer of the statement sent
+ * again): it returns the promise to settle with, or throws.
+ */
+export type Failed = (err: unknown) => Promise<pg.QueryResult>;
+
+/**
+ * Settles a statement's promise with its failure `err` as `.catch(failed)`
+ * on it would (`failed` runs as a promise reaction, once the answer at hand
+ * is handled), without one more promise for every statement that succeeds.
+ *
+ * @param err The failure.
+ * @param failed What it becomes.
+ * @param resolve The statement promise's resolve.
+ */
+export function settleFailed(
+  err: unknown,
+  failed: Failed,
+  resolve: (value: Promise<pg.QueryResult>) => void,
+): void {
+  resolve(Promise.reject(err).catch(failed));
 }

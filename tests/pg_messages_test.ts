@@ -118,7 +118,7 @@ Deno.test("a named run binds every value as pg's prepareValue gives it", () => {
         for (const values of [...VALUES.map((v) => [v]), VALUES, []]) {
           const name = parse ? "dbx_s_é12" : "dbx_s12";
           const text = "select $1 -- ü";
-          const got = readBack(namedRunMessages({ name, text, values, parse, describe, binary }));
+          const got = readBack(namedRunMessages(name, text, values, parse, describe, binary));
           const codes = [...(parse ? ["P"] : []), "B", ...(describe ? ["D"] : []), "E", "S"];
           assert.deepEqual(got.codes, codes);
           if (parse) assert.deepEqual(got.parse, { name, text });
@@ -139,19 +139,37 @@ Deno.test("a named run binds every value as pg's prepareValue gives it", () => {
   }
 });
 
+Deno.test("a value that writes another run while its own is written leaves both intact", () => {
+  // pg submits a statement at once when pipelining: one sent from a value's toPostgres
+  // is written in the middle of the run that prepares the value.
+  let inner: Buffer | undefined;
+  const value = {
+    toPostgres: () => {
+      inner = namedRunMessages("in", "select $1, $2", ["inner", 2], false, false, undefined);
+      return "outer";
+    },
+  };
+  const outer = namedRunMessages(
+    "out",
+    "select $1, $2, $3",
+    ["a", value, 3],
+    false,
+    false,
+    undefined,
+  );
+  const bytes = (xs: string[]) => xs.map((x) => Buffer.from(x, "utf8"));
+  assert.deepEqual(readBack(outer).bind.values, bytes(["a", "outer", "3"]));
+  assert.deepEqual(readBack(inner!).bind.values, bytes(["inner", "2"]));
+  // And the next run starts from clean arrays.
+  const next = namedRunMessages("next", "select $1", ["x"], false, false, undefined);
+  assert.deepEqual(readBack(next).bind.values, bytes(["x"]));
+});
+
 Deno.test("a value pg cannot serialise throws its error, as pg's Query would", () => {
   const loop: Record<string, unknown> = {};
   loop.self = loop;
   assert.throws(
-    () =>
-      namedRunMessages({
-        name: "s",
-        text: "select $1",
-        values: [loop],
-        parse: false,
-        describe: false,
-        binary: undefined,
-      }),
+    () => namedRunMessages("s", "select $1", [loop], false, false, undefined),
     TypeError,
   );
 });

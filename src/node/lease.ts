@@ -126,7 +126,12 @@ export class Lease<N extends LeaseNode = LeaseNode> {
   send(config: pg.QueryConfig, signal: AbortSignal | undefined): Promise<pg.QueryResult> {
     return this.use(signal, (client) => {
       this.noteStatement(config.text);
-      return sendCached(client, this.#statements, config, (c) => sendQuery(client, c));
+      return sendCached(
+        client,
+        this.#statements,
+        config,
+        (c, failed) => sendQuery(client, c, failed),
+      );
     });
   }
 

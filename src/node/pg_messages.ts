@@ -30,21 +30,16 @@ const EXECUTE_SYNC = [0x45, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0x53, 0, 0, 0, 4];
 /** Strings up to this long are measured and written by a loop when ASCII. */
 const SHORT = 64;
 
-/** One run of a named statement. */
-export interface NamedRun {
-  readonly name: string;
-  readonly text: string;
-  readonly values: readonly unknown[];
-  /** Parse it first: the connection has not prepared it. */
-  readonly parse: boolean;
-  /** Describe the portal: the connection does not know the result's columns. */
-  readonly describe: boolean;
-  /**
-   * By result column, a defined entry for a column asked for in binary;
-   * undefined: every column in text.
-   */
-  readonly binary: readonly unknown[] | undefined;
-}
+/**
+ * Each value's prepared form and size, reused from run to run: a run
+ * allocates its buffer and nothing else. A value's `toPostgres` may send a
+ * statement while its run is written (pg submits it at once when
+ * pipelining): that run gets arrays of its own.
+ */
+const PREPARED: (Buffer | string | null)[] = [];
+/** Per value: its size (negative: a short ASCII string, minus its length). */
+const SIZES: number[] = [];
+let scratchInUse = false;
 
 /** A string's UTF-8 length; negative (minus it) when it is written by a loop (short ASCII). */
 function utf8Size(s: string): number {
@@ -84,44 +79,49 @@ function putBytes(buf: Buffer, at: number, bytes: readonly number[]): number {
 }
 
 /**
- * The messages of `run`.
+ * The messages of one run of a named statement. Its arguments are plain
+ * parameters, not an object: this runs for every statement.
  *
- * @param run The statement, its values and what the connection knows of it.
+ * @param name The statement's name.
+ * @param text Its text (sent when `parse`).
+ * @param values Its bind parameters.
+ * @param parse Parse it first: the connection has not prepared it.
+ * @param describeIt Describe the portal: the connection does not know the result's columns.
+ * @param binary By result column, a defined entry for a column asked for in
+ *   binary; undefined: every column in text.
  * @returns One buffer holding them all.
  * @throws What pg's `prepareValue` throws for a value it cannot serialise.
  */
-export function namedRunMessages(run: NamedRun): Buffer {
-  const { name, text, values, parse, binary } = run;
+export function namedRunMessages(
+  name: string,
+  text: string,
+  values: readonly unknown[],
+  parse: boolean,
+  describeIt: boolean,
+  binary: readonly unknown[] | undefined,
+): Buffer {
   const n = values.length;
-  const prepared = new Array<Buffer | string | null>(n);
-  // Per value: its size (negative: a short ASCII string, minus its length).
-  const sizes = new Array<number>(n);
   const nameSize = utf8Size(name);
   const nameBytes = Math.abs(nameSize);
   // Bind: code, length, portal "", name, format count and codes, value count, values,
   // result format count and codes (one for every column, or one for all).
   let bind = 1 + 4 + 1 + nameBytes + 1 + 2 + 2 * n + 2 + 2 + 2 * (binary?.length ?? 1);
-  for (let i = 0; i < n; i++) {
-    const raw = values[i];
-    // What pg's prepareValue gives a string or a number, without the call.
-    const value =
-      (typeof raw === "string" ? raw : typeof raw === "number" ? String(raw) : prepareValue(raw)) as
-        | Buffer
-        | string
-        | null
-        | undefined;
-    if (value === null || value === undefined) {
-      prepared[i] = null;
-      sizes[i] = 0;
-    } else {
-      prepared[i] = value;
-      sizes[i] = typeof value === "string" ? utf8Size(value) : value.length;
-    }
-    bind += 4 + Math.abs(sizes[i]!);
+  // Only preparing the values runs code of the app's (`toPostgres`).
+  const reuse = !scratchInUse;
+  const prepared = reuse ? PREPARED : new Array<Buffer | string | null>(n);
+  const sizes = reuse ? SIZES : new Array<number>(n);
+  scratchInUse = true;
+  try {
+    bind += prepareValues(values, prepared, sizes);
+  } catch (err) {
+    if (reuse) PREPARED.length = 0;
+    throw err;
+  } finally {
+    if (reuse) scratchInUse = false;
   }
   const textSize = parse ? Buffer.byteLength(text) : 0;
   const parseSize = parse ? 1 + 4 + nameBytes + 1 + textSize + 1 + 2 : 0;
-  const describe = run.describe ? DESCRIBE.length : 0;
+  const describe = describeIt ? DESCRIBE.length : 0;
   const buf = Buffer.allocUnsafe(parseSize + bind + describe + EXECUTE_SYNC.length);
   let at = 0;
   if (parse) {
@@ -160,5 +160,40 @@ export function namedRunMessages(run: NamedRun): Buffer {
   }
   if (describe > 0) at = putBytes(buf, at, DESCRIBE);
   putBytes(buf, at, EXECUTE_SYNC);
+  // Nothing of a run is held after it.
+  if (reuse) PREPARED.length = 0;
   return buf;
+}
+
+/**
+ * Prepares `values` as pg's `Query` binds them, into `prepared`, with
+ * their sizes into `sizes`.
+ *
+ * @returns The bytes they take in a Bind, with their length fields.
+ */
+function prepareValues(
+  values: readonly unknown[],
+  prepared: (Buffer | string | null)[],
+  sizes: number[],
+): number {
+  let bytes = 0;
+  for (let i = 0; i < values.length; i++) {
+    const raw = values[i];
+    // What pg's prepareValue gives a string or a number, without the call.
+    const value =
+      (typeof raw === "string" ? raw : typeof raw === "number" ? String(raw) : prepareValue(raw)) as
+        | Buffer
+        | string
+        | null
+        | undefined;
+    if (value === null || value === undefined) {
+      prepared[i] = null;
+      sizes[i] = 0;
+    } else {
+      prepared[i] = value;
+      sizes[i] = typeof value === "string" ? utf8Size(value) : value.length;
+    }
+    bytes += 4 + Math.abs(sizes[i]!);
+  }
+  return bytes;
 }

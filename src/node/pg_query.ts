@@ -44,6 +44,7 @@ import { type InPlace, readFields, readsRows } from "./pg_parser.ts";
 import { readCommandTag } from "./command_tag.ts";
 import type { BinaryAt } from "./pg_types.ts";
 import { namedRunMessages } from "./pg_messages.ts";
+import { type Failed, settleFailed } from "../failure.ts";
 
 /** The parts of pg's Connection a query writes to. */
 interface RawConnection {
@@ -187,14 +188,8 @@ class NamedQuery {
     const known = parsed ? described.get(connection)?.get(this.name) : undefined;
     this.#described = known;
     if (known !== undefined) this.#columns(known, readsRows(connection));
-    return namedRunMessages({
-      name: this.name,
-      text: this.text,
-      values: this.values,
-      parse,
-      describe: known === undefined,
-      binary: this.#binary,
-    });
+    const describe = known === undefined;
+    return namedRunMessages(this.name, this.text, this.values, parse, describe, this.#binary);
   }
 
   /**
@@ -379,14 +374,23 @@ export function pgQuery(
  *
  * @param client A connection (pooled or leased).
  * @param config The statement.
+ * @param failed What a failure becomes (`settleFailed`).
  * @returns pg's result.
  */
-export function sendQuery(client: pg.ClientBase, config: pg.QueryConfig): Promise<pg.QueryResult> {
-  return new Promise((resolve, reject) => {
+export function sendQuery(
+  client: pg.ClientBase,
+  config: pg.QueryConfig,
+  failed: Failed,
+): Promise<pg.QueryResult> {
+  return new Promise((resolve) => {
     const answered = (err: Error | null, result: pg.QueryResult) =>
-      err ? reject(err) : resolve(result);
-    const query = pgQuery(client, config, answered);
-    if (query === undefined) client.query(config, answered);
-    else client.query(query);
+      err ? settleFailed(err, failed, resolve) : resolve(result);
+    try {
+      const query = pgQuery(client, config, answered);
+      if (query === undefined) client.query(config, answered);
+      else client.query(query);
+    } catch (err) {
+      settleFailed(err, failed, resolve);
+    }
   });
 }

@@ -20,7 +20,7 @@ import { Pipe } from "./pipe.ts";
 import { pgQuery } from "./pg_query.ts";
 import { answerTime, lastRead } from "./pg_parser.ts";
 import { DbxError } from "../errors.ts";
-import { markNodeFine, markNotSent } from "../failure.ts";
+import { type Failed, markNodeFine, markNotSent, settleFailed } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
 import { isConnectionError } from "../sqlstate.ts";
 import { SlowTexts } from "./slow_texts.ts";
@@ -217,26 +217,32 @@ export class Pipes {
    *
    * @param pipe From {@linkcode pick}.
    * @param config The statement (text, values, name).
+   * @param failed What a failure becomes (`settleFailed` in `failure.ts`).
    * @param started `performance.now()` (the time {@linkcode pick} was given, when it was just now).
    * @returns The driver's result.
    */
-  run(pipe: Pipe, config: pg.QueryConfig, started = performance.now()): Promise<pg.QueryResult> {
+  run(
+    pipe: Pipe,
+    config: pg.QueryConfig,
+    failed: Failed,
+    started = performance.now(),
+  ): Promise<pg.QueryResult> {
     this.#inFlight++;
     // Counted at once, connected or not: `maxDepth` holds for a pipe still connecting.
     pipe.heads.push(started);
     pipe.texts.push(config.text);
     const unproven = !this.#times.isFast(config.text, this.#times.slowMs());
     if (unproven) pipe.unproven++;
-    if (pipe.connected) return this.#send(pipe, config, started, unproven);
+    if (pipe.connected) return this.#send(pipe, config, failed, started, unproven);
     return pipe.ready.then(
-      () => this.#send(pipe, config, started, unproven),
+      () => this.#send(pipe, config, failed, started, unproven),
       (err) => {
         this.#settled();
         if (unproven) pipe.unproven--;
         pipe.heads.shift();
         pipe.texts.shift();
         // The pipe never opened: nothing was sent.
-        throw markNotSent(err);
+        return failed(markNotSent(err));
       },
     );
   }
@@ -249,11 +255,12 @@ export class Pipes {
   #send(
     pipe: Pipe,
     config: pg.QueryConfig,
+    failed: Failed,
     started: number,
     unproven: boolean,
   ): Promise<pg.QueryResult> {
     pipe.gather();
-    return new Promise<pg.QueryResult>((resolve, reject) => {
+    return new Promise<pg.QueryResult>((resolve) => {
       // The callback runs inside pg's handling of this statement's
       // ReadyForQuery, before any later answer is handled: the transaction
       // check below sees the status this statement left.
@@ -297,14 +304,18 @@ export class Pipes {
           // is cut -- unless another caller's COMMIT followed it. Treated as
           // a lost connection (a read is retried, a write is not re-sent),
           // but the node is fine.
-          reject(markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")));
+          settleFailed(
+            markNodeFine(err ?? new Error("Connection terminated: the pipe was cut")),
+            failed,
+            resolve,
+          );
           return;
         }
         if (err) {
           // The connection is ending (57P01 from pg_terminate_backend, a lost socket):
           // nothing more goes on it, even before pg reports its end.
           if (isConnectionError(err)) this.#drop(pipe);
-          reject(err);
+          settleFailed(err, failed, resolve);
           return;
         }
         if (pipe.client.getTransactionStatus() !== "I") {
@@ -313,12 +324,11 @@ export class Pipes {
           pipe.poisoned = true;
           this.#drop(pipe);
           destroySocket(pipe.client);
-          reject(
-            new DbxError(
-              "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
-              { kind: "other" },
-            ),
+          const left = new DbxError(
+            "the statement left its connection inside a transaction: use begin() or runTx() for transactions",
+            { kind: "other" },
           );
+          settleFailed(left, failed, resolve);
           return;
         }
         resolve(result);
@@ -334,7 +344,7 @@ export class Pipes {
         const i = pipe.heads.lastIndexOf(started);
         pipe.heads.splice(i, 1);
         pipe.texts.splice(i, 1);
-        reject(err);
+        settleFailed(err, failed, resolve);
       }
     });
   }

@@ -13,6 +13,7 @@ import { forgetStatement } from "./pg_internals.ts";
 import { DbxError } from "../errors.ts";
 import { pgErrorCode } from "../failure.ts";
 import { memoByText } from "./text_memo.ts";
+import type { Failed } from "../failure.ts";
 
 /** A statement that changes the schema: prepared statements' parameter types may be stale after it. */
 const SCHEMA_CHANGE = /(?:^|;)(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(?:create|alter|drop)\b/i;
@@ -247,14 +248,15 @@ function withName(config: pg.QueryConfig, name: string | undefined): pg.QueryCon
  * @param client The connection it goes to (its prepared statements).
  * @param cache The statement names; undefined when off.
  * @param config The statement: text, bind parameters, and pg's options.
- * @param send Sends one query config.
+ * @param send Sends one query config; its promise settles with what
+ *   `failed` makes of a failure (`settleFailed` in `failure.ts`).
  * @returns The driver's result.
  */
 export function sendCached(
   client: pg.ClientBase,
   cache: StatementCache | undefined,
   config: pg.QueryConfig,
-  send: (config: pg.QueryConfig) => Promise<pg.QueryResult>,
+  send: (config: pg.QueryConfig, failed: Failed) => Promise<pg.QueryResult>,
 ): Promise<pg.QueryResult> {
   const sql = config.text;
   if (cache?.schemaChange(sql)) {
@@ -267,9 +269,9 @@ export function sendCached(
   const name = args === undefined || args.length === 0 ? undefined : cache?.name(client, sql);
   if (name === undefined) {
     const unnamed = config.name === undefined ? config : withName(config, undefined);
-    return send(unnamed).catch((err) => named(err, "", sql));
+    return send(unnamed, (err) => named(err, "", sql));
   }
-  return send(withName(config, name)).catch((err) => {
+  return send(withName(config, name), (err) => {
     if (pgErrorCode(err) === "42P05") {
       // Our own name already prepared on this server connection: only a
       // pooler handing one server connection to several clients does that.
@@ -282,7 +284,7 @@ export function sendCached(
     // Inside a transaction the failure aborted it: nothing can be re-sent.
     if (why === undefined || client.getTransactionStatus() !== "I") return named(err, name, sql);
     const again = why === "gone" ? cache!.renew(client, sql) : cache!.rename(client, sql);
-    return send(withName(config, again)).catch((e) => named(e, again, sql));
+    return send(withName(config, again), (e) => named(e, again, sql));
   });
 }
 
