@@ -277,8 +277,6 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * Streams a query's rows through a cursor on the primary (in the ambient
    * transaction, or one of its own), `batchSize` rows per round trip.
    *
-   * @param sql Statement text.
-   * @param args Values for the placeholders.
    * @param options `batchSize`, `signal`, `timeoutMs`.
    * @returns The rows, one at a time; leaving the loop early closes the cursor.
    */
@@ -328,11 +326,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     return changes.subscribe(this.#core, publication, handler, options);
   }
 
-  /**
-   * Sends `payload` on `channel` (`pg_notify`) through the primary, or in the ambient transaction.
-   *
-   * @returns Resolves when sent.
-   */
+  /** `pg_notify(channel, payload)` on the primary, or in the ambient transaction. */
   notify(channel: string, payload: string, options?: QueryOptions): Promise<void> {
     return notify(this.#core, channel, payload, options);
   }
@@ -351,11 +345,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     return createPgPool(this.#core, options);
   }
 
-  /**
-   * The executor of the async context: the ambient transaction, else this cluster.
-   *
-   * @returns The executor.
-   */
+  /** The executor of the async context: the ambient transaction, else this cluster. */
   getExecutor(): Executor {
     return currentExecutor(this);
   }
@@ -365,7 +355,6 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * routed elsewhere nor retried (administration, diagnostics, tests).
    *
    * @param name The node's name, as in `stats()`.
-   * @returns An executor for that node.
    * @throws {RangeError} when no node has that name (the message lists them).
    */
   node(name: string): Executor {
@@ -376,19 +365,13 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * Runs `select 1` on every node, healthy or not (no retry).
    *
    * @param options Cancellation and deadline.
-   * @returns Resolves when every node answered.
    * @throws {AggregateError} naming each failed node.
    */
   ping(options?: QueryOptions): Promise<void> {
     return this.#core.ping(options);
   }
 
-  /**
-   * Probes every node now: role, health, latency and lag, for readiness endpoints.
-   *
-   * @param options Cancellation and deadline for the probe round.
-   * @returns The report.
-   */
+  /** Probes every node now (`options`: signal, deadline): role, health, latency and lag. */
   health(options?: QueryOptions): Promise<HealthReport> {
     return this.#core.health(options);
   }
@@ -398,10 +381,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
     return this.#core.stats();
   }
 
-  /**
-   * Normalises any thrown value into a {@linkcode DbxError} with `code`, `kind` and
-   * `cause` (dbx's own are returned as they are).
-   */
+  /** Any thrown value as a {@linkcode DbxError} (`code`, `kind`, `cause`); dbx's own as is. */
   handleError(err: unknown): DbxError {
     return handleError(err);
   }
