@@ -12,7 +12,7 @@
 import { DbxError } from "../errors.ts";
 import { classify, type Failure, pgErrorCode } from "../failure.ts";
 import type { Node } from "../node/node.ts";
-import type { Observer } from "../observe/observe.ts";
+import type { Observation, Observer } from "../observe/observe.ts";
 
 /** The classification of each error the runner threw, read by `withRetry` and transactions. */
 const failures = new WeakMap<object, Failure>();
@@ -112,36 +112,93 @@ export class AttemptRunner {
         throw this.#failed(node, raw, signal, classify(raw));
       }
     }
-    const observer = this.#observer;
-    const observation = observer.observes(node)
-      ? observer.start(node, info.sql, info.argCount, info.attempt)
-      : undefined;
-    node.attemptStarted();
+    const observation = this.begin(node, info.sql, info.argCount, info.attempt);
     const start = performance.now();
     let result: R;
     try {
       result = await work(start);
     } catch (raw) {
-      const end = performance.now();
-      const ms = end - start;
-      const failure = classify(raw);
-      // A statement cut short by its signal, or whose connection failed, says
-      // nothing of how fast the node answers; a server error does.
-      const cut = signal?.aborted === true;
-      const measured = !cut && failure.sent && !failure.connectionLost;
-      node.attemptEnded(ms, !cut || signal.reason !== SUPERSEDED, measured ? end : undefined);
-      // Observers get the driver's own error (its code, its class).
-      if (observation !== undefined) observer.end(observation, ms, { error: raw });
-      throw this.#failed(node, raw, signal, failure);
+      throw this.failed(node, observation, start, raw, signal);
     }
+    this.succeeded(node, observation, start, result);
+    return result;
+  }
+
+  /**
+   * The start of one attempt that sends a statement ({@linkcode run}, and
+   * the statement path's first attempt, `dispatch.ts`): counted on its node,
+   * observed. The attempt's clock starts right after; it ends in
+   * {@linkcode succeeded} or {@linkcode failed}.
+   *
+   * @param node Where it runs.
+   * @param sql Statement text.
+   * @param argCount Number of bound arguments.
+   * @param attempt 1 for the first try of a call, 2 for its first retry, ...
+   * @returns The observation, when hooks or a tracer observe the node.
+   */
+  begin(node: Node, sql: string, argCount: number, attempt: number): Observation | undefined {
+    const observer = this.#observer;
+    const observation = observer.observes(node)
+      ? observer.start(node, sql, argCount, attempt)
+      : undefined;
+    node.attemptStarted();
+    return observation;
+  }
+
+  /**
+   * An attempt {@linkcode begin} started has its result.
+   *
+   * @param node Where it ran.
+   * @param observation What {@linkcode begin} returned.
+   * @param start When it started (`performance.now()`).
+   * @param result What it returned (a driver result's `rowCount` is observed).
+   */
+  succeeded(
+    node: Node,
+    observation: Observation | undefined,
+    start: number,
+    result: unknown,
+  ): void {
     const end = performance.now();
     const ms = end - start;
     node.attemptEnded(ms, false, end);
     if (observation !== undefined) {
       const rowCount = (result as { rowCount?: unknown } | undefined)?.rowCount;
-      observer.end(observation, ms, { rowCount: typeof rowCount === "number" ? rowCount : 0 });
+      this.#observer.end(observation, ms, {
+        rowCount: typeof rowCount === "number" ? rowCount : 0,
+      });
     }
-    return result;
+  }
+
+  /**
+   * An attempt {@linkcode begin} started failed: counted, observed,
+   * classified once, a lost connection reported, wrapped (see {@linkcode run}).
+   *
+   * @param node Where it ran.
+   * @param observation What {@linkcode begin} returned.
+   * @param start When it started (`performance.now()`).
+   * @param raw What it threw.
+   * @param signal The caller's signal.
+   * @returns The error to throw ({@linkcode failureOf} tells what it means).
+   */
+  failed(
+    node: Node,
+    observation: Observation | undefined,
+    start: number,
+    raw: unknown,
+    signal: AbortSignal | undefined,
+  ): unknown {
+    const end = performance.now();
+    const ms = end - start;
+    const failure = classify(raw);
+    // A statement cut short by its signal, or whose connection failed, says
+    // nothing of how fast the node answers; a server error does.
+    const cut = signal?.aborted === true;
+    const measured = !cut && failure.sent && !failure.connectionLost;
+    node.attemptEnded(ms, !cut || signal.reason !== SUPERSEDED, measured ? end : undefined);
+    // Observers get the driver's own error (its code, its class).
+    if (observation !== undefined) this.#observer.end(observation, ms, { error: raw });
+    return this.#failed(node, raw, signal, failure);
   }
 
   /** Classifies once, reports a lost connection to the checker, wraps. */

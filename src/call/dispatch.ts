@@ -24,7 +24,7 @@ import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
 import type { Observer } from "../observe/observe.ts";
 import { hedgedAttempt, type HedgedWork, Hedger } from "./hedge.ts";
-import { type RetryOptions, withRetry } from "./retry.ts";
+import { NONE, retrying, type RetryOptions, withRetry } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
 import { withCall } from "./signal.ts";
@@ -70,10 +70,16 @@ export function createDispatcher(
     primaryLsn: (options) =>
       // Not through `statement()`: asking is not a write of the session.
       withCall(options, (signal) =>
-        routed(d, false, "select pg_current_wal_lsn()::text as lsn", undefined, undefined, signal))
-        .then((r) =>
-          (r.rows[0] as { lsn: string }).lsn
-        ),
+        routed(
+          d,
+          false,
+          "select pg_current_wal_lsn()::text as lsn",
+          undefined,
+          undefined,
+          signal,
+          undefined,
+          (r) => (r.rows[0] as { lsn: string }).lsn,
+        )),
   };
   const hedge = parts.config.hedge;
   const hedges = hedge === undefined ? undefined : new Hedger(hedge);
@@ -88,31 +94,100 @@ export function createDispatcher(
  * Runs one statement where its method routes it, with retries; a read
  * outside a session is hedged when the cluster hedges.
  *
+ * The first attempt is made here, through the attempt runner's own steps
+ * (`begin`, `succeeded`, `failed`), and only a failure enters `withRetry`'s
+ * loop: a statement that succeeds at once (most of them) costs one async
+ * call and its driver promise, nothing made for the retries it did not need.
+ *
  * @param d The cluster.
  * @param read A `read*` method.
  * @param sql Statement text.
  * @param args Bind parameters.
  * @param options The call's read options.
  * @param signal The call's signal (deadline included).
- * @returns The driver's result.
+ * @param session The read-your-writes session the call is in, if any.
+ * @param project What the caller gets of the driver's result (its rows, its first row, ...).
+ * @returns What `project` made of the driver's result.
  */
-export function routed(
+export async function routed<R>(
   d: Dispatcher,
   read: boolean,
   sql: string,
   args: readonly unknown[] | undefined,
   options: ReadOptions | undefined,
   signal: AbortSignal | undefined,
-  session?: SessionState,
-): Promise<pg.QueryResult> {
-  return routedWork(
+  session: SessionState | undefined,
+  project: (result: pg.QueryResult) => R,
+): Promise<R> {
+  if (read && session === undefined && d.hedges !== undefined) {
+    const info = { sql, argCount: args?.length ?? 0 };
+    const work = statementWork(sql, args);
+    return project(await routedWork(d, true, info, signal, work, { options, hedge: true }));
+  }
+  const retry = retryOptions(
     d,
-    read,
-    { sql, argCount: args?.length ?? 0 },
+    read ? "read" : "write",
+    options,
     signal,
-    (node, s, pipeable, at) => node.send(statementConfig(sql, args), s, pipeable, at),
-    { options, session, hedge: true },
+    read ? session : undefined,
   );
+  try {
+    const node = retry.pick(NONE);
+    if (node === undefined) {
+      return project(await retrying(retries(d, sql, args, signal), retry, node, undefined));
+    }
+    const runner = d.runner;
+    const observation = runner.begin(node, sql, args?.length ?? 0, 1);
+    const start = performance.now();
+    let result: pg.QueryResult;
+    try {
+      result = await node.send(statementConfig(sql, args), signal, undefined, start);
+    } catch (raw) {
+      const error = runner.failed(node, observation, start, raw, signal);
+      return project(await retrying(retries(d, sql, args, signal), retry, node, { error }));
+    }
+    runner.succeeded(node, observation, start, result);
+    return project(result);
+  } finally {
+    // Succeeded or not (it may have been applied), the session's reads must see it.
+    if (!read) session?.noteWrite();
+  }
+}
+
+/** The attempts of {@linkcode routed} after its first. */
+function retries(
+  d: Dispatcher,
+  sql: string,
+  args: readonly unknown[] | undefined,
+  signal: AbortSignal | undefined,
+): (node: Node, attempt: number) => Promise<pg.QueryResult> {
+  return attempts(d, { sql, argCount: args?.length ?? 0 }, signal, statementWork(sql, args));
+}
+
+/** One statement's work on a node: its config is made for each attempt (the cache names it in place). */
+function statementWork(
+  sql: string,
+  args: readonly unknown[] | undefined,
+): HedgedWork<pg.QueryResult> {
+  return (node, signal, pipeable, at) =>
+    node.send(statementConfig(sql, args), signal, pipeable, at);
+}
+
+/** `withRetry`'s attempts of `work`: each once through the attempt runner. */
+function attempts<R>(
+  d: Dispatcher,
+  info: Omit<AttemptInfo, "attempt"> | undefined,
+  signal: AbortSignal | undefined,
+  work: HedgedWork<R>,
+): (node: Node, attempt: number) => Promise<R> {
+  return (node, attempt) =>
+    d.runner.run(
+      node,
+      // A literal, not a spread: this runs for every attempt.
+      info && { sql: info.sql, argCount: info.argCount, attempt },
+      signal,
+      (at) => work(node, signal, undefined, at),
+    );
 }
 
 /**
@@ -218,23 +293,32 @@ function precheck(
  * @param sql Statement text.
  * @param args Bind parameters.
  * @param options The call's options.
- * @returns The driver's result.
+ * @param project What the caller gets of the driver's result.
+ * @returns What `project` made of the driver's result.
  */
-export function statement(
+export function statement<R>(
   d: Dispatcher,
   method: string,
   read: boolean,
   sql: string,
   args: readonly unknown[] | undefined,
   options: ReadOptions | undefined,
-): Promise<pg.QueryResult> {
+  project: (result: pg.QueryResult) => R,
+): Promise<R> {
   try {
     precheck(d, method, sql, args, options);
   } catch (err) {
     return Promise.reject(err);
   }
   const session = currentSession(d.sessions);
-  return withCall(options, (signal) => routed(d, read, sql, args, options, signal, session));
+  // No deadline (most calls): routed at once, without a closure for `withCall`.
+  if (options?.timeoutMs === undefined) {
+    return routed(d, read, sql, args, options, options?.signal, session, project);
+  }
+  return withCall(
+    options,
+    (signal) => routed(d, read, sql, args, options, signal, session, project),
+  );
 }
 
 /**
@@ -295,8 +379,8 @@ export function nodeExecutor(
 
 /**
  * Runs work routed like a statement (`read`: read rules, else write rules),
- * with retries, each attempt through the attempt runner: every statement
- * method (through {@linkcode routed}), the `pgPool` facade's query configs
+ * with retries, each attempt through the attempt runner: the hedged reads
+ * of statement methods ({@linkcode routed}), the `pgPool` facade's query configs
  * (`rowMode`, `types`, `name`) and its connections. A write in a
  * read-your-writes session is noted when it ends; a read in one goes only
  * where the session's writes are.
@@ -327,14 +411,7 @@ export function routedWork<R>(
   const hedges = read && route?.hedge && session === undefined ? d.hedges : undefined;
   const result = withRetry(
     hedges === undefined || info === undefined
-      ? (node, attempt) =>
-        d.runner.run(
-          node,
-          // A literal, not a spread: this runs for every statement.
-          info && { sql: info.sql, argCount: info.argCount, attempt },
-          signal,
-          (at) => work(node, signal, undefined, at),
-        )
+      ? attempts(d, info, signal, work)
       : (node, attempt) =>
         hedgedAttempt(
           d,

@@ -113,7 +113,7 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** The empty tried list every call starts with (never written to). */
-const NONE: readonly never[] = Object.freeze([] as never[]);
+export const NONE: readonly never[] = Object.freeze([] as never[]);
 
 /** A failed attempt that {@linkcode withRetry} is about to retry. */
 export interface RetryStep<N> {
@@ -191,9 +191,16 @@ export function withRetry<N, R>(
 
 /**
  * {@linkcode withRetry}'s loop, from its first attempt: on `firstNode`
- * (undefined: none could be picked), failed with `firstFailure` if given.
+ * (undefined: none could be picked), failed with `firstFailure` if given
+ * (the statement path makes its first attempt itself, `dispatch.ts`).
+ *
+ * @param attemptOn One attempt on a node (through the attempt runner).
+ * @param options Picking, the retry contract and the backoff.
+ * @param firstNode Where the first attempt ran; undefined when none could be picked.
+ * @param firstFailure What the first attempt threw, when it was made.
+ * @returns The first successful attempt's result.
  */
-async function retrying<N, R>(
+export async function retrying<N, R>(
   attemptOn: (node: N, attempt: number) => Promise<R>,
   options: RetryOptions<N>,
   firstNode: N | undefined,

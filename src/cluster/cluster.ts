@@ -106,7 +106,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @throws {DbxError} on failure (see `kind`); {@linkcode RetryExhaustedError} when retries ran out.
    */
   exec(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<CommandResult> {
-    return this.#core.statement("exec", false, sql, args, options).then(toCommandResult);
+    return this.#core.statement("exec", false, sql, args, options, toCommandResult);
   }
 
   /**
@@ -115,7 +115,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @returns Every row, in order.
    */
   query<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T[]> {
-    return this.#core.statement("query", false, sql, args, options).then(rowsOf<T>);
+    return this.#core.statement("query", false, sql, args, options, rowsOf<T>);
   }
 
   /**
@@ -125,7 +125,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @throws {NoRowsError} when there is none.
    */
   queryRow<T = Row>(sql: string, args?: readonly unknown[], options?: QueryOptions): Promise<T> {
-    return this.#core.statement("queryRow", false, sql, args, options).then(rowOf<T>);
+    return this.#core.statement("queryRow", false, sql, args, options, rowOf<T>);
   }
 
   /**
@@ -139,7 +139,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @returns Every row, in order.
    */
   readQuery<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T[]> {
-    return this.#core.statement("readQuery", true, sql, args, options).then(rowsOf<T>);
+    return this.#core.statement("readQuery", true, sql, args, options, rowsOf<T>);
   }
 
   /**
@@ -149,7 +149,7 @@ export class Cluster implements Executor, Component, AsyncDisposable {
    * @throws {NoRowsError} when there is none.
    */
   readQueryRow<T = Row>(sql: string, args?: readonly unknown[], options?: ReadOptions): Promise<T> {
-    return this.#core.statement("readQueryRow", true, sql, args, options).then(rowOf<T>);
+    return this.#core.statement("readQueryRow", true, sql, args, options, rowOf<T>);
   }
 
   /**

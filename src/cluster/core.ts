@@ -41,9 +41,6 @@ import { boundExecutor } from "./context.ts";
 import { buildHealth, buildStats, type ClusterStats, type HealthReport } from "./stats.ts";
 import { waitForStartup } from "./startup.ts";
 
-/** A statement method's arguments: text, bind parameters, options. */
-type StatementCall = [sql: string, args?: readonly unknown[], options?: ReadOptions];
-
 /** Grace given to running statements by close() before their connections are cut. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -192,11 +189,18 @@ export class ClusterCore {
    * One statement method's call: in the ambient transaction when there is
    * one, else routed (`read`: the read rules) with retries.
    */
-  statement(method: string, read: boolean, ...call: StatementCall): Promise<pg.QueryResult> {
+  statement<R>(
+    method: string,
+    read: boolean,
+    sql: string,
+    args: readonly unknown[] | undefined,
+    options: ReadOptions | undefined,
+    project: (result: pg.QueryResult) => R,
+  ): Promise<R> {
     const tx = this.ambient();
     return tx !== undefined
-      ? tx.statement(method, ...call)
-      : statement(this.d, method, read, ...call);
+      ? tx.statement(method, sql, args, options).then(project)
+      : statement(this.d, method, read, sql, args, options, project);
   }
 
   /** `cluster.copyFrom()`: in the ambient transaction, else on a leased primary connection. */

@@ -15,8 +15,7 @@
  */
 
 import type { ClusterCore } from "../cluster/core.ts";
-import { statement } from "../call/dispatch.ts";
-import type { QueryOptions } from "../executor.ts";
+import { type QueryOptions, toCommandResult } from "../executor.ts";
 import { Listener } from "./listener.ts";
 import { withCall } from "../call/signal.ts";
 import { checkCallOptions, describe } from "../call/validate.ts";
@@ -236,7 +235,6 @@ export async function notify(
     );
   }
   const sql = "select pg_notify($1, $2)";
-  const tx = core.ambient();
-  if (tx !== undefined) await tx.exec(sql, [channel, payload], options);
-  else await statement(core.d, "notify", false, sql, [channel, payload], options);
+  // In the ambient transaction when there is one (sent when it commits).
+  await core.statement("notify", false, sql, [channel, payload], options, toCommandResult);
 }

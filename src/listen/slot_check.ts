@@ -17,6 +17,7 @@ import { once, statement } from "../call/dispatch.ts";
 import type { Dispatcher } from "../call/dispatch.ts";
 import { parseLsn } from "../call/route.ts";
 import { DbxError } from "../errors.ts";
+import { rowsOf } from "../executor.ts";
 import { pgErrorCode } from "../failure.ts";
 import type { Node } from "../node/node.ts";
 
@@ -98,8 +99,8 @@ export async function checkSetup(
   signal: AbortSignal | undefined,
 ): Promise<SlotReady> {
   const options = signal === undefined ? undefined : { signal };
-  const ask = async <T>(sql: string, args: readonly unknown[] = []): Promise<T[]> =>
-    (await statement(d, "subscribe", false, sql, args, options)).rows as T[];
+  const ask = <T>(sql: string, args: readonly unknown[] = []): Promise<T[]> =>
+    statement(d, "subscribe", false, sql, args, options, rowsOf<T>);
 
   const [server] = await ask<{ version: number; wal_level: string; text: string }>(
     `select current_setting('server_version_num')::int as version,
