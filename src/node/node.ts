@@ -299,12 +299,7 @@ export class Node extends AttemptCounters implements BalancerNode {
     if (pipes === undefined) return this.#runPooled(config, signal, pipes);
     const pipe = pipes.pick(config.text, this.#poolBusy, now);
     if (pipe === undefined) return this.#runPooled(config, signal, pipes);
-    return sendCached(
-      pipe.client,
-      this.#statements,
-      config,
-      (c, failed) => pipes.run(pipe, c, failed, now),
-    );
+    return sendCached(pipe.client, this.#statements, config, pipe.send);
   }
 
   /** Runs one statement on a leased connection. */

@@ -13,6 +13,7 @@ import pg from "pg";
 import { clientEnd, tickGatherer, usePassword } from "./pg_internals.ts";
 import { useRowParser } from "./pg_parser.ts";
 import type { PgTarget } from "../config/tls.ts";
+import type { Failed } from "../failure.ts";
 
 /** One pipelined connection. */
 export class Pipe {
@@ -37,6 +38,12 @@ export class Pipe {
   lastRead = -1;
   /** Gathers the client's writes of this tick into one (`tickGatherer`); set once connected. */
   gather: () => void = () => {};
+  /**
+   * Sends one statement here (`Pipes.run`, bound to this pipe once, so that
+   * a statement's send allocates no closure of its own).
+   */
+  send: (config: pg.QueryConfig, failed: Failed) => Promise<pg.QueryResult> = () =>
+    Promise.reject(new Error("dbx: a pipe sent to before its Pipes took it"));
 
   constructor(
     target: PgTarget,

@@ -201,6 +201,7 @@ export class Pipes {
         this.#onIdleLoss(err);
       }
     });
+    pipe.send = (config, failed) => this.run(pipe, config, failed);
     this.#pipes.push(pipe);
     this.#all.add(pipe);
     pipe.ended.then(() => this.#all.delete(pipe));
@@ -218,15 +219,10 @@ export class Pipes {
    * @param pipe From {@linkcode pick}.
    * @param config The statement (text, values, name).
    * @param failed What a failure becomes (`settleFailed` in `failure.ts`).
-   * @param started `performance.now()` (the time {@linkcode pick} was given, when it was just now).
    * @returns The driver's result.
    */
-  run(
-    pipe: Pipe,
-    config: pg.QueryConfig,
-    failed: Failed,
-    started = performance.now(),
-  ): Promise<pg.QueryResult> {
+  run(pipe: Pipe, config: pg.QueryConfig, failed: Failed): Promise<pg.QueryResult> {
+    const started = performance.now();
     this.#inFlight++;
     // Counted at once, connected or not: `maxDepth` holds for a pipe still connecting.
     pipe.heads.push(started);
