@@ -1,7 +1,8 @@
 /**
  * When a pipe counts as stuck (`src/node/slow_texts.ts`): after 20 ms, or twice
  * the longest recent wait for a fast text's answer (halved every second), and
- * never after more than 200 ms. Times are passed in: nothing here waits.
+ * never after more than 200 ms; and when its wait makes its text slow. Times
+ * are passed in: nothing here waits.
  */
 
 import assert from "node:assert/strict";
@@ -45,4 +46,19 @@ Deno.test("the waits of a slow text, and of a text's first runs, leave the stuck
   took(times, "select pg_sleep(0.1)", 100, 5, 1_000);
   assert.equal(times.isSlow("select pg_sleep(0.1)", times.slowMs()), true);
   assert.equal(times.stuckMs(1_000), 20);
+});
+
+Deno.test("a stuck pipe makes its text slow only when no run of the text answered fast meanwhile", () => {
+  const times = new SlowTexts();
+  const text = "select $1::int";
+  took(times, text, 1, 8, 1_000);
+  // Another pipe answered the text fast 10 ms into this pipe's 25 ms wait (from 1 005 on):
+  // this pipe's backend is late, not the text.
+  times.took(text, 1, true, 1_015);
+  assert.equal(times.stuckMs(1_030), 20);
+  assert.equal(times.stuck(text, 25, 1_030), false);
+  assert.equal(times.isSlow(text, times.slowMs()), false);
+  // A wait that began after the text's last fast answer (from 1 025 on): the text is slow.
+  assert.equal(times.stuck(text, 25, 1_050), true);
+  assert.equal(times.isSlow(text, times.slowMs()), true);
 });

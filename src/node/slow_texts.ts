@@ -73,6 +73,8 @@ class Runs {
   trialAt = 0;
   /** The wait before the next trial. */
   trialWait = TRIAL_MS;
+  /** When a run of it last answered within the slow threshold, on any pipe (`performance.now()`). */
+  fastAt = Number.NEGATIVE_INFINITY;
 
   /**
    * @param ms The first run's time.
@@ -190,7 +192,10 @@ export class SlowTexts {
 
   /**
    * A statement of `text` has waited `waited` ms on a stalled pipe: stuck for
-   * longer than {@linkcode stuckMs}, its text is slow from now on.
+   * longer than {@linkcode stuckMs}, its text is slow from now on -- unless a
+   * run of the same text answered fast on another pipe meanwhile: then its
+   * backend is late (unscheduled on a loaded server), not the text, and the
+   * pipe only takes no more statements until it answers.
    *
    * @param text The stalled statement's text.
    * @param waited How long it has waited.
@@ -200,7 +205,7 @@ export class SlowTexts {
   stuck(text: string, waited: number, now: number): boolean {
     if (waited <= this.stuckMs(now)) return false;
     const runs = this.#durations.get(text);
-    if (runs !== undefined && runs.ms >= waited) return false;
+    if (runs !== undefined && (runs.ms >= waited || now - runs.fastAt < waited)) return false;
     if (runs === undefined) this.#remember(text, new Runs(waited, true, now));
     else runs.stuck(waited, now);
     return true;
@@ -217,11 +222,12 @@ export class SlowTexts {
    * @param now `performance.now()`.
    */
   took(text: string, ms: number, typical = true, now = performance.now()): void {
-    const runs = this.#durations.get(text);
-    if (runs === undefined) this.#remember(text, new Runs(ms, false));
+    const slow = this.slowMs();
+    let runs = this.#durations.get(text);
+    if (runs === undefined) this.#remember(text, runs = new Runs(ms, false));
     else {
       runs.add(ms);
-      if (runs.ms <= this.slowMs()) {
+      if (runs.ms <= slow) {
         runs.trialWait = TRIAL_MS;
         // A wait for a text fast over a window of runs: how late a pipe answers
         // now (`stuckMs`). (A text's first runs read as fast: one is no proof.)
@@ -231,6 +237,7 @@ export class SlowTexts {
         }
       }
     }
+    if (ms <= slow) runs.fastAt = now;
     if (typical) this.#typical = this.#typical * 0.95 + ms * 0.05;
   }
 
