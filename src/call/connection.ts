@@ -12,7 +12,8 @@
 import type { Executor, QueryOptions } from "../executor.ts";
 import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
-import { type Dispatcher, nodeExecutor, pin, routedWork } from "./dispatch.ts";
+import { type Dispatcher, nodeExecutor, routedWork } from "./dispatch.ts";
+import { pin } from "./pinned.ts";
 import { currentSession } from "./session.ts";
 import { withCall } from "./signal.ts";
 import { checkCall, checkCallOptions, checkRoute, describe } from "./validate.ts";

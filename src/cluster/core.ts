@@ -16,9 +16,9 @@ import {
   type Dispatcher,
   nodeExecutor,
   once,
-  pin,
   statement,
 } from "../call/dispatch.ts";
+import { pin } from "../call/pinned.ts";
 import { reportRetry } from "../call/retry_contract.ts";
 import { currentSession } from "../call/session.ts";
 import { withCall } from "../call/signal.ts";

@@ -26,7 +26,8 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import { pin, routedWork } from "../call/dispatch.ts";
+import { routedWork } from "../call/dispatch.ts";
+import { pin } from "../call/pinned.ts";
 import { currentSession, type SessionState } from "../call/session.ts";
 import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";

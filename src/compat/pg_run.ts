@@ -12,7 +12,8 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import { pin, routedWork } from "../call/dispatch.ts";
+import { routedWork } from "../call/dispatch.ts";
+import { pin } from "../call/pinned.ts";
 import { checkShared } from "../call/validate.ts";
 import { DbxError } from "../errors.ts";
 import type { Lease } from "../node/lease.ts";

@@ -9,7 +9,8 @@
  */
 
 import type { AttemptInfo } from "../call/attempt.ts";
-import { type Dispatcher, onPinned } from "../call/dispatch.ts";
+import type { Dispatcher } from "../call/dispatch.ts";
+import { onPinned } from "../call/pinned.ts";
 import { type CallOptions, withCall } from "../call/signal.ts";
 import { checkCallOptions } from "../call/validate.ts";
 import type { Lease } from "../node/lease.ts";

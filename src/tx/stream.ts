@@ -16,7 +16,7 @@
  */
 
 import type { ClusterCore } from "../cluster/core.ts";
-import { openOn } from "../call/dispatch.ts";
+import { openOn } from "../call/pinned.ts";
 import { retryOptions } from "../call/retry_contract.ts";
 import type { QueryOptions, ReadOptions } from "../executor.ts";
 import { withRetry } from "../call/retry.ts";
