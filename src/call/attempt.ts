@@ -109,7 +109,7 @@ export class AttemptRunner {
       try {
         return await work(performance.now());
       } catch (raw) {
-        throw this.#failed(node, raw, signal, classify(raw));
+        throw this.failedUncounted(node, raw, signal);
       }
     }
     const observation = this.begin(node, info.sql, info.argCount, info.attempt);
@@ -199,6 +199,19 @@ export class AttemptRunner {
     // Observers get the driver's own error (its code, its class).
     if (observation !== undefined) this.#observer.end(observation, ms, { error: raw });
     return this.#failed(node, raw, signal, failure);
+  }
+
+  /**
+   * Work that sends no statement (taking a connection) failed: classified
+   * once, a lost connection reported, wrapped, but not counted or observed.
+   *
+   * @param node Where it ran.
+   * @param raw What it threw.
+   * @param signal The caller's signal.
+   * @returns The error to throw ({@linkcode failureOf} tells what it means).
+   */
+  failedUncounted(node: Node, raw: unknown, signal: AbortSignal | undefined): unknown {
+    return this.#failed(node, raw, signal, classify(raw));
   }
 
   /** Classifies once, reports a lost connection to the checker, wraps. */

@@ -12,7 +12,7 @@
 import type { Executor, QueryOptions } from "../executor.ts";
 import type { Lease } from "../node/lease.ts";
 import type { Node } from "../node/node.ts";
-import { type Dispatcher, nodeExecutor, routedWork } from "./dispatch.ts";
+import { asIs, type Dispatcher, nodeExecutor, routedWork } from "./dispatch.ts";
 import { pin } from "./pinned.ts";
 import { currentSession } from "./session.ts";
 import { withCall } from "./signal.ts";
@@ -70,7 +70,17 @@ export function withConnection<T>(
   const read = options?.route === "replica";
   return withCall(options, async (signal) => {
     const lease: Lease<Node> = read
-      ? await routedWork(d, true, undefined, signal, (node) => node.acquire(signal), { session })
+      ? await routedWork(
+        d,
+        true,
+        undefined,
+        signal,
+        { send: (node) => node.acquire(signal) },
+        undefined,
+        session,
+        false,
+        asIs,
+      )
       : await pin(d, undefined, signal);
     lease.resetOnRelease();
     const conn = nodeExecutor((method, sql, args, opts) => {

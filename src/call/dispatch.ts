@@ -23,7 +23,7 @@ import {
 import type { HealthChecker } from "../node/health.ts";
 import type { Node } from "../node/node.ts";
 import type { Observer } from "../observe/observe.ts";
-import { hedgedAttempt, type HedgedWork, Hedger } from "./hedge.ts";
+import { hedgedAttempt, Hedger, type RoutedWork } from "./hedge.ts";
 import { NONE, retrying, type RetryOptions, withRetry } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
@@ -91,13 +91,9 @@ export function createDispatcher(
 }
 
 /**
- * Runs one statement where its method routes it, with retries; a read
- * outside a session is hedged when the cluster hedges.
- *
- * The first attempt is made here, through the attempt runner's own steps
- * (`begin`, `succeeded`, `failed`), and only a failure enters `withRetry`'s
- * loop: a statement that succeeds at once (most of them) costs one async
- * call and its driver promise, nothing made for the retries it did not need.
+ * Runs one statement where its method routes it, with retries
+ * ({@linkcode routedWork}); a read outside a session is hedged when the
+ * cluster hedges.
  *
  * @param d The cluster.
  * @param read A `read*` method.
@@ -109,7 +105,7 @@ export function createDispatcher(
  * @param project What the caller gets of the driver's result (its rows, its first row, ...).
  * @returns What `project` made of the driver's result.
  */
-export async function routed<R>(
+export function routed<R>(
   d: Dispatcher,
   read: boolean,
   sql: string,
@@ -119,58 +115,55 @@ export async function routed<R>(
   session: SessionState | undefined,
   project: (result: pg.QueryResult) => R,
 ): Promise<R> {
-  if (read && session === undefined && d.hedges !== undefined) {
-    const info = { sql, argCount: args?.length ?? 0 };
-    const work = statementWork(sql, args);
-    return project(await routedWork(d, true, info, signal, work, { options, hedge: true }));
+  const work = new StatementWork(sql, args);
+  return routedWork(d, read, work, signal, work, options, session, true, project);
+}
+
+/**
+ * One statement as routed work, and what hooks and tracers see of it (one
+ * object: this is made for every statement): a statement method's text and
+ * arguments, whose config is made for each attempt (the statement cache
+ * names it in place), or a query config of the `pgPool` facade, sent as it is.
+ */
+export class StatementWork implements RoutedWork<pg.QueryResult> {
+  readonly sql: string;
+  readonly argCount: number;
+  readonly #args: readonly unknown[] | undefined;
+  readonly #config: pg.QueryConfig | undefined;
+
+  /**
+   * @param sql Statement text.
+   * @param args Bind parameters.
+   * @param config The query config to send, when it is not made from `sql` and `args`.
+   */
+  constructor(sql: string, args: readonly unknown[] | undefined, config?: pg.QueryConfig) {
+    this.sql = sql;
+    this.argCount = args?.length ?? 0;
+    this.#args = args;
+    this.#config = config;
   }
-  const retry = retryOptions(
-    d,
-    read ? "read" : "write",
-    options,
-    signal,
-    read ? session : undefined,
-  );
-  try {
-    const node = retry.pick(NONE);
-    if (node === undefined) {
-      return project(await retrying(retries(d, sql, args, signal), retry, node, undefined));
-    }
-    const runner = d.runner;
-    const observation = runner.begin(node, sql, args?.length ?? 0, 1);
-    const start = performance.now();
-    let result: pg.QueryResult;
-    try {
-      result = await node.send(statementConfig(sql, args), signal, undefined, start);
-    } catch (raw) {
-      const error = runner.failed(node, observation, start, raw, signal);
-      return project(await retrying(retries(d, sql, args, signal), retry, node, { error }));
-    }
-    runner.succeeded(node, observation, start, result);
-    return project(result);
-  } finally {
-    // Succeeded or not (it may have been applied), the session's reads must see it.
-    if (!read) session?.noteWrite();
+
+  /** Sends it on `node` ({@linkcode RoutedWork.send}). */
+  send(
+    node: Node,
+    signal: AbortSignal | undefined,
+    pipeable?: boolean,
+    startedAt?: number,
+  ): Promise<pg.QueryResult> {
+    const config = this.#config ?? statementConfig(this.sql, this.#args);
+    return node.send(config, signal, pipeable, startedAt);
   }
 }
 
-/** The attempts of {@linkcode routed} after its first. */
-function retries(
-  d: Dispatcher,
-  sql: string,
-  args: readonly unknown[] | undefined,
-  signal: AbortSignal | undefined,
-): (node: Node, attempt: number) => Promise<pg.QueryResult> {
-  return attempts(d, { sql, argCount: args?.length ?? 0 }, signal, statementWork(sql, args));
-}
-
-/** One statement's work on a node: its config is made for each attempt (the cache names it in place). */
-function statementWork(
-  sql: string,
-  args: readonly unknown[] | undefined,
-): HedgedWork<pg.QueryResult> {
-  return (node, signal, pipeable, at) =>
-    node.send(statementConfig(sql, args), signal, pipeable, at);
+/**
+ * The identity: what {@linkcode routedWork}'s callers pass as `project` when
+ * they take the work's result as it is.
+ *
+ * @param result The work's result.
+ * @returns It.
+ */
+export function asIs<R>(result: R): R {
+  return result;
 }
 
 /** `withRetry`'s attempts of `work`: each once through the attempt runner. */
@@ -178,15 +171,14 @@ function attempts<R>(
   d: Dispatcher,
   info: Omit<AttemptInfo, "attempt"> | undefined,
   signal: AbortSignal | undefined,
-  work: HedgedWork<R>,
+  work: RoutedWork<R>,
 ): (node: Node, attempt: number) => Promise<R> {
   return (node, attempt) =>
     d.runner.run(
       node,
-      // A literal, not a spread: this runs for every attempt.
       info && { sql: info.sql, argCount: info.argCount, attempt },
       signal,
-      (at) => work(node, signal, undefined, at),
+      (at) => work.send(node, signal, undefined, at),
     );
 }
 
@@ -299,11 +291,16 @@ export function nodeExecutor(
 
 /**
  * Runs work routed like a statement (`read`: read rules, else write rules),
- * with retries, each attempt through the attempt runner: the hedged reads
- * of statement methods ({@linkcode routed}), the `pgPool` facade's query configs
+ * with retries, each attempt through the attempt runner: every statement
+ * method (through {@linkcode routed}), the `pgPool` facade's query configs
  * (`rowMode`, `types`, `name`) and its connections. A write in a
  * read-your-writes session is noted when it ends; a read in one goes only
  * where the session's writes are.
+ *
+ * The first attempt is made here, through the attempt runner's own steps
+ * (`begin`, `succeeded`, `failed`), and only a failure enters `withRetry`'s
+ * loop: a call that succeeds at once (most of them) costs one async call and
+ * its driver promise, nothing made for the retries it did not need.
  *
  * @param d The cluster.
  * @param read Read rules (a replica, falling back to the primary).
@@ -311,40 +308,69 @@ export function nodeExecutor(
  * @param signal The call's signal.
  * @param work One attempt on the picked node, cancelled on the server when
  * its signal (the call's, or a hedge's own) aborts.
- * @param route The call's read options (lag, token) and session; `hedge`:
- * the work is one statement that a read outside a session may hedge.
- * @returns What `work` returned.
+ * @param options The call's read options (lag, token).
+ * @param session The read-your-writes session the call is in, if any.
+ * @param hedge The work is one statement that a read outside a session may hedge.
+ * @param project What the caller gets of the work's result.
+ * @returns What `project` made of the work's result.
  */
-export function routedWork<R>(
+export async function routedWork<R, P>(
   d: Dispatcher,
   read: boolean,
   info: Omit<AttemptInfo, "attempt"> | undefined,
   signal: AbortSignal | undefined,
-  work: HedgedWork<R>,
-  route?: {
-    options?: ReadOptions | undefined;
-    session?: SessionState | undefined;
-    hedge?: boolean | undefined;
-  },
-): Promise<R> {
-  const session = route?.session;
-  const hedges = read && route?.hedge && session === undefined ? d.hedges : undefined;
-  const result = withRetry(
-    hedges === undefined || info === undefined
-      ? attempts(d, info, signal, work)
-      : (node, attempt) =>
-        hedgedAttempt(
-          d,
-          hedges,
-          node,
-          { sql: info.sql, argCount: info.argCount, attempt },
-          signal,
-          route?.options,
-          work,
-        ),
-    retryOptions(d, read ? "read" : "write", route?.options, signal, read ? session : undefined),
+  work: RoutedWork<R>,
+  options: ReadOptions | undefined,
+  session: SessionState | undefined,
+  hedge: boolean,
+  project: (result: R) => P,
+): Promise<P> {
+  const retry = retryOptions(
+    d,
+    read ? "read" : "write",
+    options,
+    signal,
+    read ? session : undefined,
   );
-  if (read || session === undefined) return result;
-  // Succeeded or not (it may have been applied), the session's reads must see it.
-  return result.finally(() => session.noteWrite());
+  try {
+    const hedges = read && hedge && session === undefined ? d.hedges : undefined;
+    if (hedges !== undefined && info !== undefined) {
+      return project(
+        await withRetry(
+          (node, attempt) =>
+            hedgedAttempt(
+              d,
+              hedges,
+              node,
+              { sql: info.sql, argCount: info.argCount, attempt },
+              signal,
+              options,
+              work,
+            ),
+          retry,
+        ),
+      );
+    }
+    const node = retry.pick(NONE);
+    if (node === undefined) {
+      return project(await retrying(attempts(d, info, signal, work), retry, node, undefined));
+    }
+    const runner = d.runner;
+    const observation = info && runner.begin(node, info.sql, info.argCount, 1);
+    const start = performance.now();
+    let result: R;
+    try {
+      result = await work.send(node, signal, undefined, start);
+    } catch (raw) {
+      const error = info === undefined
+        ? runner.failedUncounted(node, raw, signal)
+        : runner.failed(node, observation, start, raw, signal);
+      return project(await retrying(attempts(d, info, signal, work), retry, node, { error }));
+    }
+    if (info !== undefined) runner.succeeded(node, observation, start, result);
+    return project(result);
+  } finally {
+    // Succeeded or not (it may have been applied), the session's reads must see it.
+    if (!read) session?.noteWrite();
+  }
 }

@@ -51,17 +51,20 @@ function cancelLate(leg: Leg): void {
   leg.grace = setTimeout(() => leg.controller.abort(SUPERSEDED), ms);
 }
 
-/**
- * A routed call's work on `node`: cancelled on the server when `signal`
- * aborts, unless `pipeable` (a hedged read without a caller's signal) let it
- * join a pipe. `startedAt`: when its attempt started (`performance.now()`).
- */
-export type HedgedWork<R> = (
-  node: Node,
-  signal: AbortSignal | undefined,
-  pipeable?: boolean,
-  startedAt?: number,
-) => Promise<R>;
+/** A routed call's work (`dispatch.ts` `routedWork`), sent on the node each attempt picks. */
+export interface RoutedWork<R> {
+  /**
+   * Runs the work on `node`: cancelled on the server when `signal` aborts,
+   * unless `pipeable` (a hedged read without a caller's signal) let it join a
+   * pipe. `startedAt`: when its attempt started (`performance.now()`).
+   */
+  send(
+    node: Node,
+    signal: AbortSignal | undefined,
+    pipeable?: boolean,
+    startedAt?: number,
+  ): Promise<R>;
+}
 
 /** A hedge due at `at` (`performance.now()`), unless its read was answered first. */
 interface Due {
@@ -244,14 +247,14 @@ export function hedgedAttempt<R>(
   info: AttemptInfo,
   signal: AbortSignal | undefined,
   options: ReadOptions | undefined,
-  work: HedgedWork<R>,
+  work: RoutedWork<R>,
 ): Promise<R> {
   // A read on the primary had no replica to go to: nothing to hedge it with.
   const afterMs = node.role === "replica"
     ? hedger.admit(node, d.checker.topology.replicas)
     : undefined;
   if (afterMs === undefined) {
-    return d.runner.run(node, info, signal, (at) => work(node, signal, undefined, at));
+    return d.runner.run(node, info, signal, (at) => work.send(node, signal, undefined, at));
   }
   // Without a caller's signal either statement may be pipelined (and then only dropped if it loses).
   const pipeable = signal === undefined;
@@ -277,7 +280,7 @@ export function hedgedAttempt<R>(
         leg.done = true;
         clearTimeout(leg.grace);
       };
-      d.runner.run(target, info, s, (at) => work(target, s, pipeable, at)).then(
+      d.runner.run(target, info, s, (at) => work.send(target, s, pipeable, at)).then(
         (result) => {
           ended();
           if (settled) return;

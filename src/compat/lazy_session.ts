@@ -26,7 +26,7 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import { routedWork } from "../call/dispatch.ts";
+import { asIs, routedWork } from "../call/dispatch.ts";
 import { pin } from "../call/pinned.ts";
 import { currentSession, type SessionState } from "../call/session.ts";
 import type { Lease } from "../node/lease.ts";
@@ -185,15 +185,20 @@ export class LazySession {
         route === "replica",
         infoOf(config),
         stop.signal,
-        (node) =>
-          node.leased(stop.signal, (lease) => {
-            alone.lease = lease;
-            const sent = lease.send(config, undefined);
-            // As on pg, where the statement was on its way before the kill.
-            if (alone.kill) this.#terminate(lease, alone).catch(() => {});
-            return sent;
-          }),
-        { session: currentSession(this.#core.d.sessions) },
+        {
+          send: (node) =>
+            node.leased(stop.signal, (lease) => {
+              alone.lease = lease;
+              const sent = lease.send(config, undefined);
+              // As on pg, where the statement was on its way before the kill.
+              if (alone.kill) this.#terminate(lease, alone).catch(() => {});
+              return sent;
+            }),
+        },
+        undefined,
+        currentSession(this.#core.d.sessions),
+        false,
+        asIs,
       );
     } finally {
       if (this.#alone === alone) this.#alone = undefined;

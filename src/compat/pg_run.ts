@@ -12,7 +12,7 @@
 // @ts-types="@types/pg"
 import type pg from "pg";
 import type { ClusterCore } from "../cluster/core.ts";
-import { routedWork } from "../call/dispatch.ts";
+import { asIs, routedWork, StatementWork } from "../call/dispatch.ts";
 import { pin } from "../call/pinned.ts";
 import { checkShared } from "../call/validate.ts";
 import { DbxError } from "../errors.ts";
@@ -79,13 +79,18 @@ export function runConfig(
     return Promise.reject(err);
   }
   if (tx !== undefined) return inTx(tx.root, config, signal);
+  const work = new StatementWork(config.text, config.values, config);
+  const session = currentSession(core.d.sessions);
   return routedWork(
     core.d,
     route === "replica",
-    infoOf(config),
+    work,
     signal,
-    (node) => node.send(config, signal),
-    { session: currentSession(core.d.sessions) },
+    work,
+    undefined,
+    session,
+    false,
+    asIs,
   );
 }
 
@@ -125,7 +130,11 @@ export function pinFor(core: ClusterCore, route: PgRoute): Promise<Lease<Node>> 
     true,
     undefined,
     undefined,
-    (node) => node.acquire(),
+    { send: (node) => node.acquire() },
+    undefined,
+    undefined,
+    false,
+    asIs,
   );
 }
 
