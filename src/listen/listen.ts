@@ -235,6 +235,6 @@ export async function notify(
     );
   }
   const sql = "select pg_notify($1, $2)";
-  // In the ambient transaction when there is one (sent when it commits).
+  // In the ambient transaction when there is one (delivered when it commits).
   await core.statement("notify", false, sql, [channel, payload], options, toCommandResult);
 }

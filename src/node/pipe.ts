@@ -42,15 +42,23 @@ export class Pipe {
    * Sends one statement here (`Pipes.run`, bound to this pipe once, so that
    * a statement's send allocates no closure of its own).
    */
-  send: (config: pg.QueryConfig, failed: Failed) => Promise<pg.QueryResult> = () =>
-    Promise.reject(new Error("dbx: a pipe sent to before its Pipes took it"));
+  readonly send: (config: pg.QueryConfig, failed: Failed) => Promise<pg.QueryResult>;
 
+  /**
+   * @param target Where to connect.
+   * @param connectTimeoutMs Bound on connecting.
+   * @param types The node's type parsers, if any.
+   * @param onBroken Told when the connection fails or ends.
+   * @param run Sends one statement on a pipe (`Pipes.run`).
+   */
   constructor(
     target: PgTarget,
     connectTimeoutMs: number,
     types: pg.CustomTypesConfig | undefined,
     onBroken: (pipe: Pipe, err?: Error) => void,
+    run: (pipe: Pipe, config: pg.QueryConfig, failed: Failed) => Promise<pg.QueryResult>,
   ) {
+    this.send = (config, failed) => run(this, config, failed);
     this.client = new pg.Client({
       ...target as pg.ClientConfig,
       pipeline: true,

@@ -194,14 +194,19 @@ export class Pipes {
   }
 
   #open(): Pipe {
-    const pipe = new Pipe(this.#target, this.#connectTimeoutMs, this.#types, (p, err) => {
-      this.#drop(p);
-      // Not one cut on purpose, nor one with statements in flight (they report it).
-      if (err !== undefined && !this.#closed && !p.poisoned && p.heads.length === 0) {
-        this.#onIdleLoss(err);
-      }
-    });
-    pipe.send = (config, failed) => this.run(pipe, config, failed);
+    const pipe = new Pipe(
+      this.#target,
+      this.#connectTimeoutMs,
+      this.#types,
+      (p, err) => {
+        this.#drop(p);
+        // Not one cut on purpose, nor one with statements in flight (they report it).
+        if (err !== undefined && !this.#closed && !p.poisoned && p.heads.length === 0) {
+          this.#onIdleLoss(err);
+        }
+      },
+      (p, config, failed) => this.run(p, config, failed),
+    );
     this.#pipes.push(pipe);
     this.#all.add(pipe);
     pipe.ended.then(() => this.#all.delete(pipe));
