@@ -7,10 +7,11 @@
  * ({@linkcode readDataRow}). Everything pg does with a row (type parsers,
  * `rowMode`, `types`) is unchanged: this is pg-protocol's own `Parser` with a
  * DataRow read differently, and a ReadyForQuery given as one of three
- * constant messages. A query that reads its rows itself (dbx's named
- * statements) is handed the bytes of its DataRows and CommandComplete
- * instead of messages ({@linkcode RowReader}), and its BindComplete, which
- * nothing in pg listens to, is not emitted.
+ * constant messages (the reads are cut into messages by `pg_frames.ts`). A
+ * query that reads its rows itself (dbx's named statements) is handed the
+ * bytes of its DataRows and CommandComplete instead of messages
+ * ({@linkcode RowReader}), and its BindComplete, which nothing in pg listens
+ * to, is not emitted.
  *
  * Used only when the `pg-protocol` that dbx imports is the one `pg` uses
  * (same module, so `pg.DatabaseError` stays the class of server errors);
@@ -28,6 +29,7 @@ import pg from "pg";
 import { Parser } from "pg-protocol/dist/parser.js";
 import { DatabaseError } from "pg-protocol/dist/messages.js";
 import type { BinaryAt } from "./pg_types.ts";
+import { MessageReader } from "./pg_frames.ts";
 
 /** The DataRow message code ('D'). */
 const DATA_ROW = 68;
@@ -61,7 +63,6 @@ class DataRowMessage {
 
 /** The parts of pg-protocol's Parser that its types keep private. */
 interface RawParser {
-  parse(buffer: Buffer, callback: (message: { name: string }) => void): void;
   handlePacket(offset: number, code: number, length: number, bytes: Buffer): unknown;
 }
 
@@ -270,35 +271,6 @@ interface RawConnection {
 const samePgProtocol =
   (pg as unknown as { DatabaseError: unknown }).DatabaseError === DatabaseError;
 
-/** When a connection dbx opened last had data to read (performance.now()); 0: not yet. */
-let readAt = 0;
-
-/**
- * When this process last read from a connection dbx opened: a pipe whose
- * answer is late although other connections were read since is stalled on
- * the server; one whose answer waits unread behind busy JavaScript is not.
- *
- * @param now The time now, returned when reads are not tracked (pg's own parser).
- * @returns A `performance.now()` time.
- */
-export function lastRead(now: number): number {
-  return samePgProtocol ? readAt : now;
-}
-
-/** Whether a read of a connection dbx opened is being handled now (its time is `readAt`). */
-let handling = false;
-
-/**
- * The time of an answer handled now: when its read began, while a read is
- * handled (every answer of a read arrived then; the clock is read once per
- * read, not once per answer), else now.
- *
- * @returns A `performance.now()` time.
- */
-export function answerTime(): number {
-  return handling ? readAt : performance.now();
-}
-
 /** pg Connections whose rows {@linkcode RowParser} reads. */
 const reading = new WeakSet<object>();
 
@@ -329,7 +301,8 @@ export function useRowParser(client: pg.ClientBase): void {
   };
   const connection = raw.connection;
   reading.add(connection);
-  // pg's own attachListeners with another parser (pg-protocol's `parse`).
+  // pg's own attachListeners, with the reads cut into messages by `MessageReader`
+  // instead of pg-protocol's `parse`, and read by `RowParser`.
   connection.attachListeners = function (this: RawConnection, stream: EventEmitter): void {
     // pg hands a DataRow or CommandComplete to the query it is answering
     // (`_handleDataRow`, `_handleCommandComplete`); one that reads them itself is
@@ -339,18 +312,11 @@ export function useRowParser(client: pg.ClientBase): void {
       if (typeof query?.readRow !== "function") return undefined;
       return this._emitMessage && !(row && query.binaryRows) ? undefined : query as RowReader;
     });
-    stream.on("data", (buffer: Buffer) => {
-      readAt = performance.now();
-      handling = true;
-      try {
-        parser.parse(buffer, (message) => {
-          if (message === READ) return;
-          if (this._emitMessage) this.emit("message", message);
-          this.emit(message.name === "error" ? "errorMessage" : message.name, message);
-        });
-      } finally {
-        handling = false;
-      }
+    new MessageReader(stream, (code, offset, length, bytes) => {
+      const message = parser.handlePacket(offset, code, length, bytes) as { name: string };
+      if (message === READ) return;
+      if (this._emitMessage) this.emit("message", message);
+      this.emit(message.name === "error" ? "errorMessage" : message.name, message);
     });
   };
 }

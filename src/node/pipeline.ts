@@ -18,7 +18,7 @@ import type pg from "pg";
 import { destroySocket } from "./pg_internals.ts";
 import { Pipe } from "./pipe.ts";
 import { pgQuery } from "./pg_query.ts";
-import { answerTime, lastRead } from "./pg_parser.ts";
+import { answerTime, lastRead } from "./pg_frames.ts";
 import { DbxError } from "../errors.ts";
 import { type Failed, markNodeFine, markNotSent, settleFailed } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
