@@ -38,6 +38,7 @@ import {
   type Field,
   objectBuilder,
   type Parser,
+  plainObjects,
   type RowBuilder,
 } from "./row_builder.ts";
 import { type InPlace, readFields, readsRows } from "./pg_parser.ts";
@@ -112,6 +113,12 @@ interface NamedResult {
   fields: Field[];
 }
 
+/** Makes a {@linkcode NamedResult} as pg's starts: no command, no counts (`plainObjects`). */
+const PlainResult = plainObjects<[unknown[], Field[]]>(
+  ["rows", "fields"],
+  "this.command = null; this.rowCount = null; this.oid = null; this.rows = rows; this.fields = fields;",
+) as new (rows: unknown[], fields: Field[]) => NamedResult;
+
 /**
  * A named statement run the lean way. Its prototype is pg's `Query`'s
  * (without running that constructor): a pipelined pg client takes only
@@ -138,7 +145,11 @@ class NamedQuery {
   /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
   #rawParsers: readonly Parser[] = NO_PARSERS;
   #build: RowBuilder = arrayRow;
-  readonly #rows: unknown[] = [];
+  /**
+   * Made at the first row, not when the statement is sent, so that it is as
+   * young as its rows (`plainObjects` in `row_builder.ts`).
+   */
+  #rows: unknown[] | undefined;
   #rowError: Error | undefined;
   /** The fields of the row being read, reused from row to row. */
   #scratch: unknown[] | undefined;
@@ -229,7 +240,7 @@ class NamedQuery {
   handleDataRow(msg: { fields: (string | null)[] }): void {
     if (this.#rowError !== undefined) return;
     try {
-      this.#rows.push(this.#build(this.#parsers, msg.fields));
+      (this.#rows ??= []).push(this.#build(this.#parsers, msg.fields));
     } catch (err) {
       // As pg: the statement fails with the parser's error once it is answered.
       this.#rowError = err as Error;
@@ -254,7 +265,7 @@ class NamedQuery {
         this.#binary,
       );
       this.#scratch = fields;
-      this.#rows.push(this.#build(this.#rawParsers, fields as (string | null)[]));
+      (this.#rows ??= []).push(this.#build(this.#rawParsers, fields as (string | null)[]));
     } catch (err) {
       this.#rowError = err as Error;
     }
@@ -289,13 +300,7 @@ class NamedQuery {
 
   /** The result, as pg's starts: no command, no counts. */
   #answer(): NamedResult {
-    return this.#result ??= {
-      command: null,
-      rowCount: null,
-      oid: null,
-      rows: this.#rows,
-      fields: this.#fields ?? [],
-    };
+    return this.#result ??= new PlainResult(this.#rows ?? [], this.#fields ?? []);
   }
 
   handleEmptyQuery(): void {}
