@@ -100,7 +100,7 @@ const MAX_BUILDERS = 2_000;
  * waiting at 256 callers of 100-row selects: the row literal and the result
  * literal were moved, and from then on every collection kept each row's
  * values too, until a full one. That halved the rate at 128 and 256 callers
- * in most sustained runs. Made by a constructor, they never move.
+ * in most sustained runs. Made by a constructor, they have no site to move.
  *
  * @param params Its parameter names.
  * @param body Its body (`this` is the object).
