@@ -22,7 +22,7 @@ import type { EventEmitter } from "node:events";
 export type OnMessage = (code: number, offset: number, length: number, bytes: Buffer) => void;
 
 /** The DataRow message code ('D'). */
-const DATA_ROW = 68;
+export const DATA_ROW = 68;
 
 /** A message put together from two reads larger than this is not kept for the next one. */
 const KEEP_BYTES = 64 * 1024;

@@ -29,10 +29,8 @@ import pg from "pg";
 import { Parser } from "pg-protocol/dist/parser.js";
 import { DatabaseError } from "pg-protocol/dist/messages.js";
 import type { BinaryAt } from "./pg_types.ts";
-import { MessageReader } from "./pg_frames.ts";
+import { DATA_ROW, MessageReader } from "./pg_frames.ts";
 
-/** The DataRow message code ('D'). */
-const DATA_ROW = 68;
 /** The CommandComplete message code ('C'). */
 const COMMAND_COMPLETE = 67;
 /** The ReadyForQuery message code ('Z'). */

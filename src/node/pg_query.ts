@@ -145,10 +145,7 @@ class NamedQuery {
   /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
   #rawParsers: readonly Parser[] = NO_PARSERS;
   #build: RowBuilder = arrayRow;
-  /**
-   * Made at the first row, not when the statement is sent, so that it is as
-   * young as its rows (`plainObjects` in `row_builder.ts`).
-   */
+  /** Made at the first row, so as young as its rows (`plainObjects`, `row_builder.ts`). */
   #rows: unknown[] | undefined;
   #rowError: Error | undefined;
   /** The fields of the row being read, reused from row to row. */
