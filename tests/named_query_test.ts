@@ -1,5 +1,5 @@
 /**
- * Named statements (`src/node/pg_query.ts`), on pipes and pooled connections: what they return is
+ * Named statements (`src/node/lean_query.ts`), on pipes and pooled connections: what they return is
  * what stock pg returns (rows, `rowMode: "array"`, `types`, fields, command
  * and counts), on the run that describes the statement and on the runs that
  * reuse its description; a connection describes a statement once; parser
@@ -11,41 +11,10 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { dbTest, testDatabase } from "../src/testing/db_test.ts";
 import { pgQuery } from "../src/node/pg_query.ts";
-import { useRowParser } from "../src/node/pg_parser.ts";
-
-/** A stock pg client on the test database, closed by `end()`. */
-async function stockClient(pipeline = false): Promise<pg.Client> {
-  const { master } = await testDatabase();
-  const client = new pg.Client(
-    { connectionString: master, ...(pipeline ? { pipeline } : {}) } as pg.ClientConfig,
-  );
-  client.on("error", () => {});
-  if (pipeline) useRowParser(client);
-  await client.connect();
-  return client;
-}
+import { shown, stockClient, typedRows } from "./stock_pg.ts";
 
 /** Types, NULLs and non-ASCII, selected by a parameter. */
-const ROWS = `
-  select i,
-         case when i % 3 = 0 then null else 'Grüße ' || i || ' 🎉' end as utf8,
-         i * 1.5::float8 as float,
-         (i * 1000000000000)::int8 as big,
-         timestamptz '2026-12-03 08:11:18.123456+00' + i * interval '37 days 3 hours' as tz,
-         jsonb_build_object('i', i) as j,
-         array[i, i + 1] as arr
-    from generate_series(1, $1::int) as i`;
-
-/** What a test compares of a pg result: everything pg's `QueryResult` documents. */
-function shown(result: pg.QueryResult): unknown {
-  return {
-    command: result.command,
-    rowCount: result.rowCount,
-    oid: result.oid,
-    rows: result.rows,
-    fields: result.fields.map((f) => ({ ...f })),
-  };
-}
+const ROWS = typedRows("$1::int");
 
 dbTest(
   "a named statement on a pipe returns what stock pg returns, on every run",

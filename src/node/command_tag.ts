@@ -1,6 +1,6 @@
 /**
  * A CommandComplete's tag read where it lies in the protocol buffer (dbx's
- * named statements, `pg_parser.ts` `RowReader`), to what pg's client reads
+ * own queries, `pg_parser.ts` `RowReader`), to what pg's client reads
  * from its decoded text: no string is made for the common commands, and the
  * counts are read digit by digit.
  *

@@ -19,7 +19,7 @@ import process from "node:process";
 import { Buffer } from "node:buffer";
 import { markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
-import { forgetDescribed } from "./pg_query.ts";
+import { forgetDescribed } from "./lean_query.ts";
 
 /** Longest wait for a CancelRequest to be delivered. */
 const CANCEL_TIMEOUT_MS = 2_000;

@@ -1,10 +1,11 @@
 /**
- * The frontend messages of one run of a named statement (`pg_query.ts`),
+ * The frontend messages of one run of a named statement (`lean_query.ts`),
  * written into one buffer in one pass: Parse (the first time on a
  * connection), Bind, Describe of the portal (until the connection knows the
  * result's columns), Execute and Sync. Values are prepared as pg's `Query`
  * binds them (pg's own `prepareValue`, but for a string or a number, which
- * it gives as text): text, or binary for a Buffer.
+ * it gives as text): text, or binary for a Buffer. And the Query message of a
+ * text without parameters.
  *
  * Short ASCII strings (names, most values) are written byte by byte, and
  * integers likewise: on Bun and Deno a `Buffer` method called from
@@ -76,6 +77,23 @@ function putInt16(buf: Buffer, at: number, v: number): number {
 function putBytes(buf: Buffer, at: number, bytes: readonly number[]): number {
   for (let i = 0; i < bytes.length; i++) buf[at++] = bytes[i]!;
   return at;
+}
+
+/**
+ * A Query message (the simple protocol): a text without parameters, which
+ * may hold several statements.
+ *
+ * @param text The text.
+ * @returns The message.
+ */
+export function queryMessage(text: string): Buffer {
+  const size = utf8Size(text);
+  const bytes = Math.abs(size);
+  const buf = Buffer.allocUnsafe(1 + 4 + bytes + 1);
+  buf[0] = 0x51;
+  putInt32(buf, 1, 4 + bytes + 1);
+  buf[putString(buf, 5, text, size)] = 0;
+  return buf;
 }
 
 /**

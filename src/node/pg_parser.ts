@@ -8,7 +8,7 @@
  * `rowMode`, `types`) is unchanged: this is pg-protocol's own `Parser` with a
  * DataRow read differently, and a ReadyForQuery given as one of three
  * constant messages (the reads are cut into messages by `pg_frames.ts`). A
- * query that reads its rows itself (dbx's named statements) is handed the
+ * query that reads its rows itself (dbx's own queries) is handed the
  * bytes of its DataRows and CommandComplete instead of messages
  * ({@linkcode RowReader}), and its BindComplete, which nothing in pg listens
  * to, is not emitted.
@@ -197,9 +197,8 @@ function textField(
 }
 
 /**
- * A query that reads its rows straight from the protocol buffer (dbx's
- * named statements, `pg_query.ts`): no message object, event or fields
- * array per row.
+ * A query that reads its rows straight from the protocol buffer (dbx's own
+ * queries, `lean_query.ts`): no message object, event or fields array per row.
  */
 export interface RowReader {
   /** One DataRow of its result ({@linkcode readFields} gives its fields). */

@@ -9,7 +9,7 @@
  * (`infinity`, BC, a year outside 1000–9999, another DateStyle) goes to pg's
  * parser. The date parser and pg's own `int2`/`int4` parser also have an
  * in-place form (`parserAt`), reading a field where it lies in a row's text,
- * for rows that named statements read themselves (`pg_query.ts`).
+ * for rows that dbx's own queries read themselves (`lean_query.ts`).
  *
  * Internal: nothing here is exported from `mod.ts`.
  *

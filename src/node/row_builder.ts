@@ -1,5 +1,5 @@
 /**
- * Row builders for named statements (`pg_query.ts`): an object row is built
+ * Row builders for dbx's own queries (`lean_query.ts`): an object row is built
  * by a constructor compiled once per column list (the columns assigned in
  * order, so every row of the list has one shape; {@linkcode plainObjects});
  * an array row by a loop. Both call the connection's parsers as pg does, and
@@ -93,7 +93,7 @@ const MAX_BUILDERS = 2_000;
  * A constructor whose objects are plain objects, as an object literal's are
  * in all a program can see (prototype `Object.prototype`, `constructor`
  * `Object`, own keys in the order they were set), for what holds an answer's
- * data: its rows, and its result (`pg_query.ts`). A literal has an
+ * data: its rows, and its result (`lean_query.ts`). A literal has an
  * allocation site, and V8 moves a site whose objects outlive collections to
  * the old generation ("pretenuring"). On Deno, reads of several connections
  * are handled before the callers they answer resume, up to ~100 answers
