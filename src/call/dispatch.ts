@@ -299,8 +299,9 @@ export function nodeExecutor(
  *
  * The first attempt is made here, through the attempt runner's own steps
  * (`begin`, `succeeded`, `failed`), and only a failure enters `withRetry`'s
- * loop: a call that succeeds at once (most of them) costs one async call and
- * its driver promise, nothing made for the retries it did not need.
+ * loop: a call that succeeds at once (most of them) costs its driver promise
+ * and one `then` on it (not an async function: its frame and its await cost
+ * more), nothing made for the retries it did not need.
  *
  * @param d The cluster.
  * @param read Read rules (a replica, falling back to the primary).
@@ -314,7 +315,7 @@ export function nodeExecutor(
  * @param project What the caller gets of the work's result.
  * @returns What `project` made of the work's result.
  */
-export async function routedWork<R, P>(
+export function routedWork<R, P>(
   d: Dispatcher,
   read: boolean,
   info: Omit<AttemptInfo, "attempt"> | undefined,
@@ -325,18 +326,17 @@ export async function routedWork<R, P>(
   hedge: boolean,
   project: (result: R) => P,
 ): Promise<P> {
-  const retry = retryOptions(
-    d,
-    read ? "read" : "write",
-    options,
-    signal,
-    read ? session : undefined,
-  );
+  // Succeeded or not (it may have been applied), a write of a session is noted
+  // when it ends: the session's reads must see it.
+  const note = read ? undefined : session;
+  let retry: RetryOptions<Node>;
+  let node: Node | undefined;
   try {
+    retry = retryOptions(d, read ? "read" : "write", options, signal, read ? session : undefined);
     const hedges = read && hedge && session === undefined ? d.hedges : undefined;
     if (hedges !== undefined && info !== undefined) {
-      return project(
-        await withRetry(
+      return settled(
+        withRetry(
           (node, attempt) =>
             hedgedAttempt(
               d,
@@ -349,28 +349,62 @@ export async function routedWork<R, P>(
             ),
           retry,
         ),
+        note,
+        project,
       );
     }
-    const node = retry.pick(NONE);
-    if (node === undefined) {
-      return project(await retrying(attempts(d, info, signal, work), retry, node, undefined));
-    }
-    const runner = d.runner;
-    const observation = info && runner.begin(node, info.sql, info.argCount, 1);
-    const start = performance.now();
-    let result: R;
-    try {
-      result = await work.send(node, signal, undefined, start);
-    } catch (raw) {
-      const error = info === undefined
-        ? runner.failedUncounted(node, raw, signal)
-        : runner.failed(node, observation, start, raw, signal);
-      return project(await retrying(attempts(d, info, signal, work), retry, node, { error }));
-    }
-    if (info !== undefined) runner.succeeded(node, observation, start, result);
-    return project(result);
+    node = retry.pick(NONE);
+  } catch (err) {
+    note?.noteWrite();
+    return Promise.reject(err);
+  }
+  if (node === undefined) {
+    return settled(
+      retrying(attempts(d, info, signal, work), retry, node, undefined),
+      note,
+      project,
+    );
+  }
+  const runner = d.runner;
+  const observation = info && runner.begin(node, info.sql, info.argCount, 1);
+  const start = performance.now();
+  let sent: Promise<R>;
+  try {
+    sent = work.send(node, signal, undefined, start);
+  } catch (raw) {
+    sent = Promise.reject(raw);
+  }
+  return sent.then(
+    (result) => {
+      if (info !== undefined) runner.succeeded(node, observation, start, result);
+      note?.noteWrite();
+      return project(result);
+    },
+    (raw) => {
+      let error;
+      try {
+        error = info === undefined
+          ? runner.failedUncounted(node, raw, signal)
+          : runner.failed(node, observation, start, raw, signal);
+      } catch (err) {
+        note?.noteWrite();
+        throw err;
+      }
+      const retried = retrying(attempts(d, info, signal, work), retry, node, { error });
+      return settled(retried, note, project);
+    },
+  );
+}
+
+/** What `project` makes of `result`, once it settled and a session's write (`note`) was noted. */
+async function settled<R, P>(
+  result: Promise<R>,
+  note: SessionState | undefined,
+  project: (result: R) => P,
+): Promise<P> {
+  try {
+    return project(await result);
   } finally {
-    // Succeeded or not (it may have been applied), the session's reads must see it.
-    if (!read) session?.noteWrite();
+    note?.noteWrite();
   }
 }
