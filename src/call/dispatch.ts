@@ -23,8 +23,8 @@ import {
 import type { HealthChecker } from "../node/health.ts";
 import type { Node } from "../node/node.ts";
 import type { Observer } from "../observe/observe.ts";
-import { hedgedAttempt, Hedger, type RoutedWork } from "./hedge.ts";
-import { NONE, retrying, type RetryOptions, withRetry } from "./retry.ts";
+import { hedgedRead, Hedger, type RoutedWork } from "./hedge.ts";
+import { NONE, retrying, type RetryOptions } from "./retry.ts";
 import { retryOptions } from "./retry_contract.ts";
 import { currentSession, type SessionHost, type SessionState } from "./session.ts";
 import { withCall } from "./signal.ts";
@@ -335,23 +335,7 @@ export function routedWork<R, P>(
     retry = retryOptions(d, read ? "read" : "write", options, signal, read ? session : undefined);
     const hedges = read && hedge && session === undefined ? d.hedges : undefined;
     if (hedges !== undefined && info !== undefined) {
-      return settled(
-        withRetry(
-          (node, attempt) =>
-            hedgedAttempt(
-              d,
-              hedges,
-              node,
-              { sql: info.sql, argCount: info.argCount, attempt },
-              signal,
-              options,
-              work,
-            ),
-          retry,
-        ),
-        note,
-        project,
-      );
+      return settled(hedgedRead(d, hedges, info, signal, options, work, retry), note, project);
     }
     node = retry.pick(NONE);
   } catch (err) {

@@ -22,6 +22,7 @@ import type { ReadOptions } from "../executor.ts";
 import type { ResolvedHedge } from "../config/hedge.ts";
 import type { Node } from "../node/node.ts";
 import { parseLsn, pickReader } from "./route.ts";
+import { type RetryOptions, withRetry } from "./retry.ts";
 
 /** Hedges allowed in a burst, on top of `maxExtraLoad` × reads. */
 const BURST = 10;
@@ -220,6 +221,34 @@ function hedgeTarget(
     }
     return undefined;
   }
+}
+
+/**
+ * A read outside a session, hedged at each attempt ({@linkcode hedgedAttempt}),
+ * with retries by `retry`.
+ *
+ * @param d The cluster.
+ * @param hedger The cluster's hedging state.
+ * @param info The statement, for hooks and tracers.
+ * @param signal The caller's signal.
+ * @param options The read's lag and position bounds.
+ * @param work The statement.
+ * @param retry The read's retry options.
+ * @returns The first answer of the attempt that succeeded.
+ */
+export function hedgedRead<R>(
+  d: Dispatcher,
+  hedger: Hedger,
+  info: Omit<AttemptInfo, "attempt">,
+  signal: AbortSignal | undefined,
+  options: ReadOptions | undefined,
+  work: RoutedWork<R>,
+  retry: RetryOptions<Node>,
+): Promise<R> {
+  return withRetry((node, attempt) => {
+    const attemptInfo = { sql: info.sql, argCount: info.argCount, attempt };
+    return hedgedAttempt(d, hedger, node, attemptInfo, signal, options, work);
+  }, retry);
 }
 
 /**
