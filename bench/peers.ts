@@ -6,9 +6,10 @@
  *   (`prepare: true`), `Bun.SQL` (on Bun) and dbx (`cluster.query`, primary only);
  * - four statement shapes: `select $1::int`, a point select by primary key of a ~120-byte
  *   row (int, text ×2, float8, timestamptz), a one-row insert, a 100-row select;
- * - at 1, 10, 64 and 256 callers, in alternating rounds (the order rotates each round,
- *   so load drift on a shared host falls on everyone): median q/s and p50/p99 latency
- *   over all rounds per cell, and dbx ÷ the best peer;
+ * - at 1, 10, 64 and 256 callers, in alternating rounds: a shape's cells (every caller
+ *   count, every contender) take turns round by round, both orders rotating, so load
+ *   drift on a shared host falls on all of them; median q/s and p50/p99 latency over
+ *   all rounds per cell, and dbx ÷ the best peer;
  * - `pgbench` in pipeline mode (`\startpipeline`, 50 prepared `select :x::int`, `-M
  *   prepared`) on the same server as the ceiling, and dbx's fraction of it.
  *
@@ -180,22 +181,37 @@ async function measure(list: Contender[]): Promise<Record<string, Record<string,
   const callerCounts = process.env.DBX_BENCH_CALLERS?.split(",").map(Number) ?? CALLERS;
   for (const shape of Object.keys(SHAPES) as Shape[]) {
     if (only !== undefined && !only.includes(shape)) continue;
+    const key = (callers: number, name: string) => `${callers} ${name}`;
+    const qps = new Map<string, number[]>();
+    const lat = new Map<string, number[]>();
     for (const callers of callerCounts) {
-      const qps = new Map<string, number[]>(list.map((c) => [c.name, []]));
-      const lat = new Map<string, number[]>(list.map((c) => [c.name, []]));
-      // Warm-up: connections open, statements prepared.
-      for (const c of list) await round(c.calls[shape], callers, 100, []);
-      for (let r = 0; r < ROUNDS; r++) {
+      for (const c of list) {
+        qps.set(key(callers, c.name), []);
+        lat.set(key(callers, c.name), []);
+        // Warm-up: connections open, statements prepared.
+        await round(c.calls[shape], callers, 100, []);
+      }
+    }
+    // A shape's cells, every caller count and contender, take turns round by
+    // round (both orders rotate): a drift of the host's load falls on all of
+    // them, so cells of one shape compare with each other as well as across
+    // contenders.
+    for (let r = 0; r < ROUNDS; r++) {
+      for (let j = 0; j < callerCounts.length; j++) {
+        const callers = callerCounts[(j + r) % callerCounts.length]!;
         for (let k = 0; k < list.length; k++) {
           const c = list[(k + r) % list.length]!;
-          qps.get(c.name)!.push(await round(c.calls[shape], callers, ROUND_MS, lat.get(c.name)!));
+          const at = key(callers, c.name);
+          qps.get(at)!.push(await round(c.calls[shape], callers, ROUND_MS, lat.get(at)!));
         }
       }
+    }
+    for (const callers of callerCounts) {
       const cells: Record<string, Cell> = {};
       for (const c of list) {
-        const sorted = lat.get(c.name)!.sort((a, b) => a - b);
+        const sorted = lat.get(key(callers, c.name))!.sort((a, b) => a - b);
         cells[c.name] = {
-          qps: Math.round(median(qps.get(c.name)!)),
+          qps: Math.round(median(qps.get(key(callers, c.name))!)),
           p50: Math.round(percentile(sorted, 0.5) * 100) / 100,
           p99: Math.round(percentile(sorted, 0.99) * 100) / 100,
         };
