@@ -9,7 +9,7 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, connectPool, destroySocket, usePassword } from "./pg_internals.ts";
+import { clientEnd, connectPool, destroySocket, keepQueues, usePassword } from "./pg_internals.ts";
 import { useRowParser } from "./pg_parser.ts";
 import { rowTypes } from "./pg_types.ts";
 import { Lease } from "./lease.ts";
@@ -161,6 +161,7 @@ export class Node extends AttemptCounters implements BalancerNode {
         constructor(options?: pg.ClientConfig) {
           super({ ...options, connectionTimeoutMillis: connectTimeoutMs });
           usePassword(this, target);
+          keepQueues(this);
           useRowParser(this);
         }
       },

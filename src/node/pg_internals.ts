@@ -5,7 +5,8 @@
  * client that refuses statements, the `end` of a pooled client (pg-pool
  * clears its per-client lifetime timer only then), pg-pool's queue of
  * callers waiting for a client (one that gives up must leave it), and the
- * password of a client (pg lets a URL's replace the option). The CopyBoth mode of
+ * password of a client (pg lets a URL's replace the option), a client's
+ * queues of queries (`fifo.ts`). The CopyBoth mode of
  * replication connections: `pg_copy_both.ts`.
  *
  * Internal: nothing here is exported from `mod.ts`.
@@ -20,6 +21,7 @@ import { Buffer } from "node:buffer";
 import { markNotSent } from "../failure.ts";
 import type { PgTarget } from "../config/tls.ts";
 import { forgetDescribed } from "./lean_query.ts";
+import { Fifo } from "./fifo.ts";
 
 /** Longest wait for a CancelRequest to be delivered. */
 const CANCEL_TIMEOUT_MS = 2_000;
@@ -38,7 +40,8 @@ interface RawClient {
   readyForQuery: boolean;
   _ending: boolean;
   _activeQuery: unknown;
-  _queryQueue: unknown[];
+  _queryQueue: { length: number };
+  _sentQueryQueue: { length: number };
   connection: {
     parsedStatements: Record<string, string>;
     submittedNamedStatements: Record<string, string>;
@@ -178,21 +181,23 @@ export function connectionIdle(client: pg.ClientBase): boolean {
 
 /** A socket's writes gathered in the current tick. */
 interface Gathered {
-  /** Chunks written since the tick began, in order. */
-  chunks: Uint8Array[];
+  /** The first chunk written since the tick began. */
+  first: Uint8Array | undefined;
+  /** The chunks after it, in order, once there are some (most ticks write one). */
+  more: Uint8Array[] | undefined;
   /** Whether the tick's writes are being gathered now. */
   open: boolean;
   /** The socket's own write. */
-  readonly write: (data: Uint8Array, ...rest: unknown[]) => boolean;
+  readonly write: (data: Uint8Array, encoding?: unknown, callback?: unknown) => boolean;
 }
 
 /** Sends what a socket gathered, as one buffer. */
 function flushGathered(g: Gathered): void {
   g.open = false;
-  const { chunks } = g;
-  if (chunks.length === 0) return;
-  g.chunks = [];
-  g.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+  const { first, more } = g;
+  if (first === undefined) return;
+  g.first = g.more = undefined;
+  g.write(more === undefined ? first : Buffer.concat([first, ...more]));
 }
 
 /**
@@ -211,16 +216,22 @@ function flushGathered(g: Gathered): void {
  */
 export function tickGatherer(client: pg.ClientBase): () => void {
   const stream = raw(client).connection.stream as unknown as {
-    write: (data: Uint8Array, ...rest: unknown[]) => boolean;
+    write: (data: Uint8Array, encoding?: unknown, callback?: unknown) => boolean;
   };
-  const tick: Gathered = { chunks: [], open: false, write: stream.write.bind(stream) };
-  stream.write = (data: Uint8Array, ...rest: unknown[]): boolean => {
-    if (tick.open && rest.length === 0) {
-      tick.chunks.push(data);
+  const tick: Gathered = {
+    first: undefined,
+    more: undefined,
+    open: false,
+    write: stream.write.bind(stream),
+  };
+  stream.write = (data: Uint8Array, encoding?: unknown, callback?: unknown): boolean => {
+    if (tick.open && encoding === undefined && callback === undefined) {
+      if (tick.first === undefined) tick.first = data;
+      else (tick.more ??= []).push(data);
       return true;
     }
     flushGathered(tick);
-    return tick.write(data, ...rest);
+    return tick.write(data, encoding, callback);
   };
   const flush = () => flushGathered(tick);
   return () => {
@@ -230,6 +241,20 @@ export function tickGatherer(client: pg.ClientBase): () => void {
     // once the microtasks are drained), before any I/O.
     process.nextTick(flush);
   };
+}
+
+/**
+ * Gives a client, not used yet, queues of queries that keep their storage
+ * when they empty ({@linkcode Fifo}): pg's arrays got a new backing store
+ * for each statement on V8, where each empties after every statement at
+ * light load (the queue of queries to send empties after every one at any load).
+ *
+ * @param client A client that has sent nothing.
+ */
+export function keepQueues(client: pg.ClientBase): void {
+  const c = raw(client);
+  c._queryQueue = new Fifo();
+  c._sentQueryQueue = new Fifo();
 }
 
 /**

@@ -10,7 +10,8 @@
 
 // @ts-types="@types/pg"
 import pg from "pg";
-import { clientEnd, tickGatherer, usePassword } from "./pg_internals.ts";
+import { clientEnd, keepQueues, tickGatherer, usePassword } from "./pg_internals.ts";
+import { Fifo } from "./fifo.ts";
 import { useRowParser } from "./pg_parser.ts";
 import type { PgTarget } from "../config/tls.ts";
 import type { Failed } from "../failure.ts";
@@ -24,9 +25,9 @@ export class Pipe {
   /** Cut on purpose because a statement left it inside a transaction. */
   poisoned = false;
   /** Start times of the statements in flight, oldest first (answers come in order). */
-  readonly heads: number[] = [];
+  readonly heads = new Fifo<number>();
   /** Their texts, in the same order. */
-  readonly texts: string[] = [];
+  readonly texts = new Fifo<string>();
   /**
    * How many of them are of a text not yet seen fast on a pipe: it may take
    * long (a lock, a large scan), so more statements are not gathered behind it.
@@ -67,6 +68,7 @@ export class Pipe {
       ...(types === undefined ? {} : { types }),
     } as pg.ClientConfig);
     usePassword(this.client, target);
+    keepQueues(this.client);
     useRowParser(this.client);
     this.client.on("error", (err: Error) => onBroken(this, err));
     this.ended = clientEnd(this.client).then(() => onBroken(this));

@@ -159,11 +159,11 @@ export class Pipes {
         // once the first has ended. (Between the two, a loaded server or host
         // answers one pipe late now and then: a text slow on every run is found
         // by its runs instead.)
-        const since = Math.max(pipe.heads[0]!, pipe.lastDone);
+        const since = Math.max(pipe.heads.at(0)!, pipe.lastDone);
         const waited = now - since;
         if (waited > slow) {
           if (read - since > slow) {
-            if (times.stuck(pipe.texts[0]!, waited, now)) marked = true;
+            if (times.stuck(pipe.texts.at(0)!, waited, now)) marked = true;
             else if (waited <= times.stuckMs(now) && depth < maxDepth) {
               if (late === undefined || depth < late.heads.length) late = pipe;
             }
@@ -276,7 +276,7 @@ export class Pipes {
         this.#settled();
         if (unproven) pipe.unproven--;
         // In order, its entry is the oldest; an early answer removes its own.
-        const i = pipe.heads[0] === started ? 0 : pipe.heads.lastIndexOf(started);
+        const i = pipe.heads.at(0) === started ? 0 : pipe.heads.lastIndexOf(started);
         if (i === 0) {
           pipe.heads.shift();
           pipe.texts.shift();
