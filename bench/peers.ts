@@ -9,7 +9,8 @@
  * - at 1, 10, 64 and 256 callers, in alternating rounds: a shape's cells (every caller
  *   count, every contender) take turns round by round, both orders rotating, so load
  *   drift on a shared host falls on all of them; median q/s and p50/p99 latency over
- *   all rounds per cell, and dbx ÷ the best peer;
+ *   all rounds per cell, and dbx ÷ the best peer; each round's own p99 too (the lowest
+ *   and the highest per cell), to tell a difference of tails from the host's drift;
  * - `pgbench` in pipeline mode (`\startpipeline`, 50 prepared `select :x::int`, `-M
  *   prepared`) on the same server as the ceiling, and dbx's fraction of it.
  *
@@ -173,6 +174,13 @@ interface Cell {
   qps: number;
   p50: number;
   p99: number;
+  /** The lowest and the highest of its rounds' own p99s. */
+  p99Rounds: [number, number];
+}
+
+/** `ms` rounded to hundredths. */
+function hundredths(ms: number): number {
+  return Math.round(ms * 100) / 100;
 }
 
 async function measure(list: Contender[]): Promise<Record<string, Record<string, Cell>>> {
@@ -184,10 +192,12 @@ async function measure(list: Contender[]): Promise<Record<string, Record<string,
     const key = (callers: number, name: string) => `${callers} ${name}`;
     const qps = new Map<string, number[]>();
     const lat = new Map<string, number[]>();
+    const roundP99 = new Map<string, number[]>();
     for (const callers of callerCounts) {
       for (const c of list) {
         qps.set(key(callers, c.name), []);
         lat.set(key(callers, c.name), []);
+        roundP99.set(key(callers, c.name), []);
         // Warm-up: connections open, statements prepared.
         await round(c.calls[shape], callers, 100, []);
       }
@@ -202,7 +212,11 @@ async function measure(list: Contender[]): Promise<Record<string, Record<string,
         for (let k = 0; k < list.length; k++) {
           const c = list[(k + r) % list.length]!;
           const at = key(callers, c.name);
-          qps.get(at)!.push(await round(c.calls[shape], callers, ROUND_MS, lat.get(at)!));
+          const all = lat.get(at)!;
+          const from = all.length;
+          qps.get(at)!.push(await round(c.calls[shape], callers, ROUND_MS, all));
+          const own = all.slice(from).sort((a, b) => a - b);
+          roundP99.get(at)!.push(percentile(own, 0.99));
         }
       }
     }
@@ -210,10 +224,12 @@ async function measure(list: Contender[]): Promise<Record<string, Record<string,
       const cells: Record<string, Cell> = {};
       for (const c of list) {
         const sorted = lat.get(key(callers, c.name))!.sort((a, b) => a - b);
+        const rounds = roundP99.get(key(callers, c.name))!;
         cells[c.name] = {
           qps: Math.round(median(qps.get(key(callers, c.name))!)),
-          p50: Math.round(percentile(sorted, 0.5) * 100) / 100,
-          p99: Math.round(percentile(sorted, 0.99) * 100) / 100,
+          p50: hundredths(percentile(sorted, 0.5)),
+          p99: hundredths(percentile(sorted, 0.99)),
+          p99Rounds: [hundredths(Math.min(...rounds)), hundredths(Math.max(...rounds))],
         };
       }
       results[`${shape}@${callers}`] = cells;
@@ -272,6 +288,30 @@ function report(results: Record<string, Record<string, Cell>>, names: string[]):
 }
 
 /**
+ * The p99s at `callers` callers: every contender's over all rounds, and the
+ * lowest and highest of its rounds' own, a line per shape.
+ */
+function tails(
+  results: Record<string, Record<string, Cell>>,
+  names: string[],
+  callers: number,
+): string {
+  const lines = Object.entries(results)
+    .filter(([cell]) => cell.endsWith(`@${callers}`))
+    .map(([cell, byName]) => {
+      const shape = cell.split("@")[0] as Shape;
+      const each = names.map((n) => {
+        const { p99, p99Rounds: [low, high] } = byName[n]!;
+        return `${n} ${p99} (${low}–${high})`;
+      });
+      return `${SHAPES[shape].label.padEnd(24)} | ${each.join(" | ")}`;
+    });
+  if (lines.length === 0) return "";
+  return [`p99 ms at ${callers} callers, all rounds (each round's own: lowest–highest)`, ...lines]
+    .join("\n");
+}
+
+/**
  * Runs `fn` against the bench's server, its tables just created: `DBX_BENCH_URL` when
  * set, else a local primary started (and stopped) here.
  *
@@ -302,6 +342,8 @@ async function main(url: string): Promise<void> {
   const names = list.map((c) => c.name);
   console.log(`\n${runtime}: pool ${POOL_SIZE}, ${ROUNDS} rounds of ${ROUND_MS} ms per cell`);
   console.log(report(results, names));
+  const tailLines = tails(results, names, 64);
+  if (tailLines !== "") console.log(tailLines);
   const dbxBest = Math.max(...Object.values(results).map((r) => r.dbx!.qps));
   if (ceiling !== undefined) {
     console.log(
