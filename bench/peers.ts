@@ -331,7 +331,14 @@ export async function withBenchServer(fn: (url: string) => Promise<void>): Promi
 }
 
 async function main(url: string): Promise<void> {
-  const list = await contenders(url);
+  // DBX_BENCH_CLIENTS=dbx,Bun.SQL measures some of them only (dbx always).
+  const chosen = process.env.DBX_BENCH_CLIENTS?.split(",").filter((n) => n !== "");
+  const all = chosen === undefined || chosen.length === 0;
+  const list: Contender[] = [];
+  for (const c of await contenders(url)) {
+    if (all || c.name === "dbx" || chosen.includes(c.name)) list.push(c);
+    else await c.close();
+  }
   let results;
   try {
     results = await measure(list);

@@ -4,9 +4,11 @@
  *
  * Each contender of `peers.ts` runs in a process of its own (the same runtime), so that
  * one's garbage is not counted as another's: {@linkcode WARMUP} point selects at
- * {@linkcode CALLERS} callers, a full GC, RSS; then `DBX_RSS_STATEMENTS` more (default
- * 1M), RSS sampled every 100k; a full GC, RSS again. Growth is the RSS after the second
- * GC minus the first; the peak is the highest sample minus the first. Uses
+ * {@linkcode CALLERS} callers, a full GC, RSS once the runtime has given the freed memory
+ * back ({@linkcode settled}); then `DBX_RSS_STATEMENTS` more (default 1M), RSS sampled
+ * every 100k; the same again. Growth is the RSS after minus before; the peak is the
+ * highest sample minus before; the live heap's growth (after a full GC) is what a leak
+ * would show in. Uses
  * `DBX_BENCH_URL` when set, else starts a local primary. Prints a table, and the
  * figures as JSON on the last line.
  *
@@ -24,6 +26,10 @@ const WARMUP = 50_000;
 const STATEMENTS = Number(process.env.DBX_RSS_STATEMENTS ?? 1_000_000);
 const SAMPLE_EVERY = 100_000;
 /** A child's permissions on Deno: the task's. */
+/** Waits of {@linkcode settled}. */
+const SETTLE_STEP_MS = 500;
+const SETTLE_STEPS = 20;
+const SETTLE_MB = 0.5;
 const PERMISSIONS = ["net", "env", "read", "write", "run", "sys"].map((p) => `--allow-${p}`);
 
 /** What one contender's process reports. */
@@ -34,6 +40,8 @@ interface Figures {
   rssAfterMb: number;
   growthMb: number;
   peakMb: number;
+  /** Growth of the live heap (after a full collection): what a leak would show in. */
+  heapGrowthMb: number;
 }
 
 const mb = (bytes: number) => Math.round(bytes / 1024 / 1024 * 10) / 10;
@@ -43,6 +51,30 @@ function collect(): void {
   const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
   if (bun !== undefined) bun.gc(true);
   else (globalThis as { gc?: () => void }).gc?.();
+}
+
+/**
+ * RSS once the runtime has given back what a full collection freed: a runtime
+ * returns freed pages to the system some time after the collection (Bun's
+ * allocator and V8 both do it in the background), so RSS read at once still
+ * counts the garbage of the last moments. Collects, then again every
+ * {@linkcode SETTLE_STEP_MS} until RSS stops falling (two readings within
+ * {@linkcode SETTLE_MB} MB), for at most {@linkcode SETTLE_STEPS} steps.
+ *
+ * @returns RSS, and the live heap after the last collection, in bytes.
+ */
+async function settled(): Promise<{ rss: number; heap: number }> {
+  collect();
+  let rss = process.memoryUsage().rss;
+  for (let i = 0; i < SETTLE_STEPS; i++) {
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_STEP_MS));
+    collect();
+    const now = process.memoryUsage().rss;
+    const fell = rss - now;
+    rss = Math.min(rss, now);
+    if (fell < SETTLE_MB * 1024 * 1024) break;
+  }
+  return { rss, heap: process.memoryUsage().heapUsed };
 }
 
 /** Runs `count` calls from `callers` loops, calling `every` after each `step` of them. */
@@ -65,21 +97,20 @@ async function child(url: string, name: string): Promise<Figures> {
     if (contender === undefined) throw new Error(`no contender named ${name}`);
     const call = contender.calls.point;
     await run(call, WARMUP, WARMUP, () => {});
-    collect();
-    const before = process.memoryUsage().rss;
-    let peak = before;
+    const before = await settled();
+    let peak = before.rss;
     await run(call, STATEMENTS, SAMPLE_EVERY, () => {
       peak = Math.max(peak, process.memoryUsage().rss);
     });
-    collect();
-    const after = process.memoryUsage().rss;
+    const after = await settled();
     return {
       name,
       statements: STATEMENTS,
-      rssBeforeMb: mb(before),
-      rssAfterMb: mb(after),
-      growthMb: mb(after - before),
-      peakMb: mb(peak - before),
+      rssBeforeMb: mb(before.rss),
+      rssAfterMb: mb(after.rss),
+      growthMb: mb(after.rss - before.rss),
+      peakMb: mb(peak - before.rss),
+      heapGrowthMb: mb(after.heap - before.heap),
     };
   } finally {
     for (const c of list) await c.close();
@@ -108,12 +139,16 @@ async function main(url: string): Promise<void> {
   console.log(
     `\n${runtime}: ${STATEMENTS} point selects at ${CALLERS} callers after ${WARMUP} warm-up`,
   );
-  console.log("contender    | RSS before MB | after MB | growth MB | peak MB");
+  console.log(
+    "contender    | RSS before MB | after MB | growth MB | peak MB | live heap growth MB",
+  );
   for (const f of figures) {
     console.log(
       `${f.name.padEnd(12)} | ${String(f.rssBeforeMb).padStart(13)} | ${
         String(f.rssAfterMb).padStart(8)
-      } | ${String(f.growthMb).padStart(9)} | ${String(f.peakMb).padStart(7)}`,
+      } | ${String(f.growthMb).padStart(9)} | ${String(f.peakMb).padStart(7)} | ${
+        String(f.heapGrowthMb).padStart(19)
+      }`,
     );
   }
   console.log(JSON.stringify({ runtime, statements: STATEMENTS, figures }));
