@@ -8,9 +8,8 @@
  * back ({@linkcode settled}); then `DBX_RSS_STATEMENTS` more (default 1M), RSS sampled
  * every 100k; the same again. Growth is the RSS after minus before; the peak is the
  * highest sample minus before; the live heap's growth (after a full GC) is what a leak
- * would show in. Uses
- * `DBX_BENCH_URL` when set, else starts a local primary. Prints a table, and the
- * figures as JSON on the last line.
+ * would show in. Uses `DBX_BENCH_URL` when set, else starts a local primary. Prints a
+ * table, and the figures as JSON on the last line.
  *
  * @module
  */
@@ -25,11 +24,11 @@ const CALLERS = 64;
 const WARMUP = 50_000;
 const STATEMENTS = Number(process.env.DBX_RSS_STATEMENTS ?? 1_000_000);
 const SAMPLE_EVERY = 100_000;
-/** A child's permissions on Deno: the task's. */
 /** Waits of {@linkcode settled}. */
 const SETTLE_STEP_MS = 500;
 const SETTLE_STEPS = 20;
 const SETTLE_MB = 0.5;
+/** A child's permissions on Deno: the task's. */
 const PERMISSIONS = ["net", "env", "read", "write", "run", "sys"].map((p) => `--allow-${p}`);
 
 /** What one contender's process reports. */
