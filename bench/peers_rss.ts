@@ -4,12 +4,13 @@
  *
  * Each contender of `peers.ts` runs in a process of its own (the same runtime), so that
  * one's garbage is not counted as another's: {@linkcode WARMUP} point selects at
- * {@linkcode CALLERS} callers, a full GC, RSS once the runtime has given the freed memory
- * back ({@linkcode settled}); then `DBX_RSS_STATEMENTS` more (default 1M), RSS sampled
- * every 100k; the same again. Growth is the RSS after minus before; the peak is the
- * highest sample minus before; the live heap's growth (after a full GC) is what a leak
- * would show in. Uses `DBX_BENCH_URL` when set, else starts a local primary. Prints a
- * table, and the figures as JSON on the last line.
+ * {@linkcode CALLERS} callers (the MBs a runtime takes once for a new load are not growth
+ * with use), a full GC, RSS once the runtime has given the freed memory back
+ * ({@linkcode settled}); then `DBX_RSS_STATEMENTS` more (default 1M), RSS sampled every
+ * 100k; the same again. Growth is the RSS after minus before; the peak is the highest
+ * sample minus before; the live heap's growth (after a full GC) is what a leak would show
+ * in. Uses `DBX_BENCH_URL` when set, else starts a local primary. Prints a table, and the
+ * figures as JSON on the last line.
  *
  * @module
  */
@@ -21,7 +22,13 @@ import { promisify } from "node:util";
 import { type Call, contenders, withBenchServer } from "./peers.ts";
 
 const CALLERS = 64;
-const WARMUP = 50_000;
+/**
+ * Statements before the measure (`DBX_RSS_WARMUP`): a runtime sizes its heap for a new
+ * load once, and V8 takes tens of MB for it within about the first 1M point selects
+ * (dbx over 3M: RSS 90, 105, 132, 132, 132, 132, 132 MB every 500k); that is not growth
+ * with use.
+ */
+const WARMUP = Number(process.env.DBX_RSS_WARMUP ?? 1_000_000);
 const STATEMENTS = Number(process.env.DBX_RSS_STATEMENTS ?? 1_000_000);
 const SAMPLE_EVERY = 100_000;
 /** Waits of {@linkcode settled}. */
@@ -95,7 +102,7 @@ async function child(url: string, name: string): Promise<Figures> {
     const contender = list.find((c) => c.name === name);
     if (contender === undefined) throw new Error(`no contender named ${name}`);
     const call = contender.calls.point;
-    await run(call, WARMUP, WARMUP, () => {});
+    await run(call, WARMUP, SAMPLE_EVERY, () => {});
     const before = await settled();
     let peak = before.rss;
     await run(call, STATEMENTS, SAMPLE_EVERY, () => {
