@@ -35,12 +35,65 @@ import { findPgBinDir, startLocalCluster } from "../src/testing/mod.ts";
 
 const POOL_SIZE = 10;
 const CALLERS = [1, 10, 64, 256] as const;
-const ROUNDS = Number(process.env.DBX_BENCH_ROUNDS ?? 3);
-const ROUND_MS = Number(process.env.DBX_BENCH_ROUND_MS ?? 400);
+const ROUNDS = envCount("DBX_BENCH_ROUNDS", 3);
+const ROUND_MS = envCount("DBX_BENCH_ROUND_MS", 400);
 const ROWS = 10_000;
 
 /** One statement of a shape, the i-th of its run. */
 export type Call = (i: number) => Promise<unknown>;
+/**
+ * The positive integers, comma-separated, in the environment variable `name`, or
+ * `fallback` when it is unset or empty.
+ *
+ * @param what What the value must be, for the error.
+ * @throws {RangeError} naming the variable and its value, for an item that is not one.
+ */
+function envCounts(
+  name: string,
+  fallback: readonly number[],
+  what = "positive integers, comma-separated",
+): readonly number[] {
+  const text = process.env[name];
+  if (text === undefined || text.trim() === "") return fallback;
+  return text.split(",").map((item) => {
+    const n = Number(item.trim());
+    if (!Number.isSafeInteger(n) || n < 1) {
+      throw new RangeError(`${name} must be ${what}: current value is ${JSON.stringify(text)}`);
+    }
+    return n;
+  });
+}
+
+/** One positive integer, as {@linkcode envCounts} reads them. */
+export function envCount(name: string, fallback: number): number {
+  const what = "a positive integer";
+  const counts = envCounts(name, [fallback], what);
+  if (counts.length !== 1) {
+    const text = JSON.stringify(process.env[name]);
+    throw new RangeError(`${name} must be ${what}: current value is ${text}`);
+  }
+  return counts[0]!;
+}
+
+/**
+ * The comma-separated items of the environment variable `name`, each one of `known`;
+ * undefined when it is unset or empty.
+ *
+ * @throws {RangeError} naming the variable, the item and what it may be, for an unknown item.
+ */
+function envChoice(name: string, known: readonly string[]): string[] | undefined {
+  const items = process.env[name]?.split(",").map((x) => x.trim()).filter((x) => x !== "");
+  if (items === undefined || items.length === 0) return undefined;
+  for (const item of items) {
+    if (!known.includes(item)) {
+      throw new RangeError(
+        `${name} must list some of ${known.join(", ")}: ${JSON.stringify(item)} is none of them`,
+      );
+    }
+  }
+  return items;
+}
+
 /** One contender: a call per shape, and how to close it. */
 export interface Contender {
   readonly name: string;
@@ -185,8 +238,8 @@ function hundredths(ms: number): number {
 
 async function measure(list: Contender[]): Promise<Record<string, Record<string, Cell>>> {
   const results: Record<string, Record<string, Cell>> = {};
-  const only = process.env.DBX_BENCH_SHAPES?.split(",");
-  const callerCounts = process.env.DBX_BENCH_CALLERS?.split(",").map(Number) ?? CALLERS;
+  const only = envChoice("DBX_BENCH_SHAPES", Object.keys(SHAPES));
+  const callerCounts = envCounts("DBX_BENCH_CALLERS", CALLERS);
   for (const shape of Object.keys(SHAPES) as Shape[]) {
     if (only !== undefined && !only.includes(shape)) continue;
     const key = (callers: number, name: string) => `${callers} ${name}`;
@@ -331,12 +384,18 @@ export async function withBenchServer(fn: (url: string) => Promise<void>): Promi
 }
 
 async function main(url: string): Promise<void> {
-  // DBX_BENCH_CLIENTS=dbx,Bun.SQL measures some of them only (dbx always).
-  const chosen = process.env.DBX_BENCH_CLIENTS?.split(",").filter((n) => n !== "");
-  const all = chosen === undefined || chosen.length === 0;
+  const every = await contenders(url);
+  // DBX_BENCH_CLIENTS=Bun.SQL measures some of them only (dbx always).
+  let chosen;
+  try {
+    chosen = envChoice("DBX_BENCH_CLIENTS", every.map((c) => c.name));
+  } catch (err) {
+    for (const c of every) await c.close();
+    throw err;
+  }
   const list: Contender[] = [];
-  for (const c of await contenders(url)) {
-    if (all || c.name === "dbx" || chosen.includes(c.name)) list.push(c);
+  for (const c of every) {
+    if (chosen === undefined || c.name === "dbx" || chosen.includes(c.name)) list.push(c);
     else await c.close();
   }
   let results;

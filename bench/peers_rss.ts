@@ -19,7 +19,7 @@ import { execFile } from "node:child_process";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { type Call, contenders, withBenchServer } from "./peers.ts";
+import { type Call, contenders, envCount, withBenchServer } from "./peers.ts";
 
 const CALLERS = 64;
 /**
@@ -28,8 +28,8 @@ const CALLERS = 64;
  * (dbx over 3M: RSS 90, 105, 132, 132, 132, 132, 132 MB every 500k); that is not growth
  * with use.
  */
-const WARMUP = Number(process.env.DBX_RSS_WARMUP ?? 1_000_000);
-const STATEMENTS = Number(process.env.DBX_RSS_STATEMENTS ?? 1_000_000);
+const WARMUP = envCount("DBX_RSS_WARMUP", 1_000_000);
+const STATEMENTS = envCount("DBX_RSS_STATEMENTS", 1_000_000);
 const SAMPLE_EVERY = 100_000;
 /** Waits of {@linkcode settled}. */
 const SETTLE_STEP_MS = 500;
