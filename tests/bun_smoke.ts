@@ -5,7 +5,7 @@
  *
  * Starts a local primary + 1 replica, connects, and checks: writes run on the
  * primary and reads on the replica (by `inet_server_port()`), `runTx` commits
- * and rolls back, COPY, one Kysely (`dbxDialect`) and one Drizzle
+ * and rolls back, COPY, rows equal to stock pg's, one Kysely (`dbxDialect`) and one Drizzle
  * (`cluster.pgPool()`) query (kysely and drizzle-orm are root
  * devDependencies), and `close()`. Prints one line per step; exits 0, or
  * 1 with the failed step and its error.
@@ -19,6 +19,8 @@ import { clearTimeout, setTimeout } from "node:timers";
 import { sql as drizzleSql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
 import { Kysely, sql } from "kysely";
+// @ts-types="@types/pg"
+import pg from "pg";
 import { ClusterClosedError, connect } from "../mod.ts";
 import { dbxDialect } from "../src/compat/kysely.ts";
 import { startLocalCluster } from "../src/testing/mod.ts";
@@ -96,6 +98,27 @@ try {
     const ids = await cluster.query<{ id: number }>("select id from smoke order by id");
     assert.deepEqual(ids.map((x) => x.id), [1, 3, 4], "commit kept, rollback undone, COPY in");
     ok(`${step}; table holds ${JSON.stringify(ids.map((x) => x.id))}`);
+
+    step = "rows as stock pg reads them";
+    // Binary columns (int4, float8, timestamptz) beside two text ones, some not ASCII
+    // and some NULL: on Bun each text field is decoded on its own (`TEXT_ALONE_MAX`).
+    const rowsSql = `select g as id, case when g % 5 = 0 then null else 'näme ' || g end as name,
+      'user' || g || '@example.com' as email, g / 7.0::float8 as score,
+      timestamptz '2026-12-04 10:00:00.123456+00' - g * interval '1 minute 1.5 ms' as created
+      from generate_series(1, $1::int) g`;
+    const stock = new pg.Client({ connectionString: local.masterUrl });
+    stock.on("error", () => {});
+    await stock.connect();
+    try {
+      const want = (await stock.query(rowsSql, [50])).rows;
+      // The first run describes the statement; later ones ask for the binary columns.
+      for (let run = 1; run <= 3; run++) {
+        assert.deepEqual(await cluster.query(rowsSql, [50]), want, `run ${run}`);
+      }
+      ok(`${step}: ${want.length} rows, three runs equal`);
+    } finally {
+      await stock.end();
+    }
 
     step = "Kysely on dbxDialect";
     const kysely = new Kysely<{ smoke: { id: number } }>({
