@@ -100,8 +100,8 @@ try {
     ok(`${step}; table holds ${JSON.stringify(ids.map((x) => x.id))}`);
 
     step = "rows as stock pg reads them";
-    // Binary columns (int4, float8, timestamptz) beside two text ones, some not ASCII
-    // and some NULL: on Bun each text field is decoded on its own (`TEXT_ALONE_MAX`).
+    // Binary columns (int4, float8, timestamptz) beside text ones, some not ASCII and
+    // some NULL (`pg_parser.ts` `readFields`), as Bun's JIT compiles it.
     const rowsSql = `select g as id, case when g % 5 = 0 then null else 'näme ' || g end as name,
       'user' || g || '@example.com' as email, g / 7.0::float8 as score,
       timestamptz '2026-12-04 10:00:00.123456+00' - g * interval '1 minute 1.5 ms' as created

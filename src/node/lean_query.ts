@@ -143,8 +143,6 @@ export class LeanQuery {
   #inPlace: readonly (InPlace | undefined)[] | undefined;
   /** Binary readers by column, if any column is asked for in binary. */
   #binary: readonly (BinaryAt | undefined)[] | undefined;
-  /** Whether the text fields are decoded each on its own (`columnParsers`). */
-  #alone = false;
   /** {@linkcode #parsers} with the identity for the columns read in place or in binary. */
   #rawParsers: readonly Parser[] = NO_PARSERS;
   #build: RowBuilder = arrayRow;
@@ -262,7 +260,6 @@ export class LeanQuery {
     this.#parsers = read.parsers;
     this.#inPlace = read.inPlace;
     this.#binary = read.binary;
-    this.#alone = read.alone;
     this.#rawParsers = read.rawParsers;
     this.#fields = fields;
     this.#build = this.#arrayRows ? arrayRow : build ?? objectBuilder(fields);
@@ -280,7 +277,6 @@ export class LeanQuery {
     this.#result = this.#fields = this.#rows = undefined;
     this.#parsers = this.#rawParsers = NO_PARSERS;
     this.#inPlace = this.#binary = undefined;
-    this.#alone = false;
     this.#build = arrayRow;
   }
 
@@ -315,7 +311,6 @@ export class LeanQuery {
         this.#scratch,
         this.#inPlace,
         this.#binary,
-        this.#alone,
       );
       this.#scratch = fields;
       (this.#rows ??= []).push(this.#build(this.#rawParsers, fields as (string | null)[]));

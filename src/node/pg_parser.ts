@@ -100,21 +100,6 @@ export function readDataRow(bytes: Buffer, offset: number, length: number): Data
 export type InPlace = (text: string, at: number, end: number) => unknown;
 
 /**
- * Up to how many text columns a row with binary columns has its text fields
- * decoded each on its own ({@linkcode readFields} `alone`) rather than as
- * slices of one decoded span: 2 on Bun, none elsewhere. On JavaScriptCore a
- * slice of a string is an object of its own that keeps the whole span alive,
- * so slices cost more memory than strings decoded apart (a 100-row select of
- * two text and three binary columns: 4.7 KB less garbage, 20.7 → 16.0 KB,
- * for the same time; the garbage collector's share of a busy Bun process fell
- * by a fifth). V8's slices are cheap and its decoding calls dearer: there
- * the span stays. A call per field costs more than a slice, so with more
- * text columns (or none binary, when no first pass is saved) the span stays
- * on Bun too.
- */
-export const TEXT_ALONE_MAX = "Bun" in globalThis ? 2 : 0;
-
-/**
  * A DataRow's fields ({@linkcode readDataRow}), into `into` when it has as
  * many places as the row has fields, else into a new array. A column with an
  * in-place parser gets its value instead of its text, one with a binary
@@ -122,8 +107,7 @@ export const TEXT_ALONE_MAX = "Bun" in globalThis ? 2 : 0;
  *
  * The text is decoded with one call: the whole row, or, when some columns
  * are binary, the span from the first text column to the last (a first pass
- * finds it); or, when `alone`, each text field with a call of its own, in
- * one pass ({@linkcode TEXT_ALONE_MAX}).
+ * finds it).
  *
  * Positions are kept from the row's start, as small integers: pg-protocol
  * hands a message's offset in a buffer of up to megabytes, as a number the
@@ -136,7 +120,6 @@ export const TEXT_ALONE_MAX = "Bun" in globalThis ? 2 : 0;
  * @param into An array to reuse, if any.
  * @param inPlace In-place parsers by column, if any.
  * @param binary Binary readers by column, if any column came in binary.
- * @param alone Whether text fields are decoded each on its own.
  * @returns The fields.
  */
 export function readFields(
@@ -146,7 +129,6 @@ export function readFields(
   into: unknown[] | undefined,
   inPlace: readonly (InPlace | undefined)[] | undefined,
   binary?: readonly (BinaryAt | undefined)[],
-  alone = false,
 ): unknown[] {
   const base = offset | 0;
   const count = (bytes[base]! << 8) | bytes[base + 1]!;
@@ -155,7 +137,7 @@ export function readFields(
   let first = 0;
   let last = length - 4;
   let p = 2;
-  if (binary !== undefined && !alone) {
+  if (binary !== undefined) {
     first = -1;
     for (let i = 0; i < count; i++) {
       const n = int32At(bytes, base + p);
@@ -170,8 +152,8 @@ export function readFields(
     if (first < 0) first = last = 0;
     p = 2;
   }
-  const text = alone ? "" : (bytes as unknown as Utf8).utf8Slice(base + first, base + last);
-  const sliced = !alone && text.length === last - first;
+  const text = (bytes as unknown as Utf8).utf8Slice(base + first, base + last);
+  const sliced = text.length === last - first;
   for (let i = 0; i < count; i++) {
     const n = int32At(bytes, base + p);
     p += 4;

@@ -12,7 +12,7 @@
 
 // @ts-types="@types/pg"
 import type pg from "pg";
-import { type InPlace, TEXT_ALONE_MAX } from "./pg_parser.ts";
+import type { InPlace } from "./pg_parser.ts";
 import { type BinaryAt, binaryAt, parserAt } from "./pg_types.ts";
 
 /** A row description field, as pg-protocol parses it. */
@@ -36,8 +36,6 @@ export interface ColumnParsers {
   readonly inPlace: readonly (InPlace | undefined)[] | undefined;
   /** The binary reader of those that have one, if any and when `binaryRows`. */
   readonly binary: readonly (BinaryAt | undefined)[] | undefined;
-  /** Whether the text fields are decoded each on its own (`pg_parser.ts` `TEXT_ALONE_MAX`). */
-  readonly alone: boolean;
   /** The parsers for rows read in place (the identity for columns read in place or in binary). */
   readonly rawParsers: readonly Parser[];
 }
@@ -74,20 +72,16 @@ export function columnParsers(
   let inPlace: (InPlace | undefined)[] | undefined;
   let binary: (BinaryAt | undefined)[] | undefined;
   let rawParsers = parsers;
-  let texts = count;
   for (let i = 0; i < count; i++) {
     const read = binaryRows ? binaryAt(parsers[i], fields[i]!.dataTypeID) : undefined;
     const at = read === undefined ? parserAt(parsers[i]) : undefined;
     if (read === undefined && at === undefined) continue;
     if (rawParsers === parsers) rawParsers = parsers.slice();
     rawParsers[i] = parsedInPlace;
-    if (read !== undefined) {
-      (binary ??= new Array<BinaryAt | undefined>(count))[i] = read;
-      texts--;
-    } else (inPlace ??= new Array<InPlace | undefined>(count))[i] = at;
+    if (read !== undefined) (binary ??= new Array<BinaryAt | undefined>(count))[i] = read;
+    else (inPlace ??= new Array<InPlace | undefined>(count))[i] = at;
   }
-  const alone = binary !== undefined && texts <= TEXT_ALONE_MAX;
-  return { types, binaryRows, parsers, inPlace, binary, alone, rawParsers };
+  return { types, binaryRows, parsers, inPlace, binary, rawParsers };
 }
 
 /** Object row builders by column list, shared by every connection. */
