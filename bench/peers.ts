@@ -8,9 +8,7 @@
  *   row (int, text ×2, float8, timestamptz), a one-row insert, a 100-row select;
  * - at 1, 10, 64 and 256 callers, in alternating rounds: a shape's cells (every caller
  *   count, every contender) take turns round by round, both orders rotating, so load
- *   drift on a shared host falls on all of them; each round after a full collection
- *   (Deno: `--expose-gc`, as the task passes), so it pays for its own garbage and not the
- *   previous contender's; median q/s and p50/p99 latency over
+ *   drift on a shared host falls on all of them; median q/s and p50/p99 latency over
  *   all rounds per cell, and dbx ÷ the best peer; each round's own p99 too (the lowest
  *   and the highest per cell), to tell a difference of tails from the host's drift;
  * - `pgbench` in pipeline mode (`\startpipeline`, 50 prepared `select :x::int`, `-M
@@ -238,13 +236,6 @@ function hundredths(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
 
-/** A full collection, where the runtime offers one (Deno needs `--expose-gc`). */
-export function collect(): void {
-  const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
-  if (bun !== undefined) bun.gc(true);
-  else (globalThis as { gc?: () => void }).gc?.();
-}
-
 async function measure(list: Contender[]): Promise<Record<string, Record<string, Cell>>> {
   const results: Record<string, Record<string, Cell>> = {};
   const only = envChoice("DBX_BENCH_SHAPES", Object.keys(SHAPES));
@@ -276,9 +267,6 @@ async function measure(list: Contender[]): Promise<Record<string, Record<string,
           const at = key(callers, c.name);
           const all = lat.get(at)!;
           const from = all.length;
-          // Each round pays for its own garbage, not for the one before it (every
-          // contender runs in this process, and the rotation keeps their order).
-          collect();
           qps.get(at)!.push(await round(c.calls[shape], callers, ROUND_MS, all));
           const own = all.slice(from).sort((a, b) => a - b);
           roundP99.get(at)!.push(percentile(own, 0.99));

@@ -19,7 +19,7 @@ import { execFile } from "node:child_process";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { type Call, collect, contenders, envCount, withBenchServer } from "./peers.ts";
+import { type Call, contenders, envCount, withBenchServer } from "./peers.ts";
 
 const CALLERS = 64;
 /**
@@ -51,6 +51,13 @@ interface Figures {
 }
 
 const mb = (bytes: number) => Math.round(bytes / 1024 / 1024 * 10) / 10;
+
+/** A full collection, where the runtime offers one (Deno needs `--expose-gc`). */
+function collect(): void {
+  const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
+  if (bun !== undefined) bun.gc(true);
+  else (globalThis as { gc?: () => void }).gc?.();
+}
 
 /**
  * RSS once the runtime has given back what a full collection freed: a runtime
