@@ -5,8 +5,8 @@
  *
  * Starts a local primary + 1 replica, connects, and checks: writes run on the
  * primary and reads on the replica (by `inet_server_port()`), `runTx` commits
- * and rolls back, COPY, rows equal to stock pg's, one Kysely (`dbxDialect`) and one Drizzle
- * (`cluster.pgPool()`) query (kysely and drizzle-orm are root
+ * and rolls back, COPY, rows equal to stock pg's, one Kysely (`dbxDialect`)
+ * and one Drizzle (`cluster.pgPool()`) query (kysely and drizzle-orm are root
  * devDependencies), and `close()`. Prints one line per step; exits 0, or
  * 1 with the failed step and its error.
  *
@@ -100,8 +100,9 @@ try {
     ok(`${step}; table holds ${JSON.stringify(ids.map((x) => x.id))}`);
 
     step = "rows as stock pg reads them";
-    // Binary columns (int4, float8, timestamptz) beside text ones, some not ASCII and
-    // some NULL (`pg_parser.ts` `readFields`), as Bun's JIT compiles it.
+    // dbx's row reader (`pg_parser.ts` `readFields`) under Bun's engine, which the Deno
+    // suite does not run: binary columns (int4, float8, timestamptz) beside text ones,
+    // some not ASCII and some NULL.
     const rowsSql = `select g as id, case when g % 5 = 0 then null else 'näme ' || g end as name,
       'user' || g || '@example.com' as email, g / 7.0::float8 as score,
       timestamptz '2026-12-04 10:00:00.123456+00' - g * interval '1 minute 1.5 ms' as created
